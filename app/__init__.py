@@ -1,0 +1,6 @@
+"""Pose Generator: generation API, RQ workers and their observability."""
+
+__version__ = "1.0.0"
+APP_NAME = "pose-generator"
+API_PREFIX = "/api/apps/pose-generator"
+QUEUE_NAME = "pose-generation"
