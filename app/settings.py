@@ -1,0 +1,223 @@
+"""One typed settings object, read from the environment once and passed down.
+
+A bad value raises :class:`SettingsError` whose message names the variable, so
+start-up can stop with one clear line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.errors import ErrorType
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class LatencyRange:
+    """Seconds of simulated latency per pose for the local provider: fixed or uniform in [low, high]."""
+
+    low: float = 0.0
+    high: float = 0.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/posegen"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    jwt_secret: str = "dev-secret-change-me"
+    provider: str = "local"
+    flux_api_key: str = ""
+    flux_base_url: str = "https://api.bfl.ai"
+    flux_model: str = "flux-pro-1.1"
+    flux_timeout_seconds: float = 30.0
+    flux_deadline_seconds: float = 300.0
+    flux_poll_interval_seconds: float = 0.5
+    flux_max_retries: int = 4
+    storage_backend: str = "local"
+    data_dir: Path = Path(".data")
+    public_base_url: str = ""
+    supabase_url: str = ""
+    supabase_service_key: str = ""
+    supabase_bucket: str = "pose-generations"
+    price_per_pose: int = 30
+    max_poses_per_generation: int = 10
+    provider_concurrency: int = 8
+    pose_concurrency: int = 8
+    lease_seconds: float = 30.0
+    reaper_interval_seconds: float = 5.0
+    max_attempts: int = 3
+    faults: Mapping[ErrorType, float] = field(default_factory=dict)
+    local_latency: LatencyRange = LatencyRange()
+    image_size: int = 512
+    log_level: str = "INFO"
+    environment: str = "development"
+    sentry_dsn: str = ""
+    sentry_traces_sample_rate: float = 0.0
+    dd_service: str = "pose-generator"
+    db_pool_size: int = 10
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        reader = _Reader(env)
+        provider = reader.choice("POSEGEN_PROVIDER", "local", ("local", "flux"))
+        settings = cls(
+            database_url=reader.url("DATABASE_URL", cls.database_url, ("postgresql://", "postgres://")),
+            redis_url=reader.url("REDIS_URL", cls.redis_url, ("redis://", "rediss://", "unix://")),
+            jwt_secret=reader.text("JWT_SECRET", cls.jwt_secret),
+            provider=provider,
+            flux_api_key=reader.text("FLUX_API_KEY", ""),
+            flux_base_url=reader.url("FLUX_BASE_URL", cls.flux_base_url, ("http://", "https://")),
+            flux_model=reader.text("FLUX_MODEL", cls.flux_model),
+            flux_timeout_seconds=reader.number("FLUX_TIMEOUT_SECONDS", cls.flux_timeout_seconds, minimum=0.1),
+            flux_deadline_seconds=reader.number(
+                "FLUX_DEADLINE_SECONDS", cls.flux_deadline_seconds, minimum=0.5
+            ),
+            flux_poll_interval_seconds=reader.number(
+                "FLUX_POLL_INTERVAL_SECONDS", cls.flux_poll_interval_seconds, minimum=0.01
+            ),
+            flux_max_retries=reader.integer("FLUX_MAX_RETRIES", cls.flux_max_retries, minimum=0, maximum=20),
+            storage_backend=reader.choice("STORAGE_BACKEND", "local", ("local", "supabase")),
+            data_dir=Path(reader.text("POSEGEN_DATA_DIR", str(cls.data_dir))),
+            public_base_url=reader.text("POSEGEN_PUBLIC_BASE_URL", "").rstrip("/"),
+            supabase_url=reader.text("SUPABASE_URL", "").rstrip("/"),
+            supabase_service_key=reader.text("SUPABASE_SERVICE_KEY", ""),
+            supabase_bucket=reader.text("SUPABASE_BUCKET", cls.supabase_bucket),
+            price_per_pose=reader.integer("POSEGEN_PRICE_PER_POSE", cls.price_per_pose, minimum=1),
+            max_poses_per_generation=reader.integer(
+                "POSEGEN_MAX_POSES", cls.max_poses_per_generation, minimum=1, maximum=100
+            ),
+            provider_concurrency=reader.integer(
+                "POSEGEN_PROVIDER_CONCURRENCY", cls.provider_concurrency, minimum=1, maximum=1000
+            ),
+            pose_concurrency=reader.integer(
+                "POSEGEN_POSE_CONCURRENCY", cls.pose_concurrency, minimum=1, maximum=1000
+            ),
+            lease_seconds=reader.number("POSEGEN_LEASE_SECONDS", cls.lease_seconds, minimum=1.0),
+            reaper_interval_seconds=reader.number(
+                "POSEGEN_REAPER_INTERVAL_SECONDS", cls.reaper_interval_seconds, minimum=0.1
+            ),
+            max_attempts=reader.integer("POSEGEN_MAX_ATTEMPTS", cls.max_attempts, minimum=1, maximum=20),
+            faults=parse_faults(env.get("POSEGEN_FAULTS", "")),
+            local_latency=parse_latency(env.get("POSEGEN_LOCAL_LATENCY", "")),
+            image_size=reader.integer("POSEGEN_IMAGE_SIZE", cls.image_size, minimum=64, maximum=2048),
+            log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARN", "WARNING", "ERROR")),
+            environment=reader.text("POSEGEN_ENV", reader.text("NODE_ENV", cls.environment)),
+            sentry_dsn=reader.text("SENTRY_DSN", ""),
+            sentry_traces_sample_rate=reader.number(
+                "SENTRY_TRACES_SAMPLE_RATE", 0.0, minimum=0.0, maximum=1.0
+            ),
+            dd_service=reader.text("DD_SERVICE", cls.dd_service),
+            db_pool_size=reader.integer("POSEGEN_DB_POOL_SIZE", cls.db_pool_size, minimum=1, maximum=200),
+        )
+        if settings.provider == "flux" and not settings.flux_api_key:
+            raise SettingsError("FLUX_API_KEY must be set when POSEGEN_PROVIDER=flux")
+        if settings.storage_backend == "supabase" and not (
+            settings.supabase_url and settings.supabase_service_key
+        ):
+            raise SettingsError("SUPABASE_URL and SUPABASE_SERVICE_KEY must be set when STORAGE_BACKEND=supabase")
+        return settings
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def text(self, name: str, default: str) -> str:
+        value = self._env.get(name)
+        return default if value is None or value == "" else value
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        if value not in allowed:
+            raise SettingsError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
+        return value
+
+    def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        if not value.startswith(schemes):
+            raise SettingsError(f"{name}={value!r} must start with one of: {', '.join(schemes)}")
+        return value
+
+    def number(
+        self, name: str, default: float, *, minimum: float | None = None, maximum: float | None = None
+    ) -> float:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        _check_range(name, raw, value, minimum, maximum)
+        return value
+
+    def integer(
+        self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        raw = self._env.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+        _check_range(name, raw, value, minimum, maximum)
+        return value
+
+
+def _check_range(name: str, raw: str, value: float, minimum: float | None, maximum: float | None) -> None:
+    if minimum is not None and value < minimum:
+        raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name}={raw!r} must be at most {maximum}")
+
+
+def parse_faults(raw: str) -> dict[ErrorType, float]:
+    """Parse ``POSEGEN_FAULTS`` such as ``FLUX_API_ERROR=0.1,TIMEOUT_ERROR=0.05``."""
+    faults: dict[ErrorType, float] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        name, sep, fraction = item.partition("=")
+        if not sep:
+            raise SettingsError(f"POSEGEN_FAULTS item {item!r} must look like ERROR_TYPE=fraction")
+        try:
+            error_type = ErrorType(name.strip())
+        except ValueError:
+            allowed = ", ".join(e.value for e in ErrorType)
+            raise SettingsError(f"POSEGEN_FAULTS names unknown error type {name!r}; use one of {allowed}") from None
+        try:
+            value = float(fraction)
+        except ValueError:
+            raise SettingsError(f"POSEGEN_FAULTS value for {name} is not a number: {fraction!r}") from None
+        if not 0.0 <= value <= 1.0:
+            raise SettingsError(f"POSEGEN_FAULTS value for {name} must be between 0 and 1, got {value}")
+        faults[error_type] = value
+    if sum(faults.values()) > 1.0 + 1e-9:
+        raise SettingsError("POSEGEN_FAULTS fractions add up to more than 1")
+    return faults
+
+
+def parse_latency(raw: str) -> LatencyRange:
+    """Parse ``POSEGEN_LOCAL_LATENCY``: seconds per pose, ``2`` or a range ``0.5-3``."""
+    raw = raw.strip()
+    if not raw:
+        return LatencyRange()
+    low_text, sep, high_text = raw.partition("-")
+    try:
+        low = float(low_text)
+        high = float(high_text) if sep else low
+    except ValueError:
+        raise SettingsError(
+            f"POSEGEN_LOCAL_LATENCY={raw!r} must be seconds (e.g. 2) or a range (e.g. 0.5-3)"
+        ) from None
+    if low < 0 or high < low:
+        raise SettingsError(f"POSEGEN_LOCAL_LATENCY={raw!r} must be non-negative with low <= high")
+    return LatencyRange(low, high)
