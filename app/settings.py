@@ -34,7 +34,7 @@ class Settings:
     provider: str = "local"
     flux_api_key: str = ""
     flux_base_url: str = "https://api.bfl.ai"
-    flux_model: str = "flux-pro-1.1"
+    flux_model: str = "flux-pro-1.0-canny"
     flux_timeout_seconds: float = 30.0
     flux_deadline_seconds: float = 300.0
     flux_poll_interval_seconds: float = 0.5

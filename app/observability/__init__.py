@@ -1,0 +1,1 @@
+"""Logs, timings, metrics, error tracking and tracing: each in its own module."""

@@ -1,0 +1,103 @@
+"""Structured JSON logs in the seed's shape: ``{timestamp, level, component, message, metadata}``.
+
+Configure once with :func:`configure_logging`; modules ask for a component logger::
+
+    log = get_logger("Worker")
+    log.info("Processing generation job", generationId=gid, poseCount=4)
+    log.error("Failed to upload image", exc_info=exc, generationId=gid)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import traceback
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import structlog
+
+COMPONENTS = ("Worker", "Storage", "FLUX", "Metrics", "API")
+_LEVELS = {"debug": "DEBUG", "info": "INFO", "warning": "WARN", "warn": "WARN", "error": "ERROR",
+           "critical": "ERROR", "exception": "ERROR"}
+_NUMERIC = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
+            "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+# Processors that other modules (tracing) add to every entry's metadata, e.g. trace ids.
+_extra_processors: list[Any] = []
+
+
+def iso_timestamp(moment: datetime | None = None) -> str:
+    """UTC time as ISO-8601 with milliseconds and ``Z``, as every timestamp in the API and logs."""
+    moment = moment or datetime.now(UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _seed_shape(_: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    level = _LEVELS.get(method_name, method_name.upper())
+    component = event_dict.pop("component", "API")
+    message = str(event_dict.pop("event", ""))
+    exc_info = event_dict.pop("exc_info", None)
+    entry: dict[str, Any] = {
+        "timestamp": iso_timestamp(),
+        "level": level,
+        "component": component,
+        "message": message,
+        "metadata": event_dict,
+    }
+    error = _error_of(exc_info)
+    if error is not None:
+        entry["error"] = error
+    return entry
+
+
+def _error_of(exc_info: Any) -> dict[str, Any] | None:
+    if not exc_info:
+        return None
+    if isinstance(exc_info, BaseException):
+        exc = exc_info
+    elif isinstance(exc_info, tuple):
+        exc = exc_info[1]
+    else:
+        exc = sys.exc_info()[1]
+    if exc is None:
+        return None
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "stack": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    }
+
+
+def _render(_: Any, __: str, entry: dict[str, Any]) -> str:
+    return json.dumps(entry, default=str, separators=(",", ":"))
+
+
+def add_processor(processor: Any) -> None:
+    """Let an optional integration (tracing) add fields to each entry's metadata; call before configure."""
+    _extra_processors.append(processor)
+
+
+def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, *_extra_processors, _seed_shape, _render],
+        wrapper_class=structlog.make_filtering_bound_logger(_NUMERIC[level.upper()]),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(component: str) -> structlog.typing.FilteringBoundLogger:
+    """A logger bound to one of :data:`COMPONENTS`."""
+    if component not in COMPONENTS:
+        raise ValueError(f"unknown log component {component!r}; use one of {COMPONENTS}")
+    return structlog.get_logger().bind(component=component)
+
+
+def bind_context(**values: Any) -> None:
+    """Bind values (e.g. ``generationId``) into every log entry of the current task or thread."""
+    structlog.contextvars.bind_contextvars(**values)
+
+
+def clear_context() -> None:
+    structlog.contextvars.clear_contextvars()

@@ -1,0 +1,1 @@
+"""Image providers: ``local`` (offline, Pillow) and ``flux`` (Black Forest Labs API)."""
