@@ -121,7 +121,9 @@ class Settings:
         if settings.storage_backend == "supabase" and not (
             settings.supabase_url and settings.supabase_service_key
         ):
-            raise SettingsError("SUPABASE_URL and SUPABASE_SERVICE_KEY must be set when STORAGE_BACKEND=supabase")
+            raise SettingsError(
+                "SUPABASE_URL and SUPABASE_SERVICE_KEY must be set when STORAGE_BACKEND=supabase"
+            )
         return settings
 
 
@@ -192,7 +194,9 @@ def parse_faults(raw: str) -> dict[ErrorType, float]:
             error_type = ErrorType(name.strip())
         except ValueError:
             allowed = ", ".join(e.value for e in ErrorType)
-            raise SettingsError(f"POSEGEN_FAULTS names unknown error type {name!r}; use one of {allowed}") from None
+            raise SettingsError(
+                f"POSEGEN_FAULTS names unknown error type {name!r}; use one of {allowed}"
+            ) from None
         try:
             value = float(fraction)
         except ValueError:

@@ -57,7 +57,9 @@ class PerformanceTracker:
 
     def record(self, operation: str, duration_ms: float, **metadata: Any) -> float:
         self._histogram.labels(operation).observe(duration_ms / 1000.0)
-        self._log.debug("Performance measured", operation=operation, duration=round(duration_ms, 3), **metadata)
+        self._log.debug(
+            "Performance measured", operation=operation, duration=round(duration_ms, 3), **metadata
+        )
         return duration_ms
 
     def measure(self, operation: str, **metadata: Any) -> Measurement:

@@ -1,0 +1,1 @@
+"""Domain rules: poses, credits, generations. No HTTP here."""

@@ -1,0 +1,60 @@
+"""The offline ``local`` provider: a deterministic PNG drawn from the pose and the prompt.
+
+No network. For demos and alert drills it can wait (``POSEGEN_LOCAL_LATENCY``);
+injected faults (``POSEGEN_FAULTS``) are decided by the worker's fault plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import random
+
+from PIL import Image, ImageDraw
+
+from app.providers.base import ImageRequest
+from app.providers.skeleton import encode_png
+from app.settings import LatencyRange
+
+
+class LocalProvider:
+    name = "local"
+
+    def __init__(self, latency: LatencyRange | None = None) -> None:
+        self._latency = latency or LatencyRange()
+
+    async def generate(self, request: ImageRequest) -> bytes:
+        delay = self._delay(request)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return await asyncio.to_thread(render_local_image, request)
+
+    def _delay(self, request: ImageRequest) -> float:
+        if self._latency.high <= self._latency.low:
+            return self._latency.low
+        return random.Random(request.seed).uniform(self._latency.low, self._latency.high)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def render_local_image(request: ImageRequest) -> bytes:
+    """A figure in the pose's shape over a background coloured by the prompt; same input, same bytes."""
+    digest = hashlib.sha256(f"{request.prompt}\x00{request.seed}".encode()).digest()
+    top, bottom = (digest[0], digest[1], digest[2]), (digest[3], digest[4], digest[5])
+    width, height = request.width, request.height
+    image = Image.linear_gradient("L").resize((width, height))
+    image = Image.merge(
+        "RGB",
+        [image.point(lambda v, a=a, b=b: a + (b - a) * v // 255) for a, b in zip(top, bottom, strict=True)],
+    )
+    conditioning = Image.open(io.BytesIO(request.control_image)).convert("L").resize((width, height))
+    mask = conditioning.point(lambda v: 255 if v > 0 else 0)
+    figure = Image.new("RGB", (width, height), (255 - digest[6], 255 - digest[7], 255 - digest[8]))
+    image.paste(figure, mask=mask)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([0, height - 28, width, height], fill=(0, 0, 0))
+    draw.text((8, height - 22), request.prompt[:70], fill=(255, 255, 255))
+    return encode_png(image)
+

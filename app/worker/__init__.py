@@ -1,0 +1,1 @@
+"""RQ entry points and the per-pose pipeline."""
