@@ -1,0 +1,66 @@
+"""The Litestar app factory: builds the app from a :class:`~app.settings.Settings` object."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Router
+from litestar.openapi import OpenAPIConfig
+from psycopg_pool import AsyncConnectionPool
+
+from app import API_PREFIX, __version__
+from app.api.credits import CreditController
+from app.api.deps import DEPENDENCIES
+from app.api.errors import EXCEPTION_HANDLERS
+from app.api.generations import GenerationController
+from app.api.health import health
+from app.api.http_metrics import http_metrics_middleware, metrics_prometheus
+from app.api.images import image
+from app.api.poses import PoseController
+from app.settings import Settings
+from app.storage.factory import build_storage
+from app.worker.queue import make_queue, make_redis
+
+MAX_BODY_BYTES = 64 * 1024
+
+
+def create_app(settings: Settings) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
+        pool = AsyncConnectionPool(
+            settings.database_url, min_size=1, max_size=settings.db_pool_size, open=False,
+            kwargs={"autocommit": True, "connect_timeout": 2}, timeout=5,
+            # A connection killed by the server is replaced instead of failing the next request.
+            check=AsyncConnectionPool.check_connection,
+        )
+        await pool.open(wait=False)
+        redis = make_redis(settings.redis_url)
+        storage = build_storage(settings, api_url_prefix=f"{settings.public_base_url}{API_PREFIX}/images")
+        app.state.pool = pool
+        app.state.redis = redis
+        app.state.queue = make_queue(redis)
+        app.state.storage = storage
+        try:
+            yield
+        finally:
+            await storage.aclose()
+            redis.close()
+            await pool.close()
+
+    router = Router(
+        path=API_PREFIX,
+        route_handlers=[GenerationController, PoseController, CreditController, health, image, metrics_prometheus],
+        dependencies=DEPENDENCIES,
+    )
+    app = Litestar(
+        route_handlers=[router, metrics_prometheus],
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        middleware=[http_metrics_middleware],
+        openapi_config=OpenAPIConfig(title="Pose Generator API", version=__version__, path="/schema"),
+        request_max_body_size=MAX_BODY_BYTES,
+        debug=False,
+    )
+    app.state.settings = settings
+    return app

@@ -1,0 +1,39 @@
+"""Credit endpoints: own balance and ledger; admin grants."""
+
+from __future__ import annotations
+
+from litestar import Controller, get, post
+from litestar.status_codes import HTTP_201_CREATED
+from psycopg import AsyncConnection
+
+from app.api.auth import Principal, require_admin
+from app.api.schemas import CreditAccount, GrantRequest, GrantResult, LedgerEntry
+from app.api.timefmt import iso_or_none
+from app.domain.credits import account_summary, grant_credits
+from app.observability.logging import get_logger
+
+log = get_logger("API")
+
+
+class CreditController(Controller):
+    path = "/credits"
+    tags = ["credits"]
+
+    @get("/", summary="The caller's balance and recent ledger entries")
+    async def own(self, db: AsyncConnection, principal: Principal) -> CreditAccount:
+        summary = await account_summary(db, principal.user_id)
+        return CreditAccount(
+            userId=summary["userId"], balance=summary["balance"],
+            ledger=[
+                LedgerEntry(id=e["id"], kind=e["kind"], amount=e["amount"], balanceAfter=e["balance_after"],
+                            generationId=e["generation_id"], createdAt=iso_or_none(e["created_at"]) or "")
+                for e in summary["ledger"]
+            ],
+        )
+
+    @post("/grants", status_code=HTTP_201_CREATED, summary="Grant credits to a user (ADMIN)")
+    async def grant(self, data: GrantRequest, db: AsyncConnection, principal: Principal) -> GrantResult:
+        require_admin(principal)
+        balance = await grant_credits(db, data.userId, data.amount, granted_by=principal.user_id)
+        log.info("Credits granted", userId=data.userId, amount=data.amount, grantedBy=principal.user_id)
+        return GrantResult(userId=data.userId, amount=data.amount, balance=balance)

@@ -1,0 +1,148 @@
+"""Generation endpoints: create (charge + enqueue), read one, list own."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.exceptions import HTTPException, NotFoundException
+from litestar.params import Parameter
+from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_402_PAYMENT_REQUIRED, HTTP_503_SERVICE_UNAVAILABLE
+from psycopg import AsyncConnection
+
+from app.api.auth import Principal
+from app.api.errors import ValidationFailed
+from app.api.schemas import (
+    CreateGenerationRequest,
+    GenerationAccepted,
+    GenerationPage,
+    GenerationSummary,
+    GenerationView,
+    PoseResult,
+)
+from app.api.timefmt import iso_or_none
+from app.domain.credits import InsufficientCreditsError
+from app.domain.error_events import record_error_event
+from app.domain.generations import (
+    UnknownPosesError,
+    abandon_unqueued_generation,
+    create_generation,
+    get_generation,
+    list_generations,
+)
+from app.errors import ErrorType
+from app.observability.logging import get_logger
+from app.worker.queue import enqueue_generation
+
+log = get_logger("API")
+
+IdempotencyKey = Annotated[
+    str | None,
+    Parameter(header="Idempotency-Key", required=False, min_length=1, max_length=200,
+              description="Repeat a request safely: the same key returns the first generation, charged once."),
+]
+
+
+class GenerationController(Controller):
+    path = "/generations"
+    tags = ["generations"]
+
+    @post("/", status_code=HTTP_202_ACCEPTED, summary="Create a generation",
+          responses={402: {"description": "Not enough credits"}})  # type: ignore[dict-item]
+    async def create(
+        self, request: Request, data: CreateGenerationRequest, db: AsyncConnection, principal: Principal,
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[GenerationAccepted]:
+        settings = request.app.state.settings
+        pose_ids = list(data.poseIds)
+        prompt = data.prompt.strip()
+        if not prompt:
+            raise ValidationFailed("prompt", "prompt must not be blank")
+        if "\x00" in prompt:
+            raise ValidationFailed("prompt", "prompt must not contain NUL characters")
+        try:
+            created = await create_generation(
+                db, user_id=principal.user_id, pose_ids=pose_ids, prompt=prompt,
+                price_per_pose=settings.price_per_pose, idempotency_key=idempotency_key,
+            )
+        except UnknownPosesError as exc:
+            await record_error_event(db, ErrorType.VALIDATION_ERROR, "API", str(exc), user_id=principal.user_id)
+            raise ValidationFailed("poseIds", str(exc)) from None
+        except InsufficientCreditsError as exc:
+            await record_error_event(db, ErrorType.CREDIT_ERROR, "API", str(exc), user_id=principal.user_id)
+            raise HTTPException(
+                status_code=HTTP_402_PAYMENT_REQUIRED,
+                detail=f"Insufficient credits: {exc.required} required, balance {exc.balance}",
+                extra={"errorType": ErrorType.CREDIT_ERROR.value, "required": exc.required,
+                       "balance": exc.balance},
+            ) from None
+        if created.created:
+            await self._enqueue(request, db, created.generation_id, created.attempt)
+            log.info("Generation accepted", generationId=created.generation_id, userId=principal.user_id,
+                     poseCount=len(pose_ids), creditsCharged=created.credits_charged)
+        body = GenerationAccepted(created.generation_id, created.status, created.credits_charged,
+                                  iso_or_none(created.created_at) or "")
+        headers = {} if created.created else {"Idempotent-Replayed": "true"}
+        return Response(body, status_code=HTTP_202_ACCEPTED, headers=headers)
+
+    @staticmethod
+    async def _enqueue(request: Request, db: AsyncConnection, generation_id: str, attempt: int) -> None:
+        queue = request.app.state.queue
+        try:
+            # The Redis client is synchronous; keep it off the event loop.
+            await asyncio.to_thread(enqueue_generation, queue, generation_id, attempt)
+        except Exception as exc:
+            log.error("Queue unreachable; generation refunded", exc_info=exc, generationId=generation_id)
+            await abandon_unqueued_generation(db, generation_id, f"queue unreachable: {type(exc).__name__}")
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE,
+                detail="The generation queue is unavailable; nothing was charged. Retry later.",
+                extra={"errorType": ErrorType.NETWORK_ERROR.value},
+            ) from None
+
+    @get("/{generation_id:str}", summary="One generation with its per-pose results")
+    async def read(
+        self, request: Request, generation_id: str, db: AsyncConnection, principal: Principal
+    ) -> GenerationView:
+        row = await get_generation(db, generation_id)
+        if row is None or (row["userId"] != principal.user_id and not principal.is_admin):
+            raise NotFoundException(f"generation {generation_id} not found")
+        storage = request.app.state.storage
+        return GenerationView(
+            generationId=row["generationId"], status=row["status"], prompt=row["prompt"],
+            createdAt=iso_or_none(row["createdAt"]) or "", finishedAt=iso_or_none(row["finishedAt"]),
+            durationMs=row["durationMs"], creditsCharged=row["creditsCharged"],
+            creditsRefunded=row["creditsRefunded"], errorType=row["errorType"],
+            poses=[_pose_result(p, storage) for p in row["poses"]],
+        )
+
+    @get("/", summary="The caller's generations, newest first")
+    async def list_own(
+        self, db: AsyncConnection, principal: Principal,
+        limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
+        offset: Annotated[int, Parameter(ge=0, le=1_000_000)] = 0,
+    ) -> GenerationPage:
+        rows, total = await list_generations(db, principal.user_id, limit=limit, offset=offset)
+        return GenerationPage(
+            generations=[
+                GenerationSummary(
+                    generationId=r["generationId"], status=r["status"], prompt=r["prompt"],
+                    posesCount=r["posesCount"], createdAt=iso_or_none(r["createdAt"]) or "",
+                    finishedAt=iso_or_none(r["finishedAt"]), durationMs=r["durationMs"],
+                    creditsCharged=r["creditsCharged"], creditsRefunded=r["creditsRefunded"],
+                    errorType=r["errorType"],
+                )
+                for r in rows
+            ],
+            total=total, limit=limit, offset=offset,
+        )
+
+
+def _pose_result(pose: dict[str, Any], storage: Any) -> PoseResult:
+    key = pose["imageKey"]
+    return PoseResult(
+        poseId=pose["poseId"], status=pose["status"], errorType=pose["errorType"],
+        imageUrl=storage.public_url(key) if key else None, durationMs=pose["durationMs"],
+        queueWaitMs=pose["queueWaitMs"], providerMs=pose["providerMs"], uploadMs=pose["uploadMs"],
+    )

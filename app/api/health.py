@@ -1,0 +1,50 @@
+"""``GET /health``: no auth, the seed's shape, 503 when PostgreSQL or Redis is down, answered within 2 s."""
+
+from __future__ import annotations
+
+import asyncio
+
+from litestar import Request, Response, get
+from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+
+from app import APP_NAME, __version__
+from app.api.schemas import DependencyCheck, Health, HealthChecks, QueueCheck, QueueCountsView
+from app.observability.logging import iso_timestamp
+from app.worker.queue_stats import read_queue_counts
+
+CHECK_TIMEOUT_SECONDS = 1.5
+PHASE = "Production Ready"
+
+
+async def _check_database(request: Request) -> DependencyCheck:
+    async def probe() -> None:
+        async with request.app.state.pool.connection(timeout=CHECK_TIMEOUT_SECONDS) as conn:
+            await conn.execute("SELECT 1")
+
+    try:
+        await asyncio.wait_for(probe(), CHECK_TIMEOUT_SECONDS)
+    except Exception as exc:
+        return DependencyCheck("disconnected", error=type(exc).__name__)
+    return DependencyCheck("connected")
+
+
+async def _check_redis_and_queue(request: Request) -> tuple[DependencyCheck, QueueCheck]:
+    redis = request.app.state.redis
+    try:
+        counts = await asyncio.wait_for(asyncio.to_thread(read_queue_counts, redis), CHECK_TIMEOUT_SECONDS)
+    except Exception as exc:
+        error = type(exc).__name__
+        return DependencyCheck("disconnected", error=error), QueueCheck("unavailable", error=error)
+    view = QueueCountsView(counts.waiting, counts.active, counts.completed, counts.failed, counts.delayed)
+    return DependencyCheck("connected"), QueueCheck("operational", counts=view)
+
+
+@get("/health", summary="Application health (no authentication)", tags=["health"])
+async def health(request: Request) -> Response[Health]:
+    database, (redis, queue) = await asyncio.gather(_check_database(request), _check_redis_and_queue(request))
+    healthy = database.status == "connected" and redis.status == "connected"
+    body = Health(
+        status="healthy" if healthy else "unhealthy", timestamp=iso_timestamp(), app=APP_NAME,
+        version=__version__, checks=HealthChecks(database=database, redis=redis, queue=queue), phase=PHASE,
+    )
+    return Response(body, status_code=HTTP_200_OK if healthy else HTTP_503_SERVICE_UNAVAILABLE)

@@ -1,0 +1,61 @@
+"""The API's own Prometheus metrics, served at ``/metrics-prometheus`` (the seed's path).
+
+Labels are the route template (``/generations/{generation_id:str}``), never the
+raw path, so their number stays bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from litestar import Response, get
+from litestar.params import Parameter
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+REQUESTS = Counter(
+    "pose_http_requests", "HTTP requests answered by the API", ["method", "route", "status_code"]
+)
+LATENCY = Histogram(
+    "pose_http_request_duration_seconds", "HTTP request latency of the API", ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+_METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
+
+
+def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("path_template") or "unmatched"  # type: ignore[typeddict-item]
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+            REQUESTS.labels(method, route, str(status)).inc()
+            LATENCY.labels(method, route).observe(time.perf_counter() - began)
+
+    return middleware
+
+
+@get(["/metrics-prometheus"], summary="Prometheus metrics of this API process", tags=["metrics"],
+     include_in_schema=True, sync_to_thread=False)
+def metrics_prometheus(
+    accept: Annotated[str | None, Parameter(header="Accept", required=False)] = None,
+) -> Response[bytes]:
+    if accept and "application/openmetrics-text" in accept:
+        return Response(generate_openmetrics(REGISTRY), media_type=OPENMETRICS_TYPE)
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,36 @@
+"""Pose library endpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, get
+from litestar.exceptions import NotFoundException
+from litestar.params import Parameter
+from psycopg import AsyncConnection
+
+from app.api.auth import Principal
+from app.api.schemas import Pose, PosePage
+from app.domain.poses import get_pose, list_poses
+
+
+class PoseController(Controller):
+    path = "/poses"
+    tags = ["poses"]
+
+    @get("/", summary="The pose library, optionally one category")
+    async def list_library(
+        self, db: AsyncConnection, principal: Principal,
+        category: Annotated[str | None, Parameter(max_length=100)] = None,
+        limit: Annotated[int, Parameter(ge=1, le=100)] = 50,
+        offset: Annotated[int, Parameter(ge=0, le=1_000_000)] = 0,
+    ) -> PosePage:
+        rows, total = await list_poses(db, category=category, limit=limit, offset=offset)
+        return PosePage(poses=[Pose(**row) for row in rows], total=total)
+
+    @get("/{pose_id:str}", summary="One pose with its keypoints")
+    async def read(self, pose_id: str, db: AsyncConnection, principal: Principal) -> Pose:
+        row = await get_pose(db, pose_id)
+        if row is None:
+            raise NotFoundException(f"pose {pose_id} not found")
+        return Pose(**row)

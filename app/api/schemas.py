@@ -1,0 +1,141 @@
+"""Request and response shapes at the HTTP edge (msgspec structs, camelCase as the seed's JSON)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+MAX_POSES_PER_GENERATION = 10
+MAX_PROMPT_LENGTH = 1000
+
+PoseId = Annotated[str, Meta(min_length=1, max_length=100)]
+
+
+class CreateGenerationRequest(msgspec.Struct, forbid_unknown_fields=True):
+    poseIds: Annotated[list[PoseId], Meta(min_length=1, max_length=MAX_POSES_PER_GENERATION)]
+    prompt: Annotated[str, Meta(min_length=1, max_length=MAX_PROMPT_LENGTH)]
+
+
+class GenerationAccepted(msgspec.Struct):
+    generationId: str
+    status: str
+    creditsCharged: int
+    createdAt: str
+
+
+class PoseResult(msgspec.Struct):
+    poseId: str
+    status: str
+    errorType: str | None
+    imageUrl: str | None
+    durationMs: int | None
+    queueWaitMs: int | None
+    providerMs: int | None
+    uploadMs: int | None
+
+
+class GenerationView(msgspec.Struct):
+    generationId: str
+    status: str
+    prompt: str
+    createdAt: str
+    finishedAt: str | None
+    durationMs: int | None
+    creditsCharged: int
+    creditsRefunded: int
+    errorType: str | None
+    poses: list[PoseResult]
+
+
+class GenerationSummary(msgspec.Struct):
+    generationId: str
+    status: str
+    prompt: str
+    posesCount: int
+    createdAt: str
+    finishedAt: str | None
+    durationMs: int | None
+    creditsCharged: int
+    creditsRefunded: int
+    errorType: str | None
+
+
+class GenerationPage(msgspec.Struct):
+    generations: list[GenerationSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class Pose(msgspec.Struct):
+    poseId: str
+    name: str
+    category: str
+    keypoints: list[list[float]]
+
+
+class PosePage(msgspec.Struct):
+    poses: list[Pose]
+    total: int
+
+
+class LedgerEntry(msgspec.Struct):
+    id: int
+    kind: str
+    amount: int
+    balanceAfter: int
+    generationId: str | None
+    createdAt: str
+
+
+class CreditAccount(msgspec.Struct):
+    userId: str
+    balance: int
+    ledger: list[LedgerEntry]
+
+
+class GrantRequest(msgspec.Struct, forbid_unknown_fields=True):
+    userId: Annotated[str, Meta(min_length=1, max_length=200)]
+    amount: Annotated[int, Meta(ge=1, le=1_000_000_000)]
+
+
+class GrantResult(msgspec.Struct):
+    userId: str
+    amount: int
+    balance: int
+
+
+class QueueCountsView(msgspec.Struct):
+    waiting: int
+    active: int
+    completed: int
+    failed: int
+    delayed: int
+
+
+class DependencyCheck(msgspec.Struct, omit_defaults=True):
+    status: str
+    error: str | None = None
+
+
+class QueueCheck(msgspec.Struct, omit_defaults=True):
+    status: str
+    counts: QueueCountsView | None = None
+    error: str | None = None
+
+
+class HealthChecks(msgspec.Struct):
+    database: DependencyCheck
+    redis: DependencyCheck
+    queue: QueueCheck
+
+
+class Health(msgspec.Struct):
+    status: str
+    timestamp: str
+    app: str
+    version: str
+    checks: HealthChecks
+    phase: str

@@ -1,0 +1,107 @@
+"""Credits: one balance row per user and an append-only ledger (grant, charge, refund).
+
+Every balance change appends its ledger row in the same transaction, and the
+``balance >= 0`` check plus the guarded ``UPDATE`` keep the balance from going
+negative under any concurrency. Partial unique indexes make a second charge of a
+generation or a second refund of a pose impossible.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+
+class InsufficientCreditsError(Exception):
+    def __init__(self, balance: int, required: int) -> None:
+        super().__init__(f"insufficient credits: balance {balance}, required {required}")
+        self.balance = balance
+        self.required = required
+
+
+async def ensure_account(conn: AsyncConnection, user_id: str) -> None:
+    """A user unknown so far starts at balance 0."""
+    await conn.execute(
+        "INSERT INTO credit_accounts (user_id) VALUES (%s) ON CONFLICT (user_id) DO NOTHING", (user_id,)
+    )
+
+
+async def grant_credits(conn: AsyncConnection, user_id: str, amount: int, granted_by: str) -> int:
+    """Add ``amount`` credits; returns the new balance. Runs in its own transaction."""
+    async with conn.transaction():
+        await ensure_account(conn, user_id)
+        cur = await conn.execute(
+            "UPDATE credit_accounts SET balance = balance + %s, updated_at = now()"
+            " WHERE user_id = %s RETURNING balance",
+            (amount, user_id),
+        )
+        (balance,) = await cur.fetchone()  # type: ignore[misc]
+        await conn.execute(
+            "INSERT INTO credit_ledger (user_id, kind, amount, balance_after, created_by)"
+            " VALUES (%s, 'grant', %s, %s, %s)",
+            (user_id, amount, balance, granted_by),
+        )
+    return int(balance)
+
+
+async def charge_generation(conn: AsyncConnection, user_id: str, generation_id: str, amount: int) -> int:
+    """Deduct ``amount`` for a generation inside the caller's transaction; returns the new balance."""
+    await ensure_account(conn, user_id)
+    cur = await conn.execute(
+        "UPDATE credit_accounts SET balance = balance - %s, updated_at = now()"
+        " WHERE user_id = %s AND balance >= %s RETURNING balance",
+        (amount, user_id, amount),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        cur = await conn.execute("SELECT balance FROM credit_accounts WHERE user_id = %s", (user_id,))
+        current = await cur.fetchone()
+        raise InsufficientCreditsError(int(current[0]) if current else 0, amount)
+    balance = int(row[0])
+    await conn.execute(
+        "INSERT INTO credit_ledger (user_id, kind, amount, balance_after, generation_id)"
+        " VALUES (%s, 'charge', %s, %s, %s)",
+        (user_id, amount, balance, generation_id),
+    )
+    return balance
+
+
+async def refund_failed_pose(
+    conn: AsyncConnection, user_id: str, generation_id: str, generation_pose_id: int, amount: int
+) -> int:
+    """Give back one failed pose's price inside the caller's transaction; returns the new balance.
+
+    The caller moves the pose from pending to failed in the same transaction, so
+    this runs once per pose; the unique index on refunds backs that up.
+    """
+    cur = await conn.execute(
+        "UPDATE credit_accounts SET balance = balance + %s, updated_at = now()"
+        " WHERE user_id = %s RETURNING balance",
+        (amount, user_id),
+    )
+    (balance,) = await cur.fetchone()  # type: ignore[misc]
+    await conn.execute(
+        "INSERT INTO credit_ledger (user_id, kind, amount, balance_after, generation_id, generation_pose_id)"
+        " VALUES (%s, 'refund', %s, %s, %s, %s)",
+        (user_id, amount, balance, generation_id, generation_pose_id),
+    )
+    await conn.execute(
+        "UPDATE generations SET credits_refunded = credits_refunded + %s WHERE id = %s",
+        (amount, generation_id),
+    )
+    return int(balance)
+
+
+async def account_summary(conn: AsyncConnection, user_id: str, ledger_limit: int = 20) -> dict[str, Any]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute("SELECT balance FROM credit_accounts WHERE user_id = %s", (user_id,))
+        account = await cur.fetchone()
+        await cur.execute(
+            "SELECT id, kind, amount, balance_after, generation_id, created_at FROM credit_ledger"
+            " WHERE user_id = %s ORDER BY id DESC LIMIT %s",
+            (user_id, ledger_limit),
+        )
+        ledger = await cur.fetchall()
+    return {"userId": user_id, "balance": int(account["balance"]) if account else 0, "ledger": ledger}

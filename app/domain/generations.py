@@ -1,0 +1,166 @@
+"""Generations as the API sees them: create (charge + insert in one transaction), read, list."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from app.domain.credits import charge_generation, refund_failed_pose
+from app.domain.error_events import record_error_event
+from app.errors import ErrorType
+
+# How long a queued generation may sit before the reaper checks that its job still exists.
+QUEUED_CHECK_SECONDS = 60
+
+
+class UnknownPosesError(ValueError):
+    def __init__(self, missing: list[str]) -> None:
+        super().__init__(f"unknown pose ids: {', '.join(missing)}")
+        self.missing = missing
+
+
+@dataclass(frozen=True)
+class CreatedGeneration:
+    generation_id: str
+    status: str
+    credits_charged: int
+    attempt: int
+    created: bool
+    created_at: datetime
+
+
+def new_generation_id() -> str:
+    """Time-ordered ids keep the primary key index append-mostly."""
+    return f"gen_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
+
+
+async def create_generation(
+    conn: AsyncConnection,
+    *,
+    user_id: str,
+    pose_ids: list[str],
+    prompt: str,
+    price_per_pose: int,
+    idempotency_key: str | None,
+    trace_context: dict[str, str] | None = None,
+) -> CreatedGeneration:
+    """Charge and insert a generation with its pose slots, atomically.
+
+    With an ``idempotency_key`` already used by this user, returns that first
+    generation (``created=False``) and charges nothing; two racing requests with
+    one key serialise on the unique constraint. Raises
+    :class:`~app.domain.credits.InsufficientCreditsError` or :class:`UnknownPosesError`
+    with nothing written.
+    """
+    cost = len(pose_ids) * price_per_pose
+    generation_id = new_generation_id()
+    async with conn.transaction():
+        cur = await conn.execute("SELECT pose_id FROM poses WHERE pose_id = ANY(%s)", (pose_ids,))
+        known = {row[0] for row in await cur.fetchall()}
+        missing = [p for p in dict.fromkeys(pose_ids) if p not in known]
+        if missing:
+            raise UnknownPosesError(missing)
+        cur = await conn.execute(
+            "INSERT INTO generations (id, user_id, prompt, status, poses_count, price_per_pose,"
+            " credits_charged, idempotency_key, trace_context, lease_expires_at)"
+            " VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
+            " ON CONFLICT ON CONSTRAINT generations_idempotency DO NOTHING RETURNING created_at",
+            (generation_id, user_id, prompt, len(pose_ids), price_per_pose, cost, idempotency_key,
+             Jsonb(trace_context) if trace_context else None, QUEUED_CHECK_SECONDS),
+        )
+        inserted = await cur.fetchone()
+        if inserted is None:
+            existing = await _by_idempotency_key(conn, user_id, idempotency_key)
+            return existing
+        await charge_generation(conn, user_id, generation_id, cost)
+        async with conn.cursor() as pose_cur:
+            await pose_cur.executemany(
+                "INSERT INTO generation_poses (generation_id, position, pose_id) VALUES (%s, %s, %s)",
+                [(generation_id, position, pose_id) for position, pose_id in enumerate(pose_ids)],
+            )
+    return CreatedGeneration(generation_id, "queued", cost, 1, True, inserted[0])
+
+
+async def _by_idempotency_key(conn: AsyncConnection, user_id: str, key: str | None) -> CreatedGeneration:
+    cur = await conn.execute(
+        "SELECT id, status, credits_charged, attempt, created_at FROM generations"
+        " WHERE user_id = %s AND idempotency_key = %s",
+        (user_id, key),
+    )
+    row = await cur.fetchone()
+    if row is None:  # the conflicting request rolled back between our insert and this read
+        raise RuntimeError("idempotency key conflict vanished; retry the request")
+    return CreatedGeneration(row[0], row[1], int(row[2]), int(row[3]), False, row[4])
+
+
+async def abandon_unqueued_generation(conn: AsyncConnection, generation_id: str, reason: str) -> None:
+    """The queue refused the job: fail every pose with NETWORK_ERROR and refund it, at once.
+
+    The idempotency key is released so the client's retry creates a new generation.
+    """
+    async with conn.transaction():
+        cur = await conn.execute(
+            "UPDATE generations SET status = 'failed', error_type = %s, error_message = %s,"
+            " finished_at = now(), idempotency_key = NULL, lease_expires_at = NULL"
+            " WHERE id = %s AND status = 'queued' RETURNING user_id, price_per_pose",
+            (ErrorType.NETWORK_ERROR.value, reason, generation_id),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return
+        user_id, price = row
+        cur = await conn.execute(
+            "UPDATE generation_poses SET status = 'failed', error_type = %s, error_message = %s,"
+            " finished_at = now() WHERE generation_id = %s AND status = 'pending' RETURNING id",
+            (ErrorType.NETWORK_ERROR.value, reason, generation_id),
+        )
+        for (pose_row_id,) in await cur.fetchall():
+            await refund_failed_pose(conn, user_id, generation_id, pose_row_id, price)
+        await record_error_event(
+            conn, ErrorType.NETWORK_ERROR, "API", reason, user_id=user_id, generation_id=generation_id
+        )
+
+
+_GENERATION_COLUMNS = (
+    'g.id AS "generationId", g.user_id AS "userId", g.prompt, g.status, g.created_at AS "createdAt",'
+    ' g.finished_at AS "finishedAt", g.duration_ms AS "durationMs", g.credits_charged AS "creditsCharged",'
+    ' g.credits_refunded AS "creditsRefunded", g.error_type AS "errorType", g.poses_count AS "posesCount"'
+)
+
+
+async def get_generation(conn: AsyncConnection, generation_id: str) -> dict[str, Any] | None:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(f"SELECT {_GENERATION_COLUMNS} FROM generations g WHERE g.id = %s", (generation_id,))
+        generation = await cur.fetchone()
+        if generation is None:
+            return None
+        await cur.execute(
+            'SELECT pose_id AS "poseId", status, error_type AS "errorType", image_key AS "imageKey",'
+            ' duration_ms AS "durationMs", queue_wait_ms AS "queueWaitMs", provider_ms AS "providerMs",'
+            ' upload_ms AS "uploadMs" FROM generation_poses WHERE generation_id = %s ORDER BY position',
+            (generation_id,),
+        )
+        generation["poses"] = await cur.fetchall()
+    return generation
+
+
+async def list_generations(
+    conn: AsyncConnection, user_id: str, *, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_GENERATION_COLUMNS} FROM generations g WHERE g.user_id = %s"
+            " ORDER BY g.created_at DESC, g.id DESC LIMIT %s OFFSET %s",
+            (user_id, limit, offset),
+        )
+        rows = await cur.fetchall()
+        await cur.execute("SELECT count(*) AS n FROM generations WHERE user_id = %s", (user_id,))
+        total = int((await cur.fetchone())["n"])  # type: ignore[index]
+    return rows, total

@@ -1,0 +1,47 @@
+"""RQ entry points. ``process_generation`` runs in the work-horse process, one generation per job."""
+
+from __future__ import annotations
+
+import asyncio
+
+from psycopg import AsyncConnection
+from redis.asyncio import Redis as AsyncRedis
+
+from app import API_PREFIX
+from app.observability.logging import clear_context
+from app.providers.factory import build_provider
+from app.settings import Settings
+from app.storage.factory import build_storage
+from app.worker.limiter import ProviderSlots
+from app.worker.pipeline import GenerationPipeline
+
+# Set by the worker process before it forks work-horses, so each job skips re-reading the environment.
+_settings: Settings | None = None
+
+
+def use_settings(settings: Settings) -> None:
+    global _settings
+    _settings = settings
+
+
+def process_generation(generation_id: str, attempt: int) -> str | None:
+    settings = _settings or Settings.from_env()
+    try:
+        return asyncio.run(run_generation(settings, generation_id, attempt))
+    finally:
+        clear_context()
+
+
+async def run_generation(settings: Settings, generation_id: str, attempt: int) -> str | None:
+    provider = build_provider(settings)
+    storage = build_storage(settings, api_url_prefix=f"{API_PREFIX}/images")
+    redis = AsyncRedis.from_url(settings.redis_url)
+    slots = ProviderSlots(redis, settings.provider_concurrency, settings.flux_deadline_seconds + 30)
+    try:
+        async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+            pipeline = GenerationPipeline(settings, conn, provider, storage, slots)
+            return await pipeline.run(generation_id, attempt)
+    finally:
+        await provider.aclose()
+        await storage.aclose()
+        await redis.aclose()

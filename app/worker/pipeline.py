@@ -1,0 +1,191 @@
+"""One generation, run by one job: its poses concurrently, each rendered, generated, stored, recorded.
+
+Per pose: render the ControlNet skeleton, wait for a shared provider slot, call
+the provider, upload, and record the outcome with its timings. Failures are
+classified into one seed error type; the failed pose is refunded by
+:func:`app.domain.processing.record_pose_failure`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import zlib
+from datetime import UTC, datetime
+
+from psycopg import AsyncConnection
+
+from app.domain.processing import (
+    ClaimedGeneration,
+    PendingPose,
+    PoseTimings,
+    claim_generation,
+    extend_lease,
+    finish_generation,
+    record_pose_failure,
+    record_pose_success,
+)
+from app.errors import ErrorType, ProviderTimeoutError, classify
+from app.observability import errors as error_tracking
+from app.observability.logging import bind_context, get_logger
+from app.observability.performance import (
+    CONTROLNET_RENDER,
+    FLUX_API_CALL,
+    IMAGE_UPLOAD,
+    POSE_TOTAL,
+    QUEUE_WAIT,
+    performance_tracker,
+)
+from app.providers.base import ImageProvider, ImageRequest
+from app.providers.skeleton import render_pose_skeleton
+from app.settings import Settings
+from app.storage.base import ImageStorage
+from app.worker.faults import FaultPlan, raise_if_due
+from app.worker.limiter import ProviderSlots
+
+log = get_logger("Worker")
+
+
+class GenerationPipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        conn: AsyncConnection,
+        provider: ImageProvider,
+        storage: ImageStorage,
+        slots: ProviderSlots,
+    ) -> None:
+        self._settings = settings
+        self._conn = conn
+        self._provider = provider
+        self._storage = storage
+        self._slots = slots
+        self._faults = FaultPlan(settings.faults)
+        # One connection per job: writes from concurrent poses take turns.
+        self._db = asyncio.Lock()
+        self._pose_gate = asyncio.Semaphore(settings.pose_concurrency)
+
+    async def run(self, generation_id: str, attempt: int) -> str | None:
+        """Process the generation; returns its final status, or None when it was not ours to run."""
+        async with self._db:
+            claimed = await claim_generation(self._conn, generation_id, attempt, self._settings.lease_seconds)
+        if claimed is None:
+            log.warning("Generation not claimable; skipping job", generationId=generation_id, attempt=attempt)
+            return None
+        bind_context(generationId=generation_id)
+        queue_wait_ms = (datetime.now(UTC) - claimed.created_at).total_seconds() * 1000
+        performance_tracker.record(QUEUE_WAIT, queue_wait_ms, generationId=generation_id)
+        log.info("Processing generation job", generationId=generation_id, poseCount=len(claimed.poses),
+                 attempt=attempt, userId=claimed.user_id)
+        heartbeat = asyncio.create_task(self._heartbeat(claimed))
+        try:
+            await asyncio.gather(*(self._run_pose(claimed, pose) for pose in claimed.poses))
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        async with self._db:
+            finished = await finish_generation(self._conn, generation_id, attempt)
+        if finished is None:
+            log.warning("Generation ownership lost before finishing", generationId=generation_id)
+            return None
+        status, duration_ms, error_type = finished
+        level = log.info if status == "completed" else log.error
+        level("Generation finished", generationId=generation_id, status=status, duration=duration_ms,
+              errorType=error_type)
+        return status
+
+    async def _heartbeat(self, claimed: ClaimedGeneration) -> None:
+        interval = self._settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            async with self._db:
+                ours = await extend_lease(
+                    self._conn, claimed.generation_id, claimed.attempt, self._settings.lease_seconds
+                )
+            if not ours:
+                log.warning("Lease lost", generationId=claimed.generation_id)
+                return
+
+    async def _run_pose(self, claimed: ClaimedGeneration, pose: PendingPose) -> None:
+        async with self._pose_gate:
+            began = time.perf_counter()
+            queue_wait_ms = int((datetime.now(UTC) - claimed.created_at).total_seconds() * 1000)
+            stages: dict[str, int] = {}
+            fault = self._faults.pick(claimed.generation_id, pose.position, claimed.attempt)
+            meta = {"generationId": claimed.generation_id, "poseId": pose.pose_id}
+            try:
+                async with asyncio.timeout(self._pose_deadline()):
+                    image_key = await self._generate_and_store(claimed, pose, fault, stages, meta)
+            except Exception as exc:  # every failure becomes a recorded, refunded outcome
+                error_type = _classify_timeout(exc)
+                timings = self._timings(queue_wait_ms, stages, began)
+                message = str(exc) or type(exc).__name__
+                async with self._db:
+                    recorded = await record_pose_failure(
+                        self._conn, claimed, pose, error_type, message, timings
+                    )
+                log.error("Pose generation failed", exc_info=exc, errorType=error_type.value,
+                          refunded=recorded, duration=timings.duration_ms, **meta)
+                error_tracking.capture_pose_failure(exc, claimed, pose.pose_id, error_type)
+                return
+            timings = self._timings(queue_wait_ms, stages, began)
+            async with self._db:
+                await record_pose_success(self._conn, claimed, pose, image_key, timings)
+            performance_tracker.record(POSE_TOTAL, timings.duration_ms or 0, **meta)
+            log.info("Generated pose successfully", duration=timings.duration_ms, **meta)
+
+    async def _generate_and_store(
+        self,
+        claimed: ClaimedGeneration,
+        pose: PendingPose,
+        fault: ErrorType | None,
+        stages: dict[str, int],
+        meta: dict[str, str],
+    ) -> str:
+        size = self._settings.image_size
+        async with performance_tracker.measure(CONTROLNET_RENDER, **meta) as step:
+            raise_if_due(fault, "controlnet")
+            control = await asyncio.to_thread(render_pose_skeleton, pose.keypoints, size)
+        stages["controlnet"] = int(step.duration_ms)
+        request = ImageRequest(
+            prompt=claimed.prompt, control_image=control, width=size, height=size,
+            seed=_seed(claimed.generation_id, pose.position), generation_id=claimed.generation_id,
+            pose_id=pose.pose_id,
+        )
+        async with self._slots.slot():
+            async with performance_tracker.measure(FLUX_API_CALL, **meta) as step:
+                raise_if_due(fault, "provider")
+                image = await self._provider.generate(request)
+        stages["provider"] = int(step.duration_ms)
+        key = f"{claimed.generation_id}/{pose.position}-{pose.pose_id}.png"
+        async with performance_tracker.measure(IMAGE_UPLOAD, **meta) as step:
+            raise_if_due(fault, "upload")
+            await self._storage.put(key, image, "image/png")
+        stages["upload"] = int(step.duration_ms)
+        return key
+
+    def _pose_deadline(self) -> float:
+        # The provider enforces its own deadline; this bounds everything else around it.
+        return self._settings.flux_deadline_seconds + 60.0
+
+    @staticmethod
+    def _timings(queue_wait_ms: int, stages: dict[str, int], began: float) -> PoseTimings:
+        return PoseTimings(
+            queue_wait_ms=queue_wait_ms,
+            controlnet_ms=stages.get("controlnet"),
+            provider_ms=stages.get("provider"),
+            upload_ms=stages.get("upload"),
+            duration_ms=int((time.perf_counter() - began) * 1000),
+        )
+
+
+def _classify_timeout(exc: BaseException) -> ErrorType:
+    if isinstance(exc, TimeoutError) and not isinstance(exc, ProviderTimeoutError):
+        return ErrorType.TIMEOUT_ERROR
+    return classify(exc)
+
+
+def _seed(generation_id: str, position: int) -> int:
+    return zlib.crc32(f"{generation_id}:{position}".encode())

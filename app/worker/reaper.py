@@ -1,0 +1,54 @@
+"""Finds generations abandoned by a dead worker and re-queues or finishes them, on a timer.
+
+Runs as a thread of every worker process (not the work-horse), so abandoned
+work is picked up within ``lease_seconds + reaper_interval_seconds`` as long as
+one worker is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from psycopg import AsyncConnection
+from redis import Redis
+
+from app.domain.processing import reap_abandoned
+from app.observability.logging import get_logger
+from app.settings import Settings
+from app.worker.queue import enqueue_generation, job_exists, make_queue
+
+log = get_logger("Worker")
+
+
+async def reap_once(settings: Settings, redis: Redis) -> int:
+    """One pass; returns how many generations it re-queued or finished."""
+    async with await AsyncConnection.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
+        result = await reap_abandoned(
+            conn, max_attempts=settings.max_attempts, job_exists=lambda job_id: job_exists(redis, job_id)
+        )
+    queue = make_queue(redis)
+    for generation_id, attempt in result.requeue:
+        enqueue_generation(queue, generation_id, attempt)
+        log.warning("Re-queued abandoned generation", generationId=generation_id, attempt=attempt)
+    for generation_id in result.failed:
+        log.error("Abandoned generation failed after its last attempt", generationId=generation_id)
+    return len(result.requeue) + len(result.failed)
+
+
+class Reaper(threading.Thread):
+    def __init__(self, settings: Settings, redis: Redis) -> None:
+        super().__init__(name="posegen-reaper", daemon=True)
+        self._settings = settings
+        self._redis = redis
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self._settings.reaper_interval_seconds):
+            try:
+                asyncio.run(reap_once(self._settings, self._redis))
+            except Exception as exc:  # a database or Redis outage: try again next tick
+                log.warning("Reaper pass failed", error=str(exc))
+
+    def stop(self) -> None:
+        self._stop_event.set()
