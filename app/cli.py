@@ -1,0 +1,246 @@
+"""``posegen``: the command line of every process (api, worker, exporter) and of the operators."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from app import API_PREFIX, __version__
+from app.settings import Settings, SettingsError
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _configure_logging(settings: Settings) -> None:
+    from app.observability.logging import configure_logging
+
+    configure_logging(settings.log_level)
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.api.app import create_app
+
+    settings = _settings()
+    _configure_logging(settings)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=False, log_level="warning",
+                timeout_graceful_shutdown=5)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from app.worker.main import run_worker
+
+    settings = _settings()
+    _configure_logging(settings)
+    run_worker(settings, name=args.name, burst=args.burst)
+    return 0
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    from exporter.server import run_exporter
+
+    settings = _settings()
+    _configure_logging(settings)
+    run_exporter(settings, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from app.db.migrate import ensure_database, migrate
+
+    settings = _settings()
+    if ensure_database(settings.database_url):
+        print("created database")
+    applied = migrate(settings.database_url)
+    print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    return 0
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from psycopg import AsyncConnection
+
+    from app.domain.poses import seed_pose_library
+
+    settings = _settings()
+
+    async def seed() -> int:
+        async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+            return await seed_pose_library(conn)
+
+    print(f"pose library: {asyncio.run(seed())} poses")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from app.api.auth import Role, mint_token
+
+    settings = _settings()
+    print(f"user {args.user}, role {args.role}, valid {args.ttl} s")
+    print(mint_token(settings.jwt_secret, args.user, Role(args.role), args.ttl))
+    return 0
+
+
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from dashboards.overview import write_dashboards
+
+    for path in write_dashboards(Path(args.out)):
+        print(path)
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from app.devservices import ServiceError, local_services
+
+    settings = _settings()
+    data_dir = settings.data_dir.resolve()
+    try:
+        with local_services(settings.database_url, settings.redis_url, data_dir) as started:
+            return _run_dev_stack(settings, args, started)
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run_dev_stack(settings: Settings, args: argparse.Namespace, started: list[str]) -> int:
+    from app.api.auth import Role, mint_token
+
+    env = {**os.environ, "POSEGEN_DATA_DIR": str(settings.data_dir.resolve())}
+    posegen = [sys.executable, "-m", "app.cli"]
+    for step in ("migrate", "seed"):
+        subprocess.run([*posegen, step], check=True, env=env)
+    children: list[subprocess.Popen[bytes]] = []
+
+    def spawn(*argv: str) -> None:
+        children.append(subprocess.Popen([*posegen, *argv], env=env))
+
+    spawn("api", "--host", args.host, "--port", str(args.port))
+    for index in range(args.workers):
+        spawn("worker", "--name", f"dev-worker-{index + 1}-{os.getpid()}")
+    if _exporter_available():
+        spawn("exporter", "--port", str(args.exporter_port))
+    base = f"http://{args.host}:{args.port}"
+    admin = mint_token(settings.jwt_secret, "admin", Role.ADMIN, 7 * 24 * 3600)
+    _wait_for_http(f"{base}{API_PREFIX}/health", timeout=30)
+    lines = [
+        f"Pose Generator {__version__} is up (provider: {settings.provider}; started here: "
+        f"{', '.join(started) or 'nothing, PostgreSQL and Redis were running'})",
+        f"  API:               {base}{API_PREFIX}",
+        f"  OpenAPI:           {base}/schema",
+        f"  Health:            {base}{API_PREFIX}/health",
+        f"  API metrics:       {base}{API_PREFIX}/metrics-prometheus",
+    ]
+    if _exporter_available():
+        lines.append(f"  Exporter metrics:  http://{args.host}:{args.exporter_port}/metrics")
+    lines += [
+        "  Dashboards:        dashboards/build/*.json (import into Grafana, or docker compose in deploy/)",
+        f"  Workers:           {args.workers}",
+        "  Admin token (7 days):",
+        admin,
+        "Press Ctrl-C to stop everything started here.",
+    ]
+    print("\n".join(lines), flush=True)
+    stop = {"now": False}
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        while not stop["now"]:
+            if any(child.poll() is not None for child in children):
+                print("a process of the stack exited; stopping", file=sys.stderr)
+                break
+            time.sleep(0.5)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    return 0
+
+
+def _exporter_available() -> bool:
+    try:
+        import exporter.server  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _wait_for_http(url: str, timeout: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 600:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"the API did not answer at {url} within {timeout:.0f} s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="posegen", description="Pose Generator service and tools.")
+    parser.add_argument("--version", action="version", version=f"posegen {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(handler=handler)
+        return command
+
+    api = add("api", cmd_api, "Run the HTTP API (Litestar on uvicorn).")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8000)
+    worker = add("worker", cmd_worker, "Run an RQ worker on the pose-generation queue.")
+    worker.add_argument("--name", default=None, help="worker name (default: RQ's)")
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    exporter = add("exporter", cmd_exporter, "Run the Prometheus exporter (queue and database metrics).")
+    exporter.add_argument("--host", default="127.0.0.1")
+    exporter.add_argument("--port", type=int, default=9108)
+    add("migrate", cmd_migrate, "Create the database if needed and apply pending migrations.")
+    add("seed", cmd_seed, "Load the built-in pose library.")
+    token = add("token", cmd_token, "Mint a JWT for a user; the token is printed alone on the last line.")
+    token.add_argument("--user", required=True)
+    token.add_argument("--role", choices=("USER", "ADMIN"), default="USER")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    dash = add("dashboards", cmd_dashboards, "Dashboards as code: 'build' writes the Grafana JSON.")
+    dash.add_argument("action", choices=("build",))
+    dash.add_argument("--out", default="dashboards/build")
+    dev = add("dev", cmd_dev, "Run the whole stack locally, starting PostgreSQL and Redis when none is reachable.")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--workers", type=int, default=2)
+    dev.add_argument("--exporter-port", type=int, default=9108)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Choose the storage backend named by ``STORAGE_BACKEND``."""
+
+from __future__ import annotations
+
+from app.settings import Settings
+from app.storage.base import ImageStorage
+from app.storage.local import LocalStorage
+
+
+def build_storage(settings: Settings, *, api_url_prefix: str) -> ImageStorage:
+    if settings.storage_backend == "supabase":
+        # Imported here so the default backend never loads the HTTP client module.
+        from app.storage.supabase import SupabaseStorage
+
+        return SupabaseStorage(settings.supabase_url, settings.supabase_service_key, settings.supabase_bucket)
+    return LocalStorage(settings.data_dir / "images", api_url_prefix)

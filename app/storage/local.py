@@ -1,0 +1,51 @@
+"""``local`` storage: files under a data folder, served by the API at ``/images/{key}``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from app.errors import StorageError
+
+
+class LocalStorage:
+    name = "local"
+
+    def __init__(self, root: Path, url_prefix: str) -> None:
+        self._root = root.resolve()
+        self._url_prefix = url_prefix.rstrip("/")
+
+    def path_for(self, key: str) -> Path:
+        """The file of ``key``; refuses keys that could leave the storage folder."""
+        parts = PurePosixPath(key).parts
+        if not key or "\\" in key or key.startswith("/") or any(p in ("..", ".") for p in parts) or "\x00" in key:
+            raise StorageError(f"invalid storage key {key!r}")
+        return self._root.joinpath(*parts)
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self.path_for(key)
+        try:
+            await asyncio.to_thread(_write_atomically, path, data)
+        except OSError as exc:
+            raise StorageError(f"could not write {key}: {exc.strerror or exc}") from exc
+
+    def public_url(self, key: str) -> str:
+        return f"{self._url_prefix}/{key}"
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    # Readers never see a half-written image: write a temp file, then rename over.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,299 @@
+"""Real stacks for tests: a database of their own, a Redis db of their own, API and worker processes.
+
+Every stack gets a fresh PostgreSQL database cloned from a migrated and seeded
+template, and a Redis database index claimed for it, so stacks never see each
+other's generations or jobs. Processes are the real ``posegen`` commands.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import psycopg
+from psycopg import sql
+from redis import Redis
+
+from app import API_PREFIX
+from app.api.auth import Role, mint_token
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+BASE_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+JWT_SECRET = "test-secret-" + uuid.uuid4().hex
+_CLAIM_PREFIX = "posegen:test-claim:"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def database_url(name: str) -> str:
+    """BASE_DATABASE_URL with its database name replaced, kept in URL form."""
+    parts = urlsplit(BASE_DATABASE_URL)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+def _admin() -> psycopg.Connection[Any]:
+    return psycopg.connect(database_url("postgres"), autocommit=True)
+
+
+def create_database(name: str, template: str | None = None) -> str:
+    with _admin() as conn:
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        conn.execute(statement)
+    return database_url(name)
+
+
+def drop_database(name: str) -> None:
+    with _admin() as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def claim_redis_db() -> int:
+    """Claim a Redis database index no other test run is using; raises when all are taken."""
+    root = Redis.from_url(BASE_REDIS_URL)
+    try:
+        for index in range(1, 16):
+            if root.set(f"{_CLAIM_PREFIX}{index}", os.getpid(), nx=True, ex=3600):
+                Redis.from_url(redis_url(index)).flushdb()
+                return index
+    finally:
+        root.close()
+    raise RuntimeError("no free Redis database index for this test run (1..15 all claimed)")
+
+
+def release_redis_db(index: int) -> None:
+    client = Redis.from_url(redis_url(index))
+    client.flushdb()
+    client.close()
+    root = Redis.from_url(BASE_REDIS_URL)
+    root.delete(f"{_CLAIM_PREFIX}{index}")
+    root.close()
+
+
+def redis_url(index: int) -> str:
+    base = BASE_REDIS_URL.rsplit("/", 1)[0] if BASE_REDIS_URL.count("/") > 2 else BASE_REDIS_URL
+    return f"{base}/{index}"
+
+
+class Process:
+    """A ``posegen`` subprocess whose output goes to a log file (shown when a test fails)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.args = args
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", *args], env=env, cwd=ROOT, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (the worker and its work-horse)."""
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+        self.popen.wait(timeout=20)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Stack:
+    def __init__(self, name: str, template: str, tmp: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.db_name = f"{template}_{name}"[:63]
+        self.database_url = create_database(self.db_name, template)
+        self.redis_index = claim_redis_db()
+        self.redis_url = redis_url(self.redis_index)
+        self.tmp = tmp
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "JWT_SECRET": JWT_SECRET,
+            "POSEGEN_DATA_DIR": str(tmp / "data"),
+            "POSEGEN_LEASE_SECONDS": "3",
+            "POSEGEN_REAPER_INTERVAL_SECONDS": "0.5",
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+            **env,
+        }
+        self.api: Process | None = None
+        self.workers: list[Process] = []
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.http = httpx.Client(base_url=f"{self.base_url}{API_PREFIX}", timeout=30)
+
+    def start_api(self) -> Process:
+        self.api = Process(["api", "--port", str(self.port)], self.env, self.tmp / "api.log")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if self.http.get("/health", timeout=2).status_code in (200, 503):
+                    return self.api
+            except httpx.HTTPError:
+                pass
+            if not self.api.alive():
+                raise RuntimeError(f"API exited:\n{self.api.output()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"API did not start:\n{self.api.output()}")
+
+    def start_worker(self, **env: str) -> Process:
+        index = len(self.workers) + 1
+        process = Process(["worker", "--name", f"{self.name}-w{index}-{uuid.uuid4().hex[:6]}"],
+                          {**self.env, **env}, self.tmp / f"worker-{index}.log")
+        self.workers.append(process)
+        return process
+
+    def token(self, user_id: str, role: Role = Role.USER, ttl: int = 3600) -> str:
+        return mint_token(JWT_SECRET, user_id, role, ttl)
+
+    def headers(self, user_id: str, role: Role = Role.USER) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(user_id, role)}"}
+
+    def new_user(self, credits: int = 0) -> str:
+        user_id = f"user_{uuid.uuid4().hex[:10]}"
+        if credits:
+            answer = self.http.post("/credits/grants", json={"userId": user_id, "amount": credits},
+                                    headers=self.headers("admin", Role.ADMIN))
+            assert answer.status_code == 201, answer.text
+        return user_id
+
+    def create_generation(self, user_id: str, pose_ids: list[str], prompt: str = "a portrait",
+                          **kwargs: Any) -> httpx.Response:
+        return self.http.post("/generations", json={"poseIds": pose_ids, "prompt": prompt},
+                              headers={**self.headers(user_id), **kwargs.pop("headers", {})}, **kwargs)
+
+    def wait_finished(self, user_id: str, generation_id: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            answer = self.http.get(f"/generations/{generation_id}", headers=self.headers(user_id))
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            if body["status"] in ("completed", "failed"):
+                return body
+            time.sleep(0.1)
+        raise AssertionError(f"generation {generation_id} not finished within {timeout} s: {body}\n"
+                             + self.logs())
+
+    def balance(self, user_id: str) -> int:
+        answer = self.http.get("/credits", headers=self.headers(user_id))
+        assert answer.status_code == 200, answer.text
+        return int(answer.json()["balance"])
+
+    def db(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.database_url, autocommit=True)
+
+    def logs(self) -> str:
+        parts = []
+        for process in [self.api, *self.workers]:
+            if process is not None:
+                parts.append(f"--- {process.log_path.name} (tail) ---\n{process.output()[-4000:]}")
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        for process in [*self.workers, self.api]:
+            if process is not None:
+                process.stop()
+        self.http.close()
+        release_redis_db(self.redis_index)
+        drop_database(self.db_name)
+
+
+def build_template() -> str:
+    """A migrated, seeded database that stacks clone."""
+    from app.db.migrate import migrate
+    from app.domain.poses import seed_pose_library
+
+    name = f"posegen_test_{uuid.uuid4().hex[:8]}"
+    url = create_database(name)
+    migrate(url)
+
+    import asyncio
+
+    async def seed() -> None:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await seed_pose_library(conn)
+
+    asyncio.run(seed())
+    return name
+
+
+@contextmanager
+def running_stack(template: str, tmp: Path, *, workers: int = 1, api: bool = True,
+                  **env: str) -> Iterator[Stack]:
+    stack = Stack(uuid.uuid4().hex[:8], template, tmp, env)
+    try:
+        if api:
+            stack.start_api()
+        for _ in range(workers):
+            stack.start_worker()
+        yield stack
+    finally:
+        stack.close()
+
+
+def check_ledger_invariants(conn: psycopg.Connection[Any]) -> None:
+    """Per user: balance = grants - charges + refunds, never negative; refunds only of failed poses, once each."""
+    rows = conn.execute(
+        "SELECT a.user_id, a.balance,"
+        " coalesce(sum(l.amount) FILTER (WHERE l.kind = 'grant'), 0)"
+        " - coalesce(sum(l.amount) FILTER (WHERE l.kind = 'charge'), 0)"
+        " + coalesce(sum(l.amount) FILTER (WHERE l.kind = 'refund'), 0)"
+        " FROM credit_accounts a LEFT JOIN credit_ledger l USING (user_id) GROUP BY a.user_id, a.balance"
+    ).fetchall()
+    for user_id, balance, derived in rows:
+        assert balance >= 0, f"{user_id} balance negative: {balance}"
+        assert balance == derived, f"{user_id}: balance {balance} != ledger {derived}"
+    bad = conn.execute(
+        "SELECT l.id FROM credit_ledger l JOIN generation_poses p ON p.id = l.generation_pose_id"
+        " WHERE l.kind = 'refund' AND p.status <> 'failed'"
+    ).fetchall()
+    assert not bad, f"refunds of poses that did not fail: {bad}"
+    unrefunded = conn.execute(
+        "SELECT p.id FROM generation_poses p LEFT JOIN credit_ledger l"
+        " ON l.generation_pose_id = p.id AND l.kind = 'refund' WHERE p.status = 'failed' AND l.id IS NULL"
+    ).fetchall()
+    assert not unrefunded, f"failed poses without a refund: {unrefunded}"
+    mismatch = conn.execute(
+        "SELECT g.id FROM generations g LEFT JOIN credit_ledger l ON l.generation_id = g.id AND l.kind = 'refund'"
+        " GROUP BY g.id, g.credits_refunded HAVING g.credits_refunded <> coalesce(sum(l.amount), 0)"
+    ).fetchall()
+    assert not mismatch, f"generations whose creditsRefunded disagrees with the ledger: {mismatch}"
