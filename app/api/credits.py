@@ -7,6 +7,7 @@ from litestar.status_codes import HTTP_201_CREATED
 from psycopg import AsyncConnection
 
 from app.api.auth import Principal, require_admin
+from app.api.openapi import error_responses
 from app.api.schemas import CreditAccount, GrantRequest, GrantResult, LedgerEntry
 from app.api.timefmt import iso_or_none
 from app.domain.credits import account_summary, grant_credits
@@ -19,7 +20,7 @@ class CreditController(Controller):
     path = "/credits"
     tags = ["credits"]
 
-    @get("/", summary="The caller's balance and recent ledger entries")
+    @get("/", summary="The caller's balance and recent ledger entries", responses=error_responses(401))
     async def own(self, db: AsyncConnection, principal: Principal) -> CreditAccount:
         summary = await account_summary(db, principal.user_id)
         return CreditAccount(
@@ -31,7 +32,8 @@ class CreditController(Controller):
             ],
         )
 
-    @post("/grants", status_code=HTTP_201_CREATED, summary="Grant credits to a user (ADMIN)")
+    @post("/grants", status_code=HTTP_201_CREATED, summary="Grant credits to a user (ADMIN)",
+          responses=error_responses(401, 403, 422))
     async def grant(self, data: GrantRequest, db: AsyncConnection, principal: Principal) -> GrantResult:
         require_admin(principal)
         balance = await grant_credits(db, data.userId, data.amount, granted_by=principal.user_id)

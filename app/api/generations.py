@@ -13,6 +13,7 @@ from psycopg import AsyncConnection
 
 from app.api.auth import Principal
 from app.api.errors import ValidationFailed
+from app.api.openapi import error_responses
 from app.api.schemas import (
     CreateGenerationRequest,
     GenerationAccepted,
@@ -49,7 +50,7 @@ class GenerationController(Controller):
     tags = ["generations"]
 
     @post("/", status_code=HTTP_202_ACCEPTED, summary="Create a generation",
-          responses={402: {"description": "Not enough credits"}})  # type: ignore[dict-item]
+          responses=error_responses(401, 402, 422, 503))
     async def create(
         self, request: Request, data: CreateGenerationRequest, db: AsyncConnection, principal: Principal,
         idempotency_key: IdempotencyKey = None,
@@ -101,7 +102,8 @@ class GenerationController(Controller):
                 extra={"errorType": ErrorType.NETWORK_ERROR.value},
             ) from None
 
-    @get("/{generation_id:str}", summary="One generation with its per-pose results")
+    @get("/{generation_id:str}", summary="One generation with its per-pose results",
+         responses=error_responses(401, 404))
     async def read(
         self, request: Request, generation_id: str, db: AsyncConnection, principal: Principal
     ) -> GenerationView:
@@ -117,7 +119,7 @@ class GenerationController(Controller):
             poses=[_pose_result(p, storage) for p in row["poses"]],
         )
 
-    @get("/", summary="The caller's generations, newest first")
+    @get("/", summary="The caller's generations, newest first", responses=error_responses(401, 422))
     async def list_own(
         self, db: AsyncConnection, principal: Principal,
         limit: Annotated[int, Parameter(ge=1, le=100)] = 20,

@@ -10,6 +10,7 @@ from litestar.params import Parameter
 from psycopg import AsyncConnection
 
 from app.api.auth import Principal
+from app.api.openapi import error_responses
 from app.api.schemas import Pose, PosePage
 from app.domain.poses import get_pose, list_poses
 
@@ -18,7 +19,7 @@ class PoseController(Controller):
     path = "/poses"
     tags = ["poses"]
 
-    @get("/", summary="The pose library, optionally one category")
+    @get("/", summary="The pose library, optionally one category", responses=error_responses(401, 422))
     async def list_library(
         self, db: AsyncConnection, principal: Principal,
         category: Annotated[str | None, Parameter(max_length=100)] = None,
@@ -28,7 +29,7 @@ class PoseController(Controller):
         rows, total = await list_poses(db, category=category, limit=limit, offset=offset)
         return PosePage(poses=[Pose(**row) for row in rows], total=total)
 
-    @get("/{pose_id:str}", summary="One pose with its keypoints")
+    @get("/{pose_id:str}", summary="One pose with its keypoints", responses=error_responses(401, 404))
     async def read(self, pose_id: str, db: AsyncConnection, principal: Principal) -> Pose:
         row = await get_pose(db, pose_id)
         if row is None:

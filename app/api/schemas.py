@@ -139,3 +139,10 @@ class Health(msgspec.Struct):
     version: str
     checks: HealthChecks
     phase: str
+
+
+class ErrorBody(msgspec.Struct, omit_defaults=True):
+    status_code: int
+    detail: str
+    errorType: str | None = None
+    field: str | None = None
