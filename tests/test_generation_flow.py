@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -150,5 +149,9 @@ def test_openapi_schema_lists_every_route(stack: Stack) -> None:
         assert prefix + path in paths, (path, sorted(paths))
     create = schema["paths"][prefix + "/generations"]["post"]
     assert "202" in create["responses"]
-    body = json.dumps(create["requestBody"])
-    assert "poseIds" in body and "prompt" in body
+    assert create["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("CreateGenerationRequest")
+    request_schema = schema["components"]["schemas"]["CreateGenerationRequest"]
+    assert set(request_schema["required"]) == {"poseIds", "prompt"}
+    assert request_schema["properties"]["poseIds"]["maxItems"] == 10
+    assert request_schema["properties"]["prompt"]["maxLength"] == 1000
+    assert "402" in create["responses"] and "422" in create["responses"] and "503" in create["responses"]

@@ -1,0 +1,85 @@
+"""Who may call what: 401 for bad tokens, 403 for the wrong role."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from app.api.auth import Role
+from tests.stack import JWT_SECRET, Stack
+
+
+def _token(claims: dict, secret: str = JWT_SECRET, algorithm: str = "HS256") -> str:
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def _alg_none(claims: dict) -> str:
+    return jwt.encode(claims, None, algorithm="none")  # type: ignore[arg-type]
+
+
+def _bad_headers() -> dict[str, dict[str, str]]:
+    future = int(time.time()) + 600
+    good = {"sub": "user_x", "role": "USER", "exp": future}
+    return {
+        "missing": {},
+        "not bearer": {"Authorization": f"Basic {_token(good)}"},
+        "malformed": {"Authorization": "Bearer not.a.jwt"},
+        "expired": {"Authorization": f"Bearer {_token({**good, 'exp': int(time.time()) - 10})}"},
+        "wrong key": {"Authorization": f"Bearer {_token(good, secret='another-secret-that-is-long-enough-for-hs256')}"},
+        "alg none": {"Authorization": f"Bearer {_alg_none(good)}"},
+        "no exp": {"Authorization": f"Bearer {_token({'sub': 'user_x', 'role': 'USER'})}"},
+        "bad role": {"Authorization": f"Bearer {_token({**good, 'role': 'ROOT'})}"},
+        "no sub": {"Authorization": f"Bearer {_token({'role': 'USER', 'exp': future})}"},
+    }
+
+
+ROUTES = [
+    ("GET", "/generations"),
+    ("POST", "/generations"),
+    ("GET", "/generations/gen_x"),
+    ("GET", "/poses"),
+    ("GET", "/poses/pose_tree_pose"),
+    ("GET", "/credits"),
+    ("POST", "/credits/grants"),
+]
+
+
+@pytest.mark.parametrize("case", list(_bad_headers()))
+def test_bad_tokens_are_401_on_every_route(stack: Stack, case: str) -> None:
+    headers = _bad_headers()[case]
+    for method, path in ROUTES:
+        answer = stack.http.request(method, path, headers=headers, json={} if method == "POST" else None)
+        assert answer.status_code == 401, (case, method, path, answer.text)
+        assert answer.json()["detail"]
+
+
+def test_user_may_not_grant_credits(stack: Stack) -> None:
+    user = stack.new_user()
+    answer = stack.http.post("/credits/grants", json={"userId": user, "amount": 100}, headers=stack.headers(user))
+    assert answer.status_code == 403
+    assert "ADMIN" in answer.json()["detail"]
+    assert stack.balance(user) == 0
+
+
+def test_admin_grant_is_ledgered(stack: Stack) -> None:
+    user = stack.new_user()
+    answer = stack.http.post("/credits/grants", json={"userId": user, "amount": 250},
+                             headers=stack.headers("ops-admin", Role.ADMIN))
+    assert answer.status_code == 201 and answer.json()["balance"] == 250
+    account = stack.http.get("/credits", headers=stack.headers(user)).json()
+    assert account["balance"] == 250
+    assert [(e["kind"], e["amount"], e["balanceAfter"]) for e in account["ledger"]] == [("grant", 250, 250)]
+
+
+@pytest.mark.parametrize("amount", [0, -5, "ten", 10**12, 1.5])
+def test_bad_grant_amount_is_422(stack: Stack, amount: object) -> None:
+    answer = stack.http.post("/credits/grants", json={"userId": "u", "amount": amount},
+                             headers=stack.headers("admin", Role.ADMIN))
+    assert answer.status_code == 422, answer.text
+    assert "amount" in answer.json()["detail"]
+
+
+def test_health_needs_no_token(stack: Stack) -> None:
+    assert stack.http.get("/health").status_code == 200
