@@ -93,6 +93,16 @@ def redis_url(index: int) -> str:
     return f"{base}/{index}"
 
 
+def child_pids(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(c) for c in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    return found
+
+
 class Process:
     """A ``posegen`` subprocess whose output goes to a log file (shown when a test fails)."""
 
@@ -113,13 +123,17 @@ class Process:
         return self.popen.poll() is None
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the whole process group (the worker and its work-horse)."""
+        """Signal the process and its children (a worker's work-horse runs in a process group of its own)."""
         if self.alive():
-            try:
-                os.killpg(self.popen.pid, sig)
-            except ProcessLookupError:
-                pass
+            for pid in [*child_pids(self.popen.pid), self.popen.pid]:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
         self.popen.wait(timeout=20)
+
+    def children(self) -> list[int]:
+        return child_pids(self.popen.pid)
 
     def stop(self) -> None:
         if self.alive():
@@ -142,6 +156,7 @@ class Stack:
         self.redis_index = claim_redis_db()
         self.redis_url = redis_url(self.redis_index)
         self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.env = {
             **os.environ,

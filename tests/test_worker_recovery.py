@@ -1,0 +1,74 @@
+"""A worker or its work-horse killed mid-generation: the generation still ends, credits stay right."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from tests.stack import Stack, check_ledger_invariants
+
+POSES = ["pose_standing_confident", "pose_arms_crossed", "pose_waving_hello", "pose_tree_pose"]
+
+
+def _wait_status(stack: Stack, generation_id: str, status: str, timeout: float = 20, attempt: int = 1) -> None:
+    deadline = time.monotonic() + timeout
+    with stack.db() as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT status, attempt FROM generations WHERE id = %s", (generation_id,)).fetchone()
+            if row and row == (status, attempt):
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"{generation_id} never reached {status}\n{stack.logs()}")
+
+
+def test_sigkill_of_worker_mid_generation_is_recovered_by_another(fresh_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = fresh_stack(workers=1, POSEGEN_LOCAL_LATENCY="3")
+    user = stack.new_user(credits=1000)
+    generation_id = stack.create_generation(user, POSES).json()["generationId"]
+    _wait_status(stack, generation_id, "processing")
+    stack.workers[0].kill(signal.SIGKILL)
+    with stack.db() as conn:
+        assert conn.execute("SELECT status FROM generations WHERE id = %s",
+                            (generation_id,)).fetchone()[0] == "processing"
+    stack.start_worker()
+    done = stack.wait_finished(user, generation_id, timeout=40)
+    assert done["status"] == "completed"
+    assert all(p["status"] == "completed" for p in done["poses"])
+    assert stack.balance(user) == 1000 - 120
+    with stack.db() as conn:
+        assert conn.execute("SELECT attempt FROM generations WHERE id = %s", (generation_id,)).fetchone()[0] == 2
+        check_ledger_invariants(conn)
+
+
+def test_sigkill_of_the_work_horse_is_retried_by_the_same_worker(fresh_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = fresh_stack(workers=1, POSEGEN_LOCAL_LATENCY="3")
+    user = stack.new_user(credits=1000)
+    generation_id = stack.create_generation(user, POSES[:2]).json()["generationId"]
+    _wait_status(stack, generation_id, "processing")
+    horses = stack.workers[0].children()
+    assert horses, "the worker should have forked a work-horse"
+    for pid in horses:
+        os.kill(pid, signal.SIGKILL)
+    done = stack.wait_finished(user, generation_id, timeout=40)
+    assert done["status"] == "completed"
+    assert stack.workers[0].alive()
+    with stack.db() as conn:
+        check_ledger_invariants(conn)
+
+
+def test_generation_abandoned_on_every_attempt_fails_and_is_refunded(fresh_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = fresh_stack(workers=1, POSEGEN_LOCAL_LATENCY="30", POSEGEN_MAX_ATTEMPTS="2")
+    user = stack.new_user(credits=1000)
+    generation_id = stack.create_generation(user, POSES[:2]).json()["generationId"]
+    for attempt in (1, 2):
+        _wait_status(stack, generation_id, "processing", attempt=attempt)
+        for pid in stack.workers[0].children():
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+    done = stack.wait_finished(user, generation_id, timeout=40)
+    assert done["status"] == "failed" and done["errorType"] == "TIMEOUT_ERROR"
+    assert done["creditsRefunded"] == 60
+    assert stack.balance(user) == 1000
+    with stack.db() as conn:
+        check_ledger_invariants(conn)
