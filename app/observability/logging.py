@@ -91,7 +91,8 @@ def get_logger(component: str) -> structlog.typing.FilteringBoundLogger:
     """A logger bound to one of :data:`COMPONENTS`."""
     if component not in COMPONENTS:
         raise ValueError(f"unknown log component {component!r}; use one of {COMPONENTS}")
-    return structlog.get_logger().bind(component=component)
+    # Initial values keep the proxy lazy, so module-level loggers follow configure_logging() made later.
+    return structlog.get_logger(component=component)
 
 
 def bind_context(**values: Any) -> None:
