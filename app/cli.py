@@ -47,7 +47,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     _configure_logging(settings)
-    run_worker(settings, name=args.name, burst=args.burst)
+    run_worker(settings, name=args.name, burst=args.burst, metrics_host=args.metrics_host,
+               metrics_port=args.metrics_port)
     return 0
 
 
@@ -130,7 +131,7 @@ def _run_dev_stack(settings: Settings, args: argparse.Namespace, started: list[s
 
     spawn("api", "--host", args.host, "--port", str(args.port))
     for index in range(args.workers):
-        spawn("worker", "--name", f"dev-worker-{index + 1}-{os.getpid()}")
+        spawn("worker", "--name", f"dev-worker-{index + 1}-{os.getpid()}", "--metrics-port", str(9109 + index))
     if _exporter_available():
         spawn("exporter", "--port", str(args.exporter_port))
     base = f"http://{args.host}:{args.port}"
@@ -148,7 +149,8 @@ def _run_dev_stack(settings: Settings, args: argparse.Namespace, started: list[s
         lines.append(f"  Exporter metrics:  http://{args.host}:{args.exporter_port}/metrics")
     lines += [
         "  Dashboards:        dashboards/build/*.json (import into Grafana, or docker compose in deploy/)",
-        f"  Workers:           {args.workers}",
+        f"  Workers:           {args.workers}, metrics at http://{args.host}:9109/metrics"
+        + (f" .. :{9108 + args.workers}" if args.workers > 1 else ""),
         "  Admin token (7 days):",
         admin,
         "Press Ctrl-C to stop everything started here.",
@@ -217,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = add("worker", cmd_worker, "Run an RQ worker on the pose-generation queue.")
     worker.add_argument("--name", default=None, help="worker name (default: RQ's)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument("--metrics-host", default="127.0.0.1")
+    worker.add_argument("--metrics-port", type=int, default=9109, help="Prometheus /metrics port (0: off)")
     exporter = add("exporter", cmd_exporter, "Run the Prometheus exporter (queue and database metrics).")
     exporter.add_argument("--host", default="127.0.0.1")
     exporter.add_argument("--port", type=int, default=9108)

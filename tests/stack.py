@@ -108,6 +108,7 @@ class Process:
 
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.args = args
+        self.metrics_port = 0
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
@@ -191,8 +192,11 @@ class Stack:
 
     def start_worker(self, **env: str) -> Process:
         index = len(self.workers) + 1
-        process = Process(["worker", "--name", f"{self.name}-w{index}-{uuid.uuid4().hex[:6]}"],
+        metrics_port = free_port()
+        process = Process(["worker", "--name", f"{self.name}-w{index}-{uuid.uuid4().hex[:6]}",
+                           "--metrics-port", str(metrics_port)],
                           {**self.env, **env}, self.tmp / f"worker-{index}.log")
+        process.metrics_port = metrics_port
         self.workers.append(process)
         return process
 

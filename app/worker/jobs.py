@@ -6,14 +6,18 @@ import asyncio
 
 from psycopg import AsyncConnection
 from redis.asyncio import Redis as AsyncRedis
+from rq import get_current_job
 
 from app import API_PREFIX
-from app.observability.logging import clear_context
+from app.observability.logging import clear_context, get_logger
+from app.observability.worker_metrics import flush_operation_stats
 from app.providers.factory import build_provider
 from app.settings import Settings
 from app.storage.factory import build_storage
 from app.worker.limiter import ProviderSlots
 from app.worker.pipeline import GenerationPipeline
+
+log = get_logger("Worker")
 
 # Set by the worker process before it forks work-horses, so each job skips re-reading the environment.
 _settings: Settings | None = None
@@ -30,6 +34,12 @@ def process_generation(generation_id: str, attempt: int) -> str | None:
         return asyncio.run(run_generation(settings, generation_id, attempt))
     finally:
         clear_context()
+        job = get_current_job()
+        if job is not None and job.worker_name:
+            try:
+                flush_operation_stats(job.connection, job.worker_name)
+            except Exception as exc:  # timings are best effort; the outcome is already recorded
+                log.warning("Could not flush operation timings", error=str(exc))
 
 
 async def run_generation(settings: Settings, generation_id: str, attempt: int) -> str | None:
