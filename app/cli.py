@@ -131,7 +131,8 @@ def _run_dev_stack(settings: Settings, args: argparse.Namespace, started: list[s
 
     spawn("api", "--host", args.host, "--port", str(args.port))
     for index in range(args.workers):
-        spawn("worker", "--name", f"dev-worker-{index + 1}-{os.getpid()}", "--metrics-port", str(9109 + index))
+        spawn("worker", "--name", f"dev-worker-{index + 1}-{os.getpid()}", "--metrics-port",
+              str(args.worker_metrics_port + index))
     if _exporter_available():
         spawn("exporter", "--port", str(args.exporter_port))
     base = f"http://{args.host}:{args.port}"
@@ -149,8 +150,8 @@ def _run_dev_stack(settings: Settings, args: argparse.Namespace, started: list[s
         lines.append(f"  Exporter metrics:  http://{args.host}:{args.exporter_port}/metrics")
     lines += [
         "  Dashboards:        dashboards/build/*.json (import into Grafana, or docker compose in deploy/)",
-        f"  Workers:           {args.workers}, metrics at http://{args.host}:9109/metrics"
-        + (f" .. :{9108 + args.workers}" if args.workers > 1 else ""),
+        f"  Worker metrics:    http://{args.host}:{args.worker_metrics_port}/metrics"
+        + (f" .. :{args.worker_metrics_port + args.workers - 1}" if args.workers > 1 else ""),
         "  Admin token (7 days):",
         admin,
         "Press Ctrl-C to stop everything started here.",
@@ -238,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8000)
     dev.add_argument("--workers", type=int, default=2)
     dev.add_argument("--exporter-port", type=int, default=9108)
+    dev.add_argument("--worker-metrics-port", type=int, default=9109, help="first worker's /metrics port")
     return parser
 
 
