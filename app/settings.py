@@ -61,6 +61,7 @@ class Settings:
     sentry_traces_sample_rate: float = 0.0
     dd_service: str = "pose-generator"
     db_pool_size: int = 10
+    rate_limit_per_minute: int = 60
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -114,6 +115,9 @@ class Settings:
                 "SENTRY_TRACES_SAMPLE_RATE", 0.0, minimum=0.0, maximum=1.0
             ),
             dd_service=reader.text("DD_SERVICE", cls.dd_service),
+            rate_limit_per_minute=reader.integer(
+                "POSEGEN_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute, minimum=0, maximum=1_000_000
+            ),
             db_pool_size=reader.integer("POSEGEN_DB_POOL_SIZE", cls.db_pool_size, minimum=1, maximum=200),
         )
         if settings.provider == "flux" and not settings.flux_api_key:

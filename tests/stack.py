@@ -167,6 +167,7 @@ class Stack:
             "POSEGEN_DATA_DIR": str(tmp / "data"),
             "POSEGEN_LEASE_SECONDS": "3",
             "POSEGEN_REAPER_INTERVAL_SECONDS": "0.5",
+            "POSEGEN_RATE_LIMIT_PER_MINUTE": "100000",
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
             **env,

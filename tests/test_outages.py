@@ -60,3 +60,17 @@ def test_health_shape_matches_the_seed(stack: Stack) -> None:
     assert body["checks"]["redis"] == {"status": "connected"}
     assert body["checks"]["queue"]["status"] == "operational"
     assert set(body["checks"]["queue"]["counts"]) == {"waiting", "active", "completed", "failed", "delayed"}
+
+
+def test_generation_creation_is_rate_limited_per_user(fresh_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = fresh_stack(workers=0, POSEGEN_RATE_LIMIT_PER_MINUTE="5")
+    hasty, patient = stack.new_user(credits=10_000), stack.new_user(credits=10_000)
+    codes = [stack.create_generation(hasty, ["pose_tree_pose"]).status_code for _ in range(7)]
+    assert codes == [202] * 5 + [429] * 2
+    limited = stack.create_generation(hasty, ["pose_tree_pose"])
+    assert limited.status_code == 429
+    assert 0 < int(limited.headers["Retry-After"]) <= 60
+    assert stack.balance(hasty) == 10_000 - 5 * 30
+    # Another user, and reads, are not affected.
+    assert stack.create_generation(patient, ["pose_tree_pose"]).status_code == 202
+    assert stack.http.get("/generations", headers=stack.headers(hasty)).status_code == 200

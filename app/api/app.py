@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
@@ -18,6 +19,7 @@ from app.api.health import health
 from app.api.http_metrics import http_metrics_middleware, metrics_prometheus
 from app.api.images import image
 from app.api.poses import PoseController
+from app.api.rate_limit import STORE_NAME, generation_rate_limit, rate_limit_store
 from app.settings import Settings
 from app.storage.factory import build_storage
 from app.worker.queue import make_queue, make_redis
@@ -53,11 +55,15 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[GenerationController, PoseController, CreditController, health, image, metrics_prometheus],
         dependencies=DEPENDENCIES,
     )
+    middleware: list[Any] = [http_metrics_middleware]
+    if settings.rate_limit_per_minute:
+        middleware.append(generation_rate_limit(settings.rate_limit_per_minute).middleware)
     app = Litestar(
         route_handlers=[router, metrics_prometheus],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        middleware=[http_metrics_middleware],
+        middleware=middleware,
+        stores={STORE_NAME: rate_limit_store(settings.redis_url)},
         openapi_config=OpenAPIConfig(title="Pose Generator API", version=__version__, path="/schema"),
         request_max_body_size=MAX_BODY_BYTES,
         debug=False,
