@@ -1,0 +1,454 @@
+"""The "Pose Generator — Overview" Grafana dashboard, written with grafanalib.
+
+The first row is the seed's five panels; the rows below answer the on-call questions that follow
+("is money leaking?", "are workers alive?", "which stage is slow?", "is the API failing?"). Every
+panel reads the Prometheus data source chosen in the ``datasource`` variable, and every threshold
+mirrors an alert in ``alerts/rules/pose-generator.rules.yml`` or a level of the seed's threshold
+tables, so the colours on screen and the pages agree.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import attr
+from grafanalib._gen import DashboardEncoder
+from grafanalib.core import (
+    BarChart,
+    Dashboard,
+    GaugePanel,
+    GridPos,
+    Panel,
+    RowPanel,
+    Stat,
+    Target,
+    Template,
+    Templating,
+    Time,
+    TimeSeries,
+)
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+PANEL_HEIGHT = 8
+GRID_WIDTH = 24
+
+GREEN, ORANGE, RED = "green", "orange", "red"
+
+Steps = list[dict[str, object]]
+
+
+def steps(base: str, *levels: tuple[float, str]) -> Steps:
+    """Grafana threshold steps: a base colour, then ``(value, colour)`` pairs in increasing order.
+
+    Written as Grafana's own ``{"color", "value"}`` objects because grafanalib's ``Threshold`` renders
+    the base step's value as the string ``"null"`` rather than JSON ``null``.
+    """
+    return [{"color": base, "value": None}, *({"color": colour, "value": value} for value, colour in levels)]
+
+
+def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False) -> Target:
+    return Target(
+        expr=expr,
+        legendFormat=legend,
+        refId=ref,
+        instant=instant,
+        format="table" if instant else "time_series",
+        intervalFactor=1,
+        datasource=DATASOURCE,
+    )
+
+
+def timeseries(
+    title: str, description: str, targets: list[Target], unit: str, thresholds: Steps, stacked: bool = False
+) -> TimeSeries:
+    return TimeSeries(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=targets,
+        unit=unit,
+        thresholds=thresholds,
+        # Draw threshold lines only where there is a level to compare against.
+        thresholdsStyleMode="line" if len(thresholds) > 1 else "off",
+        stacking={"mode": "normal", "group": "A"} if stacked else {},
+        fillOpacity=20 if stacked else 0,
+        legendDisplayMode="list",
+        tooltipMode="multi",
+    )
+
+
+def quantiles(metric: str, by: str = "", levels: tuple[int, ...] = (50, 95)) -> list[Target]:
+    """Quantiles (percent) of a histogram across all instances over five minutes, optionally per label."""
+    labels = f"le, {by}" if by else "le"
+    series = f" {{{{{by}}}}}" if by else ""
+    return [
+        target(
+            f"histogram_quantile({q / 100}, sum by ({labels}) (rate({metric}_bucket[5m])))",
+            f"p{q}{series}",
+            chr(ord("A") + index),
+        )
+        for index, q in enumerate(levels)
+    ]
+
+
+def seed_panels() -> list[tuple[int, Panel]]:
+    """The seed's five panels, with the fixes its queries need to stay correct when idle."""
+    generation_rate = timeseries(
+        "Generation Rate",
+        "Generations finishing per minute, by terminal status (the seed's rate(pose_generations_total[5m])). "
+        "queued/processing are current counts, not counters, so they are left out of the rate.",
+        [
+            target(
+                '60 * sum by (status) (rate(pose_generations_total{status=~"completed|failed"}[5m]))',
+                "{{status}}",
+            )
+        ],
+        "opm",
+        steps(GREEN),
+    )
+    success_rate = GaugePanel(
+        title="Success Rate",
+        description="Completed over finished generations in the last hour. >95% good, 90-95% warning, "
+        "<90% critical (alerts SuccessRateDegraded, HighFailureRate). Empty when nothing finished.",
+        dataSource=DATASOURCE,
+        targets=[
+            target(
+                '100 * sum(rate(pose_generations_total{status="completed"}[1h]))'
+                ' / (sum(rate(pose_generations_total{status=~"completed|failed"}[1h])) > 0)',
+                "success rate",
+            )
+        ],
+        format="percent",
+        min=0,
+        max=100,
+        decimals=1,
+        thresholds=steps(RED, (90, ORANGE), (95, GREEN)),
+        extraJson={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}},
+    )
+    queue_depth = timeseries(
+        "Queue Depth",
+        "Jobs waiting or running. <100 healthy, 100-500 busy, >500 overloaded: scale workers "
+        "(alerts QueueDepthHigh, QueueOverloaded).",
+        [target("pose_queue_depth", "waiting + active")],
+        "short",
+        steps(GREEN, (100, ORANGE), (500, RED)),
+    )
+    average_duration = timeseries(
+        "Average Duration",
+        "Mean time of a finished generation and of one pose, over five minutes. Per pose: <30 s good, "
+        "30-60 s slow (check FLUX latency), >60 s critical (alerts SlowGeneration, PoseTimeHigh/Critical).",
+        [
+            target(
+                "sum(rate(pose_generation_duration_seconds_sum[5m]))"
+                " / (sum(rate(pose_generation_duration_seconds_count[5m])) > 0)",
+                "per generation",
+            ),
+            target(
+                "sum(rate(pose_pose_duration_seconds_sum[5m]))"
+                " / (sum(rate(pose_pose_duration_seconds_count[5m])) > 0)",
+                "per pose",
+                "B",
+            ),
+        ],
+        "s",
+        steps(GREEN, (30, ORANGE), (60, RED)),
+    )
+    errors_by_type = BarChart(
+        title="Error Rate by Type",
+        description="Failures recorded since the start, by seed error type. "
+        "Details: GET /api/apps/pose-generator/metrics/errors.",
+        dataSource=DATASOURCE,
+        targets=[target("sum by (error_type) (pose_errors_total)", "{{error_type}}", instant=True)],
+        thresholdSteps=steps(GREEN),
+        transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}}}],
+        extraJson={"fieldConfig": {"defaults": {"unit": "short"}}, "options": {"xField": "error_type"}},
+    )
+    errors_over_time = timeseries(
+        "Errors per Minute by Type",
+        "Where the Error Rate by Type bars come from, over time.",
+        [target("60 * sum by (error_type) (rate(pose_errors_total[5m]))", "{{error_type}}")],
+        "opm",
+        steps(GREEN),
+    )
+    return [
+        (8, generation_rate),
+        (4, success_rate),
+        (6, queue_depth),
+        (6, average_duration),
+        (12, errors_by_type),
+        (12, errors_over_time),
+    ]
+
+
+def credit_panels() -> list[tuple[int, Panel]]:
+    return [
+        (
+            8,
+            timeseries(
+                "Credits Spent per Hour",
+                "Credits charged for new generations over the last hour.",
+                [target("sum(increase(pose_credits_spent_total[1h]))", "spent")],
+                "short",
+                steps(GREEN),
+            ),
+        ),
+        (
+            8,
+            timeseries(
+                "Credits Refunded per Hour",
+                "Credits given back for failed poses over the last hour; >1000 pages (CreditRefundSpike).",
+                [target("sum(increase(pose_credits_refunded_total[1h]))", "refunded")],
+                "short",
+                steps(GREEN, (1000, RED)),
+            ),
+        ),
+        (
+            8,
+            timeseries(
+                "Refund Rate",
+                "Credits refunded over credits spent in the last hour. <5% good, 5-10% warning, "
+                ">10% critical (alerts RefundRateHigh, RefundRateCritical). Empty when nothing was spent.",
+                [
+                    target(
+                        "100 * sum(rate(pose_credits_refunded_total[1h]))"
+                        " / (sum(rate(pose_credits_spent_total[1h])) > 0)",
+                        "refund rate",
+                    )
+                ],
+                "percent",
+                steps(GREEN, (5, ORANGE), (10, RED)),
+            ),
+        ),
+    ]
+
+
+def worker_panels() -> list[tuple[int, Panel]]:
+    exporter_up = Stat(
+        title="Exporter Sources",
+        description="Whether the exporter could read each source at the last scrape (ExporterSourceDown).",
+        dataSource=DATASOURCE,
+        targets=[target("min by (source) (pose_exporter_up)", "{{source}}")],
+        format="bool_yes_no",
+        colorMode="background",
+        graphMode="none",
+        reduceCalc="lastNotNull",
+        thresholds=steps(RED, (1, GREEN)),
+    )
+    return [
+        (
+            8,
+            timeseries(
+                "Workers by State",
+                "RQ workers registered on the pose-generation queue. None at all pages (WorkerDowntime).",
+                [target("sum by (state) (pose_workers)", "{{state}}")],
+                "short",
+                steps(RED, (1, GREEN)),
+                stacked=True,
+            ),
+        ),
+        (
+            8,
+            timeseries(
+                "Queue Jobs by State",
+                "RQ registries of the pose-generation queue. waiting >500 is QueueBacklog.",
+                [target("sum by (state) (pose_queue_jobs)", "{{state}}")],
+                "short",
+                steps(GREEN, (100, ORANGE), (500, RED)),
+            ),
+        ),
+        (
+            8,
+            timeseries(
+                "Oldest Waiting Job",
+                "Age of the job that has waited longest; ten minutes means workers are not taking work.",
+                [target("max(pose_queue_oldest_waiting_job_age_seconds)", "oldest waiting")],
+                "s",
+                steps(GREEN, (600, RED)),
+            ),
+        ),
+        (
+            8,
+            timeseries(
+                "Time Since Last Finished Generation",
+                "Over ten minutes while jobs wait is WorkerDowntime; on an idle system it is fine.",
+                [target("time() - max(pose_last_finished_generation_timestamp_seconds)", "since last")],
+                "s",
+                steps(GREEN, (600, ORANGE)),
+            ),
+        ),
+        (4, exporter_up),
+        (
+            12,
+            timeseries(
+                "Exporter Scrape Duration",
+                "Time the exporter spends reading each source at scrape time.",
+                [target("max by (source) (pose_exporter_scrape_duration_seconds)", "{{source}}")],
+                "s",
+                steps(GREEN, (1, ORANGE), (5, RED)),
+            ),
+        ),
+    ]
+
+
+def latency_panels() -> list[tuple[int, Panel]]:
+    def panel(title: str, description: str, targets: list[Target], levels: Steps) -> tuple[int, Panel]:
+        return 8, timeseries(title, description, targets, "s", levels)
+
+    return [
+        panel(
+            "FLUX / Provider Call",
+            "One image provider call per pose, submit to ready. Usually the slowest stage.",
+            quantiles("pose_provider_call_duration_seconds"),
+            steps(GREEN, (30, ORANGE), (60, RED)),
+        ),
+        panel(
+            "Image Upload",
+            "Storing one generated image (local disk or Supabase Storage).",
+            quantiles("pose_upload_duration_seconds"),
+            steps(GREEN, (5, ORANGE), (15, RED)),
+        ),
+        panel(
+            "Queue Wait",
+            "From enqueue to a worker starting the pose: grows when workers are too few.",
+            quantiles("pose_queue_wait_duration_seconds"),
+            steps(GREEN, (60, ORANGE), (600, RED)),
+        ),
+        panel(
+            "Pose Total",
+            "Whole time of one pose: the seed's per-pose table, <30 s good, 30-60 s slow, >60 s critical.",
+            quantiles("pose_pose_duration_seconds"),
+            steps(GREEN, (30, ORANGE), (60, RED)),
+        ),
+        panel(
+            "Generation Total",
+            "Finished generations, enqueue to last pose (buckets 10, 30, 60, 120, 300 s).",
+            quantiles("pose_generation_duration_seconds"),
+            steps(GREEN, (60, ORANGE), (300, RED)),
+        ),
+        panel(
+            "Worker Operations (p95)",
+            "The performance tracker's measured operations in the workers (FLUX call, upload, DB query...).",
+            quantiles("pose_operation_duration_seconds", by="operation", levels=(95,)),
+            steps(GREEN, (30, ORANGE), (60, RED)),
+        ),
+    ]
+
+
+def api_panels() -> list[tuple[int, Panel]]:
+    return [
+        (
+            8,
+            timeseries(
+                "API Request Rate",
+                "Requests per second by status code.",
+                [target("sum by (status_code) (rate(pose_http_requests_total[5m]))", "{{status_code}}")],
+                "reqps",
+                steps(GREEN),
+            ),
+        ),
+        (
+            8,
+            timeseries(
+                "API p95 Latency by Route",
+                "95th percentile of request duration per route.",
+                [
+                    target(
+                        "histogram_quantile(0.95,"
+                        " sum by (le, route) (rate(pose_http_request_duration_seconds_bucket[5m])))",
+                        "{{route}}",
+                    )
+                ],
+                "s",
+                steps(GREEN, (0.5, ORANGE), (1, RED)),
+            ),
+        ),
+        (
+            8,
+            timeseries(
+                "API 5xx Ratio",
+                "Share of requests answered 5xx; >5% for ten minutes is ApiServerErrors. "
+                "Empty without traffic.",
+                [
+                    target(
+                        'sum(rate(pose_http_requests_total{status_code=~"5.."}[5m]))'
+                        " / (sum(rate(pose_http_requests_total[5m])) > 0)",
+                        "5xx",
+                    )
+                ],
+                "percentunit",
+                steps(GREEN, (0.01, ORANGE), (0.05, RED)),
+            ),
+        ),
+    ]
+
+
+def layout(rows: list[tuple[str, list[tuple[int, Panel]]]]) -> list[Panel]:
+    """Place each row's panels left to right, wrapping at the grid width, rows stacked top to bottom."""
+    placed: list[Panel] = []
+    y = 0
+    for title, panels in rows:
+        placed.append(RowPanel(title=title, gridPos=GridPos(h=1, w=GRID_WIDTH, x=0, y=y)))
+        y += 1
+        x = 0
+        for width, panel in panels:
+            if x + width > GRID_WIDTH:
+                x, y = 0, y + PANEL_HEIGHT
+            placed.append(attr.evolve(panel, gridPos=GridPos(h=PANEL_HEIGHT, w=width, x=x, y=y)))
+            x += width
+        y += PANEL_HEIGHT
+    return placed
+
+
+def overview_dashboard() -> Dashboard:
+    datasource = Template(
+        name="datasource",
+        label="Data source",
+        type="datasource",
+        query="prometheus",
+        default="Prometheus",
+    )
+    return Dashboard(
+        title="Pose Generator — Overview",
+        uid="posegen-overview",
+        description="Generation health, queue, workers, credits, per-stage latency and the API.",
+        tags=["posegen", "pose-generator"],
+        timezone="browser",
+        refresh="30s",
+        schemaVersion=39,
+        graphTooltip=1,
+        time=Time("now-6h", "now"),
+        templating=Templating(list=[datasource]),
+        panels=layout(
+            [
+                ("Overview", seed_panels()),
+                ("Credits", credit_panels()),
+                ("Workers and Queue", worker_panels()),
+                ("Per-stage Latency", latency_panels()),
+                ("API", api_panels()),
+            ]
+        ),
+    ).auto_panel_ids()
+
+
+def build_dashboards() -> dict[str, dict]:
+    """Every dashboard as Grafana JSON, keyed by its file name under ``dashboards/build/``."""
+    dashboards = {"pose-generator-overview.json": overview_dashboard()}
+    # A round trip through the encoder turns grafanalib objects into plain JSON values.
+    return {name: json.loads(json.dumps(board, cls=DashboardEncoder)) for name, board in dashboards.items()}
+
+
+def render(dashboard: dict) -> str:
+    """The committed form of a dashboard: sorted keys, two-space indent, trailing newline."""
+    return json.dumps(dashboard, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def write_dashboards(out_dir: Path) -> list[Path]:
+    """Write every dashboard to ``out_dir`` (byte-identical on rebuild) and return the written paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, dashboard in sorted(build_dashboards().items()):
+        path = out_dir / name
+        path.write_text(render(dashboard), encoding="utf-8")
+        written.append(path)
+    return written

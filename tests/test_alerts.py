@@ -1,0 +1,249 @@
+"""Alert rules, their promtool unit tests and the Alertmanager routing, checked with the real tools.
+
+promtool and amtool come from the Debian packages ``prometheus`` and ``prometheus-alertmanager``;
+without them these tests fail (CI installs them with ``make tools``), they never skip.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ALERTS = ROOT / "alerts"
+RULES = ALERTS / "rules" / "pose-generator.rules.yml"
+RULE_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
+RUNBOOKS = ALERTS / "runbooks"
+ALERTMANAGER = ALERTS / "alertmanager.yml"
+PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
+
+RECEIVER_BY_SEVERITY = {"critical": "pager", "warning": "chat"}
+AREAS = {"generation", "performance", "queue", "credits", "workers", "availability", "monitoring"}
+
+HISTOGRAMS = {
+    "pose_generation_duration_seconds",
+    "pose_provider_call_duration_seconds",
+    "pose_upload_duration_seconds",
+    "pose_queue_wait_duration_seconds",
+    "pose_pose_duration_seconds",
+    "pose_http_request_duration_seconds",
+    "pose_operation_duration_seconds",
+}
+# The metric names the exporter, the API and the workers promise (histograms as their series).
+CONTRACT_METRICS = {
+    "pose_generations_total",
+    "pose_poses_total",
+    "pose_errors_total",
+    "pose_credits_spent_total",
+    "pose_credits_refunded_total",
+    "pose_last_finished_generation_timestamp_seconds",
+    "pose_queue_depth",
+    "pose_queue_jobs",
+    "pose_workers",
+    "pose_queue_oldest_waiting_job_age_seconds",
+    "pose_exporter_up",
+    "pose_exporter_scrape_duration_seconds",
+    "pose_http_requests_total",
+} | {f"{name}_{suffix}" for name in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
+
+PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring"}
+
+
+def require_tool(name: str, package: str) -> str:
+    """The tool's path, or a failed test telling how to install it."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"`{name}` is not installed: install the Debian package `{package}` "
+            f"(apt-get install -y {package}, or `make tools`)",
+            pytrace=False,
+        )
+    return path
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression selects (functions, keywords and label names left out)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
+    names = set()
+    for match in re.finditer(r"(?<![\w.])[a-zA-Z_:][\w:]*", text):
+        if text[match.end() :].lstrip().startswith("("):
+            continue  # a function call
+        if match.group() not in PROMQL_KEYWORDS:
+            names.add(match.group())
+    return names
+
+
+def load_rules() -> list[dict]:
+    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+
+
+def load_alerts() -> list[dict]:
+    return [rule for rule in load_rules() if "alert" in rule]
+
+
+def test_rule_file_is_valid() -> None:
+    result = run(require_tool("promtool", "prometheus"), "check", "rules", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rule_unit_tests_pass() -> None:
+    assert RULE_TESTS, "no promtool unit tests in alerts/tests/"
+    result = run(require_tool("promtool", "prometheus"), "test", "rules", *map(str, RULE_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_is_labelled_annotated_and_has_a_runbook() -> None:
+    alerts = load_alerts()
+    assert alerts
+    for alert in alerts:
+        name = alert["alert"]
+        assert alert["labels"]["severity"] in RECEIVER_BY_SEVERITY, name
+        assert alert["labels"]["area"] in AREAS, name
+        annotations = alert["annotations"]
+        assert annotations["summary"].strip(), name
+        assert "$value" in annotations["description"], f"{name}: the description must show the value"
+        assert annotations["runbook_url"] == f"alerts/runbooks/{name}.md", name
+        assert (RUNBOOKS / f"{name}.md").is_file(), f"missing runbook for {name}"
+    assert {path.stem for path in RUNBOOKS.glob("*.md")} == {alert["alert"] for alert in alerts}
+
+
+def test_seed_alerts_keep_their_conditions_and_severities() -> None:
+    alerts = {alert["alert"]: alert for alert in load_alerts()}
+    expected = {
+        "HighFailureRate": ("critical", "posegen:generation_failure_ratio:rate1h > 0.10"),
+        "QueueBacklog": ("warning", 'max(pose_queue_jobs{state="waiting"}) > 500'),
+        "SlowGeneration": ("warning", "posegen:generation_duration_seconds:avg15m > 60"),
+        "CreditRefundSpike": ("critical", "posegen:credits_refunded:increase1h > 1000"),
+        "WorkerDowntime": ("critical", "> 600"),
+    }
+    for name, (severity, condition) in expected.items():
+        assert alerts[name]["labels"]["severity"] == severity, name
+        assert condition in alerts[name]["expr"], name
+
+
+def test_every_alert_has_a_firing_a_just_below_and_an_idle_test_case() -> None:
+    """Test groups are named "fires: ...", "quiet: ..." and, for no traffic at all, "quiet: idle ..."."""
+    fires: set[str] = set()
+    below: set[str] = set()
+    idle: set[str] = set()
+    for path in RULE_TESTS:
+        for group in yaml.safe_load(path.read_text())["tests"]:
+            name = group["name"]
+            for case in group.get("alert_rule_test", []):
+                if case.get("exp_alerts"):
+                    fires.add(case["alertname"])
+                elif "idle" in name:
+                    idle.add(case["alertname"])
+                elif name.startswith("quiet"):
+                    below.add(case["alertname"])
+    alerts = {alert["alert"] for alert in load_alerts()}
+    assert alerts - fires == set(), "alerts without a test where they fire"
+    assert alerts - below == set(), "alerts without a test just below their threshold"
+    assert alerts - idle == set(), "alerts without an idle (no traffic) test"
+
+
+def test_ratios_divide_only_by_positive_denominators() -> None:
+    """An idle system has zero rates; a bare division would give NaN and could fire."""
+    for rule in load_rules():
+        expr = rule["expr"]
+        if "/" in expr:
+            name = rule.get("record") or rule.get("alert")
+            guarded = re.search(r"/\s*\(.*>\s*0\s*\)", expr, re.S)
+            assert guarded, f"{name}: guard the denominator with (... > 0)"
+
+
+def test_rules_read_only_contract_metrics() -> None:
+    rules = load_rules()
+    recorded = {rule["record"] for rule in rules if "record" in rule}
+    allowed = CONTRACT_METRICS | recorded | {"up"}
+    for rule in rules:
+        unknown = metric_names(rule["expr"]) - allowed
+        assert not unknown, f"{rule.get('record') or rule.get('alert')} reads unknown metrics {unknown}"
+
+
+def test_alertmanager_config_is_valid() -> None:
+    result = run(require_tool("amtool", "prometheus-alertmanager"), "check-config", str(ALERTMANAGER))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def routes(*labels: str, verify: str | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [require_tool("amtool", "prometheus-alertmanager"), "config", "routes", "test"]
+    argv.append(f"--config.file={ALERTMANAGER}")
+    if verify:
+        argv.append(f"--verify.receivers={verify}")
+    return run(*argv, *labels)
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [
+        (("severity=critical", "area=queue"), "pager"),
+        (("severity=critical", "area=workers"), "pager"),
+        (("severity=warning", "area=queue"), "chat"),
+        (("severity=warning", "area=credits"), "chat"),
+        (("area=queue",), "chat"),
+    ],
+)
+def test_routes_send_critical_to_the_pager_and_warnings_to_chat(
+    labels: tuple[str, ...], receiver: str
+) -> None:
+    result = routes(*labels, verify=receiver)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.split() == [receiver]
+
+
+def test_routes_verification_rejects_a_wrong_receiver() -> None:
+    assert routes("severity=critical", "area=queue", verify="chat").returncode != 0
+    assert routes("severity=warning", "area=queue", verify="pager").returncode != 0
+
+
+def test_every_alert_reaches_the_receiver_of_its_severity() -> None:
+    for alert in load_alerts():
+        labels = alert["labels"]
+        receiver = RECEIVER_BY_SEVERITY[labels["severity"]]
+        result = routes(
+            f"alertname={alert['alert']}",
+            *(f"{key}={value}" for key, value in labels.items()),
+            verify=receiver,
+        )
+        assert result.returncode == 0, f"{alert['alert']}: {result.stdout}{result.stderr}"
+
+
+def test_critical_alerts_mute_warnings_of_the_same_area() -> None:
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    assert config["route"]["group_by"] == ["alertname", "area"]
+    assert {
+        "source_matchers": ['severity="critical"'],
+        "target_matchers": ['severity="warning"'],
+        "equal": ["area"],
+    } in config["inhibit_rules"]
+
+
+def test_receivers_read_their_destinations_from_files() -> None:
+    config = yaml.safe_load(ALERTMANAGER.read_text())
+    receivers = {receiver["name"]: receiver for receiver in config["receivers"]}
+    pager = receivers["pager"]["pagerduty_configs"][0]
+    chat = receivers["chat"]["slack_configs"][0]
+    assert pager["routing_key_file"] == "/etc/posegen/alertmanager/pager_routing_key"
+    assert chat["api_url_file"] == "/etc/posegen/alertmanager/chat_url"
+
+
+def test_deploy_prometheus_config_is_valid_and_scrapes_the_jobs_the_rules_select() -> None:
+    result = run(require_tool("promtool", "prometheus"), "check", "config", str(PROMETHEUS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = {job["job_name"] for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]}
+    selected = set(re.findall(r'job="([^"]+)"', RULES.read_text()))
+    assert selected <= jobs
+    assert {"posegen-api", "posegen-worker", "posegen-exporter"} <= jobs

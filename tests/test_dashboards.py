@@ -1,0 +1,135 @@
+"""Dashboards as code: the committed JSON is what the grafanalib source builds, and every panel is usable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from dashboards.overview import build_dashboards, render, write_dashboards
+from tests.test_alerts import CONTRACT_METRICS, ROOT, metric_names, require_tool, run
+
+BUILD = ROOT / "dashboards" / "build"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+
+
+def panels() -> list[tuple[str, dict]]:
+    """Every non-row panel of every dashboard, with its dashboard's file name."""
+    return [
+        (name, panel)
+        for name, dashboard in build_dashboards().items()
+        for panel in dashboard["panels"]
+        if panel["type"] != "row"
+    ]
+
+
+def by_title(title: str) -> dict:
+    return next(panel for _, panel in panels() if panel["title"] == title)
+
+
+def steps(panel: dict) -> list[tuple[object, str]]:
+    thresholds = panel["fieldConfig"]["defaults"]["thresholds"]
+    return [(step["value"], step["color"]) for step in thresholds["steps"]]
+
+
+def test_committed_build_matches_the_source() -> None:
+    built = build_dashboards()
+    assert sorted(path.name for path in BUILD.glob("*.json")) == sorted(built), (
+        "dashboards/build is stale: run `posegen dashboards build`"
+    )
+    for name, dashboard in built.items():
+        assert (BUILD / name).read_text(encoding="utf-8") == render(dashboard), (
+            f"dashboards/build/{name} is stale: run `posegen dashboards build`"
+        )
+
+
+def test_rebuilding_is_byte_identical(tmp_path: Path) -> None:
+    first = {path.name: path.read_bytes() for path in write_dashboards(tmp_path / "a")}
+    second = {path.name: path.read_bytes() for path in write_dashboards(tmp_path / "b")}
+    assert first == second
+    assert first == {name: (BUILD / name).read_bytes() for name in first}
+
+
+def test_dashboards_offer_a_prometheus_datasource_variable() -> None:
+    for name, dashboard in build_dashboards().items():
+        variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource", name
+        assert variables["datasource"]["query"] == "prometheus", name
+
+
+def test_every_panel_reads_the_datasource_variable() -> None:
+    for name, panel in panels():
+        assert panel["datasource"] == DATASOURCE, (name, panel["title"])
+        assert panel["targets"], (name, panel["title"])
+        for target in panel["targets"]:
+            assert target["datasource"] == DATASOURCE, (name, panel["title"])
+
+
+def test_every_panel_has_a_unit_and_ordered_thresholds() -> None:
+    for name, panel in panels():
+        defaults = panel["fieldConfig"]["defaults"]
+        assert defaults.get("unit"), (name, panel["title"])
+        levels = steps(panel)
+        assert levels and levels[0][0] is None, (name, panel["title"])
+        values = [value for value, _ in levels[1:]]
+        assert values == sorted(values), (name, panel["title"])
+
+
+def test_every_query_uses_only_contract_metrics() -> None:
+    for name, panel in panels():
+        for target in panel["targets"]:
+            unknown = metric_names(target["expr"]) - CONTRACT_METRICS
+            assert not unknown, f"{name} / {panel['title']}: unknown metrics {unknown}"
+
+
+def test_every_query_is_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each panel query as a recording rule expression."""
+    rules = [
+        {"record": f"dashboard:query_{index}", "expr": target["expr"]}
+        for index, target in enumerate(target for _, panel in panels() for target in panel["targets"])
+    ]
+    path = tmp_path / "queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}))
+    result = run(require_tool("promtool", "prometheus"), "check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_seed_panels_with_their_queries_and_thresholds() -> None:
+    generation_rate = by_title("Generation Rate")
+    assert generation_rate["type"] == "timeseries"
+    assert "rate(pose_generations_total" in generation_rate["targets"][0]["expr"]
+
+    success_rate = by_title("Success Rate")
+    assert success_rate["type"] == "gauge"
+    assert [value for value, _ in steps(success_rate)] == [None, 90, 95]
+    assert "> 0)" in success_rate["targets"][0]["expr"], "the ratio must not divide by zero when idle"
+
+    queue_depth = by_title("Queue Depth")
+    assert queue_depth["type"] == "timeseries"
+    assert queue_depth["targets"][0]["expr"] == "pose_queue_depth"
+    assert [value for value, _ in steps(queue_depth)] == [None, 100, 500]
+
+    average_duration = by_title("Average Duration")
+    assert average_duration["fieldConfig"]["defaults"]["unit"] == "s"
+    assert "pose_generation_duration_seconds_sum[5m]" in average_duration["targets"][0]["expr"]
+    assert "pose_generation_duration_seconds_count[5m]" in average_duration["targets"][0]["expr"]
+    assert [value for value, _ in steps(average_duration)] == [None, 30, 60]
+
+    errors = by_title("Error Rate by Type")
+    assert errors["type"] == "barchart"
+    assert errors["targets"][0]["expr"] == "sum by (error_type) (pose_errors_total)"
+
+
+def test_panels_have_unique_ids_and_fit_the_grid() -> None:
+    for name, dashboard in build_dashboards().items():
+        ids = [panel["id"] for panel in dashboard["panels"]]
+        assert len(ids) == len(set(ids)), name
+        for panel in dashboard["panels"]:
+            assert panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24, (name, panel["title"])
+
+
+def test_grafana_provisioning_loads_the_built_dashboards() -> None:
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/posegen.yml").read_text())
+    path = provider["providers"][0]["options"]["path"]
+    compose = yaml.safe_load((ROOT / "deploy/docker-compose.yml").read_text())
+    assert f"../dashboards/build:{path}:ro" in compose["services"]["grafana"]["volumes"]
