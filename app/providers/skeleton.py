@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 
@@ -38,8 +39,17 @@ def draw_skeleton(
 
 
 def render_pose_skeleton(keypoints: Sequence[Sequence[float]], size: int = 512) -> bytes:
-    """PNG bytes of the skeleton on black, as ControlNet's OpenPose conditioning expects."""
+    """PNG bytes of the skeleton on black, as ControlNet's OpenPose conditioning expects.
+
+    A pose's skeleton never changes, so renders are cached by content; the
+    worker warms the cache before forking work-horses, which inherit it.
+    """
     validate_keypoints(keypoints)
+    return _render_cached(tuple((float(x), float(y)) for x, y in keypoints), size)
+
+
+@functools.lru_cache(maxsize=1024)
+def _render_cached(keypoints: tuple[tuple[float, float], ...], size: int) -> bytes:
     image = Image.new("RGB", (size, size), (0, 0, 0))
     draw_skeleton(ImageDraw.Draw(image), keypoints, size, width=max(2, size // 100))
     return encode_png(image)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import psycopg
 from rq import Worker
 
+from app.errors import ControlNetError
 from app.observability.logging import get_logger
 from app.observability.worker_metrics import serve_worker_metrics
+from app.providers.skeleton import render_pose_skeleton
 from app.settings import Settings
 from app.worker.jobs import use_settings
 from app.worker.queue import make_queue, make_redis
@@ -14,11 +17,27 @@ from app.worker.reaper import Reaper
 log = get_logger("Worker")
 
 
+def warm_skeleton_cache(settings: Settings) -> None:
+    """Render every library pose's skeleton once here, so forked work-horses start with them cached."""
+    try:
+        with psycopg.connect(settings.database_url, connect_timeout=5) as conn:
+            rows = conn.execute("SELECT keypoints FROM poses").fetchall()
+    except psycopg.Error as exc:
+        log.warning("Could not warm the skeleton cache", error=str(exc))
+        return
+    for (keypoints,) in rows:
+        try:
+            render_pose_skeleton(keypoints, settings.image_size)
+        except ControlNetError:
+            continue  # a malformed pose fails its own generations with CONTROLNET_ERROR
+
+
 def run_worker(
     settings: Settings, *, name: str | None = None, burst: bool = False, metrics_host: str = "127.0.0.1",
     metrics_port: int = 0,
 ) -> None:
     use_settings(settings)
+    warm_skeleton_cache(settings)
     redis = make_redis(settings.redis_url)
     # Blocking dequeues wait longer than the fail-fast socket timeout the API uses.
     redis.connection_pool.connection_kwargs["socket_timeout"] = None

@@ -1,0 +1,1 @@
+"""Benchmarks: programs that print a table with the baseline beside each figure."""
