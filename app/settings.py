@@ -51,6 +51,7 @@ class Settings:
     pose_concurrency: int = 8
     lease_seconds: float = 30.0
     reaper_interval_seconds: float = 5.0
+    queued_check_seconds: float = 60.0
     max_attempts: int = 3
     faults: Mapping[ErrorType, float] = field(default_factory=dict)
     local_latency: LatencyRange = LatencyRange()
@@ -103,6 +104,9 @@ class Settings:
             lease_seconds=reader.number("POSEGEN_LEASE_SECONDS", cls.lease_seconds, minimum=1.0),
             reaper_interval_seconds=reader.number(
                 "POSEGEN_REAPER_INTERVAL_SECONDS", cls.reaper_interval_seconds, minimum=0.1
+            ),
+            queued_check_seconds=reader.number(
+                "POSEGEN_QUEUED_CHECK_SECONDS", cls.queued_check_seconds, minimum=1.0
             ),
             max_attempts=reader.integer("POSEGEN_MAX_ATTEMPTS", cls.max_attempts, minimum=1, maximum=20),
             faults=parse_faults(env.get("POSEGEN_FAULTS", "")),

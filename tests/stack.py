@@ -7,6 +7,7 @@ other's generations or jobs. Processes are the real ``posegen`` commands.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -168,6 +169,7 @@ class Stack:
             "POSEGEN_LEASE_SECONDS": "3",
             "POSEGEN_REAPER_INTERVAL_SECONDS": "0.5",
             "POSEGEN_RATE_LIMIT_PER_MINUTE": "100000",
+            "POSEGEN_QUEUED_CHECK_SECONDS": "5",
             "LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
             **env,
@@ -257,22 +259,24 @@ class Stack:
         drop_database(self.db_name)
 
 
-def build_template() -> str:
-    """A migrated, seeded database that stacks clone."""
+def prepare_database(url: str) -> None:
+    """Migrate and seed the pose library, as `posegen migrate` and `posegen seed` do."""
     from app.db.migrate import migrate
     from app.domain.poses import seed_pose_library
 
-    name = f"posegen_test_{uuid.uuid4().hex[:8]}"
-    url = create_database(name)
     migrate(url)
-
-    import asyncio
 
     async def seed() -> None:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             await seed_pose_library(conn)
 
     asyncio.run(seed())
+
+
+def build_template() -> str:
+    """A migrated, seeded database that stacks clone."""
+    name = f"posegen_test_{uuid.uuid4().hex[:8]}"
+    prepare_database(create_database(name))
     return name
 
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY, HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import (
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+from psycopg_pool import PoolTimeout
 
 from app.errors import ErrorType
 from app.observability.logging import get_logger
@@ -59,7 +65,18 @@ def _unhandled_response(request: Request, exc: Exception) -> Response[dict[str, 
     )
 
 
+def _database_unavailable(request: Request, exc: Exception) -> Response[dict[str, Any]]:
+    log.error("Database unavailable", exc_info=exc, route=request.scope.get("path_template") or "unmatched")
+    return Response(
+        {"status_code": HTTP_503_SERVICE_UNAVAILABLE, "detail": "The database is unavailable; retry later.",
+         "errorType": ErrorType.NETWORK_ERROR.value},
+        status_code=HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "5"},
+    )
+
+
 EXCEPTION_HANDLERS = {
+    psycopg.OperationalError: _database_unavailable,
+    PoolTimeout: _database_unavailable,
     ValidationException: _validation_response,
     HTTPException: _http_response,
     Exception: _unhandled_response,

@@ -16,8 +16,8 @@ from app.domain.credits import charge_generation, refund_failed_pose
 from app.domain.error_events import record_error_event
 from app.errors import ErrorType
 
-# How long a queued generation may sit before the reaper checks that its job still exists.
-QUEUED_CHECK_SECONDS = 60
+# Default for how long a queued generation sits before the reaper checks that its job still exists.
+QUEUED_CHECK_SECONDS = 60.0
 
 
 class UnknownPosesError(ValueError):
@@ -50,6 +50,7 @@ async def create_generation(
     price_per_pose: int,
     idempotency_key: str | None,
     trace_context: dict[str, str] | None = None,
+    queued_check_seconds: float = QUEUED_CHECK_SECONDS,
 ) -> CreatedGeneration:
     """Charge and insert a generation with its pose slots, atomically.
 
@@ -73,7 +74,7 @@ async def create_generation(
             " VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
             " ON CONFLICT ON CONSTRAINT generations_idempotency DO NOTHING RETURNING created_at",
             (generation_id, user_id, prompt, len(pose_ids), price_per_pose, cost, idempotency_key,
-             Jsonb(trace_context) if trace_context else None, QUEUED_CHECK_SECONDS),
+             Jsonb(trace_context) if trace_context else None, queued_check_seconds),
         )
         inserted = await cur.fetchone()
         if inserted is None:

@@ -176,7 +176,11 @@ class ReapResult:
 
 
 async def reap_abandoned(
-    conn: AsyncConnection, *, max_attempts: int, job_exists: Callable[[str], bool]
+    conn: AsyncConnection,
+    *,
+    max_attempts: int,
+    job_exists: Callable[[str], bool],
+    queued_check_seconds: float = QUEUED_CHECK_SECONDS,
 ) -> ReapResult:
     """Find generations whose worker died (lease expired) or whose job vanished from the queue.
 
@@ -197,14 +201,14 @@ async def reap_abandoned(
             if status == "queued" and job_exists(job_id_for(generation_id, attempt)):
                 await conn.execute(
                     "UPDATE generations SET lease_expires_at = now() + make_interval(secs => %s) WHERE id = %s",
-                    (QUEUED_CHECK_SECONDS, generation_id),
+                    (queued_check_seconds, generation_id),
                 )
                 continue
             if attempt < max_attempts:
                 await conn.execute(
                     "UPDATE generations SET status = 'queued', attempt = attempt + 1,"
                     " lease_expires_at = now() + make_interval(secs => %s) WHERE id = %s",
-                    (QUEUED_CHECK_SECONDS, generation_id),
+                    (queued_check_seconds, generation_id),
                 )
                 requeue.append((generation_id, attempt + 1))
                 continue

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Worker
 
 from app.errors import ControlNetError
@@ -50,6 +53,14 @@ def run_worker(
     log.info("Worker starting", queue=queue.name, worker=worker.name, provider=settings.provider,
              metricsPort=metrics_port or None)
     try:
-        worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+        while True:
+            try:
+                worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
+                return
+            except RedisConnectionError as exc:
+                # Redis went away: wait for it rather than exit, so a Redis restart needs no worker restart.
+                log.error("Redis unreachable; worker waiting to reconnect", error=str(exc))
+                time.sleep(1.0)
+                worker = Worker([queue], connection=redis, name=name)
     finally:
         reaper.stop()

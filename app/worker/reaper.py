@@ -25,7 +25,8 @@ async def reap_once(settings: Settings, redis: Redis) -> int:
     """One pass; returns how many generations it re-queued or finished."""
     async with await AsyncConnection.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
         result = await reap_abandoned(
-            conn, max_attempts=settings.max_attempts, job_exists=lambda job_id: job_exists(redis, job_id)
+            conn, max_attempts=settings.max_attempts, job_exists=lambda job_id: job_exists(redis, job_id),
+            queued_check_seconds=settings.queued_check_seconds,
         )
     queue = make_queue(redis)
     for generation_id, attempt in result.requeue:
