@@ -20,7 +20,8 @@ class LocalStorage:
     def path_for(self, key: str) -> Path:
         """The file of ``key``; refuses keys that could leave the storage folder."""
         parts = PurePosixPath(key).parts
-        if not key or "\\" in key or key.startswith("/") or any(p in ("..", ".") for p in parts) or "\x00" in key:
+        unsafe = "\\" in key or "\x00" in key or key.startswith("/") or any(p in ("..", ".") for p in parts)
+        if not key or unsafe:
             raise StorageError(f"invalid storage key {key!r}")
         return self._root.joinpath(*parts)
 
@@ -44,6 +45,8 @@ def _write_atomically(path: Path, data: bytes) -> None:
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".upload-")
     try:
         with os.fdopen(fd, "wb") as handle:
+            # mkstemp makes the file owner-only; the API serving it may run as another user.
+            os.fchmod(handle.fileno(), 0o644)
             handle.write(data)
         os.replace(temp, path)
     except BaseException:

@@ -1,0 +1,122 @@
+"""``supabase`` storage: objects uploaded to a Supabase Storage bucket over its REST API.
+
+Uploads are ``POST {url}/storage/v1/object/{bucket}/{key}`` with ``x-upsert: true``,
+so retrying an upload whose answer was lost (a timeout, a 5xx) is harmless. Clients
+fetch images from the bucket's public URL; the bucket must exist and be public.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import PurePosixPath
+from urllib.parse import quote
+
+import httpx
+
+from app.errors import StorageError
+from app.observability.logging import get_logger
+from app.observability.performance import performance_tracker
+
+# One label value per HTTP attempt, so retries show in the histogram. The pipeline
+# already measures the whole upload as ``image_upload``; measuring it here too would count it twice.
+SUPABASE_REQUEST = "supabase_request"
+# Answers worth another try: the service is overloaded or briefly broken.
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+log = get_logger("Storage")
+
+
+class SupabaseStorage:
+    name = "supabase"
+
+    def __init__(
+        self,
+        url: str,
+        service_key: str,
+        bucket: str,
+        *,
+        client: httpx.AsyncClient | None = None,
+        timeout: float = 10.0,
+        max_retries: int = 2,
+        backoff_seconds: float = 0.2,
+    ) -> None:
+        """``url`` is the project URL (``https://<ref>.supabase.co``); a given ``client`` is left open."""
+        self._url = url.rstrip("/")
+        self._service_key = service_key
+        self._bucket = bucket
+        self._timeout = httpx.Timeout(timeout)
+        self._max_retries = max_retries
+        self._backoff_seconds = backoff_seconds
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.AsyncClient(timeout=self._timeout)
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Upload ``data`` to ``key``, retrying 429/5xx and transport errors; raise :class:`StorageError`."""
+        target = f"{self._url}/storage/v1/object/{quote(self._bucket)}/{_quoted_key(key)}"
+        headers = {
+            "Authorization": f"Bearer {self._service_key}",
+            "apikey": self._service_key,
+            "Content-Type": content_type,
+            "x-upsert": "true",
+        }
+        attempts = self._max_retries + 1
+        for attempt in range(1, attempts + 1):
+            status: int | None = None
+            failure: httpx.TransportError | None = None
+            try:
+                async with performance_tracker.measure(SUPABASE_REQUEST, key=key, attempt=attempt):
+                    response = await self._client.post(
+                        target, content=data, headers=headers, timeout=self._timeout
+                    )
+                status = response.status_code
+                if response.is_success:
+                    log.debug("Image uploaded", key=key, status=status, attempt=attempt, bytes=len(data))
+                    return
+                cause = f"HTTP {status} {response.reason_phrase}".rstrip()
+                retryable = status in RETRYABLE_STATUSES
+                detail = _error_detail(response)
+            except httpx.TransportError as exc:
+                failure = exc
+                cause = _describe_transport_error(exc, self._timeout)
+                retryable = True
+                detail = ""
+            if not retryable or attempt == attempts:
+                log.error("Failed to upload image", key=key, status=status, attempt=attempt, cause=cause,
+                          detail=detail)
+                tries = f" after {attempt} attempts" if attempt > 1 else ""
+                raise StorageError(f"Supabase upload failed: {cause}{tries}") from failure
+            log.warning("Retrying image upload", key=key, status=status, attempt=attempt, cause=cause)
+            await asyncio.sleep(self._backoff_seconds * 2 ** (attempt - 1))
+
+    def public_url(self, key: str) -> str:
+        return f"{self._url}/storage/v1/object/public/{quote(self._bucket)}/{_quoted_key(key)}"
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+
+def _quoted_key(key: str) -> str:
+    # HTTP clients resolve "." and ".." in URL paths, so such a key could write into another bucket.
+    parts = PurePosixPath(key).parts
+    if not key or "\\" in key or key.startswith("/") or "\x00" in key or any(p in (".", "..") for p in parts):
+        raise StorageError("invalid storage key")
+    return quote(key, safe="/")
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """Supabase's own reason (``{"error": ..., "message": ...}``) for the log, short."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict):
+        return str(body.get("message") or body.get("error") or body)[:200]
+    return str(body)[:200]
+
+
+def _describe_transport_error(exc: httpx.TransportError, timeout: httpx.Timeout) -> str:
+    if isinstance(exc, httpx.TimeoutException):
+        return f"{type(exc).__name__} (no answer within {timeout.read} s)"
+    reason = str(exc)
+    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
