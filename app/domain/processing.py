@@ -179,7 +179,7 @@ async def reap_abandoned(
     conn: AsyncConnection,
     *,
     max_attempts: int,
-    job_exists: Callable[[str], bool],
+    job_pending: Callable[[str], bool],
     queued_check_seconds: float = QUEUED_CHECK_SECONDS,
 ) -> ReapResult:
     """Find generations whose worker died (lease expired) or whose job vanished from the queue.
@@ -198,7 +198,7 @@ async def reap_abandoned(
         )
         rows: list[Any] = await cur.fetchall()
         for generation_id, attempt, status, user_id, price in rows:
-            if status == "queued" and job_exists(job_id_for(generation_id, attempt)):
+            if status == "queued" and job_pending(job_id_for(generation_id, attempt)):
                 await conn.execute(
                     "UPDATE generations SET lease_expires_at = now() + make_interval(secs => %s) WHERE id = %s",
                     (queued_check_seconds, generation_id),

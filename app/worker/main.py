@@ -47,20 +47,26 @@ def run_worker(
     queue = make_queue(redis)
     reaper = Reaper(settings, redis)
     reaper.start()
-    worker = Worker([queue], connection=redis, name=name)
-    if metrics_port:
-        serve_worker_metrics(redis, worker.name, metrics_host, metrics_port)
-    log.info("Worker starting", queue=queue.name, worker=worker.name, provider=settings.provider,
-             metricsPort=metrics_port or None)
+    started = False
+    restarts = 0
     try:
         while True:
             try:
+                # After an outage the old registration may still be live in Redis: register under a new name.
+                worker_name = f"{name}-r{restarts}" if name and restarts else name
+                worker = Worker([queue], connection=redis, name=worker_name)
+                if not started:
+                    if metrics_port:
+                        serve_worker_metrics(redis, worker.name, metrics_host, metrics_port)
+                    log.info("Worker starting", queue=queue.name, worker=worker.name, provider=settings.provider,
+                             metricsPort=metrics_port or None)
+                    started = True
                 worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
                 return
             except RedisConnectionError as exc:
                 # Redis went away: wait for it rather than exit, so a Redis restart needs no worker restart.
                 log.error("Redis unreachable; worker waiting to reconnect", error=str(exc))
+                restarts += 1
                 time.sleep(1.0)
-                worker = Worker([queue], connection=redis, name=name)
     finally:
         reaper.stop()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from redis import Redis
 from rq import Queue
-from rq.job import Job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 
 from app import QUEUE_NAME
 from app.domain.processing import job_id_for
@@ -35,5 +36,13 @@ def enqueue_generation(queue: Queue, generation_id: str, attempt: int) -> Job:
     )
 
 
-def job_exists(connection: Redis, job_id: str) -> bool:
-    return Job.exists(job_id, connection=connection)
+# States in which a job will still run (or is running); failed, finished, stopped, canceled never will.
+_PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+
+
+def job_pending(connection: Redis, job_id: str) -> bool:
+    """True while the job is waiting or running; False when it is gone or ended without finishing the work."""
+    try:
+        return Job.fetch(job_id, connection=connection).get_status(refresh=False) in _PENDING
+    except NoSuchJobError:
+        return False

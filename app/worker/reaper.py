@@ -16,7 +16,7 @@ from redis import Redis
 from app.domain.processing import reap_abandoned
 from app.observability.logging import get_logger
 from app.settings import Settings
-from app.worker.queue import enqueue_generation, job_exists, make_queue
+from app.worker.queue import enqueue_generation, job_pending, make_queue
 
 log = get_logger("Worker")
 
@@ -25,7 +25,7 @@ async def reap_once(settings: Settings, redis: Redis) -> int:
     """One pass; returns how many generations it re-queued or finished."""
     async with await AsyncConnection.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
         result = await reap_abandoned(
-            conn, max_attempts=settings.max_attempts, job_exists=lambda job_id: job_exists(redis, job_id),
+            conn, max_attempts=settings.max_attempts, job_pending=lambda job_id: job_pending(redis, job_id),
             queued_check_seconds=settings.queued_check_seconds,
         )
     queue = make_queue(redis)
