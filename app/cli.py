@@ -33,20 +33,30 @@ def _configure_logging(settings: Settings) -> None:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.api.app import create_app
+    from app.observability import sentry, tracing
 
     settings = _settings()
+    # Before the app is built: both integrations patch libraries (Litestar, psycopg, redis, httpx).
+    sentry.init_sentry(settings, process="api")
+    tracing.init_tracing(settings)
     _configure_logging(settings)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=False, log_level="warning",
+    from app.api.app import create_app
+
+    app = tracing.instrument_asgi(sentry.instrument_asgi(create_app(settings)))
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning",
                 timeout_graceful_shutdown=5)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from app.worker.main import run_worker
+    from app.observability import sentry, tracing
 
     settings = _settings()
+    sentry.init_sentry(settings, process="worker")
+    tracing.init_tracing(settings)
     _configure_logging(settings)
+    from app.worker.main import run_worker
+
     run_worker(settings, name=args.name, burst=args.burst, metrics_host=args.metrics_host,
                metrics_port=args.metrics_port)
     return 0

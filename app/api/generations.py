@@ -33,6 +33,7 @@ from app.domain.generations import (
     list_generations,
 )
 from app.errors import ErrorType
+from app.observability import tracing
 from app.observability.logging import get_logger
 from app.worker.queue import enqueue_generation
 
@@ -66,6 +67,7 @@ class GenerationController(Controller):
             created = await create_generation(
                 db, user_id=principal.user_id, pose_ids=pose_ids, prompt=prompt,
                 price_per_pose=settings.price_per_pose, idempotency_key=idempotency_key,
+                trace_context=tracing.current_trace_context(),
             )
         except UnknownPosesError as exc:
             await record_error_event(db, ErrorType.VALIDATION_ERROR, "API", str(exc), user_id=principal.user_id)

@@ -1,32 +1,66 @@
-"""Error tracking with Sentry: switched on by ``SENTRY_DSN``, no cost when off.
+"""Failures reported to the error tracker (Sentry) and marked on the current trace span (Datadog).
 
-``init_sentry`` is called once per process; the capture helpers do nothing
-unless a Sentry client is active.
+Each helper returns at once when neither integration is on, without importing
+either SDK. Events carry the tags on-call filters by: ``component``
+(pose-generator), ``generationId``, ``errorType`` and the user id.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import sentry_sdk
-
 from app.errors import ErrorType
+from app.observability import tracing
+from app.observability.sentry import SENTRY_COMPONENT, sentry_enabled
 
 if TYPE_CHECKING:
-    from app.domain.processing import ClaimedGeneration
+    from sentry_sdk import Scope
 
-SENTRY_COMPONENT = "pose-generator"
+    from app.domain.processing import ClaimedGeneration
 
 
 def capture_pose_failure(
     exc: BaseException, claimed: ClaimedGeneration, pose_id: str, error_type: ErrorType
 ) -> None:
-    if not sentry_sdk.get_client().is_active():
+    """One failed pose: a Sentry event of its exception, and its trace span marked as an error."""
+    tracing.mark_error(exc, error_type.value)
+    if not sentry_enabled():
         return
+    import sentry_sdk
+
     with sentry_sdk.new_scope() as scope:
-        scope.set_tag("component", SENTRY_COMPONENT)
-        scope.set_tag("generationId", claimed.generation_id)
+        _tag_generation(scope, claimed)
         scope.set_tag("errorType", error_type.value)
         scope.set_tag("poseId", pose_id)
-        scope.set_user({"id": claimed.user_id})
         sentry_sdk.capture_exception(exc)
+
+
+def capture_generation_failure(claimed: ClaimedGeneration, error_type: str | None) -> None:
+    """A generation that delivered no pose: one Sentry event per error type, besides its poses' events."""
+    if not sentry_enabled():
+        return
+    import sentry_sdk
+
+    kind = error_type or ErrorType.UNKNOWN_ERROR.value
+    with sentry_sdk.new_scope() as scope:
+        _tag_generation(scope, claimed)
+        scope.set_tag("errorType", kind)
+        scope.set_context("generation", {"attempt": claimed.attempt, "poses": len(claimed.poses)})
+        scope.fingerprint = ["generation-failed", kind]
+        sentry_sdk.capture_message(f"Generation failed: {kind}", level="error")
+
+
+def tag_generation_job(claimed: ClaimedGeneration) -> None:
+    """Tag the job's scope, so an exception escaping the job (reported by the RQ integration) names it too."""
+    if not sentry_enabled():
+        return
+    import sentry_sdk
+
+    _tag_generation(sentry_sdk.get_current_scope(), claimed)
+
+
+def _tag_generation(scope: Scope, claimed: ClaimedGeneration) -> None:
+    scope.set_tag("component", SENTRY_COMPONENT)
+    scope.set_tag("generationId", claimed.generation_id)
+    scope.set_tag("userId", claimed.user_id)
+    scope.set_user({"id": claimed.user_id})

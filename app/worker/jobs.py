@@ -9,6 +9,7 @@ from redis.asyncio import Redis as AsyncRedis
 from rq import get_current_job
 
 from app import API_PREFIX
+from app.observability import tracing
 from app.observability.logging import clear_context, get_logger
 from app.observability.worker_metrics import flush_operation_stats
 from app.providers.factory import build_provider
@@ -43,8 +44,8 @@ def process_generation(generation_id: str, attempt: int) -> str | None:
 
 
 async def run_generation(settings: Settings, generation_id: str, attempt: int) -> str | None:
-    provider = build_provider(settings)
-    storage = build_storage(settings, api_url_prefix=f"{API_PREFIX}/images")
+    provider = tracing.traced_provider(build_provider(settings))
+    storage = tracing.traced_storage(build_storage(settings, api_url_prefix=f"{API_PREFIX}/images"))
     redis = AsyncRedis.from_url(settings.redis_url)
     slots = ProviderSlots(redis, settings.provider_concurrency, settings.flux_deadline_seconds + 30)
     try:

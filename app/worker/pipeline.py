@@ -28,6 +28,7 @@ from app.domain.processing import (
 )
 from app.errors import ErrorType, ProviderTimeoutError, classify
 from app.observability import errors as error_tracking
+from app.observability import tracing
 from app.observability.logging import bind_context, get_logger
 from app.observability.performance import (
     CONTROLNET_RENDER,
@@ -74,13 +75,20 @@ class GenerationPipeline:
             log.warning("Generation not claimable; skipping job", generationId=generation_id, attempt=attempt)
             return None
         bind_context(generationId=generation_id)
+        error_tracking.tag_generation_job(claimed)
+        with tracing.generation_span(claimed):
+            return await self._process(claimed)
+
+    async def _process(self, claimed: ClaimedGeneration) -> str | None:
+        generation_id, attempt = claimed.generation_id, claimed.attempt
         queue_wait_ms = (datetime.now(UTC) - claimed.created_at).total_seconds() * 1000
         performance_tracker.record(QUEUE_WAIT, queue_wait_ms, generationId=generation_id)
         log.info("Processing generation job", generationId=generation_id, poseCount=len(claimed.poses),
                  attempt=attempt, userId=claimed.user_id)
         heartbeat = asyncio.create_task(self._heartbeat(claimed))
         try:
-            await asyncio.gather(*(self._run_pose(claimed, pose) for pose in claimed.poses))
+            await asyncio.gather(*(tracing.trace_pose(self._run_pose(claimed, pose), claimed, pose)
+                                   for pose in claimed.poses))
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -94,6 +102,8 @@ class GenerationPipeline:
         level = log.info if status == "completed" else log.error
         level("Generation finished", generationId=generation_id, status=status, duration=duration_ms,
               errorType=error_type)
+        if status == "failed":
+            error_tracking.capture_generation_failure(claimed, error_type)
         return status
 
     async def _heartbeat(self, claimed: ClaimedGeneration) -> None:
