@@ -1,0 +1,186 @@
+"""The ``flux`` provider: the Black Forest Labs FLUX API over httpx.
+
+Submit ``POST {base}/v1/{model}`` with the prompt and the ControlNet image, poll the returned
+``polling_url`` until the task is ``Ready``, then download ``result.sample``. Every HTTP call has its
+own timeout and is retried on 429, 5xx and transport errors with exponential backoff and full jitter;
+the whole pose has one deadline. Failures leave as the seed's error types (:mod:`app.errors`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+from typing import Any
+
+import httpx
+
+from app.errors import FluxApiError, PoseGenerationError, ProviderNetworkError, ProviderTimeoutError
+from app.observability.logging import get_logger
+from app.providers.base import ImageRequest
+from app.settings import Settings
+
+log = get_logger("FLUX")
+
+_PENDING = frozenset({"Pending", "Queued", "Processing"})
+_MODERATED = frozenset({"Request Moderated", "Content Moderated"})
+_FAILED = frozenset({"Error", "Failed"})
+_BACKOFF_BASE_SECONDS = 0.25
+_BACKOFF_CAP_SECONDS = 10.0
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # PNG, JPEG
+
+
+class FluxProvider:
+    """Generates one pose image per :meth:`generate` call through the FLUX API."""
+
+    name = "flux"
+
+    def __init__(self, settings: Settings, *, client: httpx.AsyncClient | None = None) -> None:
+        self._settings = settings
+        # A trailing slash so relative paths (the model, a relative polling_url) join below any base path.
+        self._base = httpx.URL(settings.flux_base_url.rstrip("/") + "/")
+        self._timeout = httpx.Timeout(settings.flux_timeout_seconds)
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.AsyncClient(timeout=self._timeout)
+
+    async def generate(self, request: ImageRequest) -> bytes:
+        """Return the image bytes; raise FluxApiError, ProviderTimeoutError or ProviderNetworkError."""
+        budget = self._settings.flux_deadline_seconds
+        meta = {"generationId": request.generation_id, "poseId": request.pose_id}
+        deadline = asyncio.get_running_loop().time() + budget
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._generate(request, deadline, meta)
+        except TimeoutError:
+            raise ProviderTimeoutError(f"FLUX did not deliver the image within {budget:g}s") from None
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def _generate(self, request: ImageRequest, deadline: float, meta: dict[str, str]) -> bytes:
+        model = self._settings.flux_model
+        log.info("Calling FLUX API", model=model, width=request.width, height=request.height, **meta)
+        payload = {
+            "prompt": request.prompt,
+            "control_image": base64.b64encode(request.control_image).decode("ascii"),
+            "width": request.width,
+            "height": request.height,
+            "seed": request.seed,
+            "output_format": "png",
+        }
+        submitted = _json_object(
+            await self._call("POST", self._base.join(f"v1/{model}"), "submit", deadline, meta, json=payload),
+            "submit",
+        )
+        polling_url = submitted.get("polling_url")
+        if not isinstance(polling_url, str) or not polling_url:
+            raise FluxApiError("FLUX submit answer has no polling_url")
+        task_id = str(submitted.get("id", ""))
+        log.debug("FLUX task submitted", taskId=task_id, **meta)
+        sample_url = await self._poll(self._base.join(polling_url), task_id, deadline, meta)
+        # The sample is a signed delivery URL on another host: the key is not sent there.
+        image = (await self._call("GET", sample_url, "download", deadline, meta, auth=False)).content
+        if not image.startswith(_IMAGE_SIGNATURES):
+            raise FluxApiError(f"FLUX sample of task {task_id} is not a PNG or JPEG image")
+        log.info("FLUX image ready", taskId=task_id, bytes=len(image), **meta)
+        return image
+
+    async def _poll(self, url: httpx.URL, task_id: str, deadline: float, meta: dict[str, str]) -> httpx.URL:
+        """Poll until the task is Ready and return its sample URL; other end states are FluxApiError."""
+        while True:
+            body = _json_object(await self._call("GET", url, "poll", deadline, meta), "poll")
+            status = body.get("status")
+            if status == "Ready":
+                result = body.get("result")
+                sample = result.get("sample") if isinstance(result, dict) else None
+                if not isinstance(sample, str) or not sample:
+                    raise FluxApiError(f"FLUX task {task_id} is Ready without result.sample")
+                return self._base.join(sample)
+            if status in _PENDING:
+                await asyncio.sleep(self._settings.flux_poll_interval_seconds)
+                continue
+            details = f": {_brief(body['details'])}" if body.get("details") else ""
+            if status in _MODERATED:
+                raise FluxApiError(f"FLUX moderated task {task_id} ({status}){details}")
+            if status in _FAILED:
+                raise FluxApiError(f"FLUX task {task_id} failed with status {status}{details}")
+            if status == "Task not found":
+                raise FluxApiError(f"FLUX does not know task {task_id} (Task not found)")
+            # An unknown state fails now rather than being polled into a misleading timeout.
+            raise FluxApiError(f"FLUX task {task_id} answered unexpected status {_brief(status)}")
+
+    async def _call(
+        self, method: str, url: httpx.URL, step: str, deadline: float, meta: dict[str, str],
+        *, json: dict[str, Any] | None = None, auth: bool = True,
+    ) -> httpx.Response:
+        """One HTTP call with retries; answers the successful response or raises the seed's error type."""
+        headers = {"x-key": self._settings.flux_api_key} if auth else {}
+        retries = self._settings.flux_max_retries
+        attempt = 0
+        while True:
+            attempt += 1
+            retry_after: float | None = None
+            try:
+                response = await self._client.request(
+                    method, url, json=json, headers=headers, timeout=self._timeout, follow_redirects=True
+                )
+            except httpx.TimeoutException as exc:
+                error: PoseGenerationError = ProviderTimeoutError(
+                    f"FLUX {step} timed out ({type(exc).__name__}, attempt {attempt} of {retries + 1})"
+                )
+            except httpx.TransportError as exc:
+                error = ProviderNetworkError(
+                    f"FLUX {step} to {url.host} failed ({type(exc).__name__}: {exc}; "
+                    f"attempt {attempt} of {retries + 1})"
+                )
+            else:
+                status = response.status_code
+                if status < 400:
+                    return response
+                if status != 429 and status < 500:
+                    raise FluxApiError(f"FLUX {step} answered HTTP {status}: {_brief(response.text)}")
+                error = FluxApiError(
+                    f"FLUX {step} answered HTTP {status} (attempt {attempt} of {retries + 1}): "
+                    f"{_brief(response.text)}"
+                )
+                if status == 429:
+                    retry_after = _retry_after(response)
+            if attempt > retries:
+                raise error
+            if retry_after is not None:
+                # Jitter on top of the server's hint so callers rejected together do not return together.
+                delay = retry_after + random.uniform(0, _BACKOFF_BASE_SECONDS)
+            else:
+                delay = random.uniform(0, min(_BACKOFF_CAP_SECONDS, _BACKOFF_BASE_SECONDS * 2 ** attempt / 2))
+            if asyncio.get_running_loop().time() + delay >= deadline:
+                raise error  # waiting would outlive the deadline: fail now, with the real cause
+            log.warning("FLUX call failed, retrying", step=step, attempt=attempt, error=str(error),
+                        retryInSeconds=round(delay, 3), **meta)
+            await asyncio.sleep(delay)
+
+
+def _json_object(response: httpx.Response, step: str) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        raise FluxApiError(f"FLUX {step} answered a body that is not JSON: {_brief(response.text)}") from None
+    if not isinstance(body, dict):
+        raise FluxApiError(f"FLUX {step} answered JSON that is not an object: {_brief(body)}")
+    return body
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds; the HTTP-date form is rare here and falls back to our backoff."""
+    try:
+        seconds = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def _brief(value: Any, limit: int = 200) -> str:
+    if value is None or value == "":
+        return ""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

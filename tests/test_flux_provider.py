@@ -1,0 +1,237 @@
+"""The flux provider against a fake FLUX API that is a real HTTP server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from app.errors import ErrorType, PoseGenerationError, classify
+from app.providers.base import ImageRequest
+from app.providers.flux import FluxProvider
+from app.settings import Settings
+from tests.fakes.flux_server import STAT_FIELDS, FakeFlux
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Short timings keep the failure tests fast: a hung call gives up after 0.3 s, a pose after 2 s.
+FAST: dict[str, Any] = {
+    "flux_timeout_seconds": 0.3,
+    "flux_deadline_seconds": 2.0,
+    "flux_poll_interval_seconds": 0.02,
+    "flux_max_retries": 3,
+}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 2
+    while (leaked := [t for t in threading.enumerate() if t not in before and t.is_alive()]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
+    assert not leaked, f"threads left running: {leaked}"
+
+
+@pytest.fixture
+def flux() -> Iterator[FakeFlux]:
+    with FakeFlux() as fake:
+        yield fake
+
+
+def _settings(flux: FakeFlux, **overrides: Any) -> Settings:
+    options = {"flux_api_key": flux.api_key, "flux_base_url": flux.base_url, **FAST, **overrides}
+    return Settings(provider="flux", **options)
+
+
+def _request(prompt: str = "a dancer on a beach", seed: int = 7) -> ImageRequest:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buffer, format="PNG")
+    return ImageRequest(prompt=prompt, control_image=buffer.getvalue(), width=512, height=512, seed=seed,
+                        generation_id="gen-1", pose_id="pose-1")
+
+
+async def _with_provider(settings: Settings, requests: list[ImageRequest]) -> list[bytes | BaseException]:
+    provider = FluxProvider(settings)
+    try:
+        return await asyncio.gather(*(provider.generate(r) for r in requests), return_exceptions=True)
+    finally:
+        await provider.aclose()
+
+
+def _generate(settings: Settings, request: ImageRequest | None = None) -> bytes:
+    (outcome,) = asyncio.run(_with_provider(settings, [request or _request()]))
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def _failure(settings: Settings, request: ImageRequest | None = None) -> tuple[BaseException, float]:
+    began = time.monotonic()
+    (outcome,) = asyncio.run(_with_provider(settings, [request or _request()]))
+    assert isinstance(outcome, BaseException), "expected the generation to fail"
+    return outcome, time.monotonic() - began
+
+
+def test_success_returns_png_and_sends_what_flux_expects(flux: FakeFlux) -> None:
+    settings = _settings(flux)
+
+    image = _generate(settings, _request("a dancer on a beach", seed=42))
+
+    assert image.startswith(PNG_SIGNATURE) and image == flux.sample_png
+    (task,) = flux.tasks()
+    assert (task.model, task.prompt, task.width, task.height, task.seed, task.output_format) == (
+        settings.flux_model, "a dancer on a beach", 512, 512, 42, "png")
+    assert task.control_image_is_png
+    assert flux.auth_failures == 0  # the fake demands x-key on submit and poll
+    assert (flux.submissions, flux.downloads, flux.rate_limited) == (1, 1, 0)
+
+
+def test_pending_tasks_are_polled_until_ready() -> None:
+    with FakeFlux(latency=0.3) as flux:
+        began = time.monotonic()
+        image = _generate(_settings(flux))
+
+        assert image.startswith(PNG_SIGNATURE)
+        assert time.monotonic() - began >= 0.3
+        assert flux.polls > 3
+
+
+def test_a_relative_polling_url_is_resolved_against_the_base(flux: FakeFlux) -> None:
+    flux.relative_polling_urls = True
+
+    assert _generate(_settings(flux)).startswith(PNG_SIGNATURE)
+
+
+def test_a_429_is_retried_after_the_retry_after_seconds(flux: FakeFlux) -> None:
+    flux.retry_after = 0.5
+    flux.fail_next("status_429")
+    began = time.monotonic()
+
+    assert _generate(_settings(flux)).startswith(PNG_SIGNATURE)
+
+    assert time.monotonic() - began >= 0.5
+    assert (flux.rate_limited, flux.submissions, flux.accepted) == (1, 2, 1)
+
+
+def test_a_retry_after_beyond_the_deadline_fails_at_once(flux: FakeFlux) -> None:
+    flux.retry_after = 30
+    flux.fail_next("status_429")
+
+    error, elapsed = _failure(_settings(flux))
+
+    assert classify(error) is ErrorType.FLUX_API_ERROR and "429" in str(error)
+    assert elapsed < 1.0
+
+
+def test_transient_5xx_on_submit_and_poll_are_retried(flux: FakeFlux) -> None:
+    flux.fail_next("status_500", 2)
+    flux.fail_next("status_500", 2, stage="poll")
+
+    assert _generate(_settings(flux)).startswith(PNG_SIGNATURE)
+    assert flux.submissions == 3 and flux.faults_injected == 4
+
+
+def test_5xx_that_outlast_the_retries_are_a_flux_api_error(flux: FakeFlux) -> None:
+    flux.fail_next("status_500", 10)
+
+    error, _ = _failure(_settings(flux, flux_max_retries=2, flux_deadline_seconds=10.0))
+
+    assert classify(error) is ErrorType.FLUX_API_ERROR and "500" in str(error)
+    assert flux.submissions == 3  # the first try and two retries
+
+
+@pytest.mark.parametrize("stage", ["submit", "poll", "sample"])
+def test_a_hung_flux_is_a_timeout_within_the_deadline(flux: FakeFlux, stage: str) -> None:
+    settings = _settings(flux, flux_deadline_seconds=1.0)
+
+    error, elapsed = _failure(settings, _request(f"a dancer [fault:hang@{stage}]"))
+
+    assert classify(error) is ErrorType.TIMEOUT_ERROR
+    assert elapsed < 1.5
+
+
+@pytest.mark.parametrize("stage", ["submit", "poll", "sample"])
+def test_garbage_instead_of_json_or_an_image_is_a_flux_api_error(flux: FakeFlux, stage: str) -> None:
+    error, _ = _failure(_settings(flux), _request(f"a dancer [fault:garbage@{stage}]"))
+
+    assert classify(error) is ErrorType.FLUX_API_ERROR
+    assert flux.downloads == 0
+
+
+def test_moderated_content_is_a_flux_api_error_saying_so(flux: FakeFlux) -> None:
+    error, _ = _failure(_settings(flux), _request("something forbidden [fault:moderated]"))
+
+    assert classify(error) is ErrorType.FLUX_API_ERROR
+    assert "moderat" in str(error).lower()
+
+
+def test_a_task_ending_in_error_is_a_flux_api_error(flux: FakeFlux) -> None:
+    flux.fail_next("error")
+
+    error, _ = _failure(_settings(flux))
+
+    assert classify(error) is ErrorType.FLUX_API_ERROR and "Error" in str(error)
+
+
+def test_a_wrong_key_is_a_flux_api_error_without_retries(flux: FakeFlux) -> None:
+    settings = _settings(flux, flux_api_key="not-the-key")
+
+    error, _ = _failure(settings)
+
+    assert classify(error) is ErrorType.FLUX_API_ERROR and "403" in str(error)
+    assert "not-the-key" not in str(error)
+    assert flux.auth_failures == 1 and flux.submissions == 0
+
+
+def test_flux_not_listening_is_a_network_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = Settings(provider="flux", flux_api_key="key", flux_base_url=f"http://127.0.0.1:{port}",
+                        **{**FAST, "flux_max_retries": 2})
+
+    error, elapsed = _failure(settings)
+
+    assert classify(error) is ErrorType.NETWORK_ERROR
+    assert elapsed < FAST["flux_deadline_seconds"]
+
+
+def test_a_cap_on_active_tasks_answers_429_and_the_peak_is_recorded() -> None:
+    with FakeFlux(latency=0.5, cap=24, retry_after=0.2) as flux:
+        settings = _settings(flux, flux_timeout_seconds=2.0, flux_deadline_seconds=10.0, flux_max_retries=10)
+        requests = [_request(f"pose {n}", seed=n) for n in range(30)]
+
+        outcomes = asyncio.run(_with_provider(settings, requests))
+
+        assert all(isinstance(o, bytes) and o.startswith(PNG_SIGNATURE) for o in outcomes), outcomes
+        assert flux.peak_in_flight == 24
+        assert flux.rate_limited >= 6
+        assert flux.accepted == 30 and flux.submissions == 30 + flux.rate_limited
+
+
+def test_another_process_steers_the_fake_through_its_control_endpoint(flux: FakeFlux) -> None:
+    answer = httpx.post(f"{flux.base_url}/_control",
+                        json={"action": "fail_next", "kind": "moderated", "n": 1}, timeout=5)
+    assert answer.status_code == 200 and answer.json()["queued_outcomes"] == ["Content Moderated"]
+    httpx.post(f"{flux.base_url}/_control", json={"action": "configure", "cap": 5, "latency": 0.05},
+               timeout=5).raise_for_status()
+
+    error, _ = _failure(_settings(flux))
+    stats = httpx.get(f"{flux.base_url}/_stats", timeout=5).json()
+
+    assert "moderat" in str(error).lower() and isinstance(error, PoseGenerationError)
+    assert set(stats) == set(STAT_FIELDS)
+    assert stats["submissions"] == stats["accepted"] == 1 and stats["peak_in_flight"] == 1
+    assert flux.cap == 5
+    bad = httpx.post(f"{flux.base_url}/_control", json={"action": "explode"}, timeout=5)
+    assert bad.status_code == 400
