@@ -8,6 +8,7 @@ import psycopg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
@@ -74,7 +75,29 @@ def _database_unavailable(request: Request, exc: Exception) -> Response[dict[str
     )
 
 
+def _unstorable_text(request: Request, exc: Exception) -> Response[dict[str, Any]]:
+    # Invalid UTF-8, lone surrogates or NUL cannot be stored as PostgreSQL text: the input is invalid.
+    return Response(
+        {"status_code": HTTP_422_UNPROCESSABLE_ENTITY,
+         "detail": "Validation failed: the request contains bytes or characters that are not valid UTF-8 text",
+         "errorType": ErrorType.VALIDATION_ERROR.value},
+        status_code=HTTP_422_UNPROCESSABLE_ENTITY,
+    )
+
+
+def _too_deep(request: Request, exc: Exception) -> Response[dict[str, Any]]:
+    # msgspec refuses JSON nested past its recursion limit while decoding the body.
+    return Response(
+        {"status_code": HTTP_400_BAD_REQUEST, "detail": "The request body is nested too deeply",
+         "errorType": ErrorType.VALIDATION_ERROR.value},
+        status_code=HTTP_400_BAD_REQUEST,
+    )
+
+
 EXCEPTION_HANDLERS = {
+    RecursionError: _too_deep,
+    UnicodeError: _unstorable_text,
+    psycopg.DataError: _unstorable_text,
     psycopg.OperationalError: _database_unavailable,
     PoolTimeout: _database_unavailable,
     ValidationException: _validation_response,

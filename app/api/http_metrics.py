@@ -12,7 +12,7 @@ from typing import Annotated
 from litestar import Response, get
 from litestar.params import Parameter
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY, Counter, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
@@ -52,10 +52,10 @@ def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
 
 
 @get(["/metrics-prometheus"], summary="Prometheus metrics of this API process", tags=["metrics"],
-     include_in_schema=True, sync_to_thread=False)
+     media_type="text/plain", sync_to_thread=False)
 def metrics_prometheus(
     accept: Annotated[str | None, Parameter(header="Accept", required=False)] = None,
 ) -> Response[bytes]:
     if accept and "application/openmetrics-text" in accept:
         return Response(generate_openmetrics(REGISTRY), media_type=OPENMETRICS_TYPE)
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(REGISTRY), media_type="text/plain; version=0.0.4")

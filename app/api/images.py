@@ -6,10 +6,12 @@ from litestar import Request, get
 from litestar.exceptions import NotFoundException
 from litestar.response import File
 
+from app.api.openapi import error_responses
 from app.errors import StorageError
 
 
-@get("/images/{key:path}", summary="A generated image (local storage)", tags=["images"])
+@get("/images/{key:path}", summary="A generated image (local storage)", tags=["images"], media_type="image/png",
+     responses=error_responses(404))
 async def image(request: Request, key: str) -> File:
     storage = request.app.state.storage
     if not hasattr(storage, "path_for"):

@@ -10,7 +10,9 @@ from msgspec import Meta
 MAX_POSES_PER_GENERATION = 10
 MAX_PROMPT_LENGTH = 1000
 
-PoseId = Annotated[str, Meta(min_length=1, max_length=100)]
+# Ids are plain ASCII; anything else is refused at the edge with 422 rather than reaching SQL.
+PoseId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")]
+UserId = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 
 
 class CreateGenerationRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -97,7 +99,7 @@ class CreditAccount(msgspec.Struct):
 
 
 class GrantRequest(msgspec.Struct, forbid_unknown_fields=True):
-    userId: Annotated[str, Meta(min_length=1, max_length=200)]
+    userId: UserId
     amount: Annotated[int, Meta(ge=1, le=1_000_000_000)]
 
 
