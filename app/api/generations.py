@@ -67,6 +67,7 @@ class GenerationController(Controller):
             created = await create_generation(
                 db, user_id=principal.user_id, pose_ids=pose_ids, prompt=prompt,
                 price_per_pose=settings.price_per_pose, idempotency_key=idempotency_key,
+                queued_check_seconds=settings.queued_check_seconds,
                 trace_context=tracing.current_trace_context(),
             )
         except UnknownPosesError as exc:
