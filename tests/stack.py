@@ -203,6 +203,23 @@ class Stack:
         self.workers.append(process)
         return process
 
+    def wait_workers_ready(self, count: int, timeout: float = 60) -> None:
+        """Until ``count`` workers are registered on the queue (started, cache warm, listening)."""
+        from rq import Worker
+
+        from app import QUEUE_NAME
+
+        client = Redis.from_url(self.redis_url)
+        deadline = time.monotonic() + timeout
+        try:
+            while Worker.count(connection=client, queue=None) < count:
+                if time.monotonic() > deadline:
+                    ready = Worker.count(connection=client)
+                    raise RuntimeError(f"only {ready} of {count} workers ready on {QUEUE_NAME}")
+                time.sleep(0.1)
+        finally:
+            client.close()
+
     def token(self, user_id: str, role: Role = Role.USER, ttl: int = 3600) -> str:
         return mint_token(JWT_SECRET, user_id, role, ttl)
 
