@@ -48,7 +48,6 @@ async def grant_credits(conn: AsyncConnection, user_id: str, amount: int, grante
 
 async def charge_generation(conn: AsyncConnection, user_id: str, generation_id: str, amount: int) -> int:
     """Deduct ``amount`` for a generation inside the caller's transaction; returns the new balance."""
-    await ensure_account(conn, user_id)
     cur = await conn.execute(
         "UPDATE credit_accounts SET balance = balance - %s, updated_at = now()"
         " WHERE user_id = %s AND balance >= %s RETURNING balance",

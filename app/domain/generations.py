@@ -81,11 +81,12 @@ async def create_generation(
             existing = await _by_idempotency_key(conn, user_id, idempotency_key)
             return existing
         await charge_generation(conn, user_id, generation_id, cost)
-        async with conn.cursor() as pose_cur:
-            await pose_cur.executemany(
-                "INSERT INTO generation_poses (generation_id, position, pose_id) VALUES (%s, %s, %s)",
-                [(generation_id, position, pose_id) for position, pose_id in enumerate(pose_ids)],
-            )
+        # One statement for all slots: a round trip per pose would dominate the request's time.
+        await conn.execute(
+            "INSERT INTO generation_poses (generation_id, position, pose_id)"
+            " SELECT %s, ordinality - 1, pose_id FROM unnest(%s::text[]) WITH ORDINALITY AS t(pose_id, ordinality)",
+            (generation_id, pose_ids),
+        )
     return CreatedGeneration(generation_id, "queued", cost, 1, True, inserted[0])
 
 
@@ -137,19 +138,17 @@ _GENERATION_COLUMNS = (
 
 
 async def get_generation(conn: AsyncConnection, generation_id: str) -> dict[str, Any] | None:
+    """The generation with its poses in order, in one round trip."""
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(f"SELECT {_GENERATION_COLUMNS} FROM generations g WHERE g.id = %s", (generation_id,))
-        generation = await cur.fetchone()
-        if generation is None:
-            return None
         await cur.execute(
-            'SELECT pose_id AS "poseId", status, error_type AS "errorType", image_key AS "imageKey",'
-            ' duration_ms AS "durationMs", queue_wait_ms AS "queueWaitMs", provider_ms AS "providerMs",'
-            ' upload_ms AS "uploadMs" FROM generation_poses WHERE generation_id = %s ORDER BY position',
+            f"SELECT {_GENERATION_COLUMNS}, (SELECT coalesce(json_agg(json_build_object("
+            "'poseId', p.pose_id, 'status', p.status, 'errorType', p.error_type, 'imageKey', p.image_key,"
+            " 'durationMs', p.duration_ms, 'queueWaitMs', p.queue_wait_ms, 'providerMs', p.provider_ms,"
+            " 'uploadMs', p.upload_ms) ORDER BY p.position), '[]') FROM generation_poses p"
+            " WHERE p.generation_id = g.id) AS poses FROM generations g WHERE g.id = %s",
             (generation_id,),
         )
-        generation["poses"] = await cur.fetchall()
-    return generation
+        return await cur.fetchone()
 
 
 async def list_generations(
