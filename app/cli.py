@@ -106,6 +106,54 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+def _figure(value: float | None, unit: str) -> str:
+    if value is None:
+        return "no data"
+    return f"{int(value) if float(value).is_integer() else f'{value:.2f}'} {unit}"
+
+
+_STATUS_COLOURS = {"good": "\033[32m", "warning": "\033[33m", "critical": "\033[31m"}
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the health indicators as a table; exit 1 when any is critical, 2 when they cannot be read."""
+    import httpx
+
+    from app.api.auth import Role, mint_token
+
+    token = args.token or mint_token(_settings().jwt_secret, "posegen-status", Role.ADMIN, 300)
+    url = f"{args.url.rstrip('/')}{API_PREFIX}/metrics/health-indicators"
+    try:
+        answer = httpx.get(url, params={"period": args.period}, headers={"Authorization": f"Bearer {token}"},
+                           timeout=10)
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach {url}: {exc}", file=sys.stderr)
+        return 2
+    if answer.status_code != 200:
+        print(f"error: {url} answered {answer.status_code}: {answer.text[:500]}", file=sys.stderr)
+        return 2
+    body = answer.json()
+    colour = sys.stdout.isatty()
+
+    def paint(status: str, text: str) -> str:
+        return f"{_STATUS_COLOURS[status]}{text}\033[0m" if colour and status in _STATUS_COLOURS else text
+
+    header = ("INDICATOR", "VALUE", "STATUS", "ACTION")
+    rows = [(i["name"], _figure(i["value"], i["unit"]), f"{i['status'].upper()} ({i['label']})", i["action"],
+             i["status"]) for i in body["indicators"]]
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(3)]
+    print(f"Pose Generator health, last {body['period']} ({body['startTime']} .. {body['endTime']})")
+    print("  ".join([header[0].ljust(widths[0]), header[1].rjust(widths[1]), header[2].ljust(widths[2]), header[3]]))
+    for name, value, judged, action, status in rows:
+        print("  ".join([name.ljust(widths[0]), value.rjust(widths[1]), paint(status, judged.ljust(widths[2])),
+                         action]))
+    for indicator in body["indicators"]:
+        if indicator.get("note"):
+            print(f"note: {indicator['name']}: {indicator['note']}")
+    print(f"overall: {paint(body['status'], body['status'].upper())}")
+    return 1 if body["status"] == "critical" else 0
+
+
 def cmd_dashboards(args: argparse.Namespace) -> int:
     from dashboards.overview import write_dashboards
 
@@ -241,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--user", required=True)
     token.add_argument("--role", choices=("USER", "ADMIN"), default="USER")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    status = add("status", cmd_status, "Print the health indicators (exit 1 when one is critical, 2 when unreadable).")
+    status.add_argument("--period", choices=("1h", "24h", "7d", "30d"), default="24h")
+    status.add_argument("--url", default="http://127.0.0.1:8000", help="the API's base URL")
+    status.add_argument("--token", default=None, help="a JWT (default: an ADMIN token minted from JWT_SECRET)")
     dash = add("dashboards", cmd_dashboards, "Dashboards as code: 'build' writes the Grafana JSON.")
     dash.add_argument("action", choices=("build",))
     dash.add_argument("--out", default="dashboards/build")
