@@ -25,7 +25,8 @@ test: tools
 	$(BIN)/python -m app.devservices run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python -m app.devservices run -- $(BIN)/python -m bench.run_all
+	command -v wrk >/dev/null || $(BIN)/python -c "from app.devservices import ensure_tools; ensure_tools({'wrk': 'wrk'})"
+	$(BIN)/python -m app.devservices run -- $(BIN)/python -m bench.run_all $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
