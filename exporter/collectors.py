@@ -1,0 +1,338 @@
+"""Collectors of the standalone exporter, each reading its source at scrape time.
+
+:class:`QueueCollector` reads the ``pose-generation`` RQ queue from Redis in two pipelined round trips
+(``LLEN``/``ZCARD``/``LINDEX`` and the queue's worker set, then each worker's ``state`` and the head job's
+``enqueued_at``): whatever the queue length, the cost is the same.
+
+``pose_queue_depth``                              gauge  waiting + active jobs
+``pose_queue_jobs{state}``                        gauge  waiting, active, scheduled, deferred, failed, finished
+``pose_workers{state}``                           gauge  RQ workers on the queue: idle, busy, started, suspended
+``pose_queue_oldest_waiting_job_age_seconds``     gauge  age of the job at the head of the queue (0 when empty)
+
+:class:`DomainCollector` reads counters that PostgreSQL triggers keep in the same transactions as
+the writes they count (``app/db/migrations/002_exporter_counters.sql``), so they are exact, survive
+any process exiting, and a scrape sums a few dozen rows whatever the size of the history.
+Counters never go down; what can go down is a gauge of its own:
+
+``pose_generations_total{status}``                counter  ``created`` (every generation inserted), ``completed``
+                                                           and ``failed`` (generations that reached that status).
+                                                           Sum over ``status=~"completed|failed"`` for finished ones.
+``pose_generations_in_progress{status}``          gauge    generations now ``queued`` or ``processing``
+``pose_poses_total{status}``                      counter  pose slots that ended ``completed`` or ``failed``
+``pose_poses_pending``                            gauge    pose slots now pending
+``pose_errors_total{error_type}``                 counter  recorded errors, every seed error type (0 when unseen)
+``pose_credits_spent_total``                      counter  credits charged (ledger charges)
+``pose_credits_refunded_total``                   counter  credits refunded (ledger refunds)
+``pose_last_finished_generation_timestamp_seconds`` gauge  when the latest generation finished (absent before any)
+``pose_generation_duration_seconds``              histogram  finished generations, creation to finish (10..300 s)
+``pose_provider_call_duration_seconds``           histogram  image provider call per finished pose
+``pose_upload_duration_seconds``                  histogram  image upload per finished pose
+``pose_queue_wait_duration_seconds``              histogram  wait from generation creation to the pose's start
+``pose_pose_duration_seconds``                    histogram  a finished pose, end to end
+
+:class:`SourcesCollector` reads every source in parallel, each within its deadline, so one source
+failing or hanging never breaks the scrape; it adds ``pose_exporter_up{source}`` and
+``pose_exporter_scrape_duration_seconds{source}``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+from rq.registry import (
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+from rq.utils import str_to_date
+from rq.worker import WorkerStatus
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
+
+from app import QUEUE_NAME
+from app.errors import ErrorType
+from app.observability.logging import get_logger
+
+log = get_logger("Metrics")
+
+WORKER_STATES = tuple(status.value for status in WorkerStatus)
+
+
+class QueueCollector(Collector):
+    """The RQ queue and its workers, from Redis."""
+
+    def __init__(self, redis: Redis, queue_name: str = QUEUE_NAME) -> None:
+        queue = Queue(queue_name, connection=redis)
+        self._redis = redis
+        self._queue_key = queue.key
+        self._registry_keys = {
+            "active": StartedJobRegistry(queue=queue).key,
+            "scheduled": ScheduledJobRegistry(queue=queue).key,
+            "deferred": DeferredJobRegistry(queue=queue).key,
+            "failed": FailedJobRegistry(queue=queue).key,
+            "finished": FinishedJobRegistry(queue=queue).key,
+        }
+        self._workers_key = WORKERS_BY_QUEUE_KEY % queue_name
+
+    def collect(self) -> Iterator[Metric]:
+        with self._redis.pipeline(transaction=False) as pipe:
+            pipe.llen(self._queue_key)
+            for key in self._registry_keys.values():
+                pipe.zcard(key)
+            pipe.smembers(self._workers_key)
+            pipe.lindex(self._queue_key, 0)
+            waiting, *registry_counts, worker_keys, head_job_id = pipe.execute()
+        jobs = {"waiting": int(waiting), **dict(zip(self._registry_keys, map(int, registry_counts), strict=True))}
+        worker_states, enqueued_at = self._worker_states_and_head(sorted(worker_keys), head_job_id)
+
+        states = GaugeMetricFamily("pose_queue_jobs", "Jobs of the pose-generation queue by state", labels=["state"])
+        for state, count in jobs.items():
+            states.add_metric([state], count)
+        yield states
+        yield GaugeMetricFamily("pose_queue_depth", "Jobs waiting or running on the pose-generation queue",
+                                value=jobs["waiting"] + jobs["active"])
+        workers = GaugeMetricFamily("pose_workers", "RQ workers of the pose-generation queue by state",
+                                    labels=["state"])
+        for state in WORKER_STATES:
+            workers.add_metric([state], sum(1 for s in worker_states if s == state))
+        yield workers
+        age = max(0.0, time.time() - enqueued_at) if enqueued_at is not None else 0.0
+        yield GaugeMetricFamily("pose_queue_oldest_waiting_job_age_seconds",
+                                "How long the job at the head of the queue has waited (0 when none waits)",
+                                value=age)
+
+    def _worker_states_and_head(self, worker_keys: list[bytes], head_job_id: bytes | None) -> tuple[
+            list[str], float | None]:
+        if not worker_keys and head_job_id is None:
+            return [], None
+        with self._redis.pipeline(transaction=False) as pipe:
+            for key in worker_keys:
+                pipe.hget(key, "state")
+            if head_job_id is not None:
+                pipe.hget(Job.key_for(head_job_id.decode()), "enqueued_at")
+            replies = pipe.execute()
+        # A worker killed without unregistering keeps its set entry until RQ cleans up; its hash expires.
+        states = [reply.decode() for reply in replies[: len(worker_keys)] if reply is not None]
+        enqueued_at = None
+        if head_job_id is not None and replies[-1]:
+            enqueued_at = str_to_date(replies[-1]).timestamp()
+        return states, enqueued_at
+
+
+@dataclass(frozen=True)
+class _Histogram:
+    key: str  # the metric name in exporter_histograms
+    name: str
+    documentation: str
+
+
+_HISTOGRAMS = (
+    _Histogram("generation_duration", "pose_generation_duration_seconds",
+               "Finished generations, from creation to finish"),
+    _Histogram("provider_call", "pose_provider_call_duration_seconds", "Image provider call of each finished pose"),
+    _Histogram("upload", "pose_upload_duration_seconds", "Image upload of each finished pose"),
+    _Histogram("queue_wait", "pose_queue_wait_duration_seconds",
+               "Wait from the generation's creation until work on the pose began"),
+    _Histogram("pose_duration", "pose_pose_duration_seconds", "Each finished pose, end to end"),
+)
+
+# One statement, so counters and histograms come from the same snapshot.
+_READ_SQL = """
+SELECT metric, label, NULL::float8 AS le,
+       (CASE metric WHEN 'last_finished_generation_ms' THEN max(value) ELSE sum(value) END)::bigint AS value,
+       NULL::bigint AS sum_ms
+  FROM exporter_counters GROUP BY metric, label
+UNION ALL
+SELECT b.metric, '', bucket.le, coalesce(sum(h.count), 0)::bigint, coalesce(sum(h.sum_ms), 0)::bigint
+  FROM exporter_histogram_bounds b
+ CROSS JOIN LATERAL unnest(b.bounds || 'Infinity'::float8) AS bucket (le)
+  LEFT JOIN exporter_histograms h ON h.metric = b.metric AND h.le = bucket.le
+ GROUP BY b.metric, bucket.le
+"""
+
+
+class SourceBusy(RuntimeError):
+    """A previous read of the source has not returned yet."""
+
+
+class DomainCollector(Collector):
+    """Generation, pose, error and credit counters from PostgreSQL, over one persistent connection.
+
+    The connection is opened on the first scrape and reopened when it breaks (a restarted server, a
+    terminated backend): a broken connection is retried once at once, so a scrape only fails while
+    the database really cannot be reached. Statements time out on the server before the deadline.
+    """
+
+    def __init__(self, database_url: str, *, timeout_seconds: float = 1.0) -> None:
+        self._database_url = database_url
+        self._timeout = timeout_seconds
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[Metric]:
+        if not self._lock.acquire(timeout=self._timeout):
+            raise SourceBusy("a previous read of PostgreSQL is still running")
+        try:
+            rows = self._read()
+        finally:
+            self._lock.release()
+        yield from _domain_families(rows)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _read(self) -> list[tuple[Any, ...]]:
+        reused = self._conn is not None
+        if self._conn is None:
+            self._conn = self._connect()
+        try:
+            return self._conn.execute(_READ_SQL).fetchall()
+        except psycopg.OperationalError:
+            if not (self._conn.broken or self._conn.closed):
+                raise  # e.g. the statement timed out: the connection itself is fine
+            self._conn.close()
+            self._conn = None
+            if not reused:
+                raise
+        self._conn = self._connect()
+        return self._conn.execute(_READ_SQL).fetchall()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        # libpq waits at least 2 s to connect; SourcesCollector's deadline bounds the scrape anyway.
+        conn = psycopg.connect(self._database_url, autocommit=True, connect_timeout=2,
+                               application_name="posegen-exporter", tcp_user_timeout=int(self._timeout * 1000))
+        statement_ms = int(self._timeout * 800)
+        conn.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
+                     (str(statement_ms), str(statement_ms // 2)))
+        return conn
+
+
+def _domain_families(rows: Iterable[tuple[Any, ...]]) -> Iterator[Metric]:
+    counters: dict[tuple[str, str], int] = {}
+    buckets: dict[str, list[tuple[float, int, int]]] = {}
+    for metric, label, le, value, sum_ms in rows:
+        if le is None:
+            counters[(metric, label)] = int(value)
+        else:
+            buckets.setdefault(metric, []).append((float(le), int(value), int(sum_ms)))
+
+    def count(metric: str, label: str = "") -> int:
+        return counters.get((metric, label), 0)
+
+    generations = CounterMetricFamily(
+        "pose_generations", "Generations created, and generations that reached a terminal status",
+        labels=["status"])
+    for status in ("created", "completed", "failed"):
+        generations.add_metric([status], count("generations", status))
+    yield generations
+    in_progress = GaugeMetricFamily("pose_generations_in_progress", "Generations now queued or processing",
+                                    labels=["status"])
+    for status in ("queued", "processing"):
+        in_progress.add_metric([status], count("generations_in_progress", status))
+    yield in_progress
+    poses = CounterMetricFamily("pose_poses", "Pose slots that ended completed or failed", labels=["status"])
+    for status in ("completed", "failed"):
+        poses.add_metric([status], count("poses", status))
+    yield poses
+    yield GaugeMetricFamily("pose_poses_pending", "Pose slots waiting for an outcome", value=count("poses_pending"))
+    errors = CounterMetricFamily("pose_errors", "Recorded errors by seed error type", labels=["error_type"])
+    seen = {label for metric, label in counters if metric == "errors"}
+    for error_type in [*(e.value for e in ErrorType), *sorted(seen - {e.value for e in ErrorType})]:
+        errors.add_metric([error_type], count("errors", error_type))
+    yield errors
+    yield CounterMetricFamily("pose_credits_spent", "Credits charged for generations",
+                              value=count("credits_spent"))
+    yield CounterMetricFamily("pose_credits_refunded", "Credits refunded for failed poses",
+                              value=count("credits_refunded"))
+    if ("last_finished_generation_ms", "") in counters:
+        yield GaugeMetricFamily("pose_last_finished_generation_timestamp_seconds",
+                                "Unix time at which the latest generation finished",
+                                value=count("last_finished_generation_ms") / 1000)
+    for histogram in _HISTOGRAMS:
+        observed = sorted(buckets.get(histogram.key, []))
+        if not observed:
+            continue
+        cumulative, total_ms, samples = 0, 0, []
+        for le, bucket_count, sum_ms in observed:
+            cumulative += bucket_count
+            total_ms += sum_ms
+            samples.append((floatToGoString(le), cumulative))
+        family = HistogramMetricFamily(histogram.name, histogram.documentation)
+        family.add_metric([], samples, total_ms / 1000)
+        yield family
+
+
+@dataclass(frozen=True)
+class _Reading:
+    families: list[Metric]
+    seconds: float
+    error: BaseException | None
+
+
+def _read_source(source: Collector) -> _Reading:
+    started = time.perf_counter()
+    try:
+        families = list(source.collect())
+    except Exception as exc:  # any failure of a source only makes that source "down"
+        return _Reading([], time.perf_counter() - started, exc)
+    return _Reading(families, time.perf_counter() - started, None)
+
+
+class SourcesCollector(Collector):
+    """Reads named sources in parallel, each within ``timeout_seconds``; reports up and duration per source."""
+
+    def __init__(self, sources: Mapping[str, Collector], *, timeout_seconds: float = 1.0) -> None:
+        self._sources = dict(sources)
+        self._timeout = timeout_seconds
+        self._pool = ThreadPoolExecutor(max_workers=4 * len(self._sources), thread_name_prefix="exporter-source")
+        self._was_up: dict[str, bool] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        started = time.perf_counter()
+        pending = {name: self._pool.submit(_read_source, source) for name, source in self._sources.items()}
+        up = GaugeMetricFamily("pose_exporter_up", "1 when this scrape read the source, 0 when it failed or timed out",
+                               labels=["source"])
+        duration = GaugeMetricFamily("pose_exporter_scrape_duration_seconds",
+                                     "Time this scrape spent reading the source", labels=["source"])
+        for name, future in pending.items():
+            try:
+                reading = future.result(timeout=max(0.0, self._timeout - (time.perf_counter() - started)))
+            except FutureTimeout:
+                reading = _Reading([], time.perf_counter() - started,
+                                   TimeoutError(f"no answer within {self._timeout:g} s"))
+            yield from reading.families
+            up.add_metric([name], 0 if reading.error else 1)
+            duration.add_metric([name], reading.seconds)
+            self._note(name, reading.error)
+        yield up
+        yield duration
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _note(self, name: str, error: BaseException | None) -> None:
+        """Log when a source goes down or comes back, not on every scrape."""
+        was_up = self._was_up.get(name, True)
+        self._was_up[name] = error is None
+        if error is not None and was_up:
+            log.error("Exporter source unavailable", source=name, error=f"{type(error).__name__}: {error}")
+        elif error is None and not was_up:
+            log.info("Exporter source available again", source=name)

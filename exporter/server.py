@@ -1,0 +1,96 @@
+"""``posegen exporter``: serves ``/metrics`` from the collectors on a registry of its own.
+
+Text exposition by default, OpenMetrics when the scraper's ``Accept`` header asks for it. Each scrape
+reads Redis and PostgreSQL in parallel with about a second for each, so with either down the scrape
+still answers 200 within that time, with ``pose_exporter_up{source=...} 0``.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from app.observability.logging import get_logger
+from app.settings import Settings
+from exporter.collectors import DomainCollector, QueueCollector, SourcesCollector
+
+log = get_logger("Metrics")
+
+# Per source, per scrape. Prometheus' default scrape timeout is 10 s; this keeps far below it.
+SOURCE_TIMEOUT_SECONDS = 1.0
+
+
+def make_exporter_redis(redis_url: str, timeout_seconds: float = SOURCE_TIMEOUT_SECONDS) -> Redis:
+    """A client that gives up within the deadline: socket timeouts and no retries (redis-py retries by default)."""
+    return Redis.from_url(redis_url, socket_connect_timeout=timeout_seconds, socket_timeout=timeout_seconds,
+                          retry=Retry(NoBackoff(), 0))
+
+
+class Exporter:
+    """The registry of the exporter and what it holds open (a Redis pool, a PostgreSQL connection)."""
+
+    def __init__(self, settings: Settings, timeout_seconds: float = SOURCE_TIMEOUT_SECONDS) -> None:
+        self.redis = make_exporter_redis(settings.redis_url, timeout_seconds)
+        self.domain = DomainCollector(settings.database_url, timeout_seconds=timeout_seconds)
+        self.sources = SourcesCollector({"redis": QueueCollector(self.redis), "postgres": self.domain},
+                                        timeout_seconds=timeout_seconds)
+        self.registry = CollectorRegistry()
+        self.registry.register(self.sources)
+        ProcessCollector(registry=self.registry)
+
+    def close(self) -> None:
+        self.sources.close()
+        self.domain.close()
+        self.redis.close()
+
+
+def metrics_app(registry: CollectorRegistry) -> Callable[..., Iterable[bytes]]:
+    """WSGI app: ``/metrics`` (format chosen from ``Accept``), a pointer at ``/``, 404 elsewhere."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return metrics(environ, start_response)
+        if path == "/":
+            start_response("200 OK", [("Content-Type", "text/plain; charset=utf-8")])
+            return [b"posegen exporter: metrics at /metrics\n"]
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found; metrics are at /metrics\n"]
+
+    return app
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every few seconds would drown the JSON logs."""
+
+
+def run_exporter(settings: Settings, host: str, port: int) -> None:
+    """Serve ``/metrics`` on ``host:port`` until SIGTERM or SIGINT."""
+    exporter = Exporter(settings)
+    server = make_server(host, port, metrics_app(exporter.registry), ThreadingWSGIServer,
+                         handler_class=_QuietHandler)
+
+    def stop(signum: int, frame: object) -> None:
+        # shutdown() waits for serve_forever() to return, so it must run on another thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("Exporter listening", url=f"http://{host}:{port}/metrics")
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        exporter.close()
+        log.info("Exporter stopped")

@@ -1,0 +1,292 @@
+"""The standalone exporter: its figures are the database's, survive kills, and a source down never breaks it."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis
+from rq import Queue, Worker
+from rq.job import Job
+from rq.utils import utcformat
+
+from app import QUEUE_NAME
+from app.errors import ErrorType
+from tests.stack import Process, Stack, free_port
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+StartStack = Callable[..., Stack]
+StartExporter = Callable[..., tuple[Process, int]]
+
+STAGE_BOUNDS = (0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+HISTOGRAMS = {  # family -> (bucket bounds, SQL selecting the observed milliseconds)
+    "pose_generation_duration_seconds": (
+        (10, 30, 60, 120, 300),
+        "SELECT duration_ms FROM generations WHERE status IN ('completed', 'failed') AND duration_ms IS NOT NULL"),
+    "pose_provider_call_duration_seconds": (
+        STAGE_BOUNDS,
+        "SELECT provider_ms FROM generation_poses WHERE status <> 'pending' AND provider_ms IS NOT NULL"),
+    "pose_upload_duration_seconds": (
+        STAGE_BOUNDS, "SELECT upload_ms FROM generation_poses WHERE status <> 'pending' AND upload_ms IS NOT NULL"),
+    "pose_queue_wait_duration_seconds": (
+        STAGE_BOUNDS,
+        "SELECT queue_wait_ms FROM generation_poses WHERE status <> 'pending' AND queue_wait_ms IS NOT NULL"),
+    "pose_pose_duration_seconds": (
+        STAGE_BOUNDS,
+        "SELECT duration_ms FROM generation_poses WHERE status <> 'pending' AND duration_ms IS NOT NULL"),
+}
+
+
+@pytest.fixture
+def start_exporter() -> Iterator[Callable[..., tuple[Process, int]]]:
+    """Start ``posegen exporter`` for a stack (environment overrides as keywords); stopped after the test."""
+    started: list[Process] = []
+
+    def start(stack: Stack, **env: str) -> tuple[Process, int]:
+        port = free_port()
+        process = Process(["exporter", "--port", str(port)], {**stack.env, **env},
+                          stack.tmp / f"exporter-{port}.log")
+        started.append(process)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                    return process, port
+            except httpx.HTTPError:
+                pass
+            assert process.alive(), process.output()
+            time.sleep(0.1)
+        raise AssertionError(f"exporter did not start:\n{process.output()}")
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def scrape(port: int, **headers: str) -> httpx.Response:
+    answer = httpx.get(f"http://127.0.0.1:{port}/metrics", headers=headers, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer
+
+
+def parse(text: str) -> Samples:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+def promtool_problems(text: str) -> str:
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    return "" if check.returncode == 0 and not (check.stdout + check.stderr).strip() else check.stdout + check.stderr
+
+
+def expected_from_database(conn: psycopg.Connection[Any]) -> Samples:
+    """What the exporter must show, computed from the rows themselves."""
+    generations = dict(conn.execute("SELECT status, count(*) FROM generations GROUP BY status").fetchall())
+    poses = dict(conn.execute("SELECT status, count(*) FROM generation_poses GROUP BY status").fetchall())
+    errors = dict(conn.execute("SELECT error_type, count(*) FROM error_events GROUP BY error_type").fetchall())
+    credits = dict(conn.execute("SELECT kind, sum(amount) FROM credit_ledger GROUP BY kind").fetchall())
+    expected: Samples = {}
+
+    def put(name: str, figure: float, **labels: str) -> None:
+        expected[(name, tuple(sorted(labels.items())))] = float(figure)
+
+    put("pose_generations_total", sum(generations.values()), status="created")
+    for status in ("completed", "failed"):
+        put("pose_generations_total", generations.get(status, 0), status=status)
+        put("pose_poses_total", poses.get(status, 0), status=status)
+    for status in ("queued", "processing"):
+        put("pose_generations_in_progress", generations.get(status, 0), status=status)
+    put("pose_poses_pending", poses.get("pending", 0))
+    for error_type in ErrorType:
+        put("pose_errors_total", errors.get(error_type.value, 0), error_type=error_type.value)
+    put("pose_credits_spent_total", credits.get("charge", 0))
+    put("pose_credits_refunded_total", credits.get("refund", 0))
+    for family, (bounds, query) in HISTOGRAMS.items():
+        seconds = [row[0] / 1000 for row in conn.execute(query).fetchall()]
+        for bound in bounds:
+            put(f"{family}_bucket", sum(1 for s in seconds if s <= bound), le=str(float(bound)))
+        put(f"{family}_bucket", len(seconds), le="+Inf")
+        put(f"{family}_count", len(seconds))
+        put(f"{family}_sum", sum(seconds))
+    return expected
+
+
+def assert_exporter_matches_database(samples: Samples, conn: psycopg.Connection[Any]) -> None:
+    expected = expected_from_database(conn)
+    wrong = {key: (samples.get(key), figure) for key, figure in expected.items()
+             if samples.get(key) is None or abs(samples[key] - figure) > 1e-6}
+    assert not wrong, f"exporter vs database (exported, expected): {wrong}"
+    (last_finished,) = conn.execute(
+        "SELECT extract(epoch FROM max(finished_at))::float8 FROM generations WHERE status IN ('completed', 'failed')"
+    ).fetchone()
+    assert value(samples, "pose_last_finished_generation_timestamp_seconds") == pytest.approx(last_finished, abs=0.002)
+
+
+def finish_generations(stack: Stack, user: str, pose_counts: list[int]) -> list[dict[str, Any]]:
+    poses = ["pose_tree_pose", "pose_arms_crossed", "pose_waving_hello"]
+    ids = []
+    for count in pose_counts:
+        answer = stack.create_generation(user, poses[:count])
+        assert answer.status_code == 202, answer.text
+        ids.append(answer.json()["generationId"])
+    return [stack.wait_finished(user, generation_id) for generation_id in ids]
+
+
+def test_exporter_figures_are_the_database_rows_and_survive_kills(
+        fresh_stack: StartStack, start_exporter: StartExporter) -> None:
+    stack = fresh_stack(workers=1, POSEGEN_FAULTS="FLUX_API_ERROR=0.3,STORAGE_ERROR=0.15,CONTROLNET_ERROR=0.1")
+    user = stack.new_user(credits=100_000)
+    finished = finish_generations(stack, user, [1, 2, 3, 1, 2, 3])
+    # Faults follow a hash of the random generation ids: go on until both outcomes occurred.
+    while {g["status"] for g in finished} != {"completed", "failed"} and len(finished) < 40:
+        finished += finish_generations(stack, user, [1])
+    exporter, port = start_exporter(stack)
+    first = scrape(port)
+    assert first.headers["content-type"].startswith("text/plain")
+    with stack.db() as conn:
+        assert_exporter_matches_database(parse(first.text), conn)
+    assert value(parse(first.text), "pose_exporter_up", source="postgres") == 1
+    assert value(parse(first.text), "pose_exporter_up", source="redis") == 1
+    assert promtool_problems(first.text) == ""
+    api_text = stack.http.get("/metrics-prometheus").text
+    assert "# TYPE" in api_text and promtool_problems(api_text) == ""
+    openmetrics = scrape(port, Accept="application/openmetrics-text; version=1.0.0")
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.endswith("# EOF\n") and "pose_generations_total{status=\"created\"}" in openmetrics.text
+
+    # A worker killed mid-generation (its work-horse too): the reaper re-queues it, a new worker finishes it.
+    # The slow worker injects no faults, so no pose of the generation fails fast and ends it before the kill.
+    stack.workers[0].kill()
+    slow = stack.start_worker(POSEGEN_LOCAL_LATENCY="5", POSEGEN_FAULTS="")
+    in_flight = stack.create_generation(user, ["pose_tree_pose", "pose_arms_crossed"]).json()["generationId"]
+    with stack.db() as conn:
+        deadline = time.monotonic() + 20
+        while conn.execute("SELECT status FROM generations WHERE id = %s", (in_flight,)).fetchone()[0] != "processing":
+            assert time.monotonic() < deadline, stack.logs()
+            time.sleep(0.05)
+    during = parse(scrape(port).text)
+    assert value(during, "pose_generations_in_progress", status="processing") == 1
+    slow.kill()
+    exporter.kill()
+    stack.start_worker()
+    stack.wait_finished(user, in_flight, timeout=40)
+    _, port = start_exporter(stack)
+    after = parse(scrape(port).text)
+    with stack.db() as conn:
+        assert conn.execute("SELECT attempt FROM generations WHERE id = %s", (in_flight,)).fetchone()[0] == 2
+        assert_exporter_matches_database(after, conn)
+    before = parse(first.text)
+    counters = [key for key in before
+                if key[0].startswith("pose_") and key[0].endswith(("_total", "_count", "_bucket", "_sum"))]
+    lower = {key: (before[key], after[key]) for key in counters if after[key] < before[key]}
+    assert not lower, f"counters went down across the kills: {lower}"
+    assert value(after, "pose_generations_total", status="created") == value(
+        before, "pose_generations_total", status="created") + 1
+
+
+@pytest.fixture
+def unanswering_port() -> Iterator[Callable[[str], int]]:
+    """Ports where nothing answers: ``closed`` refuses connections, ``silent`` accepts them and never replies."""
+    listeners: list[socket.socket] = []
+
+    def port(kind: str) -> int:
+        if kind == "closed":
+            return free_port()  # nothing listens there once the probe socket is closed
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)  # the kernel completes handshakes; nobody ever reads or writes
+        listeners.append(listener)
+        return int(listener.getsockname()[1])
+
+    yield port
+    for listener in listeners:
+        listener.close()
+
+
+@pytest.mark.parametrize("down", ["redis", "postgres"])
+@pytest.mark.parametrize("how", ["closed", "silent"])
+def test_a_source_down_answers_quickly_with_the_other_intact(
+        fresh_stack: StartStack, start_exporter: StartExporter, unanswering_port: Callable[[str], int],
+        down: str, how: str) -> None:
+    stack = fresh_stack(workers=0, api=False)
+    with stack.db() as conn:
+        conn.execute("INSERT INTO error_events (error_type, component) VALUES ('STORAGE_ERROR', 'Storage')")
+    Queue(QUEUE_NAME, connection=Redis.from_url(stack.redis_url)).enqueue("app.worker.jobs.process_generation",
+                                                                          "gen_x", 1)
+    port = unanswering_port(how)
+    if down == "redis":
+        _, exporter_port = start_exporter(stack, REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    else:
+        _, exporter_port = start_exporter(stack, DATABASE_URL=f"postgresql://postgres@127.0.0.1:{port}/posegen")
+    for _ in range(3):
+        began = time.monotonic()
+        samples = parse(scrape(exporter_port).text)
+        assert time.monotonic() - began < 2.0
+        assert value(samples, "pose_exporter_up", source=down) == 0
+        if down == "redis":
+            assert value(samples, "pose_exporter_up", source="postgres") == 1
+            assert value(samples, "pose_errors_total", error_type="STORAGE_ERROR") == 1
+            assert not any(name in ("pose_queue_depth", "pose_queue_jobs", "pose_workers") for name, _ in samples)
+        else:
+            assert value(samples, "pose_exporter_up", source="redis") == 1
+            assert value(samples, "pose_queue_depth") == 1
+            assert not any(name.startswith("pose_errors") for name, _ in samples)
+
+
+def test_exporter_reconnects_when_its_database_connection_is_cut(
+        fresh_stack: StartStack, start_exporter: StartExporter) -> None:
+    stack = fresh_stack(workers=0, api=False)
+    _, port = start_exporter(stack)
+    assert value(parse(scrape(port).text), "pose_exporter_up", source="postgres") == 1
+    with stack.db() as conn:
+        cut = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                           " WHERE application_name = 'posegen-exporter' AND datname = current_database()").fetchone()
+        assert cut == (1,)
+        conn.execute("INSERT INTO error_events (error_type, component) VALUES ('NETWORK_ERROR', 'API')")
+    samples = parse(scrape(port).text)
+    assert value(samples, "pose_exporter_up", source="postgres") == 1
+    assert value(samples, "pose_errors_total", error_type="NETWORK_ERROR") == 1
+
+
+def test_queue_metrics_count_jobs_by_state_and_the_oldest_wait(
+        fresh_stack: StartStack, start_exporter: StartExporter) -> None:
+    stack = fresh_stack(workers=0, api=False)
+    redis = Redis.from_url(stack.redis_url)
+    queue = Queue(QUEUE_NAME, connection=redis)
+    waiting = [queue.enqueue("app.worker.jobs.process_generation", f"gen_{i}", 1) for i in range(5)]
+    redis.hset(waiting[0].key, "enqueued_at", utcformat(datetime.now(UTC) - timedelta(seconds=90)))
+    queue.enqueue_in(timedelta(hours=1), "app.worker.jobs.process_generation", "gen_later", 1)
+    queue.enqueue("app.worker.jobs.process_generation", "gen_after", 1, depends_on=waiting[0])
+    for registry, ttl in ((queue.failed_job_registry, 600), (queue.finished_job_registry, 600)):
+        job = Job.create("app.worker.jobs.process_generation", args=("gen_done", 1), connection=redis)
+        job.save()
+        registry.add(job, ttl)
+    busy = Worker([queue], connection=redis, name=f"busy-{stack.name}")
+    busy.register_birth()
+    busy.set_state("busy")
+    idle = Worker([queue], connection=redis, name=f"idle-{stack.name}")
+    idle.register_birth()
+    idle.set_state("idle")
+    _, port = start_exporter(stack)
+    samples = parse(scrape(port).text)
+    jobs = {state: value(samples, "pose_queue_jobs", state=state)
+            for state in ("waiting", "active", "scheduled", "deferred", "failed", "finished")}
+    assert jobs == {"waiting": 5, "active": 0, "scheduled": 1, "deferred": 1, "failed": 1, "finished": 1}
+    assert value(samples, "pose_queue_depth") == 5
+    assert value(samples, "pose_workers", state="busy") == 1 and value(samples, "pose_workers", state="idle") == 1
+    assert 89 <= value(samples, "pose_queue_oldest_waiting_job_age_seconds") < 120
+    redis.delete(queue.key)
+    assert value(parse(scrape(port).text), "pose_queue_oldest_waiting_job_age_seconds") == 0
+
