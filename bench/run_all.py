@@ -38,7 +38,10 @@ BENCHMARKS: list[tuple[str, list[str], list[str], list[tuple[str, str, str]]]] =
         (r"/metrics\?period=30d\s+<50\s+[\d.]+\s+[\d.]+\s+([\d.]+)", "GET /metrics?period=30d median ms, large",
          "<= 50"),
     ]),
-    ("bench.exporter_scrape", [], ["--quick"], []),
+    ("bench.exporter_scrape", [], ["--quick"], [
+        (r"median scrape at [\d,]+ generations, ms\s+([\d.]+)", "exporter scrape median ms, large", "<= 20"),
+        (r"median growth [\d,]+ -> [\d,]+\s+([\d.]+)", "exporter scrape growth small -> large", "<= 1.3"),
+    ]),
     ("bench.tracing_overhead", [], [], [
         (r"throughput on / off\s+([\d.]+)", "generation throughput, tracing on / off", "~1"),
     ]),

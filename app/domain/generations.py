@@ -110,7 +110,8 @@ async def abandon_unqueued_generation(conn: AsyncConnection, generation_id: str,
     async with conn.transaction():
         cur = await conn.execute(
             "UPDATE generations SET status = 'failed', error_type = %s, error_message = %s,"
-            " finished_at = now(), idempotency_key = NULL, lease_expires_at = NULL"
+            " finished_at = now(), duration_ms = (extract(epoch FROM now() - created_at) * 1000)::bigint,"
+            " idempotency_key = NULL, lease_expires_at = NULL"
             " WHERE id = %s AND status = 'queued' RETURNING user_id, price_per_pose",
             (ErrorType.NETWORK_ERROR.value, reason, generation_id),
         )
