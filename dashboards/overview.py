@@ -368,10 +368,11 @@ def api_panels() -> list[tuple[int, Panel]]:
             timeseries(
                 "API 5xx Ratio",
                 "Share of requests answered 5xx; >5% for ten minutes is ApiServerErrors. "
-                "Empty without traffic.",
+                "0 with traffic and no 5xx, empty without traffic.",
                 [
+                    # No 5xx series exists until the first 5xx: count that as 0, or a healthy API shows no data.
                     target(
-                        'sum(rate(pose_http_requests_total{status_code=~"5.."}[5m]))'
+                        '(sum(rate(pose_http_requests_total{status_code=~"5.."}[5m])) or on () vector(0))'
                         " / (sum(rate(pose_http_requests_total[5m])) > 0)",
                         "5xx",
                     )

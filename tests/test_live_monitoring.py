@@ -1,0 +1,494 @@
+"""Live proof: the project's monitoring works end to end against a real, partly failing system.
+
+One module-wide scenario: an API, a worker and the exporter (``posegen exporter``) on their own
+database and Redis db, with ``POSEGEN_FAULTS`` failing about half of all poses (so about a quarter
+of the two-pose generations fail entirely); a real Prometheus scraping them every second with the
+project's scrape jobs (``deploy/prometheus.yml``) and rules (``alerts/rules/*.yml``); a real
+Alertmanager routing with the project's route tree and inhibit rules (``alerts/alertmanager.yml``)
+to a webhook sink. Generations go through the API; the tests then read what on-call would see:
+every dashboard panel query, the HighFailureRate alert in Prometheus, and the page it delivers.
+
+Test-only changes, made to copies in tmp_path, never to the project's files:
+- ``for:`` of HighFailureRate (5m) and SuccessRateDegraded (10m) is cut to ``SHORT_FOR``, so the
+  pending -> firing transition happens within the test; every other alert keeps its own ``for:``.
+- Alertmanager receivers post to the webhook sink (``/<receiver name>``) instead of PagerDuty and
+  Slack, and group_wait/group_interval are cut to one second. Routes and inhibit rules are untouched.
+- Scrape targets are the local processes instead of the compose services; scrape and evaluation
+  run every second.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import yaml
+
+from app.errors import ErrorType
+from tests.fakes.webhook_sink import Notification, WebhookSink
+from tests.stack import Process, Stack, free_port, running_stack
+
+ROOT = Path(__file__).resolve().parent.parent
+RULE_FILES = sorted((ROOT / "alerts" / "rules").glob("*.yml"))
+ALERTMANAGER_CONFIG = ROOT / "alerts" / "alertmanager.yml"
+DEPLOY_PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
+DASHBOARD_BUILD = ROOT / "dashboards" / "build"
+PROMETHEUS_BIN = "/usr/bin/prometheus"
+ALERTMANAGER_BIN = "/usr/bin/prometheus-alertmanager"
+
+FAULTS = {ErrorType.FLUX_API_ERROR: 0.5}
+POSE_PAIRS = [
+    ["pose_tree_pose", "pose_arms_crossed"],
+    ["pose_waving_hello", "pose_runway_walk"],
+    ["pose_standing_confident", "pose_jazz_hands"],
+    ["pose_deep_squat", "pose_seated_upright"],
+]
+USERS = 4
+FIRST_ROUND = 20
+NEXT_ROUND = 10
+MAX_GENERATIONS = 60
+# The share of failed generations the scenario needs before asking for HighFailureRate (> 10%): well
+# above the threshold, so extrapolation in rate() cannot tip it under.
+MIN_FAILED_SHARE = 0.15
+MIN_FAILED = 4
+
+SHORT_FOR = "5s"
+SHORTENED_ALERTS = {"HighFailureRate", "SuccessRateDegraded"}
+FIRING_ALERT = "HighFailureRate"
+INHIBITED_ALERT = "SuccessRateDegraded"
+
+# Grafana's template variables, replaced as a short-lived test would want them: rate windows of one
+# minute (60 one-second scrapes), the whole range of the run within an hour.
+TEMPLATE_VARIABLES = {
+    "$__rate_interval": "1m",
+    "${__rate_interval}": "1m",
+    "$__interval_ms": "1000",
+    "${__interval_ms}": "1000",
+    "$__interval": "1s",
+    "${__interval}": "1s",
+    "$__range_s": "3600",
+    "${__range_s}": "3600",
+    "$__range_ms": "3600000",
+    "${__range_ms}": "3600000",
+    "$__range": "1h",
+    "${__range}": "1h",
+}
+
+# Panel queries allowed to return no data at the end of this scenario, keyed by (dashboard file, panel
+# title [refId]), each with its reason. Empty: every panel query has data here (the API 5xx ratio used
+# to be empty while no request had failed; its query now counts a missing 5xx series as 0).
+ALLOWED_EMPTY: dict[tuple[str, str], str] = {}
+
+T = TypeVar("T")
+
+
+def wait_until(what: str, check: Callable[[], T], timeout: float, diagnostics: Callable[[], str] = str) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` with diagnostics otherwise."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = check()
+        except (httpx.HTTPError, OSError) as exc:
+            result, last_error = None, exc  # type: ignore[assignment]
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s (last error: {last_error})\n{diagnostics()}")
+        time.sleep(0.25)
+
+
+class Daemon:
+    """A server binary (Prometheus, Alertmanager) in its own session, its output in a log file."""
+
+    def __init__(self, argv: list[str], log_path: Path) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+        self._log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class PrometheusAPI:
+    """The few calls of Prometheus's HTTP API the tests make."""
+
+    def __init__(self, base_url: str) -> None:
+        self.http = httpx.Client(base_url=base_url, timeout=10)
+
+    def _data(self, path: str, **params: Any) -> Any:
+        answer = self.http.get(path, params=params)
+        answer.raise_for_status()
+        body = answer.json()
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self._data("/api/v1/query", query=expr)
+        if data["resultType"] in ("scalar", "string"):
+            return [{"metric": {}, "value": data["result"]}]
+        return list(data["result"])
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return list(self._data("/api/v1/alerts")["alerts"])
+
+    def targets(self) -> list[dict[str, Any]]:
+        return list(self._data("/api/v1/targets")["activeTargets"])
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@dataclass
+class Live:
+    """The running scenario, as the tests read it."""
+
+    stack: Stack
+    exporter: Process
+    prometheus: Daemon
+    alertmanager: Daemon
+    prom: PrometheusAPI
+    alertmanager_url: str
+    sink: WebhookSink
+    rules: list[dict[str, Any]]
+    finished: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def statuses(self) -> dict[str, int]:
+        counts = {"completed": 0, "failed": 0}
+        for body in self.finished.values():
+            counts[body["status"]] += 1
+        return counts
+
+    def wait_scraped(self) -> None:
+        """Wait until Prometheus holds the exporter's counts of every generation the API saw finish."""
+        expected = self.statuses()
+
+        def counted() -> bool:
+            query = 'sum by (status) (pose_generations_total{status=~"completed|failed"})'
+            got = {series["metric"]["status"]: int(float(series["value"][1])) for series in self.prom.query(query)}
+            return got == expected
+
+        wait_until(f"Prometheus pose_generations_total equal to the API's outcomes {expected}", counted, 30,
+                   self.diagnostics)
+
+    def diagnostics(self) -> str:
+        parts = [self.stack.logs()]
+        for name, process in (("exporter", self.exporter), ("prometheus", self.prometheus),
+                              ("alertmanager", self.alertmanager)):
+            parts.append(f"--- {name} (tail) ---\n{process.output()[-3000:]}")
+        return "\n".join(parts)
+
+
+# --- configuration under test, derived from the project's files ---------------------------------
+
+
+def rules_for_test(out_dir: Path) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Copies of the project's rule files with ``for:`` of SHORTENED_ALERTS cut to SHORT_FOR; and every rule."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths, rules, shortened = [], [], set()
+    for source in RULE_FILES:
+        document = yaml.safe_load(source.read_text(encoding="utf-8"))
+        for group in document["groups"]:
+            for rule in group["rules"]:
+                rules.append(copy.deepcopy(rule))
+                if rule.get("alert") in SHORTENED_ALERTS:
+                    rule["for"] = SHORT_FOR
+                    shortened.add(rule["alert"])
+        path = out_dir / source.name
+        path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+        paths.append(path)
+    assert shortened == SHORTENED_ALERTS, f"alerts missing from {RULE_FILES}: {SHORTENED_ALERTS - shortened}"
+    return paths, rules
+
+
+def prometheus_config(targets: dict[str, list[str]], rule_files: list[Path], alertmanager: str) -> dict[str, Any]:
+    """deploy/prometheus.yml with local static targets, one-second intervals and the test's Alertmanager."""
+    deployed = yaml.safe_load(DEPLOY_PROMETHEUS.read_text(encoding="utf-8"))
+    scrape_configs = []
+    for job in deployed["scrape_configs"]:
+        name = job["job_name"]
+        assert name in targets, f"deploy/prometheus.yml scrapes {name!r}, which the live test does not run"
+        kept = {key: value for key, value in job.items() if not key.endswith("_sd_configs")}
+        kept["static_configs"] = [{"targets": targets[name]}]
+        scrape_configs.append(kept)
+    return {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(path) for path in rule_files],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
+        "scrape_configs": scrape_configs,
+    }
+
+
+def shorten_route_timings(route: dict[str, Any]) -> None:
+    for key in ("group_wait", "group_interval"):
+        if key in route:
+            route[key] = "1s"
+    for child in route.get("routes", []):
+        shorten_route_timings(child)
+
+
+def alertmanager_config(sink: WebhookSink) -> dict[str, Any]:
+    """alerts/alertmanager.yml with every receiver posting to the sink; route tree and inhibit rules kept."""
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text(encoding="utf-8"))
+    config["route"].setdefault("group_wait", "1s")
+    config["route"].setdefault("group_interval", "1s")
+    shorten_route_timings(config["route"])
+    config["receivers"] = [
+        {"name": receiver["name"], "webhook_configs": [{"url": sink.url(receiver["name"]), "send_resolved": True}]}
+        for receiver in config["receivers"]
+    ]
+    return config
+
+
+def routed_receiver(labels: dict[str, str]) -> str:
+    """The receiver the project's alertmanager.yml picks for ``labels``, as amtool (Alertmanager's router) says."""
+    argv = ["amtool", "config", "routes", "test", f"--config.file={ALERTMANAGER_CONFIG}",
+            *(f"{name}={value}" for name, value in sorted(labels.items()))]
+    answer = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert answer.returncode == 0, answer
+    return answer.stdout.strip()
+
+
+def panel_targets() -> list[tuple[str, str, str]]:
+    """(dashboard file, panel title, PromQL) of every query target of every built dashboard."""
+    found = []
+
+    def walk(name: str, panels: list[dict[str, Any]]) -> None:
+        for panel in panels:
+            walk(name, panel.get("panels", []))
+            for target in panel.get("targets", []):
+                if target.get("expr"):
+                    found.append((name, f"{panel['title']} [{target.get('refId', '')}]", target["expr"]))
+
+    for path in sorted(DASHBOARD_BUILD.glob("*.json")):
+        dashboard = json.loads(path.read_text(encoding="utf-8"))
+        walk(path.name, dashboard.get("panels", []))
+        for row in dashboard.get("rows", []):
+            walk(path.name, row.get("panels", []))
+    return found
+
+
+def substitute(expr: str) -> str:
+    for variable in sorted(TEMPLATE_VARIABLES, key=len, reverse=True):
+        expr = expr.replace(variable, TEMPLATE_VARIABLES[variable])
+    assert "$" not in expr, f"unknown template variable in {expr!r}"
+    return expr
+
+
+def rule(rules: list[dict[str, Any]], **match: str) -> dict[str, Any]:
+    return next(r for r in rules if all(r.get(key) == value for key, value in match.items()))
+
+
+# --- the scenario -------------------------------------------------------------------------------
+
+
+def start_prometheus(tmp: Path, config: dict[str, Any], port: int) -> Daemon:
+    path = tmp / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    check = subprocess.run(["promtool", "check", "config", str(path)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check
+    return Daemon([PROMETHEUS_BIN, f"--config.file={path}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+                   f"--web.listen-address=127.0.0.1:{port}"],
+                  tmp / "prometheus.log")
+
+
+def start_alertmanager(tmp: Path, config: dict[str, Any], port: int) -> Daemon:
+    path = tmp / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    check = subprocess.run(["amtool", "check-config", str(path)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check
+    return Daemon([ALERTMANAGER_BIN, f"--config.file={path}", f"--storage.path={tmp / 'alertmanager-data'}",
+                   f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+                  tmp / "alertmanager.log")
+
+
+def ready(url: str) -> bool:
+    return httpx.get(url, timeout=2).status_code == 200
+
+
+def drive_generations(live: Live) -> None:
+    """Generations of two poses across a few users until enough of them failed to breach HighFailureRate."""
+    stack = live.stack
+    users = [stack.new_user(credits=100_000) for _ in range(USERS)]
+    owner: dict[str, str] = {}
+    submitted = 0
+    while True:
+        batch = FIRST_ROUND if submitted == 0 else NEXT_ROUND
+        for index in range(submitted, submitted + batch):
+            user = users[index % USERS]
+            answer = stack.create_generation(user, POSE_PAIRS[index % len(POSE_PAIRS)], prompt=f"live proof {index}")
+            assert answer.status_code == 202, answer.text
+            owner[answer.json()["generationId"]] = user
+        submitted += batch
+        for generation_id, user in owner.items():
+            if generation_id not in live.finished:
+                live.finished[generation_id] = stack.wait_finished(user, generation_id, timeout=90)
+        counts = live.statuses()
+        if counts["failed"] >= MIN_FAILED and counts["failed"] / submitted >= MIN_FAILED_SHARE:
+            return
+        assert submitted < MAX_GENERATIONS, f"faults failed too few generations: {counts} of {submitted}"
+
+
+@pytest.fixture(scope="module")
+def live(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    tmp = tmp_path_factory.mktemp("live")
+    faults = ",".join(f"{error_type.value}={share}" for error_type, share in FAULTS.items())
+    with running_stack(template_db, tmp / "stack", workers=1, POSEGEN_FAULTS=faults) as stack, WebhookSink() as sink:
+        started: list[Any] = []
+        try:
+            exporter_port, prometheus_port, alertmanager_port = free_port(), free_port(), free_port()
+            exporter = Process(["exporter", "--port", str(exporter_port)], stack.env, tmp / "exporter.log")
+            started.append(exporter)
+            alertmanager = start_alertmanager(tmp, alertmanager_config(sink), alertmanager_port)
+            started.append(alertmanager)
+            rule_files, rules = rules_for_test(tmp / "rules")
+            config = prometheus_config(
+                {
+                    "posegen-api": [f"127.0.0.1:{stack.port}"],
+                    "posegen-worker": [f"127.0.0.1:{worker.metrics_port}" for worker in stack.workers],
+                    "posegen-exporter": [f"127.0.0.1:{exporter_port}"],
+                    "prometheus": [f"127.0.0.1:{prometheus_port}"],
+                },
+                rule_files,
+                f"127.0.0.1:{alertmanager_port}",
+            )
+            prometheus = start_prometheus(tmp, config, prometheus_port)
+            started.append(prometheus)
+            prom = PrometheusAPI(f"http://127.0.0.1:{prometheus_port}")
+            started.append(prom)
+            scenario = Live(stack, exporter, prometheus, alertmanager, prom, f"http://127.0.0.1:{alertmanager_port}",
+                            sink, rules)
+
+            wait_until("Alertmanager ready", lambda: ready(f"{scenario.alertmanager_url}/-/ready"), 30,
+                       scenario.diagnostics)
+            wait_until("Prometheus ready", lambda: ready(f"http://127.0.0.1:{prometheus_port}/-/ready"), 30,
+                       scenario.diagnostics)
+            # Every target scraped before any generation: the counters' baselines are then in the TSDB and
+            # rate() sees every increase of the scenario.
+            jobs = {job["job_name"] for job in config["scrape_configs"]}
+            wait_until(
+                f"every scrape job up ({sorted(jobs)})",
+                lambda: {t["labels"]["job"] for t in prom.targets() if t["health"] == "up"} >= jobs
+                and len(prom.query("pose_generations_total")) > 0,
+                60, scenario.diagnostics,
+            )
+            drive_generations(scenario)
+            yield scenario
+        finally:
+            for process in reversed(started):
+                if isinstance(process, PrometheusAPI):
+                    process.close()
+                else:
+                    process.stop()
+
+
+# --- what on-call sees --------------------------------------------------------------------------
+
+
+def test_prometheus_counts_every_finished_generation(live: Live) -> None:
+    """The exporter's counters, scraped by Prometheus, agree with what the API answered per generation."""
+    expected = live.statuses()
+    assert expected["completed"] > 0 and expected["failed"] > 0, expected
+    live.wait_scraped()
+    poses = sum(len(body["poses"]) for body in live.finished.values())
+    failed_poses = sum(pose["status"] == "failed" for body in live.finished.values() for pose in body["poses"])
+    errors = {series["metric"]["error_type"]: int(float(series["value"][1]))
+              for series in live.prom.query("sum by (error_type) (pose_errors_total) > 0")}
+    assert errors == {ErrorType.FLUX_API_ERROR.value: failed_poses}, (errors, failed_poses, poses)
+
+
+def test_every_dashboard_panel_shows_data(live: Live) -> None:
+    """Each query of each built dashboard returns data from the live Prometheus (the allow-list says why not)."""
+    targets = panel_targets()
+    assert targets, f"no panel queries in {DASHBOARD_BUILD}"
+    live.wait_scraped()
+    empty = []
+    for dashboard, title, expr in targets:
+        query = substitute(expr)
+        if live.prom.query(query):
+            continue
+        if (dashboard, title) not in ALLOWED_EMPTY:
+            empty.append(f"{dashboard} / {title}: {query}")
+    assert not empty, "panel queries without data:\n" + "\n".join(empty)
+
+
+def test_high_failure_rate_fires_in_prometheus(live: Live) -> None:
+    """The recorded failure ratio matches the real share, is past the threshold, and HighFailureRate fires."""
+    alert = rule(live.rules, alert=FIRING_ALERT)
+    recorded = rule(live.rules, record="posegen:generation_failure_ratio:rate1h")
+    counts = live.statuses()
+    share = counts["failed"] / (counts["failed"] + counts["completed"])
+    live.wait_scraped()
+
+    def ratio() -> float | None:
+        series = live.prom.query(recorded["record"])
+        return float(series[0]["value"][1]) if series else None
+
+    value = wait_until(f"{recorded['record']} recorded", ratio, 30, live.diagnostics)
+    assert abs(value - share) < 0.05, (value, share, counts)
+    assert live.prom.query(alert["expr"]), f"{FIRING_ALERT} expression not true: {alert['expr']} ({value})"
+    assert live.prom.query(recorded["expr"]), recorded["expr"]
+
+    def firing() -> list[dict[str, Any]]:
+        return [a for a in live.prom.alerts() if a["labels"]["alertname"] == FIRING_ALERT and a["state"] == "firing"]
+
+    found = wait_until(f"{FIRING_ALERT} firing in Prometheus", firing, 60, live.diagnostics)
+    assert found[0]["labels"]["severity"] == alert["labels"]["severity"] == "critical"
+    assert found[0]["labels"]["area"] == alert["labels"]["area"]
+
+
+def test_alertmanager_pages_the_critical_receiver(live: Live) -> None:
+    """The real Alertmanager delivers HighFailureRate through the receiver the project routes it to."""
+    labels = {"alertname": FIRING_ALERT, **rule(live.rules, alert=FIRING_ALERT)["labels"]}
+    receiver = routed_receiver(labels)
+    assert receiver == "pager", f"alerts/alertmanager.yml routes {labels} to {receiver!r}, not the pager"
+
+    def paged(notification: Notification) -> bool:
+        return notification.receiver == receiver and any(
+            alert["labels"].get("alertname") == FIRING_ALERT for alert in notification.alerts("firing"))
+
+    found = live.sink.wait_for(lambda notifications: any(paged(n) for n in notifications), timeout=90)
+    page = next(n for n in found if paged(n))
+    assert page.path == f"/{receiver}"
+    assert page.body["status"] == "firing"
+    assert page.body["groupLabels"] == {"alertname": FIRING_ALERT, "area": labels["area"]}
+    alert = next(a for a in page.alerts("firing") if a["labels"]["alertname"] == FIRING_ALERT)
+    assert alert["labels"]["severity"] == "critical"
+    assert alert["annotations"]["runbook_url"] == f"alerts/runbooks/{FIRING_ALERT}.md"
+    assert alert["annotations"]["summary"]
+
+
+def test_a_critical_mutes_the_warning_of_its_area(live: Live) -> None:
+    """SuccessRateDegraded (warning, same area) fires too, and Alertmanager holds it back behind HighFailureRate."""
+
+    def suppressed() -> list[dict[str, Any]]:
+        answer = httpx.get(f"{live.alertmanager_url}/api/v2/alerts", params={"filter": f"alertname={INHIBITED_ALERT}"},
+                           timeout=10)
+        answer.raise_for_status()
+        return [a for a in answer.json() if a["status"]["state"] == "suppressed" and a["status"]["inhibitedBy"]]
+
+    found = wait_until(f"{INHIBITED_ALERT} suppressed by the inhibit rule", suppressed, 60, live.diagnostics)
+    assert found[0]["labels"]["area"] == rule(live.rules, alert=FIRING_ALERT)["labels"]["area"]
