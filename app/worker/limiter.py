@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _ACQUIRE = """
 local now = redis.call('TIME')
@@ -38,16 +40,26 @@ class ProviderSlots:
         self._acquire = redis.register_script(_ACQUIRE)
 
     async def acquire(self) -> str:
+        """Wait for a slot. A Redis outage is waited out too (the pose's own deadline bounds the wait):
+        the pose did nothing wrong, so it should not fail for it."""
         token = secrets.token_hex(8)
         delay = 0.005
-        while not await self._acquire(keys=[self._key], args=[self._limit, token, self._lease_ms]):
+        while True:
+            try:
+                if await self._acquire(keys=[self._key], args=[self._limit, token, self._lease_ms]):
+                    return token
+            except (RedisConnectionError, RedisTimeoutError):
+                await asyncio.sleep(0.5)
+                continue
             # Polling with jitter: slot turnover is seconds (a provider call), so a few ms of lag is noise.
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 0.05)
-        return token
 
     async def release(self, token: str) -> None:
-        await self._redis.zrem(self._key, token)
+        try:
+            await self._redis.zrem(self._key, token)
+        except (RedisConnectionError, RedisTimeoutError):
+            pass  # the slot's lease frees it when Redis is back
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
