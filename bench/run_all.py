@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # (module, arguments for a full run, arguments for --quick, headline: (regex over its output, label, target))
 BENCHMARKS: list[tuple[str, list[str], list[str], list[tuple[str, str, str]]]] = [
+    ("bench.generation_wall_time", [], ["--runs", "3"], [
+        (r"median wall time, s\s+([\d.]+)", "4-pose generation wall time, s (FLUX 2 s)", "~2, not 8"),
+    ]),
     ("bench.provider_saturation", [], ["--generations", "40"], [
         (r"makespan / ideal\s+([\d.]+)", "provider saturation: makespan / ideal", "<= 1.15"),
         (r"peak in-flight at FLUX\s+([\d.]+)", "provider saturation: peak in-flight (cap 24)", "<= 24"),
