@@ -45,6 +45,11 @@ BENCHMARKS: list[tuple[str, list[str], list[str], list[tuple[str, str, str]]]] =
         (r"median scrape at [\d,]+ generations, ms\s+([\d.]+)", "exporter scrape median ms, large", "<= 20"),
         (r"median growth [\d,]+ -> [\d,]+\s+([\d.]+)", "exporter scrape growth small -> large", "<= 1.3"),
     ]),
+    ("bench.load_mixed", [], ["--duration", "60"], [
+        (r"5xx answers: (\d+)", "mixed load: 5xx answers", "0"),
+        (r"poll\s+\d+\s+[\d.]+\s+([\d.]+)", "mixed load: poll p99 ms", ""),
+        (r"create\s+\d+\s+[\d.]+\s+([\d.]+)", "mixed load: create p99 ms", ""),
+    ]),
     ("bench.tracing_overhead", [], [], [
         (r"throughput on / off\s+([\d.]+)", "generation throughput, tracing on / off", "~1"),
     ]),
