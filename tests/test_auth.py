@@ -43,6 +43,11 @@ ROUTES = [
     ("GET", "/poses/pose_tree_pose"),
     ("GET", "/credits"),
     ("POST", "/credits/grants"),
+    ("GET", "/metrics"),
+    ("GET", "/metrics/top-users"),
+    ("GET", "/metrics/popular-poses"),
+    ("GET", "/metrics/errors"),
+    ("GET", "/metrics/health-indicators"),
 ]
 
 
