@@ -16,14 +16,13 @@ Usage::
 from __future__ import annotations
 
 import gzip
-import json
 import struct
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.http_server import BackgroundHTTPServer, JSONHandler, Recorder, wait_until
 
 TRACE_ENDPOINTS = ("v0.4/traces", "v0.5/traces")
 INFO = {
@@ -65,43 +64,23 @@ class Request:
     body: bytes
 
 
-class FakeDatadogAgent:
+class FakeDatadogAgent(BackgroundHTTPServer):
     """Start with ``with FakeDatadogAgent() as agent`` (or :meth:`start`/:meth:`stop`); ``agent.url`` is its address."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._spans: list[Span] = []
-        self._requests: list[Request] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-dd-agent", daemon=True)
+        # One entry per request with the spans decoded from it, so a request and its spans appear together.
+        self._received: Recorder[tuple[Request, list[Span]]] = Recorder()
+        super().__init__(_handler_for(self), name="fake-dd-agent")
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> FakeDatadogAgent:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FakeDatadogAgent:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self.base_url
 
     def spans(self) -> list[Span]:
-        with self._lock:
-            return list(self._spans)
+        return [span for _, spans in self._received.items() for span in spans]
 
     def requests(self) -> list[Request]:
-        with self._lock:
-            return list(self._requests)
+        return [request for request, _ in self._received.items()]
 
     def trace(self, trace_id: int) -> list[Span]:
         """The spans of one trace, matched on the lower 64 bits (both halves agree when both are known)."""
@@ -110,37 +89,19 @@ class FakeDatadogAgent:
 
     def wait_for(self, predicate: Callable[[list[Span]], bool], timeout: float = 20.0) -> list[Span]:
         """Poll until ``predicate(spans)`` holds; raise with what arrived when it does not in time."""
-        deadline = time.monotonic() + timeout
-        while True:
-            spans = self.spans()
-            if predicate(spans):
-                return spans
-            if time.monotonic() > deadline:
-                names = sorted({f"{s.service}:{s.name}" for s in spans})
-                raise AssertionError(f"spans did not arrive within {timeout} s; got {len(spans)}: {names}")
-            time.sleep(0.1)
+        def describe(spans: list[Span]) -> str:
+            return f"{len(spans)}: {sorted({f'{s.service}:{s.name}' for s in spans})}"
+
+        return wait_until(self.spans, predicate, timeout, "spans", describe)
 
     def _record(self, request: Request, spans: list[Span]) -> None:
-        with self._lock:
-            self._requests.append(request)
-            self._spans.extend(spans)
+        self._received.add((request, list(spans)))
 
 
 def _handler_for(agent: FakeDatadogAgent) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _answer(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JSONHandler):
         def _read_body(self) -> bytes:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
+            body = super()._read_body()
             if self.headers.get("Content-Encoding", "").lower() == "gzip":
                 body = gzip.decompress(body)
             return body
@@ -164,9 +125,6 @@ def _handler_for(agent: FakeDatadogAgent) -> type[BaseHTTPRequestHandler]:
             self._answer(200, INFO if path == "info" else {})
 
         do_GET = do_PUT = do_POST = _handle
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read the recorded requests
-            return
 
     return Handler
 

@@ -49,10 +49,12 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
+
+from tests.fakes.http_server import BackgroundHTTPServer, JSONHandler, run_until_interrupted
 
 FAULT_KINDS = ("status_429", "status_500", "hang", "garbage", "moderated", "error")
 STAGES = ("submit", "poll", "sample")
@@ -119,7 +121,7 @@ class _Server(ThreadingHTTPServer):
         return  # clients hang up on purpose (timeouts); nothing to report
 
 
-class FakeFlux:
+class FakeFlux(BackgroundHTTPServer):
     """Start with ``with FakeFlux(latency=0.5, cap=24) as flux`` (or :meth:`start`/:meth:`stop`)."""
 
     def __init__(
@@ -140,33 +142,16 @@ class FakeFlux:
         self._queued: dict[str, deque[str]] = {stage: deque() for stage in STAGES}
         self._queued_outcomes: deque[str] = deque()
         self._stopping = threading.Event()
-        self._server = _Server(("127.0.0.1", port), _handler_for(self))
         # A short poll interval so stop() returns at once instead of up to half a second later.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-flux", daemon=True
-        )
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> FakeFlux:
-        self._thread.start()
-        return self
+        super().__init__(_handler_for(self), name="fake-flux", port=port, poll_interval=0.05, server_class=_Server)
 
     def stop(self) -> None:
+        server = cast(_Server, self._server)
         self._stopping.set()  # wakes held ("hang") requests
-        self._server.shutdown()
-        self._server.drop_connections()
-        self._server.server_close()
+        server.shutdown()
+        server.drop_connections()
+        server.server_close()
         self._thread.join()
-
-    def __enter__(self) -> FakeFlux:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # Faults and configuration -------------------------------------------------------------------
 
@@ -296,27 +281,11 @@ def _marker_outcome(prompt: str) -> str:
 
 
 def _handler_for(fake: FakeFlux) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _send(
-            self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
-        ) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-            self._send(status, json.dumps(body).encode(), "application/json", headers)
-
+    class Handler(JSONHandler):
         def _rate_limited(self) -> None:
             fake._count("rate_limited")
             headers = {"Retry-After": f"{fake.retry_after:g}"}
-            self._json(429, {"detail": "Too many active tasks; retry later"}, headers)
+            self._answer(429, {"detail": "Too many active tasks; retry later"}, headers)
 
         def _apply(self, fault: str | None) -> bool:
             """Answer with the injected HTTP fault, if any; ``True`` when the request is done."""
@@ -325,7 +294,7 @@ def _handler_for(fake: FakeFlux) -> type[BaseHTTPRequestHandler]:
             if fault == "status_429":
                 self._rate_limited()
             elif fault == "status_500":
-                self._json(500, {"detail": "Internal Server Error (injected)"})
+                self._answer(500, {"detail": "Internal Server Error (injected)"})
             elif fault == "garbage":
                 self._send(200, b"<html>upstream proxy says hello</html>", "text/html")
             elif fault == "hang":
@@ -337,46 +306,31 @@ def _handler_for(fake: FakeFlux) -> type[BaseHTTPRequestHandler]:
             if self.headers.get("x-key") == fake.api_key:
                 return True
             fake._count("auth_failures")
-            self._json(403, {"detail": "Not authenticated - Invalid Authentication"})
+            self._answer(403, {"detail": "Not authenticated - Invalid Authentication"})
             return False
-
-        def _read_body(self) -> bytes:
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             if url.path == "/_stats":
-                self._json(200, fake.stats())
+                self._answer(200, fake.stats())
             elif url.path == "/_control":
-                self._json(200, fake.state())
+                self._answer(200, fake.state())
             elif url.path == "/v1/get_result":
                 self._poll(parse_qs(url.query).get("id", [""])[0])
             elif url.path.startswith("/samples/") and url.path.endswith(".png"):
                 self._sample(url.path[len("/samples/"):-len(".png")])
             else:
-                self._json(404, {"detail": "Not Found"})
+                self._answer(404, {"detail": "Not Found"})
 
         def do_POST(self) -> None:
             path = urlsplit(self.path).path
             body = self._read_body()
             if path == "/_control":
-                self._control(body)
+                self._control(body, fake)
             elif path.startswith("/v1/") and path.count("/") == 2:
                 self._submit(path[len("/v1/"):], body)
             else:
-                self._json(404, {"detail": "Not Found"})
-
-        def _control(self, body: bytes) -> None:
-            try:
-                command = json.loads(body or b"{}")
-                if not isinstance(command, dict):
-                    raise ValueError("the body must be a JSON object")
-                fake.control(command)
-            except (ValueError, TypeError) as exc:
-                self._json(400, {"error": str(exc)})
-                return
-            self._json(200, fake.state())
+                self._answer(404, {"detail": "Not Found"})
 
         def _submit(self, model: str, body: bytes) -> None:
             if not self._authorized():
@@ -395,7 +349,7 @@ def _handler_for(fake: FakeFlux) -> type[BaseHTTPRequestHandler]:
                     stage_faults=_marker_faults(str(prompt)),
                 )
             except (ValueError, KeyError, TypeError, binascii.Error) as exc:
-                self._json(422, {"detail": [{"msg": f"invalid request: {exc!r}"}]})
+                self._answer(422, {"detail": [{"msg": f"invalid request: {exc!r}"}]})
                 return
             if self._apply(fake._fault_for("submit", task)):
                 return
@@ -405,7 +359,7 @@ def _handler_for(fake: FakeFlux) -> type[BaseHTTPRequestHandler]:
             polling_url = f"/v1/get_result?id={task.id}"
             if not fake.relative_polling_urls:
                 polling_url = fake.base_url + polling_url
-            self._json(200, {"id": task.id, "polling_url": polling_url})
+            self._answer(200, {"id": task.id, "polling_url": polling_url})
 
         def _poll(self, task_id: str) -> None:
             if not self._authorized():
@@ -415,15 +369,15 @@ def _handler_for(fake: FakeFlux) -> type[BaseHTTPRequestHandler]:
             if self._apply(fake._fault_for("poll", task)):
                 return
             if task is None:
-                self._json(200, {"id": task_id, "status": "Task not found"})
+                self._answer(200, {"id": task_id, "status": "Task not found"})
             elif time.monotonic() < task.ready_at:
-                self._json(200, {"id": task_id, "status": "Pending", "result": None, "progress": None})
+                self._answer(200, {"id": task_id, "status": "Pending", "result": None, "progress": None})
             elif task.outcome != "Ready":
-                self._json(200, {"id": task_id, "status": task.outcome, "result": None,
+                self._answer(200, {"id": task_id, "status": task.outcome, "result": None,
                                  "details": {"reason": "injected by the fake"}})
             else:
                 sample = f"{fake.base_url}/samples/{task_id}.png"
-                self._json(200, {"id": task_id, "status": "Ready",
+                self._answer(200, {"id": task_id, "status": "Ready",
                                  "result": {"sample": sample, "prompt": task.prompt, "seed": task.seed}})
 
         def _sample(self, task_id: str) -> None:
@@ -431,13 +385,10 @@ def _handler_for(fake: FakeFlux) -> type[BaseHTTPRequestHandler]:
             if self._apply(fake._fault_for("sample", task)):
                 return
             if task is None or task.outcome != "Ready" or time.monotonic() < task.ready_at:
-                self._json(404, {"detail": "Not Found"})
+                self._answer(404, {"detail": "Not Found"})
                 return
             fake._count("downloads")
             self._send(200, fake.sample_png, "image/png")
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read the stats
-            return
 
     return Handler
 
@@ -450,13 +401,8 @@ def main() -> None:
     parser.add_argument("--api-key", default="fake-flux-key")
     parser.add_argument("--retry-after", type=float, default=1.0)
     args = parser.parse_args()
-    with FakeFlux(args.latency, args.cap, api_key=args.api_key, port=args.port,
-                  retry_after=args.retry_after) as fake:
-        print(fake.base_url, flush=True)
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
+    run_until_interrupted(FakeFlux(args.latency, args.cap, api_key=args.api_key, port=args.port,
+                                   retry_after=args.retry_after))
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ from __future__ import annotations
 import gzip
 import json
 import re
-import threading
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.http_server import BackgroundHTTPServer, JSONHandler, Recorder, wait_until
 
 _ENDPOINT = re.compile(r"^/api/(?P<project>\d+)/(?P<kind>envelope|store)/?$")
 
@@ -50,40 +50,22 @@ class Envelope:
     request_headers: dict[str, str]
 
 
-class FakeSentry:
+class FakeSentry(BackgroundHTTPServer):
     """Start with ``with FakeSentry() as sentry``; point ``SENTRY_DSN`` at ``sentry.dsn``."""
 
     def __init__(self, project: str = "1", key: str = "publickey") -> None:
         self.project = project
         self.key = key
-        self._lock = threading.Lock()
-        self._envelopes: list[Envelope] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-sentry", daemon=True)
+        self._envelopes: Recorder[Envelope] = Recorder()
+        super().__init__(_handler_for(self), name="fake-sentry")
 
     @property
     def dsn(self) -> str:
-        host, port = self._server.server_address[:2]
+        host, port = self.address
         return f"http://{self.key}@{host}:{port}/{self.project}"
 
-    def start(self) -> FakeSentry:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FakeSentry:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def envelopes(self) -> list[Envelope]:
-        with self._lock:
-            return list(self._envelopes)
+        return self._envelopes.items()
 
     def events(self) -> list[dict[str, Any]]:
         """Error events (item type ``event``), decoded."""
@@ -96,37 +78,17 @@ class FakeSentry:
     def wait_for_events(
         self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 20.0
     ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            events = self.events()
-            if predicate(events):
-                return events
-            if time.monotonic() > deadline:
-                summary = [(e.get("message") or e.get("exception", {}).get("values", [{}])[-1].get("type"),
-                            e.get("tags")) for e in events]
-                raise AssertionError(f"Sentry events did not arrive within {timeout} s; got {summary}")
-            time.sleep(0.1)
+        def describe(events: list[dict[str, Any]]) -> Any:
+            return [(e.get("message") or e.get("exception", {}).get("values", [{}])[-1].get("type"), e.get("tags"))
+                    for e in events]
 
-    def _record(self, envelope: Envelope) -> None:
-        with self._lock:
-            self._envelopes.append(envelope)
+        return wait_until(self.events, predicate, timeout, "Sentry events", describe)
 
 
 def _handler_for(sink: FakeSentry) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _answer(self, status: int, body: dict[str, Any]) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(JSONHandler):
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length)
+            body = self._read_body()
             match = _ENDPOINT.match(self.path.split("?", 1)[0])
             if match is None:
                 self._answer(404, {"detail": "not a Sentry endpoint"})
@@ -140,11 +102,8 @@ def _handler_for(sink: FakeSentry) -> type[BaseHTTPRequestHandler]:
             except (ValueError, OSError, zlib.error) as exc:
                 self._answer(400, {"detail": f"undecodable: {exc}"})
                 return
-            sink._record(Envelope(match["project"], raw, headers, items, dict(self.headers.items())))
+            sink._envelopes.add(Envelope(match["project"], raw, headers, items, dict(self.headers.items())))
             self._answer(200, {"id": headers.get("event_id")})
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read what was stored
-            return
 
     return Handler
 

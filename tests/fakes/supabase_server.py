@@ -31,14 +31,15 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import unquote
+
+from tests.fakes.http_server import BackgroundHTTPServer, JSONHandler, run_until_interrupted
 
 OBJECT_PREFIX = "/storage/v1/object/"
 PUBLIC_PREFIX = "/storage/v1/object/public/"
@@ -70,7 +71,7 @@ class StoredObject:
     content_type: str
 
 
-class FakeSupabaseStorage:
+class FakeSupabaseStorage(BackgroundHTTPServer):
     """Start with ``with FakeSupabaseStorage() as supabase`` (or :meth:`start`/:meth:`stop`)."""
 
     def __init__(
@@ -84,33 +85,16 @@ class FakeSupabaseStorage:
         self._objects: dict[tuple[str, str], StoredObject] = {}
         self._uploads: list[Upload] = []
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
-        self._server.daemon_threads = True
         # A short poll interval lets stop() return at once rather than after the default half second.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-supabase",
-            daemon=True,
-        )
+        super().__init__(_handler_for(self), name="fake-supabase", port=port, poll_interval=0.05)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> FakeSupabaseStorage:
-        self._thread.start()
-        return self
+        return self.base_url
 
     def stop(self) -> None:
         self._stopping.set()  # wakes held requests
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FakeSupabaseStorage:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().stop()
 
     def public_url(self, key: str, bucket: str | None = None) -> str:
         return f"{self.url}{PUBLIC_PREFIX}{bucket or self.bucket}/{key}"
@@ -199,26 +183,10 @@ class FakeSupabaseStorage:
 
 
 def _handler_for(fake: FakeSupabaseStorage) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, status: int, body: Any) -> None:
-            self._send(status, json.dumps(body).encode(), "application/json")
-
+    class Handler(JSONHandler):
         def _error(self, status: int, error: str, message: str) -> None:
             # Supabase Storage's error shape.
-            self._json(status, {"statusCode": str(status), "error": error, "message": message})
-
-        def _read_body(self) -> bytes:
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
+            self._answer(status, {"statusCode": str(status), "error": error, "message": message})
 
         def _path(self) -> str:
             return self.path.split("?", 1)[0]
@@ -226,7 +194,7 @@ def _handler_for(fake: FakeSupabaseStorage) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = self._path()
             if path == CONTROL_PATH:
-                self._json(200, fake.state())
+                self._answer(200, fake.state())
                 return
             if not path.startswith(PUBLIC_PREFIX):
                 self._error(404, "not_found", "Route not found")
@@ -242,7 +210,7 @@ def _handler_for(fake: FakeSupabaseStorage) -> type[BaseHTTPRequestHandler]:
             path = self._path()
             body = self._read_body()
             if path == CONTROL_PATH:
-                self._control(body)
+                self._control(body, fake)
             elif path.startswith(OBJECT_PREFIX) and not path.startswith(PUBLIC_PREFIX):
                 self._upload(path, body)
             else:
@@ -255,17 +223,6 @@ def _handler_for(fake: FakeSupabaseStorage) -> type[BaseHTTPRequestHandler]:
                 self._upload(path, body)
             else:
                 self._error(404, "not_found", "Route not found")
-
-        def _control(self, body: bytes) -> None:
-            try:
-                command = json.loads(body or b"{}")
-                if not isinstance(command, dict):
-                    raise ValueError("the body must be a JSON object")
-                fake.control(command)
-            except (ValueError, TypeError) as exc:
-                self._json(400, {"error": str(exc)})
-                return
-            self._json(200, fake.state())
 
         def _upload(self, path: str, body: bytes) -> None:
             bucket, _, key = unquote(path[len(OBJECT_PREFIX):]).partition("/")
@@ -304,10 +261,7 @@ def _handler_for(fake: FakeSupabaseStorage) -> type[BaseHTTPRequestHandler]:
                 self._error(409, "Duplicate", "The resource already exists")
                 return
             record(200)
-            self._json(200, {"Key": f"{bucket}/{key}", "Id": str(uuid.uuid4())})
-
-        def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read the recorded uploads
-            return
+            self._answer(200, {"Key": f"{bucket}/{key}", "Id": str(uuid.uuid4())})
 
     return Handler
 
@@ -318,12 +272,7 @@ def main() -> None:
     parser.add_argument("--service-key", default="fake-service-key")
     parser.add_argument("--bucket", default="pose-generations")
     args = parser.parse_args()
-    with FakeSupabaseStorage(args.service_key, args.bucket, args.port) as fake:
-        print(fake.url, flush=True)
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
+    run_until_interrupted(FakeSupabaseStorage(args.service_key, args.bucket, args.port))
 
 
 if __name__ == "__main__":
