@@ -28,22 +28,35 @@ async def ensure_account(conn: AsyncConnection, user_id: str) -> None:
     )
 
 
+async def _add_credits(
+    conn: AsyncConnection,
+    user_id: str,
+    amount: int,
+    kind: str,
+    *,
+    generation_id: str | None = None,
+    generation_pose_id: int | None = None,
+    created_by: str | None = None,
+) -> int:
+    """Raise the balance and append its ledger row (grant or refund); returns the new balance."""
+    cur = await conn.execute(
+        "UPDATE credit_accounts SET balance = balance + %s, updated_at = now() WHERE user_id = %s RETURNING balance",
+        (amount, user_id),
+    )
+    (balance,) = await cur.fetchone()  # type: ignore[misc]
+    await conn.execute(
+        "INSERT INTO credit_ledger (user_id, kind, amount, balance_after, generation_id, generation_pose_id,"
+        " created_by) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (user_id, kind, amount, balance, generation_id, generation_pose_id, created_by),
+    )
+    return int(balance)
+
+
 async def grant_credits(conn: AsyncConnection, user_id: str, amount: int, granted_by: str) -> int:
     """Add ``amount`` credits; returns the new balance. Runs in its own transaction."""
     async with conn.transaction():
         await ensure_account(conn, user_id)
-        cur = await conn.execute(
-            "UPDATE credit_accounts SET balance = balance + %s, updated_at = now()"
-            " WHERE user_id = %s RETURNING balance",
-            (amount, user_id),
-        )
-        (balance,) = await cur.fetchone()  # type: ignore[misc]
-        await conn.execute(
-            "INSERT INTO credit_ledger (user_id, kind, amount, balance_after, created_by)"
-            " VALUES (%s, 'grant', %s, %s, %s)",
-            (user_id, amount, balance, granted_by),
-        )
-    return int(balance)
+        return await _add_credits(conn, user_id, amount, "grant", created_by=granted_by)
 
 
 async def charge_generation(conn: AsyncConnection, user_id: str, generation_id: str, amount: int) -> int:
@@ -75,22 +88,14 @@ async def refund_failed_pose(
     The caller moves the pose from pending to failed in the same transaction, so
     this runs once per pose; the unique index on refunds backs that up.
     """
-    cur = await conn.execute(
-        "UPDATE credit_accounts SET balance = balance + %s, updated_at = now()"
-        " WHERE user_id = %s RETURNING balance",
-        (amount, user_id),
-    )
-    (balance,) = await cur.fetchone()  # type: ignore[misc]
-    await conn.execute(
-        "INSERT INTO credit_ledger (user_id, kind, amount, balance_after, generation_id, generation_pose_id)"
-        " VALUES (%s, 'refund', %s, %s, %s, %s)",
-        (user_id, amount, balance, generation_id, generation_pose_id),
+    balance = await _add_credits(
+        conn, user_id, amount, "refund", generation_id=generation_id, generation_pose_id=generation_pose_id
     )
     await conn.execute(
         "UPDATE generations SET credits_refunded = credits_refunded + %s WHERE id = %s",
         (amount, generation_id),
     )
-    return int(balance)
+    return balance
 
 
 async def account_summary(conn: AsyncConnection, user_id: str, ledger_limit: int = 20) -> dict[str, Any]:
