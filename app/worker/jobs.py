@@ -47,7 +47,7 @@ async def run_generation(settings: Settings, generation_id: str, attempt: int) -
     provider = tracing.traced_provider(build_provider(settings))
     storage = tracing.traced_storage(build_storage(settings, api_url_prefix=f"{API_PREFIX}/images"))
     redis = AsyncRedis.from_url(settings.redis_url)
-    slots = ProviderSlots(redis, settings.provider_concurrency, settings.flux_deadline_seconds + 30)
+    slots = ProviderSlots(redis, settings.provider_concurrency)
     try:
         async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
             pipeline = GenerationPipeline(settings, conn, provider, storage, slots)
