@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -87,3 +88,26 @@ def test_released_slot_is_not_renewed_back(slots_redis: str) -> None:
         return held
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_deadline_while_waiting_for_a_slot_always_ends_the_wait(slots_redis: str) -> None:
+    """A pose past its deadline must stop waiting, even when the cancellation lands inside a Redis call."""
+    outcomes: list[str] = []
+
+    async def scenario() -> None:
+        redis = AsyncRedis.from_url(slots_redis)
+        slots = ProviderSlots(redis, 1, 60)
+        await slots.acquire()  # the cap is full for the whole test
+        for i in range(200):
+            try:
+                await asyncio.wait_for(slots.acquire(), 0.02 + (i % 7) * 0.003)
+                outcomes.append("acquired")
+            except TimeoutError:
+                outcomes.append("timed out")
+        await redis.aclose()
+
+    runner = threading.Thread(target=asyncio.run, args=(scenario(),), daemon=True)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive(), f"a wait ignored its deadline after {len(outcomes)} waits"
+    assert outcomes == ["timed out"] * 200

@@ -61,18 +61,23 @@ class ProviderSlots:
     async def acquire(self) -> str:
         """Wait for a slot. A Redis outage is waited out too (the pose's own deadline bounds the wait):
         the pose did nothing wrong, so it should not fail for it."""
+        task = asyncio.current_task()
         token = secrets.token_hex(8)
         delay = 0.005
         while True:
             try:
                 if await self._acquire(keys=[self._key], args=[self._limit, token, self._lease_ms]):
                     return token
+                # Polling with jitter: slot turnover is seconds (a provider call), so a few ms of lag is noise.
+                pause = delay * random.uniform(0.5, 1.5)
+                delay = min(delay * 2, 0.05)
             except (RedisConnectionError, RedisTimeoutError):
-                await asyncio.sleep(0.5)
-                continue
-            # Polling with jitter: slot turnover is seconds (a provider call), so a few ms of lag is noise.
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 0.05)
+                pause = 0.5
+            if task is not None and task.cancelling():
+                # redis-py can turn a cancellation that lands mid-command into a ConnectionError (and
+                # retry): honour it, or a timed-out pose would go on waiting for a slot forever.
+                raise asyncio.CancelledError
+            await asyncio.sleep(pause)
 
     async def release(self, token: str) -> None:
         try:
@@ -83,14 +88,21 @@ class ProviderSlots:
     async def keep_alive(self, token: str) -> None:
         """Renew ``token``'s lease every third of a lease until cancelled. Renewing a slot that is
         already gone (released, or lapsed while Redis was away) is a no-op: it is never re-taken."""
+        task = asyncio.current_task()
         while True:
             await asyncio.sleep(self._lease_ms / 3000)
             with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
                 await self._renew(keys=[self._key], args=[token, self._lease_ms])
+            if task is not None and task.cancelling():  # see acquire()
+                raise asyncio.CancelledError
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         token = await self.acquire()
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # cancelled while the winning call was in flight
+            await self.release(token)
+            raise asyncio.CancelledError
         renewer = asyncio.create_task(self.keep_alive(token))
         try:
             yield
