@@ -88,3 +88,18 @@ def test_bad_grant_amount_is_422(stack: Stack, amount: object) -> None:
 
 def test_health_needs_no_token(stack: Stack) -> None:
     assert stack.http.get("/health").status_code == 200
+
+
+def test_a_token_accepted_before_is_refused_once_it_expires(stack: Stack) -> None:
+    """Verified tokens are remembered between requests; their expiry is still checked on every one."""
+    user = stack.new_user()
+    token = stack.token(user, ttl=2)
+    headers = {"Authorization": f"Bearer {token}"}
+    assert stack.http.get("/credits", headers=headers).status_code == 200
+    assert stack.http.get("/credits", headers=headers).status_code == 200
+    time.sleep(2.2)
+    answer = stack.http.get("/credits", headers=headers)
+    assert answer.status_code == 401 and "expired" in answer.json()["detail"]
+    wrong = jwt.encode(jwt.decode(token, options={"verify_signature": False}),
+                       "another-secret-that-is-long-enough-for-hs256", algorithm="HS256")
+    assert stack.http.get("/credits", headers={"Authorization": f"Bearer {wrong}"}).status_code == 401
