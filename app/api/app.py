@@ -21,9 +21,10 @@ from app.api.images import image
 from app.api.metrics import MetricsController
 from app.api.poses import PoseController
 from app.api.rate_limit import STORE_NAME, generation_rate_limit, rate_limit_store
+from app.observability import tracing
 from app.settings import Settings
 from app.storage.factory import build_storage
-from app.worker.queue import make_queue, make_redis
+from app.worker.queue import BatchEnqueuer, make_queue, make_redis
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -44,10 +45,14 @@ def create_app(settings: Settings) -> Litestar:
         app.state.pool = pool
         app.state.redis = redis
         app.state.queue = make_queue(redis)
+        # With APM on, each request enqueues its own job so that the job carries the request's trace.
+        app.state.enqueuer = None if tracing.enabled() else BatchEnqueuer(app.state.queue)
         app.state.storage = storage
         try:
             yield
         finally:
+            if app.state.enqueuer is not None:
+                app.state.enqueuer.close()
             await storage.aclose()
             redis.close()
             await pool.close()

@@ -11,7 +11,6 @@ import jwt
 from litestar import Request
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
-
 _PRINCIPAL_KEY = "posegen.principal"
 
 

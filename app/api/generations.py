@@ -92,10 +92,13 @@ class GenerationController(Controller):
 
     @staticmethod
     async def _enqueue(request: Request, db: AsyncConnection, generation_id: str, attempt: int) -> None:
-        queue = request.app.state.queue
+        enqueuer = request.app.state.enqueuer
         try:
             # The Redis client is synchronous; keep it off the event loop.
-            await asyncio.to_thread(enqueue_generation, queue, generation_id, attempt)
+            if enqueuer is not None:
+                await enqueuer.enqueue(generation_id, attempt)
+            else:
+                await asyncio.to_thread(enqueue_generation, request.app.state.queue, generation_id, attempt)
         except Exception as exc:
             log.error("Queue unreachable; generation refunded", exc_info=exc, generationId=generation_id)
             await abandon_unqueued_generation(db, generation_id, f"queue unreachable: {type(exc).__name__}")

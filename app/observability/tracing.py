@@ -110,6 +110,11 @@ def instrument_asgi(app: ASGIApp) -> ASGIApp:
     return TraceMiddleware(name_span_by_route)
 
 
+def enabled() -> bool:
+    """Whether :func:`init_tracing` switched ddtrace on in this process."""
+    return _tracer is not None
+
+
 def current_trace_context() -> dict[str, str] | None:
     """The active trace as propagation headers, to store with a generation; None when tracing is off."""
     if _tracer is None:
