@@ -3,7 +3,8 @@
 Every balance change appends its ledger row in the same transaction, and the
 ``balance >= 0`` check plus the guarded ``UPDATE`` keep the balance from going
 negative under any concurrency. Partial unique indexes make a second charge of a
-generation or a second refund of a pose impossible.
+generation or a second refund of a pose impossible. Grants and refunds are here; the
+charge is part of creating a generation, in the SQL function of migration 004.
 """
 
 from __future__ import annotations
@@ -57,27 +58,6 @@ async def grant_credits(conn: AsyncConnection, user_id: str, amount: int, grante
     async with conn.transaction():
         await ensure_account(conn, user_id)
         return await _add_credits(conn, user_id, amount, "grant", created_by=granted_by)
-
-
-async def charge_generation(conn: AsyncConnection, user_id: str, generation_id: str, amount: int) -> int:
-    """Deduct ``amount`` for a generation inside the caller's transaction; returns the new balance."""
-    cur = await conn.execute(
-        "UPDATE credit_accounts SET balance = balance - %s, updated_at = now()"
-        " WHERE user_id = %s AND balance >= %s RETURNING balance",
-        (amount, user_id, amount),
-    )
-    row = await cur.fetchone()
-    if row is None:
-        cur = await conn.execute("SELECT balance FROM credit_accounts WHERE user_id = %s", (user_id,))
-        current = await cur.fetchone()
-        raise InsufficientCreditsError(int(current[0]) if current else 0, amount)
-    balance = int(row[0])
-    await conn.execute(
-        "INSERT INTO credit_ledger (user_id, kind, amount, balance_after, generation_id)"
-        " VALUES (%s, 'charge', %s, %s, %s)",
-        (user_id, amount, balance, generation_id),
-    )
-    return balance
 
 
 async def refund_failed_pose(

@@ -8,13 +8,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from app.domain.credits import charge_generation, refund_failed_pose
+from app.domain.credits import InsufficientCreditsError, refund_failed_pose
 from app.domain.error_events import record_error_event
 from app.errors import ErrorType
+
+# Raised by posegen_create_generation when the balance does not cover the cost (DETAIL: the balance).
+INSUFFICIENT_CREDITS_SQLSTATE = "PG402"
 
 # Default for how long a queued generation sits before the reaper checks that its job still exists.
 QUEUED_CHECK_SECONDS = 60.0
@@ -52,7 +56,8 @@ async def create_generation(
     trace_context: dict[str, str] | None = None,
     queued_check_seconds: float = QUEUED_CHECK_SECONDS,
 ) -> CreatedGeneration:
-    """Charge and insert a generation with its pose slots, atomically.
+    """Charge and insert a generation with its pose slots, atomically, in one round trip (the SQL
+    function ``posegen_create_generation`` of migration 004 does the steps).
 
     With an ``idempotency_key`` already used by this user, returns that first
     generation (``created=False``) and charges nothing; two racing requests with
@@ -60,46 +65,23 @@ async def create_generation(
     :class:`~app.domain.credits.InsufficientCreditsError` or :class:`UnknownPosesError`
     with nothing written.
     """
-    cost = len(pose_ids) * price_per_pose
     generation_id = new_generation_id()
-    async with conn.transaction():
-        cur = await conn.execute("SELECT pose_id FROM poses WHERE pose_id = ANY(%s)", (pose_ids,))
-        known = {row[0] for row in await cur.fetchall()}
-        missing = [p for p in dict.fromkeys(pose_ids) if p not in known]
-        if missing:
-            raise UnknownPosesError(missing)
+    try:
         cur = await conn.execute(
-            "INSERT INTO generations (id, user_id, prompt, status, poses_count, price_per_pose,"
-            " credits_charged, idempotency_key, trace_context, lease_expires_at)"
-            " VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
-            " ON CONFLICT ON CONSTRAINT generations_idempotency DO NOTHING RETURNING created_at",
-            (generation_id, user_id, prompt, len(pose_ids), price_per_pose, cost, idempotency_key,
+            "SELECT outcome, generation_id, status, credits_charged, attempt, created_at, balance, missing"
+            " FROM posegen_create_generation(%s, %s, %s, %s, %s, %s, %s, %s)",
+            (generation_id, user_id, prompt, pose_ids, price_per_pose, idempotency_key,
              Jsonb(trace_context) if trace_context else None, queued_check_seconds),
         )
-        inserted = await cur.fetchone()
-        if inserted is None:
-            existing = await _by_idempotency_key(conn, user_id, idempotency_key)
-            return existing
-        await charge_generation(conn, user_id, generation_id, cost)
-        # One statement for all slots: a round trip per pose would dominate the request's time.
-        await conn.execute(
-            "INSERT INTO generation_poses (generation_id, position, pose_id)"
-            " SELECT %s, ordinality - 1, pose_id FROM unnest(%s::text[]) WITH ORDINALITY AS t(pose_id, ordinality)",
-            (generation_id, pose_ids),
-        )
-    return CreatedGeneration(generation_id, "queued", cost, 1, True, inserted[0])
-
-
-async def _by_idempotency_key(conn: AsyncConnection, user_id: str, key: str | None) -> CreatedGeneration:
-    cur = await conn.execute(
-        "SELECT id, status, credits_charged, attempt, created_at FROM generations"
-        " WHERE user_id = %s AND idempotency_key = %s",
-        (user_id, key),
-    )
-    row = await cur.fetchone()
-    if row is None:  # the conflicting request rolled back between our insert and this read
-        raise RuntimeError("idempotency key conflict vanished; retry the request")
-    return CreatedGeneration(row[0], row[1], int(row[2]), int(row[3]), False, row[4])
+    except psycopg.Error as exc:
+        if exc.sqlstate != INSUFFICIENT_CREDITS_SQLSTATE:
+            raise
+        balance = int(exc.diag.message_detail or 0)
+        raise InsufficientCreditsError(balance, len(pose_ids) * price_per_pose) from None
+    outcome, found_id, status, charged, attempt, created_at, _, missing = await cur.fetchone()  # type: ignore[misc]
+    if outcome == "unknown_poses":
+        raise UnknownPosesError(list(missing))
+    return CreatedGeneration(found_id, status, int(charged), int(attempt), outcome == "created", created_at)
 
 
 async def abandon_unqueued_generation(conn: AsyncConnection, generation_id: str, reason: str) -> None:
