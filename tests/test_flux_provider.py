@@ -13,12 +13,15 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from redis.asyncio import Redis as AsyncRedis
 
 from app.errors import ErrorType, PoseGenerationError, classify
 from app.providers.base import ImageRequest
-from app.providers.flux import FluxProvider
+from app.providers.flux import FluxProvider, poll_delay
+from app.providers.task_durations import TaskDurations
 from app.settings import Settings
 from tests.fakes.flux_server import STAT_FIELDS, FakeFlux
+from tests.stack import claim_redis_db, redis_url, release_redis_db
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Short timings keep the failure tests fast: a hung call gives up after 0.3 s, a pose after 2 s.
@@ -235,3 +238,44 @@ def test_another_process_steers_the_fake_through_its_control_endpoint(flux: Fake
     assert flux.cap == 5
     bad = httpx.post(f"{flux.base_url}/_control", json={"action": "explode"}, timeout=5)
     assert bad.status_code == 400
+
+
+def test_poll_schedule_is_fine_only_around_the_expected_finish() -> None:
+    interval = 0.4
+    assert poll_delay(0.0, None, interval) == interval  # nothing known: the fixed interval
+    assert poll_delay(0.0, 2.0, interval) == interval
+    assert poll_delay(1.6, 2.0, interval) == pytest.approx(0.2)  # up to 90 % of the expected time
+    assert poll_delay(1.8, 2.0, interval) == pytest.approx(0.1)  # finely from there ...
+    assert poll_delay(2.3, 2.0, interval) == pytest.approx(0.1)
+    assert poll_delay(2.4, 2.0, interval) == interval  # ... until one interval past it
+    assert all(poll_delay(t / 10, 2.0, interval) <= interval for t in range(60))
+
+
+def test_task_durations_are_learned_in_redis_and_shared() -> None:
+    index = claim_redis_db()
+    try:
+        url = redis_url(index)
+
+        async def run(flux: FakeFlux, count: int) -> float | None:
+            redis = AsyncRedis.from_url(url)
+            provider = FluxProvider(_settings(flux, flux_poll_interval_seconds=0.2),
+                                    durations=TaskDurations(redis, "flux-pro-1.1"))
+            try:
+                for _ in range(count):
+                    assert (await provider.generate(_request())).startswith(PNG_SIGNATURE)
+                return await TaskDurations(redis, "flux-pro-1.1").expected()
+            finally:
+                await provider.aclose()
+                await redis.aclose()
+
+        with FakeFlux(latency=0.5) as flux:
+            learned = asyncio.run(run(flux, 6))
+            assert learned is not None and 0.5 <= learned < 0.5 + 0.2 + 0.15, learned
+            polls_per_task = flux.polls / 6
+        # Tasks got faster: the estimate follows them down, since polls start before it.
+        with FakeFlux(latency=0.25) as faster:
+            relearned = asyncio.run(run(faster, 10))
+            assert relearned is not None and relearned < learned - 0.1, (learned, relearned)
+        assert polls_per_task < 12
+    finally:
+        release_redis_db(index)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from app.providers.base import ImageProvider
 from app.settings import Settings
 
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
-def build_provider(settings: Settings) -> ImageProvider:
+
+def build_provider(settings: Settings, redis: Redis | None = None) -> ImageProvider:
+    """The configured provider; with ``redis``, FLUX polls around the shared estimate of task durations."""
     if settings.provider == "flux":
         # Imported here so the offline default never loads the HTTP client module.
         from app.providers.flux import FluxProvider
+        from app.providers.task_durations import TaskDurations
 
-        return FluxProvider(settings)
+        durations = TaskDurations(redis, settings.flux_model) if redis is not None else None
+        return FluxProvider(settings, durations=durations)
     from app.providers.local import LocalProvider
 
     return LocalProvider(settings.local_latency)

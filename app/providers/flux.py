@@ -18,6 +18,7 @@ import httpx
 from app.errors import FluxApiError, PoseGenerationError, ProviderNetworkError, ProviderTimeoutError
 from app.observability.logging import get_logger
 from app.providers.base import ImageRequest
+from app.providers.task_durations import TaskDurations
 from app.settings import Settings
 
 log = get_logger("FLUX")
@@ -30,13 +31,34 @@ _BACKOFF_CAP_SECONDS = 10.0
 _IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")  # PNG, JPEG
 
 
+def poll_delay(elapsed: float, expected: float | None, interval: float) -> float:
+    """How long to wait before the next poll of a task submitted ``elapsed`` seconds ago.
+
+    The fixed ``interval``, except around the moment tasks lately finish (``expected``): from 90 % of
+    it until one interval past it, polls come four times as often, so a finished task frees its
+    provider slot sooner. Never slower than the fixed interval; a task much later than expected is
+    polled at the fixed interval again.
+    """
+    if expected is None:
+        return interval
+    fine_from, fine_until = 0.9 * expected, expected + interval
+    if elapsed < fine_from:
+        return min(interval, fine_from - elapsed)
+    if elapsed < fine_until:
+        return interval / 4
+    return interval
+
+
 class FluxProvider:
     """Generates one pose image per :meth:`generate` call through the FLUX API."""
 
     name = "flux"
 
-    def __init__(self, settings: Settings, *, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, client: httpx.AsyncClient | None = None, durations: TaskDurations | None = None
+    ) -> None:
         self._settings = settings
+        self._durations = durations
         # A trailing slash so relative paths (the model, a relative polling_url) join below any base path.
         self._base = httpx.URL(settings.flux_base_url.rstrip("/") + "/")
         self._timeout = httpx.Timeout(settings.flux_timeout_seconds)
@@ -69,6 +91,7 @@ class FluxProvider:
             "seed": request.seed,
             "output_format": "png",
         }
+        submitted_at = asyncio.get_running_loop().time()
         submitted = _json_object(
             await self._call("POST", self._base.join(f"v1/{model}"), "submit", deadline, meta, json=payload),
             "submit",
@@ -78,7 +101,7 @@ class FluxProvider:
             raise FluxApiError("FLUX submit answer has no polling_url")
         task_id = str(submitted.get("id", ""))
         log.debug("FLUX task submitted", taskId=task_id, **meta)
-        sample_url = await self._poll(self._base.join(polling_url), task_id, deadline, meta)
+        sample_url = await self._poll(self._base.join(polling_url), task_id, deadline, meta, submitted_at)
         # The sample is a signed delivery URL on another host: the key is not sent there.
         image = (await self._call("GET", sample_url, "download", deadline, meta, auth=False)).content
         if not image.startswith(_IMAGE_SIGNATURES):
@@ -86,8 +109,12 @@ class FluxProvider:
         log.info("FLUX image ready", taskId=task_id, bytes=len(image), **meta)
         return image
 
-    async def _poll(self, url: httpx.URL, task_id: str, deadline: float, meta: dict[str, str]) -> httpx.URL:
+    async def _poll(
+        self, url: httpx.URL, task_id: str, deadline: float, meta: dict[str, str], submitted_at: float
+    ) -> httpx.URL:
         """Poll until the task is Ready and return its sample URL; other end states are FluxApiError."""
+        loop = asyncio.get_running_loop()
+        expected = await self._durations.expected() if self._durations is not None else None
         while True:
             body = _json_object(await self._call("GET", url, "poll", deadline, meta), "poll")
             status = body.get("status")
@@ -96,9 +123,13 @@ class FluxProvider:
                 sample = result.get("sample") if isinstance(result, dict) else None
                 if not isinstance(sample, str) or not sample:
                     raise FluxApiError(f"FLUX task {task_id} is Ready without result.sample")
+                if self._durations is not None:
+                    await self._durations.observe(loop.time() - submitted_at)
                 return self._base.join(sample)
             if status in _PENDING:
-                await asyncio.sleep(self._settings.flux_poll_interval_seconds)
+                await asyncio.sleep(
+                    poll_delay(loop.time() - submitted_at, expected, self._settings.flux_poll_interval_seconds)
+                )
                 continue
             details = f": {_brief(body['details'])}" if body.get("details") else ""
             if status in _MODERATED:

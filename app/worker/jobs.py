@@ -44,9 +44,9 @@ def process_generation(generation_id: str, attempt: int) -> str | None:
 
 
 async def run_generation(settings: Settings, generation_id: str, attempt: int) -> str | None:
-    provider = tracing.traced_provider(build_provider(settings))
-    storage = tracing.traced_storage(build_storage(settings, api_url_prefix=f"{API_PREFIX}/images"))
     redis = AsyncRedis.from_url(settings.redis_url)
+    provider = tracing.traced_provider(build_provider(settings, redis))
+    storage = tracing.traced_storage(build_storage(settings, api_url_prefix=f"{API_PREFIX}/images"))
     slots = ProviderSlots(redis, settings.provider_concurrency)
     try:
         async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
