@@ -16,6 +16,9 @@ from rq.job import Job, JobStatus
 
 from app import QUEUE_NAME
 from app.domain.processing import job_id_for
+from app.observability.logging import get_logger
+
+log = get_logger("API")
 
 # A generation's poses run concurrently; even a full one waiting for provider slots ends well within this.
 JOB_TIMEOUT_SECONDS = 3600
@@ -52,6 +55,9 @@ def enqueue_generation(queue: Queue, generation_id: str, attempt: int) -> Job:
     )
 
 
+ENQUEUE_WAIT_SECONDS = 15.0
+
+
 class BatchEnqueuer:
     """Enqueues generation jobs from one thread, one Redis transaction for all jobs waiting at that moment.
 
@@ -72,14 +78,22 @@ class BatchEnqueuer:
     async def enqueue(self, generation_id: str, attempt: int) -> None:
         future: Future[None] = Future()
         self._pending.put((generation_id, attempt, future))
-        # A request cancelled while waiting still has its job enqueued: it was charged.
-        await asyncio.wrap_future(future)
+        # A request cancelled while waiting still has its job enqueued: it was charged. The wait is
+        # bounded (the Redis client's own timeouts end a batch well before) so no request hangs.
+        await asyncio.wait_for(asyncio.wrap_future(future), ENQUEUE_WAIT_SECONDS)
 
     def close(self, timeout: float = 5.0) -> None:
         self._pending.put(None)
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException:  # a bug here must not leave requests waiting without a word
+            log.exception("Enqueuer thread stopped")
+            raise
+
+    def _serve(self) -> None:
         while True:
             item = self._pending.get()
             if item is None:
