@@ -47,6 +47,15 @@ PROVIDER_SLOTS_KEY = "posegen:provider-slots"
 SLOT_LEASE_SECONDS = 15.0
 
 
+def _honour_cancellation() -> None:
+    """Raise CancelledError when this task is being cancelled. redis-py can turn a cancellation that
+    lands mid-command into a ConnectionError (and retry the command), which a caller waiting out
+    Redis outages would otherwise swallow."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class ProviderSlots:
     def __init__(
         self, redis: Redis, limit: int, lease_seconds: float = SLOT_LEASE_SECONDS, key: str = PROVIDER_SLOTS_KEY
@@ -61,7 +70,6 @@ class ProviderSlots:
     async def acquire(self) -> str:
         """Wait for a slot. A Redis outage is waited out too (the pose's own deadline bounds the wait):
         the pose did nothing wrong, so it should not fail for it."""
-        task = asyncio.current_task()
         token = secrets.token_hex(8)
         delay = 0.005
         while True:
@@ -73,10 +81,7 @@ class ProviderSlots:
                 delay = min(delay * 2, 0.05)
             except (RedisConnectionError, RedisTimeoutError):
                 pause = 0.5
-            if task is not None and task.cancelling():
-                # redis-py can turn a cancellation that lands mid-command into a ConnectionError (and
-                # retry): honour it, or a timed-out pose would go on waiting for a slot forever.
-                raise asyncio.CancelledError
+            _honour_cancellation()  # or a timed-out pose would go on waiting for a slot forever
             await asyncio.sleep(pause)
 
     async def release(self, token: str) -> None:
@@ -88,21 +93,20 @@ class ProviderSlots:
     async def keep_alive(self, token: str) -> None:
         """Renew ``token``'s lease every third of a lease until cancelled. Renewing a slot that is
         already gone (released, or lapsed while Redis was away) is a no-op: it is never re-taken."""
-        task = asyncio.current_task()
         while True:
             await asyncio.sleep(self._lease_ms / 3000)
             with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
                 await self._renew(keys=[self._key], args=[token, self._lease_ms])
-            if task is not None and task.cancelling():  # see acquire()
-                raise asyncio.CancelledError
+            _honour_cancellation()
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         token = await self.acquire()
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():  # cancelled while the winning call was in flight
+        try:
+            _honour_cancellation()  # cancelled while the winning call was in flight
+        except asyncio.CancelledError:
             await self.release(token)
-            raise asyncio.CancelledError
+            raise
         renewer = asyncio.create_task(self.keep_alive(token))
         try:
             yield
