@@ -425,13 +425,15 @@ def test_every_dashboard_panel_shows_data(live: Live) -> None:
     targets = panel_targets()
     assert targets, f"no panel queries in {DASHBOARD_BUILD}"
     live.wait_scraped()
-    empty = []
-    for dashboard, title, expr in targets:
-        query = substitute(expr)
-        if live.prom.query(query):
-            continue
-        if (dashboard, title) not in ALLOWED_EMPTY:
-            empty.append(f"{dashboard} / {title}: {query}")
+
+    def without_data() -> list[str]:
+        return [f"{dashboard} / {title}: {query}" for dashboard, title, expr in targets
+                if (dashboard, title) not in ALLOWED_EMPTY and not live.prom.query(query := substitute(expr))]
+
+    # A rate() needs two scrapes of a series; targets are scraped independently, so give each a few.
+    deadline = time.monotonic() + 20
+    while (empty := without_data()) and time.monotonic() < deadline:
+        time.sleep(1)
     assert not empty, "panel queries without data:\n" + "\n".join(empty)
 
 
