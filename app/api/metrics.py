@@ -99,7 +99,9 @@ async def _queue_counts(request: Request[Any, Any, Any]) -> QueueCounts:
 async def _totals_and_queue(
     request: Request[Any, Any, Any], db: AsyncConnection, window: Window
 ) -> tuple[WindowTotals, QueueCounts]:
-    """Read Redis while PostgreSQL answers; the connection is never left running a query on error."""
+    """Fold pending rollup deltas, then read Redis while PostgreSQL answers; the connection is never left
+    running a query on error."""
+    await fold_pending_deltas(db)
     queue_read = asyncio.create_task(_queue_counts(request))
     try:
         totals = await window_totals(db, window)
@@ -123,7 +125,6 @@ class MetricsController(Controller):
     async def system_metrics(self, request: Request[Any, Any, Any], db: AsyncConnection,
                      period: Period = MetricsPeriod.DAY) -> SystemMetrics:
         window = Window.ending_now(period)
-        await fold_pending_deltas(db)
         totals, queue = await _totals_and_queue(request, db, window)
         return SystemMetrics(
             totalGenerations=totals.generations, activeGenerations=totals.active,
@@ -179,7 +180,6 @@ class MetricsController(Controller):
     async def health(self, request: Request[Any, Any, Any], db: AsyncConnection,
                                 period: Period = MetricsPeriod.DAY) -> HealthIndicatorsView:
         window = Window.ending_now(period)
-        await fold_pending_deltas(db)
         totals, queue = await _totals_and_queue(request, db, window)
         indicators = health_indicators(totals, queue.depth)
         return HealthIndicatorsView(

@@ -68,7 +68,7 @@ async def create_generation(
     generation_id = new_generation_id()
     try:
         cur = await conn.execute(
-            "SELECT outcome, generation_id, status, credits_charged, attempt, created_at, balance, missing"
+            "SELECT outcome, generation_id, status, credits_charged, attempt, created_at, missing"
             " FROM posegen_create_generation(%s, %s, %s, %s, %s, %s, %s, %s)",
             (generation_id, user_id, prompt, pose_ids, price_per_pose, idempotency_key,
              Jsonb(trace_context) if trace_context else None, queued_check_seconds),
@@ -78,7 +78,7 @@ async def create_generation(
             raise
         balance = int(exc.diag.message_detail or 0)
         raise InsufficientCreditsError(balance, len(pose_ids) * price_per_pose) from None
-    outcome, found_id, status, charged, attempt, created_at, _, missing = await cur.fetchone()  # type: ignore[misc]
+    outcome, found_id, status, charged, attempt, created_at, missing = await cur.fetchone()  # type: ignore[misc]
     if outcome == "unknown_poses":
         raise UnknownPosesError(list(missing))
     return CreatedGeneration(found_id, status, int(charged), int(attempt), outcome == "created", created_at)
