@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import subprocess
@@ -43,6 +44,8 @@ def cmd_api(args: argparse.Namespace) -> int:
     from app.api.app import create_app
 
     app = tracing.instrument_asgi(sentry.instrument_asgi(create_app(settings)))
+    # What startup built lives as long as the process: keep the collector from rescanning it.
+    gc.freeze()
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning",
                 timeout_graceful_shutdown=5)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 
 import uvicorn
@@ -16,4 +17,5 @@ def ping() -> dict[str, str]:
 app = Litestar(route_handlers=[ping])
 
 if __name__ == "__main__":
+    gc.freeze()  # as `posegen api` does before serving
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=False, log_level="warning")

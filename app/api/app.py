@@ -14,6 +14,7 @@ from app import API_PREFIX, __version__
 from app.api.credits import CreditController
 from app.api.deps import DEPENDENCIES
 from app.api.errors import EXCEPTION_HANDLERS
+from app.api.generation_reads import GenerationReader
 from app.api.generations import GenerationController
 from app.api.health import health
 from app.api.http_metrics import http_metrics_middleware, metrics_prometheus
@@ -48,9 +49,11 @@ def create_app(settings: Settings) -> Litestar:
         # With APM on, each request enqueues its own job so that the job carries the request's trace.
         app.state.enqueuer = None if tracing.enabled() else BatchEnqueuer(app.state.queue)
         app.state.storage = storage
+        app.state.generation_reader = GenerationReader(pool, storage)
         try:
             yield
         finally:
+            await app.state.generation_reader.aclose()
             if app.state.enqueuer is not None:
                 app.state.enqueuer.close()
             await storage.aclose()

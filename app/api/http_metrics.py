@@ -7,7 +7,7 @@ raw path, so their number stays bounded.
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Response, get
 from litestar.params import Parameter
@@ -24,6 +24,9 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
+# Labelled children by (method, route template, status): both sets are bounded, and looking a child up
+# here skips prometheus-client's label validation and lock on every request.
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
 
 def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
@@ -45,8 +48,13 @@ def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
         finally:
             route = scope.get("path_template") or "unmatched"  # type: ignore[typeddict-item]
             method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            REQUESTS.labels(method, route, str(status)).inc()
-            LATENCY.labels(method, route).observe(time.perf_counter() - began)
+            key = (method, route, status)
+            children = _children.get(key)
+            if children is None:
+                children = _children[key] = (REQUESTS.labels(method, route, str(status)),
+                                              LATENCY.labels(method, route))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - began)
 
     return middleware
 

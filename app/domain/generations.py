@@ -120,18 +120,18 @@ _GENERATION_COLUMNS = (
 )
 
 
-async def get_generation(conn: AsyncConnection, generation_id: str) -> dict[str, Any] | None:
-    """The generation with its poses in order, in one round trip."""
+async def get_generations(conn: AsyncConnection, generation_ids: list[str]) -> list[dict[str, Any]]:
+    """The generations with these ids (those that exist), each with its poses in order, in one round trip."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"SELECT {_GENERATION_COLUMNS}, (SELECT coalesce(json_agg(json_build_object("
             "'poseId', p.pose_id, 'status', p.status, 'errorType', p.error_type, 'imageKey', p.image_key,"
             " 'durationMs', p.duration_ms, 'queueWaitMs', p.queue_wait_ms, 'providerMs', p.provider_ms,"
             " 'uploadMs', p.upload_ms) ORDER BY p.position), '[]') FROM generation_poses p"
-            " WHERE p.generation_id = g.id) AS poses FROM generations g WHERE g.id = %s",
-            (generation_id,),
+            " WHERE p.generation_id = g.id) AS poses FROM generations g WHERE g.id = ANY(%s)",
+            (generation_ids,),
         )
-        return await cur.fetchone()
+        return await cur.fetchall()
 
 
 async def list_generations(

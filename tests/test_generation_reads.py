@@ -1,0 +1,145 @@
+"""GET /generations/{id} under many concurrent pollers: reads share database round trips, yet every
+caller gets their own answer, never another user's generation, and never a state older than their request."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from app.api.auth import Role
+from tests.stack import Stack
+
+API_PREFIX = "/api/apps/pose-generator"
+
+
+def _batch_histogram(stack: Stack) -> tuple[float, float]:
+    text = httpx.get(f"{stack.base_url}{API_PREFIX}/metrics-prometheus", timeout=10).text
+    total = float(re.search(r"^pose_api_generation_read_batch_size_sum (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    count = float(re.search(r"^pose_api_generation_read_batch_size_count (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    return total, count
+
+
+def test_concurrent_pollers_each_get_their_own_generation(fresh_stack: Callable[..., Stack]) -> None:
+    stack = fresh_stack(workers=0)
+    users = [stack.new_user(credits=10_000) for _ in range(4)]
+    owned: dict[str, str] = {}  # generation id -> owner
+    for i, user in enumerate(users):
+        for j in range(5):
+            answer = stack.create_generation(user, ["pose_tree_pose", "pose_waving_hello"][: 1 + j % 2],
+                                             prompt=f"user {i} generation {j}")
+            owned[answer.json()["generationId"]] = user
+    with stack.db() as conn:
+        expected = {
+            gid: (prompt, poses)
+            for gid, prompt, poses in conn.execute(
+                "SELECT g.id, g.prompt, array_agg(p.pose_id ORDER BY p.position) FROM generations g"
+                " JOIN generation_poses p ON p.generation_id = g.id GROUP BY g.id, g.prompt"
+            ).fetchall()
+        }
+    tokens = {user: stack.token(user) for user in users}
+    admin = stack.token("admin", Role.ADMIN)
+
+    # Every user asks for every generation (own: 200 with its body; others': 404), plus ids that do not
+    # exist, and the admin reads all; all at once, 64 requests in flight, repeated.
+    requests: list[tuple[str, str, str | None]] = []
+    for gid, owner in owned.items():
+        for user in users:
+            requests.append((tokens[user], gid, owner if user == owner else None))
+        requests.append((admin, gid, owner))
+    requests += [(tokens[users[0]], f"gen_missing_{i}", None) for i in range(10)]
+    requests *= 6
+
+    async def run() -> list[tuple[tuple[str, str, str | None], httpx.Response]]:
+        limit = asyncio.Semaphore(64)
+        async with httpx.AsyncClient(base_url=stack.http.base_url, timeout=30,
+                                     limits=httpx.Limits(max_connections=64)) as client:
+            async def one(request: tuple[str, str, str | None]) -> tuple[tuple[str, str, str | None], httpx.Response]:
+                async with limit:
+                    token, gid, _ = request
+                    return request, await client.get(f"/generations/{gid}",
+                                                     headers={"Authorization": f"Bearer {token}"})
+            return await asyncio.gather(*(one(r) for r in requests))
+
+    for (_, gid, owner), answer in asyncio.run(run()):
+        if owner is None:
+            assert answer.status_code == 404, (gid, answer.text)
+            assert answer.json()["detail"] == f"generation {gid} not found"
+            continue
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["generationId"] == gid
+        assert (body["prompt"], [p["poseId"] for p in body["poses"]]) == (expected[gid][0], expected[gid][1])
+        assert body["status"] == "queued" and body["creditsCharged"] == 30 * len(expected[gid][1])
+
+
+
+def test_reads_waiting_on_the_database_go_together_in_one_query(fresh_stack: Callable[..., Stack]) -> None:
+    stack = fresh_stack(workers=0)
+    users = [stack.new_user(credits=10_000) for _ in range(4)]
+    owned = {stack.create_generation(user, ["pose_tree_pose"]).json()["generationId"]: user
+             for user in users for _ in range(4)}
+    before = _batch_histogram(stack)
+    results: list[httpx.Response] = []
+
+    def poll(gid: str) -> None:
+        with httpx.Client(base_url=stack.http.base_url, timeout=30) as client:
+            results.append(client.get(f"/generations/{gid}", headers=stack.headers(owned[gid])))
+
+    # The first read's query waits on a lock; everything that arrives meanwhile must gather behind it.
+    with stack.db() as conn, conn.transaction(force_rollback=True):
+        conn.execute("LOCK TABLE generations IN ACCESS EXCLUSIVE MODE")
+        threads = [threading.Thread(target=poll, args=(gid,)) for gid in owned for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 20
+        while _batch_histogram(stack)[1] - before[1] < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)  # the other requests arrive and queue up behind it
+    for thread in threads:
+        thread.join()
+    assert len(results) == 48 and {r.status_code for r in results} == {200}
+    assert sorted(r.json()["generationId"] for r in results) == sorted(list(owned) * 3)
+    ids, queries = (a - b for a, b in zip(_batch_histogram(stack), before, strict=True))
+    # One query for the first read, one for the 15 other generations; 48 without coalescing.
+    assert queries <= 3, f"{queries} queries for 48 reads"
+    assert ids <= 16 + 3
+
+
+def test_a_read_sees_what_was_committed_before_it_even_under_load(fresh_stack: Callable[..., Stack]) -> None:
+    stack = fresh_stack(workers=0)
+    user = stack.new_user(credits=10_000)
+    watched = stack.create_generation(user, ["pose_tree_pose"], prompt="v0").json()["generationId"]
+    noise = [stack.create_generation(user, ["pose_tree_pose"]).json()["generationId"] for _ in range(8)]
+    headers = stack.headers(user)
+    stop = threading.Event()
+    failures: list[Any] = []
+
+    def flood() -> None:  # keeps a batch in flight nearly all the time
+        with httpx.Client(base_url=stack.http.base_url, timeout=30) as client:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                answer = client.get(f"/generations/{noise[i % len(noise)]}", headers=headers)
+                if answer.status_code != 200:
+                    failures.append(answer.status_code)
+
+    threads = [threading.Thread(target=flood) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    try:
+        with stack.db() as conn, httpx.Client(base_url=stack.http.base_url, timeout=30) as client:
+            for version in range(1, 60):
+                conn.execute("UPDATE generations SET prompt = %s WHERE id = %s", (f"v{version}", watched))
+                conn.commit()
+                assert client.get(f"/generations/{watched}", headers=headers).json()["prompt"] == f"v{version}"
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not failures
