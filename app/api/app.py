@@ -14,6 +14,7 @@ from app import API_PREFIX, __version__
 from app.api.credits import CreditController
 from app.api.deps import DEPENDENCIES
 from app.api.errors import EXCEPTION_HANDLERS
+from app.api.generation_creates import GenerationCreator
 from app.api.generation_reads import GenerationReader
 from app.api.generations import GenerationController
 from app.api.health import health
@@ -50,10 +51,15 @@ def create_app(settings: Settings) -> Litestar:
         app.state.enqueuer = None if tracing.enabled() else BatchEnqueuer(app.state.queue)
         app.state.storage = storage
         app.state.generation_reader = GenerationReader(pool, storage)
+        # Creates share transactions, except with APM on, where each runs in its request's trace.
+        app.state.creator = None if tracing.enabled() else GenerationCreator(
+            pool, price_per_pose=settings.price_per_pose, queued_check_seconds=settings.queued_check_seconds)
         try:
             yield
         finally:
             await app.state.generation_reader.aclose()
+            if app.state.creator is not None:
+                await app.state.creator.aclose()
             if app.state.enqueuer is not None:
                 app.state.enqueuer.close()
             await storage.aclose()

@@ -25,6 +25,7 @@ from app.api.timefmt import iso_or_none
 from app.domain.credits import InsufficientCreditsError
 from app.domain.error_events import record_error_event
 from app.domain.generations import (
+    GenerationRequest,
     UnknownPosesError,
     abandon_unqueued_generation,
     create_generation,
@@ -51,28 +52,37 @@ class GenerationController(Controller):
     @post("/", status_code=HTTP_202_ACCEPTED, summary="Create a generation",
           responses=error_responses(401, 402, 422, 503))
     async def create(
-        self, request: Request, data: CreateGenerationRequest, db: AsyncConnection, principal: Principal,
+        self, request: Request, data: CreateGenerationRequest, principal: Principal,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[GenerationAccepted]:
-        settings = request.app.state.settings
+        state = request.app.state
+        settings = state.settings
         pose_ids = list(data.poseIds)
         prompt = data.prompt.strip()
         if not prompt:
             raise ValidationFailed("prompt", "prompt must not be blank")
         if "\x00" in prompt:
             raise ValidationFailed("prompt", "prompt must not contain NUL characters")
+        # Text PostgreSQL cannot store (lone surrogates) is refused here, before it can join a batch of
+        # creates and fail the others with it (UnicodeError answers 422).
+        prompt.encode("utf-8")
+        wanted = GenerationRequest(principal.user_id, pose_ids, prompt, idempotency_key,
+                                   tracing.current_trace_context())
         try:
-            created = await create_generation(
-                db, user_id=principal.user_id, pose_ids=pose_ids, prompt=prompt,
-                price_per_pose=settings.price_per_pose, idempotency_key=idempotency_key,
-                queued_check_seconds=settings.queued_check_seconds,
-                trace_context=tracing.current_trace_context(),
-            )
+            if state.creator is not None:
+                created = await state.creator.create(wanted)
+            else:  # with APM on, the create runs in the request's own trace
+                async with state.pool.connection() as db:
+                    created = await create_generation(
+                        db, user_id=wanted.user_id, pose_ids=pose_ids, prompt=prompt,
+                        price_per_pose=settings.price_per_pose, idempotency_key=idempotency_key,
+                        queued_check_seconds=settings.queued_check_seconds, trace_context=wanted.trace_context,
+                    )
         except UnknownPosesError as exc:
-            await record_error_event(db, ErrorType.VALIDATION_ERROR, "API", str(exc), user_id=principal.user_id)
+            await self._record_error(request, ErrorType.VALIDATION_ERROR, str(exc), principal.user_id)
             raise ValidationFailed("poseIds", str(exc)) from None
         except InsufficientCreditsError as exc:
-            await record_error_event(db, ErrorType.CREDIT_ERROR, "API", str(exc), user_id=principal.user_id)
+            await self._record_error(request, ErrorType.CREDIT_ERROR, str(exc), principal.user_id)
             raise HTTPException(
                 status_code=HTTP_402_PAYMENT_REQUIRED,
                 detail=f"Insufficient credits: {exc.required} required, balance {exc.balance}",
@@ -80,7 +90,7 @@ class GenerationController(Controller):
                        "balance": exc.balance},
             ) from None
         if created.created:
-            await self._enqueue(request, db, created.generation_id, created.attempt)
+            await self._enqueue(request, created.generation_id, created.attempt)
             log.info("Generation accepted", generationId=created.generation_id, userId=principal.user_id,
                      poseCount=len(pose_ids), creditsCharged=created.credits_charged)
         body = GenerationAccepted(created.generation_id, created.status, created.credits_charged,
@@ -89,7 +99,12 @@ class GenerationController(Controller):
         return Response(body, status_code=HTTP_202_ACCEPTED, headers=headers)
 
     @staticmethod
-    async def _enqueue(request: Request, db: AsyncConnection, generation_id: str, attempt: int) -> None:
+    async def _record_error(request: Request, error_type: ErrorType, message: str, user_id: str) -> None:
+        async with request.app.state.pool.connection() as db:
+            await record_error_event(db, error_type, "API", message, user_id=user_id)
+
+    @staticmethod
+    async def _enqueue(request: Request, generation_id: str, attempt: int) -> None:
         enqueuer = request.app.state.enqueuer
         try:
             # The Redis client is synchronous; keep it off the event loop.
@@ -99,7 +114,8 @@ class GenerationController(Controller):
                 await asyncio.to_thread(enqueue_generation, request.app.state.queue, generation_id, attempt)
         except Exception as exc:
             log.error("Queue unreachable; generation refunded", exc_info=exc, generationId=generation_id)
-            await abandon_unqueued_generation(db, generation_id, f"queue unreachable: {type(exc).__name__}")
+            async with request.app.state.pool.connection() as db:
+                await abandon_unqueued_generation(db, generation_id, f"queue unreachable: {type(exc).__name__}")
             raise HTTPException(
                 status_code=HTTP_503_SERVICE_UNAVAILABLE,
                 detail="The generation queue is unavailable; nothing was charged. Retry later.",

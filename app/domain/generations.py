@@ -84,6 +84,57 @@ async def create_generation(
     return CreatedGeneration(found_id, status, int(charged), int(attempt), outcome == "created", created_at)
 
 
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One create, as :func:`create_generations` takes it."""
+
+    user_id: str
+    pose_ids: list[str]
+    prompt: str
+    idempotency_key: str | None
+    trace_context: dict[str, str] | None = None
+
+
+async def create_generations(
+    conn: AsyncConnection,
+    requests: list[GenerationRequest],
+    *,
+    price_per_pose: int,
+    queued_check_seconds: float = QUEUED_CHECK_SECONDS,
+) -> list[CreatedGeneration | Exception]:
+    """Many creates in one transaction and one round trip (``posegen_create_generations``, migration 006);
+    each succeeds or fails alone, with the outcome and the exception :func:`create_generation` gives."""
+    items = [
+        {"id": new_generation_id(), "userId": r.user_id, "prompt": r.prompt, "poseIds": r.pose_ids,
+         "idempotencyKey": r.idempotency_key, "traceContext": r.trace_context}
+        for r in requests
+    ]
+    cur = await conn.execute(
+        "SELECT item, outcome, generation_id, status, credits_charged, attempt, created_at, missing,"
+        " error_state, error_message, error_detail FROM posegen_create_generations(%s, %s, %s)",
+        (Jsonb(items), price_per_pose, queued_check_seconds),
+    )
+    results: list[CreatedGeneration | Exception] = [RuntimeError("no outcome")] * len(requests)
+    for item, outcome, found_id, status, charged, attempt, created_at, missing, state, message, detail in (
+        await cur.fetchall()
+    ):
+        request = requests[item]
+        if outcome in ("created", "existing"):
+            results[item] = CreatedGeneration(found_id, status, int(charged), int(attempt), outcome == "created",
+                                              created_at)
+        elif outcome == "unknown_poses":
+            results[item] = UnknownPosesError(list(missing))
+        elif state == INSUFFICIENT_CREDITS_SQLSTATE:
+            results[item] = InsufficientCreditsError(int(detail or 0), len(request.pose_ids) * price_per_pose)
+        else:  # the error as psycopg would have raised it for this create alone
+            try:
+                error_class: type[psycopg.Error] = psycopg.errors.lookup(state)
+            except KeyError:
+                error_class = psycopg.DatabaseError
+            results[item] = error_class(message)
+    return results
+
+
 async def abandon_unqueued_generation(conn: AsyncConnection, generation_id: str, reason: str) -> None:
     """The queue refused the job: fail every pose with NETWORK_ERROR and refund it, at once.
 

@@ -1,5 +1,8 @@
-"""GET /generations/{id} under many concurrent pollers: reads share database round trips, yet every
-caller gets their own answer, never another user's generation, and never a state older than their request."""
+"""Concurrent requests share database round trips (app/api/coalesce.py), yet each gets its own answer.
+
+GET /generations/{id}: never another user's generation, never a state older than the request.
+POST /generations: creates share a transaction, but each succeeds or fails alone and is charged once.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +14,24 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from redis import Redis
+from rq import Queue
 
+from app import QUEUE_NAME
 from app.api.auth import Role
-from tests.stack import Stack
+from tests.stack import Stack, check_ledger_invariants
 
 API_PREFIX = "/api/apps/pose-generator"
 
 
-def _batch_histogram(stack: Stack) -> tuple[float, float]:
+def _batch_histogram(stack: Stack, kind: str = "generation_read") -> tuple[float, float]:
+    """(requests served, database calls) so far for one kind of coalesced call, from the API's metrics."""
     text = httpx.get(f"{stack.base_url}{API_PREFIX}/metrics-prometheus", timeout=10).text
-    total = float(re.search(r"^pose_api_generation_read_batch_size_sum (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
-    count = float(re.search(r"^pose_api_generation_read_batch_size_count (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
-    return total, count
+    figures = []
+    for part in ("sum", "count"):
+        found = re.search(rf'^pose_api_batch_size_{part}\{{kind="{kind}"\}} (\S+)$', text, re.M)
+        figures.append(float(found.group(1)) if found else 0.0)
+    return figures[0], figures[1]
 
 
 def test_concurrent_pollers_each_get_their_own_generation(fresh_stack: Callable[..., Stack]) -> None:
@@ -105,10 +114,9 @@ def test_reads_waiting_on_the_database_go_together_in_one_query(fresh_stack: Cal
         thread.join()
     assert len(results) == 48 and {r.status_code for r in results} == {200}
     assert sorted(r.json()["generationId"] for r in results) == sorted(list(owned) * 3)
-    ids, queries = (a - b for a, b in zip(_batch_histogram(stack), before, strict=True))
-    # One query for the first read, one for the 15 other generations; 48 without coalescing.
-    assert queries <= 3, f"{queries} queries for 48 reads"
-    assert ids <= 16 + 3
+    served, queries = (a - b for a, b in zip(_batch_histogram(stack), before, strict=True))
+    # One query for the first read, one for the other 47; 48 queries without coalescing.
+    assert served == 48 and queries <= 3, f"{queries} queries for {served} reads"
 
 
 def test_a_read_sees_what_was_committed_before_it_even_under_load(fresh_stack: Callable[..., Stack]) -> None:
@@ -143,3 +151,60 @@ def test_a_read_sees_what_was_committed_before_it_even_under_load(fresh_stack: C
         for thread in threads:
             thread.join()
     assert not failures
+
+
+def test_creates_gathered_in_one_transaction_each_succeed_or_fail_alone(fresh_stack: Callable[..., Stack]) -> None:
+    stack = fresh_stack(workers=0)
+    rich, poor, repeater = stack.new_user(credits=10_000), stack.new_user(credits=30), stack.new_user(credits=10_000)
+    key = "same-key-for-all-ten"
+    bodies: list[tuple[str, dict[str, Any], dict[str, str]]] = (
+        [("valid", {"poseIds": ["pose_tree_pose"], "prompt": f"rich {i}"}, stack.headers(rich)) for i in range(16)]
+        + [("poor", {"poseIds": ["pose_tree_pose"], "prompt": f"poor {i}"}, stack.headers(poor)) for i in range(5)]
+        + [("unknown", {"poseIds": ["pose_tree_pose", "pose_nope"], "prompt": "x"}, stack.headers(rich))
+           for _ in range(5)]
+        + [("repeat", {"poseIds": ["pose_tree_pose", "pose_waving_hello"], "prompt": "once"},
+            {**stack.headers(repeater), "Idempotency-Key": key}) for _ in range(10)]
+    )
+    answers: list[tuple[str, httpx.Response]] = []
+
+    def post(kind: str, body: dict[str, Any], headers: dict[str, str]) -> None:
+        with httpx.Client(base_url=stack.http.base_url, timeout=30) as client:
+            answers.append((kind, client.post("/generations", json=body, headers=headers)))
+
+    before = _batch_histogram(stack, "generation_create")
+    # The first create waits on a lock; the others gather behind it into shared transactions.
+    with stack.db() as conn, conn.transaction(force_rollback=True):
+        conn.execute("LOCK TABLE generations IN ACCESS EXCLUSIVE MODE")
+        threads = [threading.Thread(target=post, args=entry) for entry in bodies]
+        for thread in threads:
+            thread.start()
+        time.sleep(2.0)
+    for thread in threads:
+        thread.join()
+
+    by_kind: dict[str, list[httpx.Response]] = {}
+    for kind, answer in answers:
+        by_kind.setdefault(kind, []).append(answer)
+    assert [a.status_code for a in by_kind["valid"]] == [202] * 16
+    assert sorted(a.status_code for a in by_kind["poor"]) == [202] + [402] * 4
+    assert all(a.json()["balance"] == 0 for a in by_kind["poor"] if a.status_code == 402)
+    assert {a.status_code for a in by_kind["unknown"]} == {422}
+    assert all("pose_nope" in a.json()["detail"] for a in by_kind["unknown"])
+    assert {a.status_code for a in by_kind["repeat"]} == {202}
+    assert len({a.json()["generationId"] for a in by_kind["repeat"]}) == 1
+    assert sum(a.headers.get("Idempotent-Replayed") == "true" for a in by_kind["repeat"]) == 9
+    assert stack.balance(rich) == 10_000 - 16 * 30 and stack.balance(poor) == 0
+    assert stack.balance(repeater) == 10_000 - 60
+    with stack.db() as conn:
+        check_ledger_invariants(conn)
+        assert conn.execute("SELECT count(*) FROM generations").fetchone()[0] == 16 + 1 + 1
+        queued = conn.execute("SELECT count(*) FROM generations WHERE status = 'queued'").fetchone()[0]
+        assert queued == 18
+    served, calls = (a - b for a, b in zip(_batch_histogram(stack, "generation_create"), before, strict=True))
+    assert served == len(bodies) and calls <= len(bodies) / 4, f"{calls} transactions for {served} creates"
+    # Every created generation has its job waiting in the queue.
+    client = Redis.from_url(stack.redis_url)
+    try:
+        assert Queue(QUEUE_NAME, connection=client).count == 18
+    finally:
+        client.close()
