@@ -39,9 +39,10 @@ class Coalescer(Generic[Item, Result]):
         self._pending.append((item, future))
         if self._in_flight < self._max_in_flight:
             self._dispatch()
-        # The batch runs on whether or not this caller waits for it; its outcome is never lost to the
-        # batch (a created generation left unqueued is re-queued by the workers' reaper).
-        return await asyncio.shield(future)
+        # Each caller has a future of its own: a caller that goes away cancels only that, and the batch
+        # runs on without it (a generation created for a caller gone before its enqueue is re-queued
+        # by the workers' reaper).
+        return await future
 
     async def _process(self, items: Sequence[Item]) -> Sequence[Result | BaseException]:
         """One result (or the exception for that item alone) per item, in order."""
