@@ -208,3 +208,39 @@ def test_creates_gathered_in_one_transaction_each_succeed_or_fail_alone(fresh_st
         assert Queue(QUEUE_NAME, connection=client).count == 18
     finally:
         client.close()
+
+
+def test_connections_killed_by_the_server_fail_no_request(fresh_stack: Callable[..., Stack]) -> None:
+    """A batch carries many requests, so a dead pooled connection must not fail one: the pool checks a
+    connection before handing it out and replaces a dead one."""
+    stack = fresh_stack(workers=0)
+    user = stack.new_user(credits=100_000)
+    generations = [stack.create_generation(user, ["pose_tree_pose"]).json()["generationId"] for _ in range(8)]
+
+    def burst() -> list[int]:
+        codes: list[int] = []
+
+        def get(gid: str) -> None:
+            with httpx.Client(base_url=stack.http.base_url, timeout=30) as client:
+                codes.append(client.get(f"/generations/{gid}", headers=stack.headers(user)).status_code)
+
+        def post(i: int) -> None:
+            with httpx.Client(base_url=stack.http.base_url, timeout=30) as client:
+                codes.append(client.post("/generations", json={"poseIds": ["pose_tree_pose"], "prompt": f"p{i}"},
+                                         headers=stack.headers(user)).status_code)
+
+        threads = [threading.Thread(target=get, args=(gid,)) for gid in generations * 4]
+        threads += [threading.Thread(target=post, args=(i,)) for i in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return codes
+
+    assert set(burst()) <= {200, 202}  # the pool now holds several open connections
+    with stack.db() as conn:
+        killed = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                              " WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()[0]
+    assert killed >= 1
+    codes = burst()
+    assert len(codes) == 44 and set(codes) <= {200, 202}, sorted(codes)

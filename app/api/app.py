@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import select
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from app import API_PREFIX, __version__
@@ -31,14 +34,26 @@ from app.worker.queue import BatchEnqueuer, make_queue, make_redis
 MAX_BODY_BYTES = 64 * 1024
 
 
+async def _check_not_closed_by_server(conn: AsyncConnection[Any]) -> None:
+    """Whether the server closed this idle connection (a terminated backend, a restart) shows without a
+    round trip: its socket has the server's last message or the end of the stream waiting. An empty query
+    per checkout, psycopg's own check, cost a fifth of GET /generations/{id} throughput. A closed
+    connection fails the check and the pool replaces it."""
+    if not conn.closed and not select.select([conn.fileno()], [], [], 0)[0]:
+        return
+    await conn.close()
+    raise psycopg.OperationalError("connection closed by the server")
+
+
 def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
         pool = AsyncConnectionPool(
             settings.database_url, min_size=1, max_size=settings.db_pool_size, open=False,
             kwargs={"autocommit": True, "connect_timeout": 2}, timeout=5,
-            # Connections broken by a server restart are discarded when returned; a periodic check
-            # replaces idle ones, so requests never pay for a ping.
+            # A coalesced batch carries many requests: a connection the server has closed must be
+            # replaced before it is handed out, not discover it by failing them all.
+            check=_check_not_closed_by_server,
             max_idle=60,
         )
         await pool.open(wait=False)
