@@ -381,6 +381,24 @@ def api_panels() -> list[tuple[int, Panel]]:
                 steps(GREEN, (0.01, ORANGE), (0.05, RED)),
             ),
         ),
+        (
+            8,
+            timeseries(
+                "API Requests per Database Call",
+                "Concurrent polls of a generation share one query, concurrent creates one transaction: "
+                "requests served per database call, by kind. About 1 at low traffic, higher under load; "
+                "a creep towards the batch limits (256 reads, 32 creates) means the database is the bottleneck.",
+                [
+                    target(
+                        "sum by (kind) (rate(pose_api_batch_size_sum[5m]))"
+                        " / sum by (kind) (rate(pose_api_batch_size_count[5m]))",
+                        "{{kind}}",
+                    )
+                ],
+                "short",
+                steps(GREEN),
+            ),
+        ),
     ]
 
 

@@ -33,6 +33,7 @@ HISTOGRAMS = {
     "pose_pose_duration_seconds",
     "pose_http_request_duration_seconds",
     "pose_operation_duration_seconds",
+    "pose_api_batch_size",
 }
 # The metric names the exporter, the API and the workers promise (histograms as their series).
 CONTRACT_METRICS = {
