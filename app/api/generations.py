@@ -75,11 +75,8 @@ class GenerationController(Controller):
                 created = await state.creator.create(wanted)
             else:  # with APM on, the create runs in the request's own trace
                 async with state.pool.connection() as db:
-                    created = await create_generation(
-                        db, user_id=wanted.user_id, pose_ids=pose_ids, prompt=prompt,
-                        price_per_pose=settings.price_per_pose, idempotency_key=idempotency_key,
-                        queued_check_seconds=settings.queued_check_seconds, trace_context=wanted.trace_context,
-                    )
+                    created = await create_generation(db, wanted, price_per_pose=settings.price_per_pose,
+                                                      queued_check_seconds=settings.queued_check_seconds)
         except UnknownPosesError as exc:
             await self._record_error(request, ErrorType.VALIDATION_ERROR, str(exc), principal.user_id)
             raise ValidationFailed("poseIds", str(exc)) from None

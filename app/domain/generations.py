@@ -45,45 +45,6 @@ def new_generation_id() -> str:
     return f"gen_{int(time.time() * 1000):012x}{secrets.token_hex(6)}"
 
 
-async def create_generation(
-    conn: AsyncConnection,
-    *,
-    user_id: str,
-    pose_ids: list[str],
-    prompt: str,
-    price_per_pose: int,
-    idempotency_key: str | None,
-    trace_context: dict[str, str] | None = None,
-    queued_check_seconds: float = QUEUED_CHECK_SECONDS,
-) -> CreatedGeneration:
-    """Charge and insert a generation with its pose slots, atomically, in one round trip (the SQL
-    function ``posegen_create_generation`` of migration 004 does the steps).
-
-    With an ``idempotency_key`` already used by this user, returns that first
-    generation (``created=False``) and charges nothing; two racing requests with
-    one key serialise on the unique constraint. Raises
-    :class:`~app.domain.credits.InsufficientCreditsError` or :class:`UnknownPosesError`
-    with nothing written.
-    """
-    generation_id = new_generation_id()
-    try:
-        cur = await conn.execute(
-            "SELECT outcome, generation_id, status, credits_charged, attempt, created_at, missing"
-            " FROM posegen_create_generation(%s, %s, %s, %s, %s, %s, %s, %s)",
-            (generation_id, user_id, prompt, pose_ids, price_per_pose, idempotency_key,
-             Jsonb(trace_context) if trace_context else None, queued_check_seconds),
-        )
-    except psycopg.Error as exc:
-        if exc.sqlstate != INSUFFICIENT_CREDITS_SQLSTATE:
-            raise
-        balance = int(exc.diag.message_detail or 0)
-        raise InsufficientCreditsError(balance, len(pose_ids) * price_per_pose) from None
-    outcome, found_id, status, charged, attempt, created_at, missing = await cur.fetchone()  # type: ignore[misc]
-    if outcome == "unknown_poses":
-        raise UnknownPosesError(list(missing))
-    return CreatedGeneration(found_id, status, int(charged), int(attempt), outcome == "created", created_at)
-
-
 @dataclass(frozen=True)
 class GenerationRequest:
     """One create, as :func:`create_generations` takes it."""
@@ -102,8 +63,15 @@ async def create_generations(
     price_per_pose: int,
     queued_check_seconds: float = QUEUED_CHECK_SECONDS,
 ) -> list[CreatedGeneration | Exception]:
-    """Many creates in one transaction and one round trip (``posegen_create_generations``, migration 006);
-    each succeeds or fails alone, with the outcome and the exception :func:`create_generation` gives."""
+    """Charge and insert generations with their pose slots, in one transaction and one round trip (SQL
+    functions ``posegen_create_generations`` of migration 006 and ``posegen_create_generation`` of 004).
+
+    Each create succeeds or fails alone, atomically. With an ``idempotency_key`` already used by its
+    user, the result is that first generation (``created=False``), charged nothing; two racing requests
+    with one key serialise on the unique constraint. A failed create is its exception in the result list,
+    with nothing written for it: :class:`~app.domain.credits.InsufficientCreditsError`,
+    :class:`UnknownPosesError`, or the psycopg error the statement would have raised.
+    """
     items = [
         {"id": new_generation_id(), "userId": r.user_id, "prompt": r.prompt, "poseIds": r.pose_ids,
          "idempotencyKey": r.idempotency_key, "traceContext": r.trace_context}
@@ -133,6 +101,21 @@ async def create_generations(
                 error_class = psycopg.DatabaseError
             results[item] = error_class(message)
     return results
+
+
+async def create_generation(
+    conn: AsyncConnection,
+    request: GenerationRequest,
+    *,
+    price_per_pose: int,
+    queued_check_seconds: float = QUEUED_CHECK_SECONDS,
+) -> CreatedGeneration:
+    """One create (see :func:`create_generations`): the generation, or raises what failed it."""
+    (result,) = await create_generations(conn, [request], price_per_pose=price_per_pose,
+                                         queued_check_seconds=queued_check_seconds)
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 async def abandon_unqueued_generation(conn: AsyncConnection, generation_id: str, reason: str) -> None:
