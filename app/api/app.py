@@ -62,19 +62,19 @@ def create_app(settings: Settings) -> Litestar:
         app.state.pool = pool
         app.state.redis = redis
         app.state.queue = make_queue(redis)
-        # With APM on, each request enqueues its own job so that the job carries the request's trace.
-        app.state.enqueuer = None if tracing.enabled() else BatchEnqueuer(app.state.queue)
+        # With APM on, each request enqueues its own job and runs its own create, so that both carry the
+        # request's trace; otherwise concurrent requests share Redis and database transactions.
+        shared = not tracing.enabled()
+        app.state.enqueuer = BatchEnqueuer(app.state.queue) if shared else None
         app.state.storage = storage
         app.state.generation_reader = GenerationReader(pool, storage)
-        # Creates share transactions, except with APM on, where each runs in its request's trace.
-        app.state.creator = None if tracing.enabled() else GenerationCreator(
-            pool, price_per_pose=settings.price_per_pose, queued_check_seconds=settings.queued_check_seconds)
+        app.state.creator = GenerationCreator(pool, price_per_pose=settings.price_per_pose,
+                                              queued_check_seconds=settings.queued_check_seconds, shared=shared)
         try:
             yield
         finally:
             await app.state.generation_reader.aclose()
-            if app.state.creator is not None:
-                await app.state.creator.aclose()
+            await app.state.creator.aclose()
             if app.state.enqueuer is not None:
                 app.state.enqueuer.close()
             await storage.aclose()

@@ -3,11 +3,13 @@ flush every writer otherwise queues behind) serves a batch of them (see :mod:`ap
 migration 006). Each create still succeeds or fails on its own.
 
 Two batches run at once, at most 32 creates each (PostgreSQL keeps 64 subtransaction ids per backend
-before every snapshot gets slower; each create is one subtransaction).
+before every snapshot gets slower; each create is one subtransaction). Unshared (with APM on), every
+create is a batch of its own, started at once from its request, so its SQL is in the request's trace.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from psycopg_pool import AsyncConnectionPool
@@ -20,14 +22,16 @@ class GenerationCreator(Coalescer[GenerationRequest, CreatedGeneration]):
     kind = "generation_create"
 
     def __init__(self, pool: AsyncConnectionPool, *, price_per_pose: int, queued_check_seconds: float,
-                 max_in_flight: int = 2, max_batch: int = 32) -> None:
-        super().__init__(max_in_flight=max_in_flight, max_batch=max_batch)
+                 shared: bool = True) -> None:
+        # Unshared: never a waiting batch, so each starts in its request's context (the pool still bounds
+        # how many run at once).
+        super().__init__(max_in_flight=2 if shared else sys.maxsize, max_batch=32 if shared else 1)
         self._pool = pool
         self._price_per_pose = price_per_pose
         self._queued_check_seconds = queued_check_seconds
 
     async def create(self, request: GenerationRequest) -> CreatedGeneration:
-        """As :func:`app.domain.generations.create_generation`: the generation, or the same exceptions."""
+        """The generation, or raises what failed this create (see :func:`create_generations`)."""
         return await self.submit(request)
 
     async def _process(self, items: Sequence[GenerationRequest]) -> Sequence[CreatedGeneration | BaseException]:

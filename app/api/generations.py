@@ -30,7 +30,6 @@ from app.domain.generations import (
     GenerationRequest,
     UnknownPosesError,
     abandon_unqueued_generation,
-    create_generation,
     list_generations,
 )
 from app.errors import ErrorType
@@ -58,7 +57,6 @@ class GenerationController(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> Response[GenerationAccepted]:
         state = request.app.state
-        settings = state.settings
         pose_ids = list(data.poseIds)
         prompt = data.prompt.strip()
         if not prompt:
@@ -71,12 +69,7 @@ class GenerationController(Controller):
         wanted = GenerationRequest(principal.user_id, pose_ids, prompt, idempotency_key,
                                    tracing.current_trace_context())
         try:
-            if state.creator is not None:
-                created = await state.creator.create(wanted)
-            else:  # with APM on, the create runs in the request's own trace
-                async with state.pool.connection() as db:
-                    created = await create_generation(db, wanted, price_per_pose=settings.price_per_pose,
-                                                      queued_check_seconds=settings.queued_check_seconds)
+            created = await state.creator.create(wanted)
         except UnknownPosesError as exc:
             await self._record_error(request, ErrorType.VALIDATION_ERROR, str(exc), principal.user_id)
             raise ValidationFailed("poseIds", str(exc)) from None

@@ -103,21 +103,6 @@ async def create_generations(
     return results
 
 
-async def create_generation(
-    conn: AsyncConnection,
-    request: GenerationRequest,
-    *,
-    price_per_pose: int,
-    queued_check_seconds: float = QUEUED_CHECK_SECONDS,
-) -> CreatedGeneration:
-    """One create (see :func:`create_generations`): the generation, or raises what failed it."""
-    (result,) = await create_generations(conn, [request], price_per_pose=price_per_pose,
-                                         queued_check_seconds=queued_check_seconds)
-    if isinstance(result, Exception):
-        raise result
-    return result
-
-
 async def abandon_unqueued_generation(conn: AsyncConnection, generation_id: str, reason: str) -> None:
     """The queue refused the job: fail every pose with NETWORK_ERROR and refund it, at once.
 
