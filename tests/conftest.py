@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from redis import ConnectionPool, Redis
+from redis.exceptions import RedisError
 
-from tests.stack import Stack, build_template, drop_database, running_stack
+from tests.stack import Stack, build_template, create_database, database_url, drop_database, running_stack
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +44,51 @@ def fresh_stack(template_db: str, tmp_path: Path) -> Iterator[callable]:  # type
     yield start
     for context in reversed(opened):
         context.__exit__(None, None, None)
+
+
+# --- The whole run leaves others' data alone -------------------------------------------------------------------
+# Before the first test, a key is written into every database of the Redis at REDIS_URL (when one answers) and a
+# database is created on the PostgreSQL at DATABASE_URL, standing for a developer's own data. After the last test
+# each must still be there, or the run fails: no test or fixture may flush, delete or drop what it did not create.
+
+_SENTINEL = f"someone_elses_{uuid.uuid4().hex[:10]}"
+
+
+def _machine_redis() -> Redis | None:
+    client = Redis.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), socket_timeout=2)
+    try:
+        client.ping()
+        return client
+    except RedisError:
+        return None
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    client = _machine_redis()
+    if client is not None:
+        for index in range(16):
+            client.execute_command("SELECT", index)
+            client.set(_SENTINEL, "precious")
+        client.close()
+    create_database(_SENTINEL)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    lost: list[str] = []
+    pool = ConnectionPool.from_url(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), socket_timeout=2)
+    try:
+        for index in range(16):
+            client = Redis(connection_pool=ConnectionPool(**{**pool.connection_kwargs, "db": index}))
+            if client.get(_SENTINEL) != b"precious":
+                lost.append(f"Redis db {index} key {_SENTINEL}")
+            client.delete(_SENTINEL)
+            client.close()
+    except RedisError:
+        pass  # no Redis at REDIS_URL: nothing was written there
+    with psycopg.connect(database_url("postgres"), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (_SENTINEL,)).fetchone() is None:
+            lost.append(f"PostgreSQL database {_SENTINEL}")
+    drop_database(_SENTINEL)
+    if lost:
+        print(f"\nDATA LOSS: the test run deleted data it did not create: {', '.join(lost)}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

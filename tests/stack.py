@@ -1,18 +1,23 @@
 """Real stacks for tests: a database of their own, a Redis db of their own, API and worker processes.
 
 Every stack gets a fresh PostgreSQL database cloned from a migrated and seeded
-template, and a Redis database index claimed for it, so stacks never see each
-other's generations or jobs. Processes are the real ``posegen`` commands.
+template (created by this run, and only those are dropped), and a database index
+of a ``redis-server`` this run started itself, so stacks never see each other's
+generations or jobs and no one else's data is ever touched. Processes are the real ``posegen`` commands.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,15 +30,14 @@ import httpx
 import psycopg
 from psycopg import sql
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app import API_PREFIX
 from app.api.auth import Role, mint_token
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-BASE_REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 JWT_SECRET = "test-secret-" + uuid.uuid4().hex
-_CLAIM_PREFIX = "posegen:test-claim:"
 
 
 def free_port() -> int:
@@ -67,31 +71,90 @@ def drop_database(name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
+class PrivateRedis:
+    """A ``redis-server`` this test run starts empty on a free port under a temp folder, stopped at exit.
+
+    Tests and benchmarks never touch a Redis they did not start: the machine's (or a
+    developer's) Redis at ``REDIS_URL`` is not used at all, so nothing of anyone else's
+    can be flushed. Its 16 database indexes are handed to stacks one each.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._folder: Path | None = None
+        self.port = 0
+        self._free = list(range(16))
+
+    def _start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found: install the Debian package redis-server (make tools does)")
+        self._folder = Path(tempfile.mkdtemp(prefix="posegen-test-redis-"))
+        for _ in range(5):
+            self.port = free_port()
+            self._process = subprocess.Popen(
+                [binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+                 "--dir", str(self._folder), "--logfile", str(self._folder / "redis.log")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + 10
+            while self._process.poll() is None and time.monotonic() < deadline:
+                try:
+                    if Redis(port=self.port, socket_timeout=1).ping():
+                        atexit.register(self.stop)
+                        return
+                except RedisConnectionError:
+                    time.sleep(0.05)
+            self._process.kill()
+            self._process.wait()
+        raise RuntimeError(f"the test run's redis-server did not start; see {self._folder / 'redis.log'}")
+
+    def claim(self) -> int:
+        with self._lock:
+            if self._process is None or self._process.poll() is not None:
+                self._start()
+            if not self._free:
+                raise RuntimeError("all 16 databases of the test run's Redis are in use")
+            return self._free.pop(0)
+
+    def release(self, index: int) -> None:
+        # This server was started empty by this run: every key in it is ours to delete.
+        with self._lock:
+            if self._process is not None and self._process.poll() is None:
+                client = Redis(port=self.port, db=index)
+                client.flushdb()
+                client.close()
+            self._free.append(index)
+
+    def url(self, index: int) -> str:
+        return f"redis://127.0.0.1:{self.port}/{index}"
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+
+TEST_REDIS = PrivateRedis()
+
+
 def claim_redis_db() -> int:
-    """Claim a Redis database index no other test run is using; raises when all are taken."""
-    root = Redis.from_url(BASE_REDIS_URL)
-    try:
-        for index in range(1, 16):
-            if root.set(f"{_CLAIM_PREFIX}{index}", os.getpid(), nx=True, ex=3600):
-                Redis.from_url(redis_url(index)).flushdb()
-                return index
-    finally:
-        root.close()
-    raise RuntimeError("no free Redis database index for this test run (1..15 all claimed)")
+    """A database index of the test run's own Redis (started on first use), empty, for one stack."""
+    return TEST_REDIS.claim()
 
 
 def release_redis_db(index: int) -> None:
-    client = Redis.from_url(redis_url(index))
-    client.flushdb()
-    client.close()
-    root = Redis.from_url(BASE_REDIS_URL)
-    root.delete(f"{_CLAIM_PREFIX}{index}")
-    root.close()
+    TEST_REDIS.release(index)
 
 
 def redis_url(index: int) -> str:
-    base = BASE_REDIS_URL.rsplit("/", 1)[0] if BASE_REDIS_URL.count("/") > 2 else BASE_REDIS_URL
-    return f"{base}/{index}"
+    return TEST_REDIS.url(index)
 
 
 def child_pids(pid: int) -> list[int]:
