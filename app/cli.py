@@ -5,11 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -74,29 +70,45 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _database_failure(command: str, database_url: str, error: Exception) -> int:
+    from app.db.conninfo import database_problem
+
+    print(f"error: posegen {command}: {database_problem(database_url, error)}", file=sys.stderr)
+    return 1
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
+    import psycopg
+
     from app.db.migrate import ensure_database, migrate
 
     settings = _settings()
-    if ensure_database(settings.database_url):
-        print("created database")
-    applied = migrate(settings.database_url)
+    try:
+        if ensure_database(settings.database_url):
+            print("created database")
+        applied = migrate(settings.database_url)
+    except psycopg.Error as exc:
+        return _database_failure("migrate", settings.database_url, exc)
     print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
     return 0
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    from psycopg import AsyncConnection
+    import psycopg
 
     from app.domain.poses import seed_pose_library
 
     settings = _settings()
 
     async def seed() -> int:
-        async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
             return await seed_pose_library(conn)
 
-    print(f"pose library: {asyncio.run(seed())} poses")
+    try:
+        count = asyncio.run(seed())
+    except psycopg.Error as exc:
+        return _database_failure("seed", settings.database_url, exc)
+    print(f"pose library: {count} poses")
     return 0
 
 
@@ -167,102 +179,19 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.devservices import ServiceError, local_services
+    from app.devstack import StackError, choose_ports, run_dev_stack
 
     settings = _settings()
-    data_dir = settings.data_dir.resolve()
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
     try:
-        with local_services(settings.database_url, settings.redis_url, data_dir) as started:
-            return _run_dev_stack(settings, args, started)
-    except ServiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        ports = choose_ports(args.host, args.port, args.exporter_port, args.worker_metrics_port, args.workers)
+        with local_services(settings.database_url, settings.redis_url, settings.data_dir.resolve()) as services:
+            return run_dev_stack(settings, args.host, ports, args.workers, services)
+    except (ServiceError, StackError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
-
-
-def _run_dev_stack(settings: Settings, args: argparse.Namespace, started: list[str]) -> int:
-    from app.api.auth import Role, mint_token
-
-    env = {**os.environ, "POSEGEN_DATA_DIR": str(settings.data_dir.resolve())}
-    posegen = [sys.executable, "-m", "app.cli"]
-    for step in ("migrate", "seed"):
-        subprocess.run([*posegen, step], check=True, env=env)
-    children: list[subprocess.Popen[bytes]] = []
-
-    def spawn(*argv: str) -> None:
-        children.append(subprocess.Popen([*posegen, *argv], env=env))
-
-    spawn("api", "--host", args.host, "--port", str(args.port))
-    for index in range(args.workers):
-        spawn("worker", "--name", f"dev-worker-{index + 1}-{os.getpid()}", "--metrics-port",
-              str(args.worker_metrics_port + index))
-    if _exporter_available():
-        spawn("exporter", "--port", str(args.exporter_port))
-    base = f"http://{args.host}:{args.port}"
-    admin = mint_token(settings.jwt_secret, "admin", Role.ADMIN, 7 * 24 * 3600)
-    _wait_for_http(f"{base}{API_PREFIX}/health", timeout=30)
-    lines = [
-        f"Pose Generator {__version__} is up (provider: {settings.provider}; started here: "
-        f"{', '.join(started) or 'nothing, PostgreSQL and Redis were running'})",
-        f"  API:               {base}{API_PREFIX}",
-        f"  OpenAPI:           {base}/schema",
-        f"  Health:            {base}{API_PREFIX}/health",
-        f"  API metrics:       {base}{API_PREFIX}/metrics-prometheus",
-    ]
-    if _exporter_available():
-        lines.append(f"  Exporter metrics:  http://{args.host}:{args.exporter_port}/metrics")
-    lines += [
-        "  Dashboards:        dashboards/build/*.json (import into Grafana, or docker compose in deploy/)",
-        f"  Worker metrics:    http://{args.host}:{args.worker_metrics_port}/metrics"
-        + (f" .. :{args.worker_metrics_port + args.workers - 1}" if args.workers > 1 else ""),
-        "  Admin token (7 days):",
-        admin,
-        "Press Ctrl-C to stop everything started here.",
-    ]
-    print("\n".join(lines), flush=True)
-    stop = {"now": False}
-
-    def request_stop(signum: int, frame: object) -> None:
-        stop["now"] = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    try:
-        while not stop["now"]:
-            if any(child.poll() is not None for child in children):
-                print("a process of the stack exited; stopping", file=sys.stderr)
-                break
-            time.sleep(0.5)
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-    return 0
-
-
-def _exporter_available() -> bool:
-    try:
-        import exporter.server  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _wait_for_http(url: str, timeout: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code < 600:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit(f"the API did not answer at {url} within {timeout:.0f} s")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,8 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
     dev.add_argument("--workers", type=int, default=2)
-    dev.add_argument("--exporter-port", type=int, default=9108)
-    dev.add_argument("--worker-metrics-port", type=int, default=9109, help="first worker's /metrics port")
+    dev.add_argument("--exporter-port", type=int, default=None,
+                     help="exporter /metrics port (default: 9108, or the next free one)")
+    dev.add_argument("--worker-metrics-port", type=int, default=None,
+                     help="first worker's /metrics port, the others follow (default: 9109 up, skipping busy ones)")
     return parser
 
 

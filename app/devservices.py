@@ -1,9 +1,22 @@
-"""Local PostgreSQL and Redis for ``make dev`` and ``make test``, started only when none is reachable.
+"""Local PostgreSQL and Redis for ``make dev`` and ``make test``, started only when nothing listens at their URLs.
 
 One piece of code for both commands: :func:`local_services` checks the URLs,
 installs the Debian packages when their binaries are missing and we are root
-(otherwise says exactly what to install), starts servers under a data folder,
+(otherwise says exactly what to install), starts servers under the data folder,
 and stops what it started on exit.
+
+What counts as "no server": nothing accepts a TCP connection at the URL's host
+and port. When something does accept, it must be the service the URL names and
+let us in; otherwise the start stops with the server's own words (``role "x"
+does not exist``, ``Protocol Error``) rather than starting a second server on a
+busy port.
+
+PostgreSQL refuses to run as root, so as root it runs as the Debian package's
+``postgres`` user. That user must be able to enter the cluster's folder: when it
+cannot reach the data folder (a clone inside a 0700 home or ``mktemp -d``
+folder), the cluster lives in ``/var/tmp/posegen-<hash of the data folder>/``
+(owned by ``postgres``, kept across runs) and ``<data folder>/postgres`` is a
+symbolic link to it.
 
 ``python -m app.devservices run -- CMD ...`` runs a command with the services up.
 """
@@ -11,22 +24,51 @@ and stops what it started on exit.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
+import pwd
 import shutil
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
+from redis import Redis
+from redis.exceptions import RedisError
+
+from app.db.conninfo import database_problem
+from app.settings import Settings, SettingsError
+
+# Where root's clusters go when the postgres user cannot reach the data folder: /var/tmp survives reboots.
+EXTERNAL_CLUSTER_ROOT = Path("/var/tmp")
+_LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 
 class ServiceError(RuntimeError):
-    """A local service could not be started; the message says what to do."""
+    """A local service could not be used or started; the message is one line saying what to do."""
+
+
+@dataclass
+class LocalService:
+    """A server started here: its process (our child) and the log that says why it stopped."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def last_lines(self, count: int = 20) -> list[str]:
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()[-count:]
+        except OSError:
+            return []
 
 
 def _say(message: str) -> None:
@@ -66,109 +108,227 @@ def _postgres_bin(name: str) -> str | None:
     return candidates[0] if candidates else None
 
 
+def _host_port(url: str, default_port: int) -> tuple[str | None, int]:
+    parts = urlsplit(url)
+    return parts.hostname, parts.port or default_port
+
+
 def postgres_reachable(database_url: str) -> bool:
-    admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres", connect_timeout=2)
+    """True when a PostgreSQL at the URL lets us in; False when nothing listens at its host and port.
+
+    Raises ServiceError (the server's words, one line) when something listens but refuses us:
+    a wrong role or password, a server that is not PostgreSQL.
+    """
+    host, port = _host_port(database_url, 5432)
+    if host and not host.startswith("/") and not _port_open(host, port):
+        return False
+    admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres", connect_timeout=5)
     try:
         with psycopg.connect(admin):
             return True
-    except psycopg.OperationalError:
-        return False
+    except psycopg.Error as exc:
+        raise ServiceError(f"cannot use {database_problem(database_url, exc)}") from None
 
 
 def redis_reachable(redis_url: str) -> bool:
-    parts = urlsplit(redis_url)
-    return _port_open(parts.hostname or "127.0.0.1", parts.port or 6379)
+    """True when a Redis at the URL answers PING; False when nothing listens at its host and port.
 
-
-def _as_postgres_user(command: list[str]) -> list[str]:
-    # The server refuses to run as root; the Debian package creates a 'postgres' user.
-    if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *command]
-    return command
-
-
-def start_postgres(database_url: str, data_dir: Path) -> Path:
-    """Start a throwaway cluster with trust auth on the URL's port; returns its data folder."""
-    parts = urlsplit(database_url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 5432
-    if host not in ("127.0.0.1", "localhost"):
-        raise ServiceError(f"PostgreSQL at {host}:{port} is unreachable and not local: start it, or fix DATABASE_URL")
-    if not (_postgres_bin("initdb") and _postgres_bin("pg_ctl")):
-        _apt_install(["postgresql"])
-    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
-    if not (initdb and pg_ctl):
-        raise ServiceError("initdb/pg_ctl not found after installing postgresql")
-    cluster = data_dir / "postgres"
-    sockets = data_dir / "postgres-run"
-    for folder in (data_dir, cluster, sockets):
-        folder.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        shutil.chown(cluster, "postgres", "postgres")
-        shutil.chown(sockets, "postgres", "postgres")
-        os.chmod(data_dir, 0o755)
-    if not (cluster / "PG_VERSION").exists():
-        _say(f"initialising a PostgreSQL cluster in {cluster}")
-        user = parts.username or "postgres"
-        subprocess.run(_as_postgres_user([initdb, "-D", str(cluster), "-U", user, "--auth=trust", "-E", "UTF8"]),
-                       check=True, stdout=subprocess.DEVNULL)
-    _say(f"starting PostgreSQL on {host}:{port}")
-    subprocess.run(
-        _as_postgres_user([pg_ctl, "-D", str(cluster), "-l", str(cluster / "server.log"), "-w", "-t", "30",
-                           "-o", f"-p {port} -h 127.0.0.1 -k {sockets}", "start"]),
-        check=True, stdout=subprocess.DEVNULL,
-    )
-    return cluster
-
-
-def stop_postgres(cluster: Path) -> None:
-    pg_ctl = _postgres_bin("pg_ctl")
-    if pg_ctl:
-        subprocess.run(_as_postgres_user([pg_ctl, "-D", str(cluster), "-m", "fast", "-w", "stop"]),
-                       check=False, stdout=subprocess.DEVNULL)
-
-
-def start_redis(redis_url: str, data_dir: Path) -> subprocess.Popen[bytes]:
+    Raises ServiceError when something listens but is not a usable Redis (garbage answers,
+    a password it wants, a database index it does not have).
+    """
     parts = urlsplit(redis_url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 6379
-    if host not in ("127.0.0.1", "localhost"):
+    if parts.scheme != "unix" and not _port_open(host, port):
+        return False
+    client = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.ping()
+        return True
+    except RedisError as exc:
+        where = parts.path if parts.scheme == "unix" else f"{host}:{port}"
+        said = " ".join(str(exc).split()) or type(exc).__name__
+        problem = (f"REDIS_URL: the server at {where} is not a usable Redis ({type(exc).__name__}: {said}); "
+                   f"point REDIS_URL at a Redis, or at a free port to have one started here")
+        raise ServiceError(problem) from None
+    finally:
+        client.close()
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    """The account the PostgreSQL server runs as: ``postgres`` when we are root, else ourselves (None)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("postgres")
+    except KeyError:
+        raise ServiceError("no 'postgres' user to run PostgreSQL as (the server refuses root): "
+                           "apt-get install -y postgresql creates it") from None
+
+
+def _as_user(account: pwd.struct_passwd | None) -> dict[str, object]:
+    """Popen arguments that drop root to ``account`` (its own group, no supplementary groups)."""
+    if account is None:
+        return {}
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+
+def _can_enter(account: pwd.struct_passwd, folder: Path) -> bool:
+    # The kernel answers for that user: every parent folder must let it through.
+    probe = subprocess.run(["test", "-x", str(folder)], cwd="/", check=False, **_as_user(account))  # type: ignore[call-overload]
+    return probe.returncode == 0
+
+
+def postgres_home(data_dir: Path, account: pwd.struct_passwd | None) -> Path:
+    """The folder holding the cluster (``postgres/``) and its socket folder (``postgres-run/``).
+
+    The data folder itself when the server's user can enter it, else
+    ``/var/tmp/posegen-<12 hex of sha256(data folder)>`` owned by that user.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    link = data_dir / "postgres"
+    if account is None or (not link.is_symlink() and _can_enter(account, data_dir)):
+        return data_dir
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+    home = EXTERNAL_CLUSTER_ROOT / f"posegen-{digest}"
+    try:
+        home.mkdir(mode=0o700)
+        os.chown(home, account.pw_uid, account.pw_gid)
+    except FileExistsError:
+        found = home.lstat()
+        # A world-writable parent: only use a folder that is really ours, not one planted there.
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != account.pw_uid:
+            raise ServiceError(f"{home} exists but is not a folder owned by {account.pw_name}: "
+                               f"remove it and run again") from None
+    if not link.is_symlink():
+        if link.is_dir() and not any(link.iterdir()):
+            link.rmdir()  # left empty by an earlier run that could not initialise it there
+        if not link.exists():
+            link.symlink_to(home / "postgres")
+    return home
+
+
+def start_postgres(database_url: str, data_dir: Path) -> LocalService:
+    """Start a throwaway trust-auth cluster on the URL's port, as our child; returns it once it accepts us."""
+    host, port = _host_port(database_url, 5432)
+    if host not in _LOCAL_HOSTS:
+        raise ServiceError(f"PostgreSQL at {host or 'the local socket'}:{port} is unreachable and not local: "
+                           f"start it, or fix DATABASE_URL")
+    if not (_postgres_bin("initdb") and _postgres_bin("postgres")):
+        _apt_install(["postgresql"])
+    initdb, postgres = _postgres_bin("initdb"), _postgres_bin("postgres")
+    if not (initdb and postgres):
+        raise ServiceError("initdb/postgres not found after installing postgresql")
+    account = _server_user()
+    home = postgres_home(data_dir, account)
+    cluster, sockets = home / "postgres", home / "postgres-run"
+    for folder in (cluster, sockets):
+        folder.mkdir(exist_ok=True)
+        if account is not None:
+            os.chown(folder, account.pw_uid, account.pw_gid)
+    user = urlsplit(database_url).username or "postgres"
+    if not (cluster / "PG_VERSION").exists():
+        _say(f"initialising a PostgreSQL cluster in {cluster}")
+        done = subprocess.run([initdb, "-D", str(cluster), "-U", user, "--auth=trust", "-E", "UTF8"],
+                              cwd=home, capture_output=True, text=True, check=False, **_as_user(account))  # type: ignore[call-overload]
+        if done.returncode != 0:
+            said = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise ServiceError(f"initdb failed in {cluster}: {said}")
+    log_path = data_dir / "postgres.log"  # opened here, so root's folder is fine for a server running as postgres
+    _say(f"starting PostgreSQL on {host}:{port} (cluster {cluster}, log {log_path})")
+    with open(log_path, "ab") as log:
+        # A session of its own: a Ctrl-C in the terminal stops the app processes first, then us, then it.
+        process = subprocess.Popen(
+            [postgres, "-D", str(cluster), "-p", str(port), "-h", "127.0.0.1", "-k", str(sockets)],
+            cwd=home, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            **_as_user(account),  # type: ignore[arg-type]
+        )
+    service = LocalService("PostgreSQL", process, log_path)
+    admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres", connect_timeout=2)
+    deadline = time.monotonic() + 60
+    while True:
+        if process.poll() is not None:
+            raise ServiceError(f"PostgreSQL did not start on port {port}: {_last_problem(service.last_lines())}")
+        try:
+            psycopg.connect(admin).close()
+            return service
+        except psycopg.OperationalError as exc:
+            if time.monotonic() > deadline:
+                stop_service(service)
+                raise ServiceError(f"PostgreSQL did not accept connections within 60 s: "
+                                   f"{database_problem(database_url, exc)}") from None
+            time.sleep(0.2)
+
+
+def start_redis(redis_url: str, data_dir: Path) -> LocalService:
+    """Start an empty, non-persistent ``redis-server`` on the URL's port, as our child."""
+    host, port = _host_port(redis_url, 6379)
+    if host not in _LOCAL_HOSTS:
         raise ServiceError(f"Redis at {host}:{port} is unreachable and not local: start it, or fix REDIS_URL")
     if not shutil.which("redis-server"):
         _apt_install(["redis-server"])
     folder = data_dir / "redis"
     folder.mkdir(parents=True, exist_ok=True)
-    _say(f"starting Redis on {host}:{port}")
+    log_path = folder / "redis.log"
+    _say(f"starting Redis on {host}:{port} (log {log_path})")
     process = subprocess.Popen(
         ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(folder), "--logfile", str(folder / "redis.log")],
+         "--dir", str(folder), "--logfile", str(log_path)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
     )
+    service = LocalService("Redis", process, log_path)
+    client = Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
     deadline = time.monotonic() + 15
-    while not _port_open("127.0.0.1", port):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise ServiceError(f"redis-server did not start; see {folder / 'redis.log'}")
-        time.sleep(0.1)
-    return process
+    try:
+        while True:
+            if process.poll() is not None:
+                raise ServiceError(f"redis-server did not start on port {port}: "
+                                   f"{_last_problem(service.last_lines())}")
+            try:
+                client.ping()
+                return service
+            except RedisError:
+                if time.monotonic() > deadline:
+                    stop_service(service)
+                    raise ServiceError(f"redis-server did not answer on port {port} within 15 s; "
+                                       f"see {log_path}") from None
+                time.sleep(0.1)
+    finally:
+        client.close()
+
+
+def _last_problem(lines: list[str]) -> str:
+    for line in reversed(lines):
+        if any(word in line for word in ("FATAL", "ERROR", "PANIC", "# ", "error", "Error")):
+            return " ".join(line.split())
+    return " ".join(lines[-1].split()) if lines else "no output"
+
+
+def stop_service(service: LocalService) -> None:
+    """Stop a server started here: SIGINT (PostgreSQL's fast shutdown, Redis' clean exit), then SIGKILL."""
+    if service.process.poll() is None:
+        service.process.send_signal(signal.SIGINT)
+        try:
+            service.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            service.process.wait()
 
 
 @contextmanager
-def local_services(database_url: str, redis_url: str, data_dir: Path) -> Iterator[list[str]]:
-    """Make PostgreSQL and Redis reachable for the block; yields the names of those started here."""
-    started: list[str] = []
-    cluster: Path | None = None
-    redis_process: subprocess.Popen[bytes] | None = None
-    try:
+def local_services(database_url: str, redis_url: str, data_dir: Path) -> Iterator[list[LocalService]]:
+    """Make PostgreSQL and Redis usable for the block; yields the servers started here (stopped on exit).
+
+    Raises ServiceError (one line) when a server at a URL refuses us or one cannot be started.
+    """
+    with ExitStack() as cleanup:
+        started: list[LocalService] = []
         if not postgres_reachable(database_url):
-            cluster = start_postgres(database_url, data_dir)
-            started.append("postgresql")
+            started.append(start_postgres(database_url, data_dir))
+            cleanup.callback(stop_service, started[-1])
         if not redis_reachable(redis_url):
-            redis_process = start_redis(redis_url, data_dir)
-            started.append("redis")
+            started.append(start_redis(redis_url, data_dir))
+            cleanup.callback(stop_service, started[-1])
         yield started
-    finally:
-        if redis_process is not None:
-            redis_process.terminate()
-            redis_process.wait(timeout=10)
-        if cluster is not None:
-            stop_postgres(cluster)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,11 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) < 3 or args[0] != "run" or args[1] != "--":
         print("usage: python -m app.devservices run -- COMMAND [ARGS...]", file=sys.stderr)
         return 2
-    database_url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-    data_dir = Path(os.environ.get("POSEGEN_DATA_DIR", ".data")).resolve()
     try:
-        with local_services(database_url, redis_url, data_dir):
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with local_services(settings.database_url, settings.redis_url, settings.data_dir.resolve()):
             return subprocess.call(args[2:])
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from app.devservices import start_postgres, start_redis, stop_postgres
+from app.devservices import start_postgres, start_redis, stop_service
 from tests.stack import Stack, check_ledger_invariants, free_port, prepare_database, running_stack
 
 POSES = ["pose_standing_confident", "pose_arms_crossed", "pose_waving_hello"]
@@ -40,7 +40,7 @@ def test_redis_stopped_and_restarted_while_requests_arrive(
 ) -> None:
     redis_url = f"redis://127.0.0.1:{free_port()}/0"
     redis_dir = tmp_path / "redis-data"
-    redis = start_redis(redis_url, redis_dir)
+    redis = start_redis(redis_url, redis_dir).process
     try:
         with running_stack(template_db, tmp_path / "stack", workers=1, REDIS_URL=redis_url,
                            POSEGEN_LOCAL_LATENCY="0.2") as stack:
@@ -59,7 +59,7 @@ def test_redis_stopped_and_restarted_while_requests_arrive(
             assert stack.balance(user) == balance_before
             health = stack.http.get("/health")
             assert health.status_code == 503 and health.json()["checks"]["redis"]["status"] == "disconnected"
-            redis = start_redis(redis_url, redis_dir)
+            redis = start_redis(redis_url, redis_dir).process
             deadline = time.monotonic() + 15
             while stack.http.get("/health").status_code != 200 and time.monotonic() < deadline:
                 time.sleep(0.2)
@@ -88,7 +88,7 @@ def test_postgres_connections_terminated_and_server_restarted_mid_load(
     # The server runs as the 'postgres' user, which cannot enter pytest's private temp folders.
     pg_dir = Path(tempfile.mkdtemp(prefix="posegen-pg-"))
     pg_dir.chmod(0o755)
-    cluster = start_postgres(admin_url, pg_dir)
+    postgres = start_postgres(admin_url, pg_dir)
     try:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE posegen")
@@ -126,9 +126,9 @@ def test_postgres_connections_terminated_and_server_restarted_mid_load(
                 conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                              " WHERE datname = 'posegen' AND pid <> pg_backend_pid()")
             time.sleep(2)
-            stop_postgres(cluster)
+            stop_service(postgres)
             time.sleep(1)
-            start_postgres(admin_url, pg_dir)
+            postgres = start_postgres(admin_url, pg_dir)
             time.sleep(3)
             stop.set()
             thread.join(timeout=30)
@@ -143,5 +143,5 @@ def test_postgres_connections_terminated_and_server_restarted_mid_load(
             with stack.db() as conn:
                 check_ledger_invariants(conn)
     finally:
-        stop_postgres(cluster)
+        stop_service(postgres)
         shutil.rmtree(pg_dir, ignore_errors=True)

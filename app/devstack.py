@@ -1,0 +1,310 @@
+"""``posegen dev``: the whole stack on one machine, supervised until Ctrl-C or until any part of it dies.
+
+The parts are the API, the workers, the exporter, and the PostgreSQL and Redis
+that :mod:`app.devservices` started when none was there. "Is up" is printed only
+once every part answers (the API on ``/health``, workers and exporter on
+``/metrics``). From then on, as during start-up, the first part to exit is named
+in one line with why (its exit code or signal and the last error it printed),
+the others are stopped and the command exits 1.
+
+Ports: the API port is the one clients are told about, so a busy one is an
+error naming it. The exporter and worker metrics ports, when not chosen, start
+at 9108 and 9109 and move to the next free port (said in the output), because
+a fresh machine may have something there already.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from app import API_PREFIX, __version__
+from app.devservices import LocalService
+from app.settings import Settings
+
+DEFAULT_EXPORTER_PORT = 9108
+DEFAULT_WORKER_METRICS_PORT = 9109
+READY_TIMEOUT_SECONDS = 60.0
+# The make variable (README, Makefile) that sets each port, named in errors so the fix is one copy-paste away.
+PORT_VARIABLES = {"API": "API_PORT", "exporter": "EXPORTER_PORT", "worker metrics": "WORKER_METRICS_PORT"}
+
+
+class StackError(RuntimeError):
+    """The stack cannot start or a part of it died; the message is one line naming the part and why."""
+
+
+@dataclass(frozen=True)
+class DevPorts:
+    """The TCP ports the stack listens on, and what was said about ports moved off a busy default."""
+
+    api: int
+    exporter: int
+    worker_metrics: tuple[int, ...]
+    notes: tuple[str, ...] = ()
+
+
+def port_free(host: str, port: int) -> bool:
+    """True when a listening socket could bind ``host:port`` now (SO_REUSEADDR, as uvicorn and http.server)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def choose_ports(host: str, api: int, exporter: int | None, worker_metrics: int | None, workers: int) -> DevPorts:
+    """The API port as given; exporter and worker ports as given, or the first free ones from their defaults.
+
+    Raises StackError when a port that was given (the API's always is) is in use.
+    """
+    taken: set[int] = set()
+    notes: list[str] = []
+
+    def given(kind: str, port: int) -> int:
+        if port in taken or not port_free(host, port):
+            raise StackError(f"port {port} on {host} ({kind}) is in use — another `make dev`? "
+                             f"choose another: make dev {PORT_VARIABLES[kind]}=<port>")
+        taken.add(port)
+        return port
+
+    def first_free(kind: str, default: int) -> int:
+        port = default
+        while port in taken or not port_free(host, port):
+            port += 1
+            if port > 65535:
+                raise StackError(f"no free port for the {kind} from {default} up on {host}")
+        if port != default:
+            notes.append(f"port {default} is in use: {kind} on {port} (set {PORT_VARIABLES[kind]} to choose)")
+        taken.add(port)
+        return port
+
+    api_port = given("API", api)
+    exporter_port = given("exporter", exporter) if exporter is not None else first_free("exporter",
+                                                                                       DEFAULT_EXPORTER_PORT)
+    if worker_metrics is not None:
+        metrics = tuple(given("worker metrics", worker_metrics + i) for i in range(workers))
+    else:
+        start = DEFAULT_WORKER_METRICS_PORT
+        metrics = tuple(first_free("worker metrics", start if i == 0 else start + i) for i in range(workers))
+    return DevPorts(api_port, exporter_port, metrics, tuple(notes))
+
+
+_TRACEBACK_LAST = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b.*")
+_ERROR_WORDS = ("ERROR", "FATAL", "CRITICAL", "PANIC", "error", "Error", "refused", "in use")
+
+
+def last_problem(lines: list[str]) -> str:
+    """The line that best says why a process stopped: an exception line, an ERROR log entry, else the last line."""
+    for line in reversed(lines):
+        text = line.strip()
+        if text.startswith("{"):
+            try:
+                entry = json.loads(text)
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict) and entry.get("level") in ("ERROR", "CRITICAL"):
+                error = entry.get("error") or {}
+                detail = f": {error.get('type')}: {error.get('message')}" if error else ""
+                return _one_line(f"{entry.get('message', '')}{detail}")
+            continue
+        if _TRACEBACK_LAST.match(text) or any(word in text for word in _ERROR_WORDS):
+            return _one_line(text)
+    return _one_line(lines[-1]) if lines else "no output"
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+@dataclass
+class StackPart:
+    """One supervised process: a name for messages, and its last lines of output for the reason it stopped."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    output: Callable[[], list[str]]
+    ready_url: str | None = None
+    ready: bool = False
+
+    def exit_reason(self) -> str:
+        code = self.process.returncode
+        if code is not None and code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+        else:
+            how = f"exited with code {code}"
+        return f"{how}: {last_problem(self.output())}"
+
+
+@dataclass
+class _Tail:
+    """Forwards a child's output to ours line by line and keeps the last lines."""
+
+    lines: deque[str] = field(default_factory=lambda: deque(maxlen=60))
+
+    def pump(self, stream: object) -> None:
+        for raw in iter(stream.readline, b""):  # type: ignore[attr-defined]
+            line = raw.decode(errors="replace")
+            self.lines.append(line.rstrip("\n"))
+            sys.stdout.write(line)
+            sys.stdout.flush()
+
+    def snapshot(self) -> list[str]:
+        return list(self.lines)
+
+
+def _spawn(name: str, argv: list[str], env: dict[str, str], ready_url: str | None) -> StackPart:
+    process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    tail = _Tail()
+    threading.Thread(target=tail.pump, args=(process.stdout,), name=f"output of {name}", daemon=True).start()
+    return StackPart(name, process, tail.snapshot, ready_url)
+
+
+def _service_part(service: LocalService) -> StackPart:
+    return StackPart(f"{service.name} (started here)", service.process, service.last_lines, ready=True)
+
+
+def _run_step(posegen: list[str], step: str, env: dict[str, str]) -> None:
+    done = subprocess.run([*posegen, step], env=env, capture_output=True, text=True, check=False)
+    sys.stdout.write(done.stdout)
+    if done.returncode != 0:
+        raise StackError(f"posegen {step} failed (exit {done.returncode}): "
+                         f"{last_problem((done.stderr + done.stdout).splitlines())}")
+
+
+def banner(settings: Settings, host: str, ports: DevPorts, started: list[str], admin_token: str,
+           with_exporter: bool) -> str:
+    """What a new user needs: every URL the stack serves (API, schema, health, metrics) and an admin token."""
+    base = f"http://{host}:{ports.api}"
+    api = f"{base}{API_PREFIX}"
+    lines = [
+        f"Pose Generator {__version__} is up (provider: {settings.provider}; started here: "
+        f"{', '.join(started) or 'nothing, PostgreSQL and Redis were running'})",
+        f"  API:               {api}",
+        f"  OpenAPI schema:    {base}/schema/openapi.json   (viewer: {base}/schema)",
+        f"  Health:            {api}/health",
+        "  Admin metrics (header  Authorization: Bearer <admin token below>):",
+        f"                     {api}/metrics?period=24h",
+        f"                     {api}/metrics/health-indicators?period=24h",
+        f"                     {api}/metrics/errors?period=24h",
+        f"                     {api}/metrics/top-users?limit=10",
+        f"                     {api}/metrics/popular-poses?limit=20",
+        f"  API metrics:       {api}/metrics-prometheus",
+    ]
+    if with_exporter:
+        lines.append(f"  Exporter metrics:  http://{host}:{ports.exporter}/metrics")
+    lines += [f"  Worker metrics:    http://{host}:{port}/metrics" for port in ports.worker_metrics]
+    lines += [
+        "  Dashboards:        dashboards/build/*.json (import into Grafana, or docker compose in deploy/)",
+        "  Admin token (7 days):",
+        admin_token,
+        "Press Ctrl-C to stop everything started here.",
+    ]
+    return "\n".join(lines)
+
+
+def exporter_available() -> bool:
+    try:
+        import exporter.server  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def run_dev_stack(settings: Settings, host: str, ports: DevPorts, workers: int, services: list[LocalService]) -> int:
+    """Run migrations, seed, start the parts, print the banner, supervise; returns 0 after Ctrl-C.
+
+    Raises StackError (after stopping every part started here) when a part cannot start or dies.
+    """
+    from app.api.auth import Role, mint_token
+
+    for note in ports.notes:
+        print(f"[posegen dev] {note}", file=sys.stderr, flush=True)
+    env = {**os.environ, "POSEGEN_DATA_DIR": str(settings.data_dir.resolve()), "PYTHONUNBUFFERED": "1"}
+    posegen = [sys.executable, "-m", "app.cli"]
+    for step in ("migrate", "seed"):
+        _run_step(posegen, step, env)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    parts = [_service_part(service) for service in services]
+    children: list[StackPart] = []
+    try:
+        base = f"http://{host}:{ports.api}"
+        children.append(_spawn("API", [*posegen, "api", "--host", host, "--port", str(ports.api)], env,
+                               f"{base}{API_PREFIX}/health"))
+        for index, port in enumerate(ports.worker_metrics):
+            name = f"dev-worker-{index + 1}-{os.getpid()}"
+            children.append(_spawn(f"worker {name}", [*posegen, "worker", "--name", name, "--metrics-host", host,
+                                                      "--metrics-port", str(port)], env,
+                                   f"http://{host}:{port}/metrics"))
+        with_exporter = exporter_available()
+        if with_exporter:
+            children.append(_spawn("exporter", [*posegen, "exporter", "--host", host, "--port", str(ports.exporter)],
+                                   env, f"http://{host}:{ports.exporter}/metrics"))
+        parts += children
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while not all(part.ready for part in parts):
+            if stop.is_set():
+                return 0
+            _check_alive(parts)
+            for part in parts:
+                if not part.ready and part.ready_url:
+                    part.ready = _answers(part.ready_url)
+            if time.monotonic() > deadline:
+                late = ", ".join(f"{p.name} at {p.ready_url}" for p in parts if not p.ready)
+                raise StackError(f"not answering after {READY_TIMEOUT_SECONDS:.0f} s: {late}")
+            time.sleep(0.2)
+        admin = mint_token(settings.jwt_secret, "admin", Role.ADMIN, 7 * 24 * 3600)
+        print(banner(settings, host, ports, [s.name for s in services], admin, with_exporter), flush=True)
+        while not stop.wait(0.3):
+            _check_alive(parts)
+        return 0
+    finally:
+        _stop_children(children)
+
+
+def _check_alive(parts: list[StackPart]) -> None:
+    for part in parts:
+        if part.process.poll() is not None:
+            raise StackError(f"{part.name} (pid {part.process.pid}) {part.exit_reason()}; stopped the rest")
+
+
+def _stop_children(children: list[StackPart]) -> None:
+    for part in children:
+        if part.process.poll() is None:
+            part.process.terminate()
+    for part in children:
+        try:
+            part.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            part.process.kill()
+            part.process.wait()
+
