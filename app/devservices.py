@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -247,7 +249,8 @@ def start_postgres(database_url: str, data_dir: Path) -> LocalService:
     deadline = time.monotonic() + 60
     while True:
         if process.poll() is not None:
-            raise ServiceError(f"PostgreSQL did not start on port {port}: {_last_problem(service.last_lines())}")
+            said = last_problem(service.last_lines()) or "no output"
+            raise ServiceError(f"PostgreSQL did not start on port {port}: {said} (log {log_path})")
         try:
             psycopg.connect(admin).close()
             return service
@@ -281,8 +284,8 @@ def start_redis(redis_url: str, data_dir: Path) -> LocalService:
     try:
         while True:
             if process.poll() is not None:
-                raise ServiceError(f"redis-server did not start on port {port}: "
-                                   f"{_last_problem(service.last_lines())}")
+                said = last_problem(service.last_lines()) or "no output"
+                raise ServiceError(f"redis-server did not start on port {port}: {said} (log {log_path})")
             try:
                 client.ping()
                 return service
@@ -296,11 +299,34 @@ def start_redis(redis_url: str, data_dir: Path) -> LocalService:
         client.close()
 
 
-def _last_problem(lines: list[str]) -> str:
+_TRACEBACK_LAST = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b.*")
+_ERROR_WORDS = ("ERROR", "FATAL", "CRITICAL", "PANIC", "error", "Error", "refused", "in use")
+
+
+def last_problem(lines: list[str]) -> str:
+    """The line that best says why a process stopped: an exception line or ERROR log entry, else the last
+    line that is not a routine log entry, else "" (a process killed in silence)."""
     for line in reversed(lines):
-        if any(word in line for word in ("FATAL", "ERROR", "PANIC", "# ", "error", "Error")):
-            return " ".join(line.split())
-    return " ".join(lines[-1].split()) if lines else "no output"
+        text = line.strip()
+        if text.startswith("{"):
+            try:
+                entry = json.loads(text)
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict) and entry.get("level") in ("ERROR", "CRITICAL"):
+                error = entry.get("error") or {}
+                detail = f": {error.get('type')}: {error.get('message')}" if error else ""
+                return _one_line(f"{entry.get('message', '')}{detail}")
+            continue
+        if _TRACEBACK_LAST.match(text) or any(word in text for word in _ERROR_WORDS):
+            return _one_line(text)
+    plain = [line for line in lines if line.strip() and not line.lstrip().startswith("{")]
+    return _one_line(plain[-1]) if plain else ""
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def stop_service(service: LocalService) -> None:

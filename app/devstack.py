@@ -15,9 +15,7 @@ a fresh machine may have something there already.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -31,7 +29,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from app import API_PREFIX, __version__
-from app.devservices import LocalService
+from app.devservices import LocalService, last_problem
 from app.settings import Settings
 
 DEFAULT_EXPORTER_PORT = 9108
@@ -103,34 +101,6 @@ def choose_ports(host: str, api: int, exporter: int | None, worker_metrics: int 
     return DevPorts(api_port, exporter_port, metrics, tuple(notes))
 
 
-_TRACEBACK_LAST = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b.*")
-_ERROR_WORDS = ("ERROR", "FATAL", "CRITICAL", "PANIC", "error", "Error", "refused", "in use")
-
-
-def last_problem(lines: list[str]) -> str:
-    """The line that best says why a process stopped: an exception line, an ERROR log entry, else the last line."""
-    for line in reversed(lines):
-        text = line.strip()
-        if text.startswith("{"):
-            try:
-                entry = json.loads(text)
-            except ValueError:
-                entry = None
-            if isinstance(entry, dict) and entry.get("level") in ("ERROR", "CRITICAL"):
-                error = entry.get("error") or {}
-                detail = f": {error.get('type')}: {error.get('message')}" if error else ""
-                return _one_line(f"{entry.get('message', '')}{detail}")
-            continue
-        if _TRACEBACK_LAST.match(text) or any(word in text for word in _ERROR_WORDS):
-            return _one_line(text)
-    return _one_line(lines[-1]) if lines else "no output"
-
-
-def _one_line(text: str, limit: int = 400) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
 @dataclass
 class StackPart:
     """One supervised process: a name for messages, and its last lines of output for the reason it stopped."""
@@ -147,7 +117,8 @@ class StackPart:
             how = f"was killed by {signal.Signals(-code).name}"
         else:
             how = f"exited with code {code}"
-        return f"{how}: {last_problem(self.output())}"
+        said = last_problem(self.output())
+        return f"{how}: {said}" if said else how
 
 
 @dataclass
@@ -196,7 +167,8 @@ def banner(settings: Settings, host: str, ports: DevPorts, started: list[str], a
         f"Pose Generator {__version__} is up (provider: {settings.provider}; started here: "
         f"{', '.join(started) or 'nothing, PostgreSQL and Redis were running'})",
         f"  API:               {api}",
-        f"  OpenAPI schema:    {base}/schema/openapi.json   (viewer: {base}/schema)",
+        f"  OpenAPI schema:    {base}/schema/openapi.json",
+        f"  OpenAPI viewer:    {base}/schema",
         f"  Health:            {api}/health",
         "  Admin metrics (header  Authorization: Bearer <admin token below>):",
         f"                     {api}/metrics?period=24h",

@@ -1,82 +1,207 @@
-"""`posegen dev` as a new user meets it: it starts, prints URLs and a token, serves a generation, stops on Ctrl-C."""
+"""`make dev` as a new user meets it: it starts, prints every URL and a token, serves a generation, stops on Ctrl-C.
+
+And when a part of the stack dies, it says which and why, stops the rest and exits non-zero.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
 
-from tests.stack import ROOT, claim_redis_db, database_url, drop_database, free_port, redis_url, release_redis_db
+from tests.stack import (
+    ROOT,
+    child_pids,
+    claim_redis_db,
+    database_url,
+    drop_database,
+    free_port,
+    redis_url,
+    release_redis_db,
+)
+
+API = "/api/apps/pose-generator"
+SECRET = "dev-stack-test-secret-long-enough"
 
 
-def test_dev_stack_serves_a_four_pose_generation_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+def _dev_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("API_HOST", "API_PORT", "EXPORTER_PORT", "WORKER_METRICS_PORT", "WORKERS", "MAKEFLAGS")}
+    return {**env, "JWT_SECRET": SECRET, "PYTHONUNBUFFERED": "1", **overrides}
+
+
+def wait_for_banner(process: subprocess.Popen[bytes], log_path: Path, timeout: float = 90) -> str:
+    deadline = time.monotonic() + timeout
+    while "Press Ctrl-C" not in log_path.read_text(errors="replace"):
+        assert process.poll() is None, f"exited {process.returncode} before the banner:\n{log_path.read_text()}"
+        assert time.monotonic() < deadline, f"no banner within {timeout} s:\n{log_path.read_text()}"
+        time.sleep(0.2)
+    return log_path.read_text(errors="replace")
+
+
+def banner_lines(output: str) -> list[str]:
+    lines = output.splitlines()
+    first = next(i for i, line in enumerate(lines) if " is up " in line)
+    last = next(i for i, line in enumerate(lines) if "Press Ctrl-C" in line)
+    return lines[first:last + 1]
+
+
+def admin_token(output: str) -> str:
+    lines = banner_lines(output)
+    token = lines[lines.index(next(line for line in lines if "Admin token" in line)) + 1].strip()
+    assert re.fullmatch(r"[\w-]+\.[\w-]+\.[\w-]+", token)
+    return token
+
+
+def answers(port: int) -> bool:
+    with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
+
+
+def four_pose_generation_completes(api: str, admin: str, port: int) -> None:
+    token = subprocess.run([sys.executable, "-m", "app.cli", "token", "--user", "newcomer"], cwd=ROOT,
+                           env=_dev_env(), capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+    with httpx.Client(base_url=api, timeout=10) as client:
+        granted = client.post("/credits/grants", json={"userId": "newcomer", "amount": 500},
+                              headers={"Authorization": f"Bearer {admin}"})
+        assert granted.status_code == 201, granted.text
+        user = {"Authorization": f"Bearer {token}"}
+        poses = [p["poseId"] for p in client.get("/poses", params={"limit": 4}, headers=user).json()["poses"]]
+        assert len(poses) == 4
+        created = client.post("/generations", json={"poseIds": poses, "prompt": "a dancer on a rooftop"},
+                              headers=user)
+        assert created.status_code == 202, created.text
+        generation_id = created.json()["generationId"]
+        body: dict = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            body = client.get(f"/generations/{generation_id}", headers=user).json()
+            if body["status"] in ("completed", "failed"):
+                break
+            time.sleep(0.2)
+        assert body["status"] == "completed", body
+        assert len(body["poses"]) == 4
+        for pose in body["poses"]:
+            image = client.get(httpx.URL(f"http://127.0.0.1:{port}").join(pose["imageUrl"]))
+            assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@contextmanager
+def private_folder() -> Iterator[Path]:
+    """A 0700 folder, like root's home or ``mktemp -d``: the postgres user cannot enter it."""
+    folder = Path(tempfile.mkdtemp(prefix="posegen-fresh-"))
+    assert folder.stat().st_mode & 0o777 == 0o700
+    try:
+        yield folder
+    finally:
+        cluster = folder / ".data" / "postgres"
+        if cluster.is_symlink():  # root's cluster lives outside the folder; remove the one this test made
+            outside = cluster.resolve().parent
+            assert outside.name.startswith("posegen-") and outside.parent == Path("/var/tmp")
+            shutil.rmtree(outside, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_make_dev_from_a_0700_folder_starts_its_own_services_and_serves_a_four_pose_generation() -> None:
+    """Nothing at DATABASE_URL/REDIS_URL, data under a 0700 folder, ports chosen with make variables."""
+    port, exporter_port, metrics_port, pg_port, redis_port = (free_port() for _ in range(5))
+    with private_folder() as folder:
+        data = folder / ".data"
+        env = _dev_env(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{pg_port}/posegen",
+                       REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", POSEGEN_DATA_DIR=str(data))
+        log_path = folder / "dev.log"
+        with open(log_path, "wb") as log:
+            # Its own session, so the Ctrl-C below reaches make and everything under it, as a terminal's does.
+            make = subprocess.Popen(["make", "--no-print-directory", "dev", f"API_PORT={port}",
+                                     f"EXPORTER_PORT={exporter_port}", f"WORKER_METRICS_PORT={metrics_port}",
+                                     "WORKERS=1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        try:
+            output = wait_for_banner(make, log_path)
+            assert "started here: PostgreSQL, Redis" in output, output
+            assert (data / "postgres" / "PG_VERSION").exists()
+            admin = admin_token(output)
+            base, api = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}{API}"
+            banner = "\n".join(banner_lines(output))
+            expected = [f"{base}/schema/openapi.json", f"{base}/schema\n", f"{api}/health", f"{api}/metrics-prometheus",
+                        f"{api}/metrics?period=24h", f"{api}/metrics/health-indicators?period=24h",
+                        f"{api}/metrics/errors?period=24h", f"{api}/metrics/top-users?limit=10",
+                        f"{api}/metrics/popular-poses?limit=20",
+                        f"http://127.0.0.1:{exporter_port}/metrics", f"http://127.0.0.1:{metrics_port}/metrics"]
+            for url in expected:
+                assert url in banner, f"{url} missing from the banner:\n{banner}"
+            # Every URL the banner shows answers (the API line is the prefix), the admin ones with its token.
+            for url in re.findall(r"http://\S+", banner.replace(f"API:               {api}\n", "")):
+                answer = httpx.get(url, headers={"Authorization": f"Bearer {admin}"}, timeout=10)
+                assert answer.status_code == 200, f"{url}: {answer.status_code} {answer.text[:300]}"
+            assert httpx.get(f"{base}/schema/openapi.json", timeout=10).json()["paths"]
+            four_pose_generation_completes(api, admin, port)
+        finally:
+            with suppress(ProcessLookupError):
+                os.killpg(make.pid, signal.SIGINT)
+            try:
+                make.wait(timeout=60)
+            finally:
+                if make.poll() is None:
+                    os.killpg(make.pid, signal.SIGKILL)
+        # Ctrl-C stopped everything it started: the API, and the PostgreSQL and Redis it started.
+        for what, closed_port in (("API", port), ("PostgreSQL", pg_port), ("Redis", redis_port)):
+            assert not answers(closed_port), f"{what} still answers after Ctrl-C:\n{log_path.read_text()[-3000:]}"
+
+
+def test_dev_on_running_services_moves_off_a_busy_default_port_and_stops_when_a_worker_is_killed(
+    tmp_path: Path,
+) -> None:
+    """A fresh machine may have something on 9109: the default moves on; a part that dies stops the stack."""
     db_name = f"posegen_dev_{uuid.uuid4().hex[:8]}"
     redis_index = claim_redis_db()
-    port, exporter_port = free_port(), free_port()
-    env = {**os.environ, "DATABASE_URL": database_url(db_name), "REDIS_URL": redis_url(redis_index),
-           "JWT_SECRET": "dev-stack-test-secret-long-enough", "POSEGEN_DATA_DIR": str(tmp_path / "data"),
-           "PYTHONUNBUFFERED": "1"}
+    port = free_port()
+    squatter = socket.socket()
+    try:
+        squatter.bind(("127.0.0.1", 9109))
+        squatter.listen()
+    except OSError:
+        pass  # already busy: just as good
+    env = _dev_env(DATABASE_URL=database_url(db_name), REDIS_URL=redis_url(redis_index),
+                   POSEGEN_DATA_DIR=str(tmp_path / "data"))
     log_path = tmp_path / "dev.log"
     with open(log_path, "wb") as log:
-        dev = subprocess.Popen([sys.executable, "-m", "app.cli", "dev", "--port", str(port), "--workers", "1",
-                                "--exporter-port", str(exporter_port),
-                                "--worker-metrics-port", str(free_port())], cwd=ROOT, env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
+        dev = subprocess.Popen([sys.executable, "-m", "app.cli", "dev", "--port", str(port), "--workers", "1"],
+                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while "Press Ctrl-C" not in log_path.read_text() and time.monotonic() < deadline:
-            assert dev.poll() is None, log_path.read_text()
-            time.sleep(0.2)
-        output = log_path.read_text()
-        api = f"http://127.0.0.1:{port}/api/apps/pose-generator"
-        assert api in output and "/metrics-prometheus" in output
-        lines = output.splitlines()
-        admin = lines[lines.index(next(line for line in lines if "Admin token" in line)) + 1].strip()
-        assert re.fullmatch(r"[\w-]+\.[\w-]+\.[\w-]+", admin)
-
-        token = subprocess.run([sys.executable, "-m", "app.cli", "token", "--user", "newcomer"], cwd=ROOT, env=env,
-                               capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-        with httpx.Client(base_url=api, timeout=10) as client:
-            granted = client.post("/credits/grants", json={"userId": "newcomer", "amount": 500},
-                                  headers={"Authorization": f"Bearer {admin}"})
-            assert granted.status_code == 201, granted.text
-            user = {"Authorization": f"Bearer {token}"}
-            poses = [p["poseId"] for p in client.get("/poses", params={"limit": 4}, headers=user).json()["poses"]]
-            created = client.post("/generations", json={"poseIds": poses, "prompt": "a dancer on a rooftop"},
-                                  headers=user)
-            assert created.status_code == 202, created.text
-            generation_id = created.json()["generationId"]
-            body: dict = {}
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                body = client.get(f"/generations/{generation_id}", headers=user).json()
-                if body["status"] in ("completed", "failed"):
-                    break
-                time.sleep(0.2)
-            assert body["status"] == "completed", body
-            for pose in body["poses"]:
-                image = client.get(httpx.URL(f"http://127.0.0.1:{port}").join(pose["imageUrl"]))
-                assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
+        output = wait_for_banner(dev, log_path)
+        assert "started here: nothing" in output
+        assert "port 9109 is in use: worker metrics on " in output
+        worker_url = next(line.split()[-1] for line in banner_lines(output) if "Worker metrics:" in line)
+        assert not worker_url.endswith(":9109/metrics")
+        assert httpx.get(worker_url, timeout=5).status_code == 200
+        worker = next(pid for pid in child_pids(dev.pid)
+                      if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
+        os.kill(worker, signal.SIGKILL)
+        dev.wait(timeout=60)
     finally:
-        dev.send_signal(signal.SIGINT)
-        try:
+        if dev.poll() is None:
+            dev.send_signal(signal.SIGINT)
             dev.wait(timeout=30)
-        finally:
-            if dev.poll() is None:
-                dev.kill()
-            drop_database(db_name)
-            release_redis_db(redis_index)
-    assert dev.returncode == 0, log_path.read_text()[-3000:]
-    # Everything it started is gone: the API port no longer answers.
-    try:
-        httpx.get(f"http://127.0.0.1:{port}/api/apps/pose-generator/health", timeout=1)
-        raise AssertionError("the API still answers after Ctrl-C")
-    except httpx.TransportError:
-        pass
+        squatter.close()
+        drop_database(db_name)
+        release_redis_db(redis_index)
+    output = log_path.read_text(errors="replace")
+    assert dev.returncode == 1, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: worker dev-worker-1-{dev.pid} (pid {worker}) was killed by SIGKILL; stopped the rest"], \
+        output[-3000:]
+    assert not answers(port), "the API still answers after a worker died"
