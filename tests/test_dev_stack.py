@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 
 import httpx
 
+from tests.dev_commands import admin_token, answers, banner_lines, dev_env, private_folder, wait_for_banner
 from tests.stack import (
     ROOT,
     child_pids,
@@ -33,47 +31,11 @@ from tests.stack import (
 )
 
 API = "/api/apps/pose-generator"
-SECRET = "dev-stack-test-secret-long-enough"
-
-
-def _dev_env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("API_HOST", "API_PORT", "EXPORTER_PORT", "WORKER_METRICS_PORT", "WORKERS", "MAKEFLAGS")}
-    return {**env, "JWT_SECRET": SECRET, "PYTHONUNBUFFERED": "1", **overrides}
-
-
-def wait_for_banner(process: subprocess.Popen[bytes], log_path: Path, timeout: float = 90) -> str:
-    deadline = time.monotonic() + timeout
-    while "Press Ctrl-C" not in log_path.read_text(errors="replace"):
-        assert process.poll() is None, f"exited {process.returncode} before the banner:\n{log_path.read_text()}"
-        assert time.monotonic() < deadline, f"no banner within {timeout} s:\n{log_path.read_text()}"
-        time.sleep(0.2)
-    return log_path.read_text(errors="replace")
-
-
-def banner_lines(output: str) -> list[str]:
-    lines = output.splitlines()
-    first = next(i for i, line in enumerate(lines) if " is up " in line)
-    last = next(i for i, line in enumerate(lines) if "Press Ctrl-C" in line)
-    return lines[first:last + 1]
-
-
-def admin_token(output: str) -> str:
-    lines = banner_lines(output)
-    token = lines[lines.index(next(line for line in lines if "Admin token" in line)) + 1].strip()
-    assert re.fullmatch(r"[\w-]+\.[\w-]+\.[\w-]+", token)
-    return token
-
-
-def answers(port: int) -> bool:
-    with suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
-        return True
-    return False
 
 
 def four_pose_generation_completes(api: str, admin: str, port: int) -> None:
     token = subprocess.run([sys.executable, "-m", "app.cli", "token", "--user", "newcomer"], cwd=ROOT,
-                           env=_dev_env(), capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+                           env=dev_env(), capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
     with httpx.Client(base_url=api, timeout=10) as client:
         granted = client.post("/credits/grants", json={"userId": "newcomer", "amount": 500},
                               headers={"Authorization": f"Bearer {admin}"})
@@ -99,28 +61,12 @@ def four_pose_generation_completes(api: str, admin: str, port: int) -> None:
             assert image.status_code == 200 and image.content[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@contextmanager
-def private_folder() -> Iterator[Path]:
-    """A 0700 folder, like root's home or ``mktemp -d``: the postgres user cannot enter it."""
-    folder = Path(tempfile.mkdtemp(prefix="posegen-fresh-"))
-    assert folder.stat().st_mode & 0o777 == 0o700
-    try:
-        yield folder
-    finally:
-        cluster = folder / ".data" / "postgres"
-        if cluster.is_symlink():  # root's cluster lives outside the folder; remove the one this test made
-            outside = cluster.resolve().parent
-            assert outside.name.startswith("posegen-") and outside.parent == Path("/var/tmp")
-            shutil.rmtree(outside, ignore_errors=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def test_make_dev_from_a_0700_folder_starts_its_own_services_and_serves_a_four_pose_generation() -> None:
     """Nothing at DATABASE_URL/REDIS_URL, data under a 0700 folder, ports chosen with make variables."""
     port, exporter_port, metrics_port, pg_port, redis_port = (free_port() for _ in range(5))
     with private_folder() as folder:
         data = folder / ".data"
-        env = _dev_env(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{pg_port}/posegen",
+        env = dev_env(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{pg_port}/posegen",
                        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0", POSEGEN_DATA_DIR=str(data))
         log_path = folder / "dev.log"
         with open(log_path, "wb") as log:
@@ -175,7 +121,7 @@ def test_dev_on_running_services_moves_off_a_busy_default_port_and_stops_when_a_
         squatter.listen()
     except OSError:
         pass  # already busy: just as good
-    env = _dev_env(DATABASE_URL=database_url(db_name), REDIS_URL=redis_url(redis_index),
+    env = dev_env(DATABASE_URL=database_url(db_name), REDIS_URL=redis_url(redis_index),
                    POSEGEN_DATA_DIR=str(tmp_path / "data"))
     log_path = tmp_path / "dev.log"
     with open(log_path, "wb") as log:
