@@ -188,7 +188,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     try:
         ports = choose_ports(args.host, args.port, args.exporter_port, args.worker_metrics_port, args.workers)
         with local_services(settings.database_url, settings.redis_url, settings.data_dir.resolve()) as services:
-            return run_dev_stack(settings, args.host, ports, args.workers, services)
+            return run_dev_stack(settings, args.host, ports, services)
     except (ServiceError, StackError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1

@@ -110,6 +110,7 @@ class StackPart:
     output: Callable[[], list[str]]
     ready_url: str | None = None
     ready: bool = False
+    forwarder: threading.Thread | None = None
 
     def exit_reason(self) -> str:
         code = self.process.returncode
@@ -142,18 +143,19 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], ready_url: str | Non
     process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
     tail = _Tail()
-    threading.Thread(target=tail.pump, args=(process.stdout,), name=f"output of {name}", daemon=True).start()
-    return StackPart(name, process, tail.snapshot, ready_url)
+    forwarder = threading.Thread(target=tail.pump, args=(process.stdout,), name=f"output of {name}", daemon=True)
+    forwarder.start()
+    return StackPart(name, process, tail.snapshot, ready_url, forwarder=forwarder)
 
 
 def _service_part(service: LocalService) -> StackPart:
     return StackPart(f"{service.name} (started here)", service.process, service.last_lines, ready=True)
 
 
-def _run_step(posegen: list[str], step: str, env: dict[str, str]) -> None:
+def _run_step(posegen: list[str], step: str, env: dict[str, str], stop: threading.Event) -> None:
     done = subprocess.run([*posegen, step], env=env, capture_output=True, text=True, check=False)
     sys.stdout.write(done.stdout)
-    if done.returncode != 0:
+    if done.returncode != 0 and not stop.is_set():
         raise StackError(f"posegen {step} failed (exit {done.returncode}): "
                          f"{last_problem((done.stderr + done.stdout).splitlines())}")
 
@@ -206,7 +208,7 @@ def _answers(url: str) -> bool:
     return True
 
 
-def run_dev_stack(settings: Settings, host: str, ports: DevPorts, workers: int, services: list[LocalService]) -> int:
+def run_dev_stack(settings: Settings, host: str, ports: DevPorts, services: list[LocalService]) -> int:
     """Run migrations, seed, start the parts, print the banner, supervise; returns 0 after Ctrl-C.
 
     Raises StackError (after stopping every part started here) when a part cannot start or dies.
@@ -217,8 +219,6 @@ def run_dev_stack(settings: Settings, host: str, ports: DevPorts, workers: int, 
         print(f"[posegen dev] {note}", file=sys.stderr, flush=True)
     env = {**os.environ, "POSEGEN_DATA_DIR": str(settings.data_dir.resolve()), "PYTHONUNBUFFERED": "1"}
     posegen = [sys.executable, "-m", "app.cli"]
-    for step in ("migrate", "seed"):
-        _run_step(posegen, step, env)
     stop = threading.Event()
 
     def request_stop(signum: int, frame: object) -> None:
@@ -226,6 +226,10 @@ def run_dev_stack(settings: Settings, host: str, ports: DevPorts, workers: int, 
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    for step in ("migrate", "seed"):
+        _run_step(posegen, step, env, stop)
+        if stop.is_set():
+            return 0
     parts = [_service_part(service) for service in services]
     children: list[StackPart] = []
     try:
@@ -279,4 +283,6 @@ def _stop_children(children: list[StackPart]) -> None:
         except subprocess.TimeoutExpired:
             part.process.kill()
             part.process.wait()
+        if part.forwarder is not None:
+            part.forwarder.join(timeout=2)  # its last lines (shutdown logs) before our own last line
 
