@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -65,12 +65,27 @@ class LocalService:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    # Words that mark a log line as a problem (the logs also hold routine lines and clients' errors).
+    alarm_words: tuple[str, ...]
+    log_offset: int = 0
 
-    def last_lines(self, count: int = 20) -> list[str]:
+    def __post_init__(self) -> None:
+        self.skip_logged()
+
+    def skip_logged(self) -> None:
+        """Count only what is logged from now on (start-up warnings are not why it stops later)."""
+        with suppress(OSError):
+            self.log_offset = self.log_path.stat().st_size
+
+    def alarms(self, count: int = 20) -> list[str]:
+        """The last problem lines it logged since it was started here."""
         try:
-            return self.log_path.read_text(errors="replace").splitlines()[-count:]
+            with open(self.log_path, "rb") as log:
+                log.seek(self.log_offset)
+                lines = log.read().decode(errors="replace").splitlines()
         except OSError:
             return []
+        return [line for line in lines if any(word in line for word in self.alarm_words)][-count:]
 
 
 def _say(message: str) -> None:
@@ -244,15 +259,16 @@ def start_postgres(database_url: str, data_dir: Path) -> LocalService:
             cwd=home, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             **_as_user(account),  # type: ignore[arg-type]
         )
-    service = LocalService("PostgreSQL", process, log_path)
+    service = LocalService("PostgreSQL", process, log_path, ("FATAL", "PANIC", "could not"))
     admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres", connect_timeout=2)
     deadline = time.monotonic() + 60
     while True:
         if process.poll() is not None:
-            said = last_problem(service.last_lines()) or "no output"
+            said = last_problem(service.alarms()) or "no output"
             raise ServiceError(f"PostgreSQL did not start on port {port}: {said} (log {log_path})")
         try:
             psycopg.connect(admin).close()
+            service.skip_logged()
             return service
         except psycopg.OperationalError as exc:
             if time.monotonic() > deadline:
@@ -278,16 +294,17 @@ def start_redis(redis_url: str, data_dir: Path) -> LocalService:
          "--dir", str(folder), "--logfile", str(log_path)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
     )
-    service = LocalService("Redis", process, log_path)
+    service = LocalService("Redis", process, log_path, (" # ",))
     client = Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
     deadline = time.monotonic() + 15
     try:
         while True:
             if process.poll() is not None:
-                said = last_problem(service.last_lines()) or "no output"
+                said = last_problem(service.alarms()) or "no output"
                 raise ServiceError(f"redis-server did not start on port {port}: {said} (log {log_path})")
             try:
                 client.ping()
+                service.skip_logged()
                 return service
             except RedisError:
                 if time.monotonic() > deadline:

@@ -73,6 +73,8 @@ def choose_ports(host: str, api: int, exporter: int | None, worker_metrics: int 
     notes: list[str] = []
 
     def given(kind: str, port: int) -> int:
+        if not 1 <= port <= 65535:
+            raise StackError(f"{PORT_VARIABLES[kind]}={port} is not a TCP port (1-65535)")
         if port in taken or not port_free(host, port):
             raise StackError(f"port {port} on {host} ({kind}) is in use — another `make dev`? "
                              f"choose another: make dev {PORT_VARIABLES[kind]}=<port>")
@@ -149,7 +151,7 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], ready_url: str | Non
 
 
 def _service_part(service: LocalService) -> StackPart:
-    return StackPart(f"{service.name} (started here)", service.process, service.last_lines, ready=True)
+    return StackPart(f"{service.name} (started here)", service.process, service.alarms, ready=True)
 
 
 def _run_step(posegen: list[str], step: str, env: dict[str, str], stop: threading.Event) -> None:
@@ -277,9 +279,10 @@ def _stop_children(children: list[StackPart]) -> None:
     for part in children:
         if part.process.poll() is None:
             part.process.terminate()
+    deadline = time.monotonic() + 15
     for part in children:
         try:
-            part.process.wait(timeout=15)
+            part.process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             part.process.kill()
             part.process.wait()
