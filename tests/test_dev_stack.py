@@ -17,6 +17,7 @@ from contextlib import suppress
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.dev_commands import admin_token, answers, banner_lines, dev_env, private_folder, wait_for_banner
 from tests.stack import (
@@ -108,35 +109,38 @@ def test_make_dev_from_a_0700_folder_starts_its_own_services_and_serves_a_four_p
             assert not answers(closed_port), f"{what} still answers after Ctrl-C:\n{log_path.read_text()[-3000:]}"
 
 
-def test_dev_on_running_services_moves_off_a_busy_default_port_and_stops_when_a_worker_is_killed(
-    tmp_path: Path,
-) -> None:
-    """A fresh machine may have something on 9109: the default moves on; a part that dies stops the stack."""
+@pytest.mark.parametrize("victim", ["worker", "redis-server"])
+def test_dev_moves_off_a_busy_default_port_and_stops_when_a_part_is_killed(victim: str, tmp_path: Path) -> None:
+    """A fresh machine may have something on 9109: the default moves on. Any part that dies stops the stack:
+    a worker, or the Redis that `posegen dev` started itself (PostgreSQL is the machine's, already running)."""
     db_name = f"posegen_dev_{uuid.uuid4().hex[:8]}"
     redis_index = claim_redis_db()
     port = free_port()
     squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a recent user's TIME_WAIT is not "busy"
     try:
         squatter.bind(("127.0.0.1", 9109))
         squatter.listen()
     except OSError:
         pass  # already busy: just as good
-    env = dev_env(DATABASE_URL=database_url(db_name), REDIS_URL=redis_url(redis_index),
-                   POSEGEN_DATA_DIR=str(tmp_path / "data"))
+    own_redis = f"redis://127.0.0.1:{free_port()}/0"
+    env = dev_env(DATABASE_URL=database_url(db_name),
+                  REDIS_URL=own_redis if victim == "redis-server" else redis_url(redis_index),
+                  POSEGEN_DATA_DIR=str(tmp_path / "data"))
     log_path = tmp_path / "dev.log"
     with open(log_path, "wb") as log:
         dev = subprocess.Popen([sys.executable, "-m", "app.cli", "dev", "--port", str(port), "--workers", "1"],
                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         output = wait_for_banner(dev, log_path)
-        assert "started here: nothing" in output
+        assert ("started here: Redis" if victim == "redis-server" else "started here: nothing") in output
         assert "port 9109 is in use: worker metrics on " in output
         worker_url = next(line.split()[-1] for line in banner_lines(output) if "Worker metrics:" in line)
         assert not worker_url.endswith(":9109/metrics")
         assert httpx.get(worker_url, timeout=5).status_code == 200
-        worker = next(pid for pid in child_pids(dev.pid)
-                      if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
-        os.kill(worker, signal.SIGKILL)
+        pid = next(pid for pid in child_pids(dev.pid)
+                   if victim.encode() in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" "))
+        os.kill(pid, signal.SIGKILL)
         dev.wait(timeout=60)
     finally:
         if dev.poll() is None:
@@ -147,7 +151,7 @@ def test_dev_on_running_services_moves_off_a_busy_default_port_and_stops_when_a_
         release_redis_db(redis_index)
     output = log_path.read_text(errors="replace")
     assert dev.returncode == 1, output[-3000:]
+    name = f"worker dev-worker-1-{dev.pid}" if victim == "worker" else "Redis (started here)"
     errors = [line for line in output.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: worker dev-worker-1-{dev.pid} (pid {worker}) was killed by SIGKILL; stopped the rest"], \
-        output[-3000:]
-    assert not answers(port), "the API still answers after a worker died"
+    assert errors == [f"error: {name} (pid {pid}) was killed by SIGKILL; stopped the rest"], output[-3000:]
+    assert not answers(port), "the API still answers after a part of the stack died"
