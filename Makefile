@@ -37,5 +37,7 @@ bench: install
 lint: install
 	$(BIN)/ruff check .
 
+# Root's PostgreSQL cluster may live outside the clone (app/devservices.py): /var/tmp/posegen-<sha256 of .data>.
 clean:
+	rm -rf /var/tmp/posegen-$$(printf %s "$$(realpath -m .data)" | sha256sum | cut -c1-12)
 	rm -rf $(VENV) .data .pytest_cache
