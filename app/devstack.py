@@ -265,8 +265,12 @@ def run_dev_stack(settings: Settings, host: str, ports: DevPorts, services: list
         while not stop.wait(0.3):
             _check_alive(parts)
         return 0
+    except StackError:
+        # The stack is going down anyway; a worker waiting on a dead Redis does not stop on SIGTERM.
+        _stop_children(children, grace=5)
+        raise
     finally:
-        _stop_children(children)
+        _stop_children(children, grace=15)
 
 
 def _check_alive(parts: list[StackPart]) -> None:
@@ -275,11 +279,12 @@ def _check_alive(parts: list[StackPart]) -> None:
             raise StackError(f"{part.name} (pid {part.process.pid}) {part.exit_reason()}; stopped the rest")
 
 
-def _stop_children(children: list[StackPart]) -> None:
+def _stop_children(children: list[StackPart], grace: float) -> None:
+    """SIGTERM each, SIGKILL what still runs ``grace`` seconds later; then drain their output."""
     for part in children:
         if part.process.poll() is None:
             part.process.terminate()
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + grace
     for part in children:
         try:
             part.process.wait(timeout=max(0.1, deadline - time.monotonic()))
