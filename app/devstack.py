@@ -15,6 +15,7 @@ a fresh machine may have something there already.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -54,13 +55,19 @@ class DevPorts:
 
 
 def port_free(host: str, port: int) -> bool:
-    """True when a listening socket could bind ``host:port`` now (SO_REUSEADDR, as uvicorn and http.server)."""
-    with socket.socket() as probe:
+    """True when a listening socket could bind ``host:port`` now (SO_REUSEADDR, as uvicorn and http.server).
+
+    False when the port is taken; StackError when ``host`` cannot be listened on at all (not an address here).
+    """
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
-        except OSError:
-            return False
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise StackError(f"cannot listen on {host}:{port} ({exc.strerror}): set API_HOST to an address "
+                             f"of this machine") from None
         return True
 
 

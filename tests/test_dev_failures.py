@@ -80,6 +80,12 @@ def test_a_busy_api_port_is_named_with_the_variable_that_moves_it(tmp_path: Path
     assert f"port {port} on 127.0.0.1 (API) is in use" in line and "API_PORT=" in line, line
 
 
+def test_an_api_host_that_is_no_address_of_this_machine_is_named(tmp_path: Path) -> None:
+    done = _run(["make", "--no-print-directory", "dev", "API_HOST=192.0.2.1"], POSEGEN_DATA_DIR=str(tmp_path))
+    line = _one_error_line(done)
+    assert "cannot listen on 192.0.2.1:" in line and "API_HOST" in line, line
+
+
 def test_redis_url_pointing_at_something_that_is_not_redis(not_redis: int, tmp_path: Path) -> None:
     done = _run([sys.executable, "-m", "app.cli", "dev", "--port", str(free_port())],
                 REDIS_URL=f"redis://127.0.0.1:{not_redis}/0", DATABASE_URL=database_url("postgres"),
