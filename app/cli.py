@@ -192,6 +192,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     except (ServiceError, StackError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C before the stack was up; what was started has been stopped
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -36,7 +36,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,9 +68,6 @@ class LocalService:
     # Words that mark a log line as a problem (the logs also hold routine lines and clients' errors).
     alarm_words: tuple[str, ...]
     log_offset: int = 0
-
-    def __post_init__(self) -> None:
-        self.skip_logged()
 
     def skip_logged(self) -> None:
         """Count only what is logged from now on (start-up warnings are not why it stops later)."""
@@ -253,29 +250,16 @@ def start_postgres(database_url: str, data_dir: Path) -> LocalService:
     log_path = data_dir / "postgres.log"  # opened here, so root's folder is fine for a server running as postgres
     _say(f"starting PostgreSQL on {host}:{port} (cluster {cluster}, log {log_path})")
     with open(log_path, "ab") as log:
+        offset = log.tell()
         # A session of its own: a Ctrl-C in the terminal stops the app processes first, then us, then it.
         process = subprocess.Popen(
             [postgres, "-D", str(cluster), "-p", str(port), "-h", "127.0.0.1", "-k", str(sockets)],
             cwd=home, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             **_as_user(account),  # type: ignore[arg-type]
         )
-    service = LocalService("PostgreSQL", process, log_path, ("FATAL", "PANIC", "could not"))
+    service = LocalService("PostgreSQL", process, log_path, ("FATAL", "PANIC", "could not"), offset)
     admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres", connect_timeout=2)
-    deadline = time.monotonic() + 60
-    while True:
-        if process.poll() is not None:
-            said = last_problem(service.alarms()) or "no output"
-            raise ServiceError(f"PostgreSQL did not start on port {port}: {said} (log {log_path})")
-        try:
-            psycopg.connect(admin).close()
-            service.skip_logged()
-            return service
-        except psycopg.OperationalError as exc:
-            if time.monotonic() > deadline:
-                stop_service(service)
-                raise ServiceError(f"PostgreSQL did not accept connections within 60 s: "
-                                   f"{database_problem(database_url, exc)}") from None
-            time.sleep(0.2)
+    return _await_ready(service, port, lambda: psycopg.connect(admin).close(), psycopg.OperationalError, 60)
 
 
 def start_redis(redis_url: str, data_dir: Path) -> LocalService:
@@ -288,32 +272,46 @@ def start_redis(redis_url: str, data_dir: Path) -> LocalService:
     folder = data_dir / "redis"
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / "redis.log"
+    offset = log_path.stat().st_size if log_path.exists() else 0
     _say(f"starting Redis on {host}:{port} (log {log_path})")
     process = subprocess.Popen(
         ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
          "--dir", str(folder), "--logfile", str(log_path)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
     )
-    service = LocalService("Redis", process, log_path, (" # ",))
+    service = LocalService("Redis", process, log_path, (" # ",), offset)
     client = Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
-    deadline = time.monotonic() + 15
     try:
-        while True:
-            if process.poll() is not None:
-                said = last_problem(service.alarms()) or "no output"
-                raise ServiceError(f"redis-server did not start on port {port}: {said} (log {log_path})")
-            try:
-                client.ping()
-                service.skip_logged()
-                return service
-            except RedisError:
-                if time.monotonic() > deadline:
-                    stop_service(service)
-                    raise ServiceError(f"redis-server did not answer on port {port} within 15 s; "
-                                       f"see {log_path}") from None
-                time.sleep(0.1)
+        return _await_ready(service, port, client.ping, RedisError, 15)
     finally:
         client.close()
+
+
+def _await_ready(service: LocalService, port: int, probe: Callable[[], object], not_yet: type[Exception],
+                 timeout: float) -> LocalService:
+    """Return the service once ``probe`` succeeds; stop it and raise ServiceError if it exits or stays silent.
+
+    Also stopped on Ctrl-C: in a session of its own, the terminal's SIGINT does not reach it.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if service.process.poll() is not None:
+                said = last_problem(service.alarms()) or "no output"
+                raise ServiceError(f"{service.name} did not start on port {port}: {said} (log {service.log_path})")
+            try:
+                probe()
+            except not_yet as exc:
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"{service.name} did not answer on port {port} within {timeout:.0f} s: "
+                                       f"{' '.join(str(exc).split())} (log {service.log_path})") from None
+                time.sleep(0.1)
+                continue
+            service.skip_logged()
+            return service
+    except BaseException:
+        stop_service(service)
+        raise
 
 
 _TRACEBACK_LAST = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b.*")
@@ -386,10 +384,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with local_services(settings.database_url, settings.redis_url, settings.data_dir.resolve()):
-            return subprocess.call(args[2:])
+            command = subprocess.Popen(args[2:])
+            # The terminal's Ctrl-C reaches the command itself (pytest tears its stacks down); the servers
+            # started here are stopped once it has exited.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            code = command.wait()
+            return 128 - code if code < 0 else code  # killed by signal N: exit 128 + N, as a shell says it
     except ServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130  # the servers started here were stopped on the way out
 
 
 if __name__ == "__main__":
