@@ -63,6 +63,7 @@ class Settings:
     dd_service: str = "pose-generator"
     db_pool_size: int = 10
     rate_limit_per_minute: int = 60
+    revision: str = "unknown"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -123,6 +124,7 @@ class Settings:
                 "POSEGEN_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute, minimum=0, maximum=1_000_000
             ),
             db_pool_size=reader.integer("POSEGEN_DB_POOL_SIZE", cls.db_pool_size, minimum=1, maximum=200),
+            revision=reader.text("POSEGEN_REVISION", cls.revision),
         )
         if settings.provider == "flux" and not settings.flux_api_key:
             raise SettingsError("FLUX_API_KEY must be set when POSEGEN_PROVIDER=flux")

@@ -49,6 +49,7 @@ import psycopg
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 from redis import Redis
 from rq import Queue
@@ -67,6 +68,7 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 from app import QUEUE_NAME
 from app.errors import ErrorType
 from app.observability.logging import get_logger
+from app.worker.limiter import read_slot_usage
 
 log = get_logger("Metrics")
 
@@ -134,6 +136,49 @@ class QueueCollector(Collector):
         return states, enqueued_at
 
 
+class ProviderSlotsCollector(Collector):
+    """The provider-slot limiter's state in Redis: slots held under a live lease, and the cap.
+
+    The cap is the one the most recently started worker advertised; before any did, the exporter's own
+    ``POSEGEN_PROVIDER_CONCURRENCY``.
+    """
+
+    def __init__(self, redis: Redis, default_limit: int) -> None:
+        self._redis = redis
+        self._default_limit = default_limit
+
+    def collect(self) -> Iterator[Metric]:
+        in_use, limit = read_slot_usage(self._redis)
+        yield GaugeMetricFamily("pose_provider_slots_in_use",
+                                "Provider slots held now (in-flight provider calls across all workers)", value=in_use)
+        yield GaugeMetricFamily("pose_provider_slots_limit", "The cap on provider slots (POSEGEN_PROVIDER_CONCURRENCY)",
+                                value=limit if limit is not None else self._default_limit)
+
+
+class CombinedCollector(Collector):
+    """Several collectors read as one source (one ``pose_exporter_up{source}``)."""
+
+    def __init__(self, *parts: Collector) -> None:
+        self._parts = parts
+
+    def collect(self) -> Iterator[Metric]:
+        for part in self._parts:
+            yield from part.collect()
+
+
+class LimitsCollector(Collector):
+    """Figures the exporter knows from its configuration (the same settings the workers run with)."""
+
+    def __init__(self, generation_time_limit_seconds: float) -> None:
+        self._generation_limit = generation_time_limit_seconds
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "pose_generation_time_limit_seconds",
+            "The longest one attempt of a generation can run (deadline x poses / pose concurrency + slack); "
+            "an attempt running longer is stuck", value=self._generation_limit)
+
+
 @dataclass(frozen=True)
 class _Histogram:
     key: str  # the metric name in exporter_histograms
@@ -151,19 +196,30 @@ _HISTOGRAMS = (
     _Histogram("pose_duration", "pose_pose_duration_seconds", "Each finished pose, end to end"),
 )
 
-# One statement, so counters and histograms come from the same snapshot.
+# One statement, so counters and histograms come from the same snapshot. Columns: metric, label, le,
+# value, sum_ms, then a bucket's exemplar (trace_id, generation_id, value_ms, observed_at epoch seconds).
 _READ_SQL = """
 SELECT metric, label, NULL::float8 AS le,
        (CASE metric WHEN 'last_finished_generation_ms' THEN max(value) ELSE sum(value) END)::bigint AS value,
-       NULL::bigint AS sum_ms
+       NULL::bigint AS sum_ms, NULL::text AS trace_id, NULL::text AS generation_id, NULL::bigint AS value_ms,
+       NULL::float8 AS observed_at
   FROM exporter_counters GROUP BY metric, label
 UNION ALL
-SELECT b.metric, '', bucket.le, coalesce(sum(h.count), 0)::bigint, coalesce(sum(h.sum_ms), 0)::bigint
+SELECT 'oldest_running_ms', '', NULL,
+       coalesce((extract(epoch FROM now() - min(attempt_started_at)) * 1000)::bigint, 0), NULL, NULL, NULL, NULL, NULL
+  FROM generations WHERE status = 'processing'
+UNION ALL
+SELECT b.metric, '', bucket.le, coalesce(sum(h.count), 0)::bigint, coalesce(sum(h.sum_ms), 0)::bigint,
+       min(e.trace_id), min(e.generation_id), min(e.value_ms), extract(epoch FROM min(e.observed_at))::float8
   FROM exporter_histogram_bounds b
  CROSS JOIN LATERAL unnest(b.bounds || 'Infinity'::float8) AS bucket (le)
   LEFT JOIN exporter_histograms h ON h.metric = b.metric AND h.le = bucket.le
+  LEFT JOIN exporter_histogram_exemplars e ON e.metric = b.metric AND e.le = bucket.le
  GROUP BY b.metric, bucket.le
 """
+
+# Closed label sets of the counters the reaper keeps (app/domain/processing.py: reap_abandoned).
+ABANDON_REASONS = ("lease_expired", "job_lost")
 
 
 class SourceBusy(RuntimeError):
@@ -227,12 +283,16 @@ class DomainCollector(Collector):
 
 def _domain_families(rows: Iterable[tuple[Any, ...]]) -> Iterator[Metric]:
     counters: dict[tuple[str, str], int] = {}
-    buckets: dict[str, list[tuple[float, int, int]]] = {}
-    for metric, label, le, value, sum_ms in rows:
+    buckets: dict[str, list[tuple[float, int, int, Exemplar | None]]] = {}
+    for metric, label, le, value, sum_ms, trace_id, generation_id, value_ms, observed_at in rows:
         if le is None:
             counters[(metric, label)] = int(value)
         else:
-            buckets.setdefault(metric, []).append((float(le), int(value), int(sum_ms)))
+            exemplar = None
+            if trace_id is not None:
+                labels = {"trace_id": trace_id, **({"generation_id": generation_id} if generation_id else {})}
+                exemplar = Exemplar(labels, value_ms / 1000, observed_at)
+            buckets.setdefault(metric, []).append((float(le), int(value), int(sum_ms), exemplar))
 
     def count(metric: str, label: str = "") -> int:
         return counters.get((metric, label), 0)
@@ -262,19 +322,34 @@ def _domain_families(rows: Iterable[tuple[Any, ...]]) -> Iterator[Metric]:
                               value=count("credits_spent"))
     yield CounterMetricFamily("pose_credits_refunded", "Credits refunded for failed poses",
                               value=count("credits_refunded"))
+    requeues = CounterMetricFamily(
+        "pose_generation_requeues", "Abandoned generation attempts the reaper queued again, by reason",
+        labels=["reason"])
+    exhausted = CounterMetricFamily(
+        "pose_generation_attempts_exhausted",
+        "Generations the reaper failed (poses refunded as TIMEOUT_ERROR) after their last attempt was abandoned",
+        labels=["reason"])
+    for reason in ABANDON_REASONS:
+        requeues.add_metric([reason], count("generation_requeues", reason))
+        exhausted.add_metric([reason], count("generation_attempts_exhausted", reason))
+    yield requeues
+    yield exhausted
+    yield GaugeMetricFamily("pose_generation_oldest_running_age_seconds",
+                            "How long the longest-running attempt of a generation now processing has run "
+                            "(0 when none runs)", value=count("oldest_running_ms") / 1000)
     if ("last_finished_generation_ms", "") in counters:
         yield GaugeMetricFamily("pose_last_finished_generation_timestamp_seconds",
                                 "Unix time at which the latest generation finished",
                                 value=count("last_finished_generation_ms") / 1000)
     for histogram in _HISTOGRAMS:
-        observed = sorted(buckets.get(histogram.key, []))
+        observed = sorted(buckets.get(histogram.key, []), key=lambda bucket: bucket[0])
         if not observed:
             continue
         cumulative, total_ms, samples = 0, 0, []
-        for le, bucket_count, sum_ms in observed:
+        for le, bucket_count, sum_ms, exemplar in observed:
             cumulative += bucket_count
             total_ms += sum_ms
-            samples.append((floatToGoString(le), cumulative))
+            samples.append((floatToGoString(le), cumulative, exemplar))
         family = HistogramMetricFamily(histogram.name, histogram.documentation)
         family.add_metric([], samples, total_ms / 1000)
         yield family

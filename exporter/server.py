@@ -19,9 +19,19 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from app.domain.processing import generation_time_limit_seconds
+from app.observability.build_info import BuildInfoCollector
+from app.observability.fleet_metrics import FleetMetricsCollector
 from app.observability.logging import get_logger
 from app.settings import Settings
-from exporter.collectors import DomainCollector, QueueCollector, SourcesCollector
+from exporter.collectors import (
+    CombinedCollector,
+    DomainCollector,
+    LimitsCollector,
+    ProviderSlotsCollector,
+    QueueCollector,
+    SourcesCollector,
+)
 
 log = get_logger("Metrics")
 
@@ -41,10 +51,16 @@ class Exporter:
     def __init__(self, settings: Settings, timeout_seconds: float = SOURCE_TIMEOUT_SECONDS) -> None:
         self.redis = make_exporter_redis(settings.redis_url, timeout_seconds)
         self.domain = DomainCollector(settings.database_url, timeout_seconds=timeout_seconds)
-        self.sources = SourcesCollector({"redis": QueueCollector(self.redis), "postgres": self.domain},
+        redis_state = CombinedCollector(QueueCollector(self.redis),
+                                        ProviderSlotsCollector(self.redis, settings.provider_concurrency),
+                                        FleetMetricsCollector(self.redis))
+        self.sources = SourcesCollector({"redis": redis_state, "postgres": self.domain},
                                         timeout_seconds=timeout_seconds)
         self.registry = CollectorRegistry()
         self.registry.register(self.sources)
+        self.registry.register(BuildInfoCollector(settings.revision))
+        self.registry.register(LimitsCollector(generation_time_limit_seconds(
+            settings.flux_deadline_seconds, settings.max_poses_per_generation, settings.pose_concurrency)))
         ProcessCollector(registry=self.registry)
 
     def close(self) -> None:

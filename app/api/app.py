@@ -21,7 +21,7 @@ from app.api.generation_creates import GenerationCreator
 from app.api.generation_reads import GenerationReader
 from app.api.generations import GenerationController
 from app.api.health import health
-from app.api.http_metrics import http_metrics_middleware, metrics_prometheus
+from app.api.http_metrics import BUILD_INFO, http_metrics_middleware, metrics_prometheus
 from app.api.images import image
 from app.api.metrics import MetricsController
 from app.api.poses import PoseController
@@ -101,4 +101,5 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
     )
     app.state.settings = settings
+    BUILD_INFO.revision = settings.revision
     return app

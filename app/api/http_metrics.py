@@ -16,6 +16,9 @@ from prometheus_client import REGISTRY, Counter, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from app.observability import tracing
+from app.observability.build_info import BuildInfoCollector
+
 REQUESTS = Counter(
     "pose_http_requests", "HTTP requests answered by the API", ["method", "route", "status_code"]
 )
@@ -23,6 +26,9 @@ LATENCY = Histogram(
     "pose_http_request_duration_seconds", "HTTP request latency of the API", ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+# Registered once per process; the app factory sets the revision from its settings.
+BUILD_INFO = BuildInfoCollector("unknown")
+REGISTRY.register(BUILD_INFO)
 _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 # Labelled children by (method, route template, status): both sets are bounded, and looking a child up
 # here skips prometheus-client's label validation and lock on every request.
@@ -54,7 +60,8 @@ def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
                 children = _children[key] = (REQUESTS.labels(method, route, str(status)),
                                               LATENCY.labels(method, route))
             children[0].inc()
-            children[1].observe(time.perf_counter() - began)
+            # With tracing on, the request's trace is the bucket's exemplar (OpenMetrics scrapes show it).
+            children[1].observe(time.perf_counter() - began, tracing.exemplar_labels())
 
     return middleware
 

@@ -50,6 +50,24 @@ class PoseTimings:
     duration_ms: int | None = None
 
 
+# Room for everything around the provider call in a pose (render, upload, database writes).
+POSE_OVERHEAD_SECONDS = 60.0
+# Added to what a generation can take, before calling it stuck: lease renewals, the finishing writes.
+GENERATION_SLACK_SECONDS = 60.0
+
+
+def pose_deadline_seconds(flux_deadline_seconds: float) -> float:
+    """How long one pose may take in all (the provider enforces its own deadline inside it)."""
+    return flux_deadline_seconds + POSE_OVERHEAD_SECONDS
+
+
+def generation_time_limit_seconds(flux_deadline_seconds: float, max_poses: int, pose_concurrency: int) -> float:
+    """The longest one attempt of a generation can run: its poses in rounds of ``pose_concurrency``, each
+    round within the pose deadline, plus slack. An attempt running longer is stuck (alert GenerationStuck)."""
+    rounds = -(-max_poses // pose_concurrency)
+    return rounds * pose_deadline_seconds(flux_deadline_seconds) + GENERATION_SLACK_SECONDS
+
+
 def job_id_for(generation_id: str, attempt: int) -> str:
     return f"{generation_id}-a{attempt}"
 
@@ -61,7 +79,7 @@ async def claim_generation(
     async with conn.transaction():
         cur = await conn.execute(
             "UPDATE generations SET status = 'processing', started_at = coalesce(started_at, now()),"
-            " lease_expires_at = now() + make_interval(secs => %s)"
+            " attempt_started_at = now(), lease_expires_at = now() + make_interval(secs => %s)"
             " WHERE id = %s AND attempt = %s AND status = 'queued'"
             " RETURNING user_id, prompt, price_per_pose, created_at, trace_context",
             (lease_seconds, generation_id, attempt),
@@ -204,12 +222,15 @@ async def reap_abandoned(
                     (queued_check_seconds, generation_id),
                 )
                 continue
+            # Why the attempt was abandoned: its worker stopped renewing the lease, or its job vanished.
+            reason = "lease_expired" if status == "processing" else "job_lost"
             if attempt < max_attempts:
                 await conn.execute(
                     "UPDATE generations SET status = 'queued', attempt = attempt + 1,"
                     " lease_expires_at = now() + make_interval(secs => %s) WHERE id = %s",
                     (queued_check_seconds, generation_id),
                 )
+                await conn.execute("SELECT exporter_count('generation_requeues', %s, 1)", (reason,))
                 requeue.append((generation_id, attempt + 1))
                 continue
             message = f"abandoned: no worker finished it in {attempt} attempts"
@@ -230,5 +251,6 @@ async def reap_abandoned(
                 (generation_id,),
             )
             await finish_generation(conn, generation_id, attempt)
+            await conn.execute("SELECT exporter_count('generation_attempts_exhausted', %s, 1)", (reason,))
             failed.append(generation_id)
     return ReapResult(requeue, failed)

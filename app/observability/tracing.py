@@ -129,6 +129,22 @@ def current_trace_context() -> dict[str, str] | None:
     return headers
 
 
+def exemplar_labels(generation_id: str | None = None) -> dict[str, str] | None:
+    """Exemplar labels of an observation made now: ``{"trace_id", "generation_id"}``; None when not traced.
+
+    ``trace_id`` is the lower 64 bits in decimal, the id Datadog's trace URLs and logs use.
+    """
+    if _tracer is None:
+        return None
+    context = _tracer.current_trace_context()
+    if context is None or not context.trace_id:
+        return None
+    labels = {"trace_id": str(context.trace_id & 0xFFFFFFFFFFFFFFFF)}
+    if generation_id:
+        labels["generation_id"] = generation_id
+    return labels
+
+
 @contextmanager
 def generation_span(claimed: ClaimedGeneration) -> Iterator[None]:
     """The span of one generation's processing, in the trace of the request that created it."""

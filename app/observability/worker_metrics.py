@@ -19,7 +19,9 @@ from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from redis import Redis
 
+from app.observability.build_info import BuildInfoCollector
 from app.observability.performance import OPERATION_SECONDS
+from app.settings import Settings
 
 KEY_PREFIX = "posegen:worker-operations:"
 
@@ -85,8 +87,11 @@ def _le(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(bound)
 
 
-def serve_worker_metrics(redis: Redis, worker_name: str, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
+def serve_worker_metrics(
+    redis: Redis, worker_name: str, host: str, port: int, settings: Settings | None = None
+) -> tuple[WSGIServer, threading.Thread]:
     registry = CollectorRegistry()
     registry.register(OperationStatsCollector(redis, worker_name))
+    registry.register(BuildInfoCollector(settings.revision if settings is not None else "unknown"))
     ProcessCollector(registry=registry)
     return start_http_server(port, addr=host, registry=registry)

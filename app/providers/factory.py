@@ -12,14 +12,18 @@ if TYPE_CHECKING:
 
 
 def build_provider(settings: Settings, redis: Redis | None = None) -> ImageProvider:
-    """The configured provider; with ``redis``, FLUX polls around the shared estimate of task durations."""
+    """The configured provider; with ``redis``, FLUX polls around the shared estimate of task durations and
+    both report their calls to the fleet's metrics."""
+    from app.providers.call_metrics import ProviderCallMetrics
+
+    call_metrics = ProviderCallMetrics(redis) if redis is not None else None
     if settings.provider == "flux":
         # Imported here so the offline default never loads the HTTP client module.
         from app.providers.flux import FluxProvider
         from app.providers.task_durations import TaskDurations
 
         durations = TaskDurations(redis, settings.flux_model) if redis is not None else None
-        return FluxProvider(settings, durations=durations)
+        return FluxProvider(settings, durations=durations, call_metrics=call_metrics)
     from app.providers.local import LocalProvider
 
-    return LocalProvider(settings.local_latency)
+    return LocalProvider(settings.local_latency, call_metrics=call_metrics)

@@ -18,6 +18,7 @@ import httpx
 from app.errors import FluxApiError, PoseGenerationError, ProviderNetworkError, ProviderTimeoutError
 from app.observability.logging import get_logger
 from app.providers.base import ImageRequest
+from app.providers.call_metrics import ProviderCallMetrics
 from app.providers.task_durations import TaskDurations
 from app.settings import Settings
 
@@ -55,10 +56,12 @@ class FluxProvider:
     name = "flux"
 
     def __init__(
-        self, settings: Settings, *, client: httpx.AsyncClient | None = None, durations: TaskDurations | None = None
+        self, settings: Settings, *, client: httpx.AsyncClient | None = None, durations: TaskDurations | None = None,
+        call_metrics: ProviderCallMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._durations = durations
+        self._call_metrics = call_metrics
         # A trailing slash so relative paths (the model, a relative polling_url) join below any base path.
         self._base = httpx.URL(settings.flux_base_url.rstrip("/") + "/")
         self._timeout = httpx.Timeout(settings.flux_timeout_seconds)
@@ -125,6 +128,8 @@ class FluxProvider:
                     raise FluxApiError(f"FLUX task {task_id} is Ready without result.sample")
                 if self._durations is not None:
                     await self._durations.observe(loop.time() - submitted_at)
+                if self._call_metrics is not None:
+                    await self._call_metrics.task_finished(loop.time() - submitted_at, meta["generationId"])
                 return self._base.join(sample)
             if status in _PENDING:
                 await asyncio.sleep(
@@ -152,11 +157,13 @@ class FluxProvider:
         while True:
             attempt += 1
             retry_after: float | None = None
+            reason = "network"
             try:
                 response = await self._client.request(
                     method, url, json=json, headers=headers, timeout=self._timeout, follow_redirects=True
                 )
             except httpx.TimeoutException as exc:
+                reason = "timeout"
                 error: PoseGenerationError = ProviderTimeoutError(
                     f"FLUX {step} timed out ({type(exc).__name__}, attempt {attempt} of {retries + 1})"
                 )
@@ -175,8 +182,12 @@ class FluxProvider:
                     f"FLUX {step} answered HTTP {status} (attempt {attempt} of {retries + 1}): "
                     f"{_brief(response.text)}"
                 )
+                reason = "server_error"
                 if status == 429:
                     retry_after = _retry_after(response)
+                    reason = "rate_limited"
+                    if self._call_metrics is not None:
+                        await self._call_metrics.rate_limited(step)
             if attempt > retries:
                 raise error
             if retry_after is not None:
@@ -186,6 +197,8 @@ class FluxProvider:
                 delay = random.uniform(0, min(_BACKOFF_CAP_SECONDS, _BACKOFF_BASE_SECONDS * 2 ** attempt / 2))
             if asyncio.get_running_loop().time() + delay >= deadline:
                 raise error  # waiting would outlive the deadline: fail now, with the real cause
+            if self._call_metrics is not None:
+                await self._call_metrics.retried(reason)
             log.warning("FLUX call failed, retrying", step=step, attempt=attempt, error=str(error),
                         retryInSeconds=round(delay, 3), **meta)
             await asyncio.sleep(delay)

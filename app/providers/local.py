@@ -10,10 +10,12 @@ import asyncio
 import hashlib
 import io
 import random
+import time
 
 from PIL import Image, ImageDraw
 
 from app.providers.base import ImageRequest
+from app.providers.call_metrics import ProviderCallMetrics
 from app.providers.skeleton import encode_png
 from app.settings import LatencyRange
 
@@ -21,14 +23,20 @@ from app.settings import LatencyRange
 class LocalProvider:
     name = "local"
 
-    def __init__(self, latency: LatencyRange | None = None) -> None:
+    def __init__(self, latency: LatencyRange | None = None, call_metrics: ProviderCallMetrics | None = None) -> None:
         self._latency = latency or LatencyRange()
+        self._call_metrics = call_metrics
 
     async def generate(self, request: ImageRequest) -> bytes:
+        began = time.perf_counter()
         delay = self._delay(request)
         if delay > 0:
             await asyncio.sleep(delay)
-        return await asyncio.to_thread(render_local_image, request)
+        image = await asyncio.to_thread(render_local_image, request)
+        if self._call_metrics is not None:
+            # The whole call is the task here: there is no remote queue in front of the render.
+            await self._call_metrics.task_finished(time.perf_counter() - began, request.generation_id)
+        return image
 
     def _delay(self, request: ImageRequest) -> float:
         if self._latency.high <= self._latency.low:

@@ -4,6 +4,10 @@ Holders live in a sorted set scored by their expiry (Redis server time). A holde
 renews its short lease while it works, however long the provider call takes, so a
 slot held by a process that died (a SIGKILLed work-horse) frees itself within one
 lease instead of after the longest possible provider call.
+
+What on-call reads (USE of the one resource that limits us): slots in use and the cap, read from this
+state at scrape time (:func:`read_slot_usage`, by the exporter), and the time each pose waited for a
+slot (``pose_provider_slot_wait_seconds``, added to Redis as each wait ends).
 """
 
 from __future__ import annotations
@@ -12,12 +16,17 @@ import asyncio
 import contextlib
 import random
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.observability.fleet_metrics import PROVIDER_SLOT_WAIT, add_observation
 
 _ACQUIRE = """
 local now = redis.call('TIME')
@@ -42,7 +51,16 @@ end
 return 0
 """
 
+# Holders whose lease has not lapsed, by Redis server time (a dead holder's entry lingers until then).
+_IN_USE = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+return {redis.call('ZCOUNT', KEYS[1], '(' .. now_ms, '+inf'), redis.call('GET', KEYS[2])}
+"""
+
 PROVIDER_SLOTS_KEY = "posegen:provider-slots"
+# The cap the most recently started worker runs with (POSEGEN_PROVIDER_CONCURRENCY), for the exporter.
+PROVIDER_SLOTS_LIMIT_KEY = "posegen:provider-slots:limit"
 # Long enough to ride out a busy event loop, short enough that a dead holder's slot is back in seconds.
 SLOT_LEASE_SECONDS = 15.0
 
@@ -84,6 +102,14 @@ class ProviderSlots:
             _honour_cancellation()  # or a timed-out pose would go on waiting for a slot forever
             await asyncio.sleep(pause)
 
+    async def _record_wait(self, seconds: float) -> None:
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                add_observation(pipe, PROVIDER_SLOT_WAIT, seconds)
+                await pipe.execute()
+        except RedisError:
+            pass  # the figure is lost, the pose goes on
+
     async def release(self, token: str) -> None:
         try:
             await self._redis.zrem(self._key, token)
@@ -101,7 +127,9 @@ class ProviderSlots:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
+        waiting_since = time.perf_counter()
         token = await self.acquire()
+        await self._record_wait(time.perf_counter() - waiting_since)
         try:
             _honour_cancellation()  # cancelled while the winning call was in flight
         except asyncio.CancelledError:
@@ -113,3 +141,14 @@ class ProviderSlots:
         finally:
             renewer.cancel()
             await self.release(token)
+
+
+def advertise_limit(redis: SyncRedis, limit: int) -> None:
+    """Record the cap this worker runs with, so the exporter shows it beside the slots in use."""
+    redis.set(PROVIDER_SLOTS_LIMIT_KEY, limit)
+
+
+def read_slot_usage(redis: SyncRedis) -> tuple[int, int | None]:
+    """``(slots held under a live lease, advertised cap or None)``, in one round trip, by Redis time."""
+    in_use, limit = redis.eval(_IN_USE, 2, PROVIDER_SLOTS_KEY, PROVIDER_SLOTS_LIMIT_KEY)
+    return int(in_use), int(limit) if limit is not None else None

@@ -6,14 +6,15 @@ import time
 
 import psycopg
 from redis.exceptions import ConnectionError as RedisConnectionError
-from rq import Worker
 
 from app.errors import ControlNetError
 from app.observability.logging import get_logger
 from app.observability.worker_metrics import serve_worker_metrics
 from app.providers.skeleton import render_pose_skeleton
 from app.settings import Settings
+from app.worker.job_failures import CountingWorker
 from app.worker.jobs import use_settings
+from app.worker.limiter import advertise_limit
 from app.worker.queue import make_queue, make_redis
 from app.worker.reaper import Reaper
 
@@ -54,10 +55,11 @@ def run_worker(
             try:
                 # After an outage the old registration may still be live in Redis: register under a new name.
                 worker_name = f"{name}-r{restarts}" if name and restarts else name
-                worker = Worker([queue], connection=redis, name=worker_name)
+                worker = CountingWorker([queue], connection=redis, name=worker_name)
                 if not started:
+                    advertise_limit(redis, settings.provider_concurrency)
                     if metrics_port:
-                        serve_worker_metrics(redis, worker.name, metrics_host, metrics_port)
+                        serve_worker_metrics(redis, worker.name, metrics_host, metrics_port, settings)
                     log.info("Worker starting", queue=queue.name, worker=worker.name, provider=settings.provider,
                              metricsPort=metrics_port or None)
                     started = True

@@ -23,6 +23,7 @@ from app.domain.processing import (
     claim_generation,
     extend_lease,
     finish_generation,
+    pose_deadline_seconds,
     record_pose_failure,
     record_pose_success,
 )
@@ -178,7 +179,7 @@ class GenerationPipeline:
 
     def _pose_deadline(self) -> float:
         # The provider enforces its own deadline; this bounds everything else around it.
-        return self._settings.flux_deadline_seconds + 60.0
+        return pose_deadline_seconds(self._settings.flux_deadline_seconds)
 
     @staticmethod
     def _timings(queue_wait_ms: int, stages: dict[str, int], began: float) -> PoseTimings:
