@@ -17,6 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
 RULES = ALERTS / "rules" / "pose-generator.rules.yml"
+RULE_FILES = sorted((ALERTS / "rules").glob("*.yml"))
 RULE_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
 RUNBOOKS = ALERTS / "runbooks"
 ALERTMANAGER = ALERTS / "alertmanager.yml"
@@ -34,6 +35,8 @@ HISTOGRAMS = {
     "pose_http_request_duration_seconds",
     "pose_operation_duration_seconds",
     "pose_api_batch_size",
+    "pose_provider_slot_wait_seconds",
+    "pose_provider_task_duration_seconds",
 }
 # The metric names the exporter, the API and the workers promise (histograms as their series).
 CONTRACT_METRICS = {
@@ -50,6 +53,18 @@ CONTRACT_METRICS = {
     "pose_exporter_up",
     "pose_exporter_scrape_duration_seconds",
     "pose_http_requests_total",
+    # Why it is slow or stuck: provider slots, fleet counters (Redis), the oldest running attempt, releases.
+    "pose_provider_slots_in_use",
+    "pose_provider_slots_limit",
+    "pose_provider_rate_limited_total",
+    "pose_provider_retries_total",
+    "pose_job_failures_total",
+    "pose_generation_requeues_total",
+    "pose_generation_attempts_exhausted_total",
+    "pose_generation_oldest_running_age_seconds",
+    "pose_generation_time_limit_seconds",
+    "pose_generations_in_progress",
+    "pose_build_info",
 } | {f"{name}_{suffix}" for name in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 
 PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring"}
@@ -87,7 +102,8 @@ def metric_names(expr: str) -> set[str]:
 
 
 def load_rules() -> list[dict]:
-    return [rule for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
+    return [rule for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"]
+            for rule in group["rules"]]
 
 
 def load_alerts() -> list[dict]:
@@ -95,7 +111,7 @@ def load_alerts() -> list[dict]:
 
 
 def test_rule_file_is_valid() -> None:
-    result = run(require_tool("promtool", "prometheus"), "check", "rules", str(RULES))
+    result = run(require_tool("promtool", "prometheus"), "check", "rules", *map(str, RULE_FILES))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -245,6 +261,6 @@ def test_deploy_prometheus_config_is_valid_and_scrapes_the_jobs_the_rules_select
     result = run(require_tool("promtool", "prometheus"), "check", "config", str(PROMETHEUS))
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = {job["job_name"] for job in yaml.safe_load(PROMETHEUS.read_text())["scrape_configs"]}
-    selected = set(re.findall(r'job="([^"]+)"', RULES.read_text()))
+    selected = {job for path in RULE_FILES for job in re.findall(r'job="([^"]+)"', path.read_text())}
     assert selected <= jobs
     assert {"posegen-api", "posegen-worker", "posegen-exporter"} <= jobs
