@@ -15,8 +15,10 @@ from pathlib import Path
 import attr
 from grafanalib._gen import DashboardEncoder
 from grafanalib.core import (
+    Annotations,
     BarChart,
     Dashboard,
+    DashboardLink,
     GaugePanel,
     GridPos,
     Panel,
@@ -402,6 +404,195 @@ def api_panels() -> list[tuple[int, Panel]]:
     ]
 
 
+def guarded_quantiles(metric: str, levels: tuple[int, ...] = (50, 95)) -> list[Target]:
+    """Like :func:`quantiles`, but empty (not NaN) while nothing was observed in the window."""
+    observed = f"sum(rate({metric}_count[5m])) > 0"
+    return [
+        target(
+            f"histogram_quantile({q / 100}, sum by (le) (rate({metric}_bucket[5m]))) and on () ({observed})",
+            f"p{q}",
+            chr(ord("A") + index),
+        )
+        for index, q in enumerate(levels)
+    ]
+
+
+def provider_panels() -> list[tuple[int, Panel]]:
+    """USE of the provider slots, the one resource that limits throughput (alert ProviderSaturated)."""
+    return [
+        (
+            6,
+            timeseries(
+                "Provider Slots: In Use vs Cap",
+                "In-flight provider calls across all workers (the limiter's state in Redis, read at scrape time) "
+                "against the cap POSEGEN_PROVIDER_CONCURRENCY. Flat at the cap while the queue grows is "
+                "ProviderSaturated: more workers will not help.",
+                [
+                    target("sum(pose_provider_slots_in_use)", "in use"),
+                    target("max(pose_provider_slots_limit)", "cap", "B"),
+                ],
+                "short",
+                steps(GREEN),
+            ),
+        ),
+        (
+            6,
+            timeseries(
+                "Slot Wait",
+                "How long poses waited for a provider slot (saturation). Near zero unless the slots are full.",
+                [
+                    *guarded_quantiles("pose_provider_slot_wait_seconds", (95,)),
+                    target(
+                        "sum(rate(pose_provider_slot_wait_seconds_sum[5m]))"
+                        " / (sum(rate(pose_provider_slot_wait_seconds_count[5m])) > 0)",
+                        "mean",
+                        "B",
+                    ),
+                ],
+                "s",
+                steps(GREEN, (10, ORANGE), (60, RED)),
+            ),
+        ),
+        (
+            6,
+            timeseries(
+                "Provider Task Time",
+                "The provider's own time per task, submit to ready (FLUX), without our retries and download. "
+                "Slower tasks at the same cap mean proportionally fewer poses per second.",
+                guarded_quantiles("pose_provider_task_duration_seconds"),
+                "s",
+                steps(GREEN, (30, ORANGE), (60, RED)),
+            ),
+        ),
+        (
+            6,
+            timeseries(
+                "Provider 429s and Retries",
+                "Per minute: 429 answers by call step (our cap is above the plan's), and retried calls by "
+                "reason (errors: the provider is struggling). Each retry holds a slot while it backs off.",
+                [
+                    target("60 * sum by (step) (rate(pose_provider_rate_limited_total[5m]))", "429 {{step}}"),
+                    target("60 * sum by (reason) (rate(pose_provider_retries_total[5m]))", "retry {{reason}}", "B"),
+                ],
+                "opm",
+                steps(GREEN),
+            ),
+        ),
+    ]
+
+
+def stuck_work_panels() -> list[tuple[int, Panel]]:
+    """Retries and stuck work (alert GenerationStuck)."""
+    return [
+        (
+            8,
+            timeseries(
+                "Oldest Running Generation",
+                "How long the longest-running generation attempt has run (like sidekiq's max processing time), "
+                "against the most any attempt can take (deadline x poses / pose concurrency + slack). Past the "
+                "limit is GenerationStuck: a frozen or hung worker.",
+                [
+                    target("max(pose_generation_oldest_running_age_seconds)", "oldest running"),
+                    target("max(pose_generation_time_limit_seconds)", "limit", "B"),
+                ],
+                "s",
+                steps(GREEN),
+            ),
+        ),
+        (
+            8,
+            timeseries(
+                "Re-queues and Failed Jobs",
+                "Per hour: abandoned attempts the reaper re-queued (lease_expired: the worker died or froze; "
+                "job_lost: the job vanished from Redis), generations failed after their last attempt, and RQ "
+                "jobs that failed (work_horse_died: killed or out of memory).",
+                [
+                    target("3600 * sum by (reason) (rate(pose_generation_requeues_total[15m]))",
+                           "re-queued {{reason}}"),
+                    target("3600 * sum by (reason) (rate(pose_generation_attempts_exhausted_total[15m]))",
+                           "attempts exhausted {{reason}}", "B"),
+                    target("3600 * sum by (reason) (rate(pose_job_failures_total[15m]))", "job failed {{reason}}",
+                           "C"),
+                ],
+                "short",
+                steps(GREEN),
+            ),
+        ),
+        (
+            8,
+            timeseries(
+                "Versions Running",
+                "Processes per job, version and revision (pose_build_info). Two versions of one job at once "
+                "is a rollout in progress, or one that stopped half way.",
+                [target("count by (job, version, revision) (pose_build_info)", "{{job}} {{version}} {{revision}}")],
+                "short",
+                steps(GREEN),
+                stacked=True,
+            ),
+        ),
+    ]
+
+
+def capacity_panels() -> list[tuple[int, Panel]]:
+    """Little's law next to the queue: how many workers the arrivals need, and how long the backlog lasts."""
+    arrivals = 'sum(rate(pose_generations_total{status="created"}[15m]))'
+    finished = 'sum(rate(pose_generations_total{status=~"completed|failed"}[15m]))'
+    busy = 'avg_over_time(sum(pose_workers{state="busy"})[15m:])'
+    return [
+        (
+            12,
+            timeseries(
+                "Workers Needed (Little's law)",
+                "Arrival rate x mean worker time per generation / generations per worker (one at a time). The "
+                "worker time per generation is busy workers / generations finished per second, both over 15 "
+                "minutes. Above the running workers, the queue grows until workers are added (or, with "
+                "ProviderSaturated, until the provider plan grows).",
+                [
+                    target(f"{arrivals} * {busy} / ({finished} > 0)", "needed"),
+                    target("sum(pose_workers)", "running", "B"),
+                ],
+                "short",
+                steps(GREEN),
+            ),
+        ),
+        (
+            12,
+            timeseries(
+                "Time to Drain the Backlog",
+                "Waiting jobs / generations finished per second over 15 minutes: how long the backlog lasts at "
+                "the current throughput if nothing new arrived (with arrivals it takes longer). 0 when nothing "
+                "waits; empty when nothing finishes.",
+                [target(f'sum(pose_queue_jobs{{state="waiting"}}) / ({finished} > 0)', "time to drain")],
+                "s",
+                steps(GREEN, (600, ORANGE), (3600, RED)),
+            ),
+        ),
+    ]
+
+
+# A deploy is a (job, version, revision) that was not running five minutes before.
+DEPLOY_ANNOTATION_EXPR = (
+    "count by (job, version, revision) (pose_build_info)"
+    " unless count by (job, version, revision) (pose_build_info offset 5m)"
+)
+
+
+def deploy_annotation() -> dict[str, object]:
+    """A Prometheus-query annotation marking every version change of every job."""
+    return {
+        "name": "Deploys",
+        "datasource": DATASOURCE,
+        "enable": True,
+        "iconColor": "blue",
+        "expr": DEPLOY_ANNOTATION_EXPR,
+        "step": "1m",
+        "titleFormat": "{{job}} {{version}}",
+        "textFormat": "{{job}} now runs {{version}} (revision {{revision}})",
+        "tagKeys": "job,version",
+        "useValueForTime": False,
+    }
+
+
 def layout(rows: list[tuple[str, list[tuple[int, Panel]]]]) -> list[Panel]:
     """Place each row's panels left to right, wrapping at the grid width, rows stacked top to bottom."""
     placed: list[Panel] = []
@@ -438,11 +629,17 @@ def overview_dashboard() -> Dashboard:
         graphTooltip=1,
         time=Time("now-6h", "now"),
         templating=Templating(list=[datasource]),
+        annotations=Annotations(list=[deploy_annotation()]),
+        links=[DashboardLink(title="Pose Generator dashboards", tags=["posegen"], asDropdown=True,
+                             includeVars=True, keepTime=True)],
         panels=layout(
             [
                 ("Overview", seed_panels()),
                 ("Credits", credit_panels()),
                 ("Workers and Queue", worker_panels()),
+                ("Capacity", capacity_panels()),
+                ("Provider", provider_panels()),
+                ("Retries, Stuck Work and Releases", stuck_work_panels()),
                 ("Per-stage Latency", latency_panels()),
                 ("API", api_panels()),
             ]

@@ -33,6 +33,7 @@ import httpx
 import pytest
 import yaml
 
+from app import __version__
 from app.errors import ErrorType
 from tests.fakes.webhook_sink import Notification, WebhookSink
 from tests.stack import Process, Stack, free_port, running_stack
@@ -500,3 +501,16 @@ def test_a_critical_mutes_the_warning_of_its_area(live: Live) -> None:
 
     found = wait_until(f"{INHIBITED_ALERT} suppressed by the inhibit rule", suppressed, 60, live.diagnostics)
     assert found[0]["labels"]["area"] == rule(live.rules, alert=FIRING_ALERT)["labels"]["area"]
+
+
+def test_deploy_annotation_marks_each_job_starting_its_release(live: Live) -> None:
+    """The dashboard's deploy annotation query finds every scraped job's (version, revision) as it appeared."""
+    dashboard = json.loads((DASHBOARD_BUILD / "pose-generator-overview.json").read_text(encoding="utf-8"))
+    (annotation,) = [a for a in dashboard["annotations"]["list"] if a["name"] == "Deploys"]
+    now = time.time()
+    answer = live.prom.http.get("/api/v1/query_range", params={
+        "query": annotation["expr"], "start": now - 600, "end": now, "step": "5"})
+    answer.raise_for_status()
+    marked = {(series["metric"]["job"], series["metric"]["version"]) for series in answer.json()["data"]["result"]}
+    assert {("posegen-api", __version__), ("posegen-worker", __version__),
+            ("posegen-exporter", __version__)} <= marked, marked
