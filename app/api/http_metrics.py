@@ -42,11 +42,15 @@ def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
             return
         began = time.perf_counter()
         status = 500
+        exemplar: dict[str, str] | None = None
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status
+            nonlocal status, exemplar
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # With tracing on, the request's trace becomes the bucket's exemplar (shown in OpenMetrics
+                # scrapes). Read now: the request span ends with the response's last byte.
+                exemplar = tracing.exemplar_labels()
             await send(message)
 
         try:
@@ -60,8 +64,7 @@ def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
                 children = _children[key] = (REQUESTS.labels(method, route, str(status)),
                                               LATENCY.labels(method, route))
             children[0].inc()
-            # With tracing on, the request's trace is the bucket's exemplar (OpenMetrics scrapes show it).
-            children[1].observe(time.perf_counter() - began, tracing.exemplar_labels())
+            children[1].observe(time.perf_counter() - began, exemplar)
 
     return middleware
 
