@@ -1,7 +1,9 @@
 """The "Pose Generator — Overview" Grafana dashboard, written with grafanalib.
 
 The first row is the seed's five panels; the rows below answer the on-call questions that follow
-("is money leaking?", "are workers alive?", "which stage is slow?", "is the API failing?"). Every
+("is money leaking?", "are workers alive?", "how many workers are needed?", "is the provider plan the
+limit?", "is work stuck or retried?", "which release runs?", "which stage is slow?", "is the API
+failing?"). A "Deploys" annotation marks every new version of every job. Every
 panel reads the Prometheus data source chosen in the ``datasource`` variable, and every threshold
 mirrors an alert in ``alerts/rules/pose-generator.rules.yml`` or a level of the seed's threshold
 tables, so the colours on screen and the pages agree.

@@ -9,6 +9,11 @@
 ``pose_workers{state}``                           gauge  RQ workers on the queue: idle, busy, started, suspended
 ``pose_queue_oldest_waiting_job_age_seconds``     gauge  age of the job at the head of the queue (0 when empty)
 
+:class:`ProviderSlotsCollector` reads the provider-slot limiter's state (``pose_provider_slots_in_use``,
+``pose_provider_slots_limit``) and :class:`~app.observability.fleet_metrics.FleetMetricsCollector` the
+fleet's counters and histograms kept in Redis (slot wait, provider task time, 429s, retries, job failures);
+the ``redis`` source reads all three (:class:`CombinedCollector`).
+
 :class:`DomainCollector` reads counters that PostgreSQL triggers keep in the same transactions as
 the writes they count (``app/db/migrations/002_exporter_counters.sql``), so they are exact, survive
 any process exiting, and a scrape sums a few dozen rows whatever the size of the history.
@@ -29,6 +34,11 @@ Counters never go down; what can go down is a gauge of its own:
 ``pose_upload_duration_seconds``                  histogram  image upload per finished pose
 ``pose_queue_wait_duration_seconds``              histogram  wait from generation creation to the pose's start
 ``pose_pose_duration_seconds``                    histogram  a finished pose, end to end
+``pose_generation_requeues_total{reason}``        counter  abandoned attempts re-queued by the reaper
+``pose_generation_attempts_exhausted_total{reason}`` counter  generations failed after their last attempt
+``pose_generation_oldest_running_age_seconds``    gauge    the longest-running attempt now processing
+
+Histogram buckets carry an exemplar (trace id, generation id) of their latest traced observation.
 
 :class:`SourcesCollector` reads every source in parallel, each within its deadline, so one source
 failing or hanging never breaks the scrape; it adds ``pose_exporter_up{source}`` and
