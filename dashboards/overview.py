@@ -34,6 +34,8 @@ from grafanalib.core import (
 )
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+# Per-process panels follow the job and instance variables: from the fleet down to one worker.
+PROCESS_SELECTOR = 'job=~"$job", instance=~"$instance"'
 PANEL_HEIGHT = 8
 GRID_WIDTH = 24
 
@@ -83,12 +85,16 @@ def timeseries(
 
 
 def quantiles(metric: str, by: str = "", levels: tuple[int, ...] = (50, 95)) -> list[Target]:
-    """Quantiles (percent) of a histogram across all instances over five minutes, optionally per label."""
+    """Quantiles (percent) of a histogram across all instances over five minutes, optionally per label.
+
+    ``metric`` may end in a selector (``name{job=~"$job"}``), which then applies to its buckets."""
     labels = f"le, {by}" if by else "le"
     series = f" {{{{{by}}}}}" if by else ""
+    name, _, selector = metric.partition("{")
+    buckets = f"{name}_bucket{{{selector}" if selector else f"{name}_bucket"
     return [
         target(
-            f"histogram_quantile({q / 100}, sum by ({labels}) (rate({metric}_bucket[5m])))",
+            f"histogram_quantile({q / 100}, sum by ({labels}) (rate({buckets}[5m])))",
             f"p{q}{series}",
             chr(ord("A") + index),
         )
@@ -333,7 +339,7 @@ def latency_panels() -> list[tuple[int, Panel]]:
         panel(
             "Worker Operations (p95)",
             "The performance tracker's measured operations in the workers (FLUX call, upload, DB query...).",
-            quantiles("pose_operation_duration_seconds", by="operation", levels=(95,)),
+            quantiles(f"pose_operation_duration_seconds{{{PROCESS_SELECTOR}}}", by="operation", levels=(95,)),
             steps(GREEN, (30, ORANGE), (60, RED)),
         ),
     ]
@@ -526,7 +532,8 @@ def stuck_work_panels() -> list[tuple[int, Panel]]:
                 "Versions Running",
                 "Processes per job, version and revision (pose_build_info). Two versions of one job at once "
                 "is a rollout in progress, or one that stopped half way.",
-                [target("count by (job, version, revision) (pose_build_info)", "{{job}} {{version}} {{revision}}")],
+                [target(f"count by (job, version, revision) (pose_build_info{{{PROCESS_SELECTOR}}})",
+                        "{{job}} {{version}} {{revision}}")],
                 "short",
                 steps(GREEN),
                 stacked=True,
@@ -620,6 +627,14 @@ def overview_dashboard() -> Dashboard:
         query="prometheus",
         default="Prometheus",
     )
+    job = Template(
+        name="job", label="Job", query="label_values(pose_build_info, job)", dataSource=DATASOURCE,
+        includeAll=True, multi=True, allValue=".+", default="$__all",
+    )
+    instance = Template(
+        name="instance", label="Instance", query='label_values(pose_build_info{job=~"$job"}, instance)',
+        dataSource=DATASOURCE, includeAll=True, multi=True, allValue=".+", default="$__all",
+    )
     return Dashboard(
         title="Pose Generator — Overview",
         uid="posegen-overview",
@@ -630,7 +645,7 @@ def overview_dashboard() -> Dashboard:
         schemaVersion=39,
         graphTooltip=1,
         time=Time("now-6h", "now"),
-        templating=Templating(list=[datasource]),
+        templating=Templating(list=[datasource, job, instance]),
         annotations=Annotations(list=[deploy_annotation()]),
         links=[DashboardLink(title="Pose Generator dashboards", tags=["posegen"], asDropdown=True,
                              includeVars=True, keepTime=True)],

@@ -133,3 +133,21 @@ def test_grafana_provisioning_loads_the_built_dashboards() -> None:
     path = provider["providers"][0]["options"]["path"]
     compose = yaml.safe_load((ROOT / "deploy/docker-compose.yml").read_text())
     assert f"../dashboards/build:{path}:ro" in compose["services"]["grafana"]["volumes"]
+
+
+def test_job_and_instance_variables_drill_from_the_fleet_to_one_process() -> None:
+    for name, dashboard in build_dashboards().items():
+        variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
+        assert variables["job"]["query"] == "label_values(pose_build_info, job)", name
+        assert variables["instance"]["query"] == 'label_values(pose_build_info{job=~"$job"}, instance)', name
+        assert all(variables[v]["includeAll"] and variables[v]["allValue"] == ".+" for v in ("job", "instance"))
+        assert any(link["type"] == "dashboards" and link["tags"] == ["posegen"] for link in dashboard["links"]), name
+    for title in ("Versions Running", "Worker Operations (p95)"):
+        assert 'job=~"$job", instance=~"$instance"' in by_title(title)["targets"][0]["expr"], title
+
+
+def test_deploy_annotation_queries_build_info() -> None:
+    for name, dashboard in build_dashboards().items():
+        (deploys,) = [a for a in dashboard["annotations"]["list"] if a["name"] == "Deploys"]
+        assert "pose_build_info" in deploys["expr"] and "offset" in deploys["expr"], name
+        assert deploys["datasource"] == DATASOURCE, name

@@ -84,6 +84,9 @@ TEMPLATE_VARIABLES = {
     "${__range_ms}": "3600000",
     "$__range": "1h",
     "${__range}": "1h",
+    # The job and instance variables at "All".
+    "$job": ".+",
+    "$instance": ".+",
 }
 
 # Panel queries allowed to return no data at the end of this scenario, keyed by (dashboard file, panel
