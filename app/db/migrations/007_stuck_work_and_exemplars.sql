@@ -12,6 +12,8 @@
 --    observation, not every one).
 
 ALTER TABLE generations ADD COLUMN attempt_started_at timestamptz;
+-- Attempts running while this migrates: their first start is the best figure there is.
+UPDATE generations SET attempt_started_at = started_at WHERE status = 'processing';
 CREATE INDEX generations_processing_attempt ON generations (attempt_started_at) WHERE status = 'processing';
 
 CREATE TABLE exporter_histogram_exemplars (
