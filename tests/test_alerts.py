@@ -63,7 +63,6 @@ CONTRACT_METRICS = {
     "pose_generation_attempts_exhausted_total",
     "pose_generation_oldest_running_age_seconds",
     "pose_generation_time_limit_seconds",
-    "pose_generations_in_progress",
     "pose_build_info",
 } | {f"{name}_{suffix}" for name in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 

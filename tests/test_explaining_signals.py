@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -18,8 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 
 from app import __version__
+from app.worker.limiter import ProviderSlots, advertise_limit
 from tests.fakes.flux_server import FakeFlux
 from tests.stack import Process, Stack, free_port
 from tests.test_exporter import Samples, parse, promtool_problems, scrape, value
@@ -57,6 +61,39 @@ def db_row(stack: Stack, query: str, *params: Any) -> tuple[Any, ...]:
         row = conn.execute(query, params).fetchone()
     assert row is not None, query
     return tuple(row)
+
+
+def test_slots_in_use_are_the_holders_with_a_live_lease(fresh_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = fresh_stack(workers=0, api=False, POSEGEN_PROVIDER_CONCURRENCY="5")
+    port = start_exporter(stack)
+
+    def exported() -> tuple[float, float]:
+        samples = parse(scrape(port).text)
+        return value(samples, "pose_provider_slots_in_use"), value(samples, "pose_provider_slots_limit")
+
+    async def hold(lease_seconds: float) -> str:
+        redis = AsyncRedis.from_url(stack.redis_url)
+        try:
+            return await ProviderSlots(redis, 5, lease_seconds).acquire()
+        finally:
+            await redis.aclose()
+
+    async def release(token: str) -> None:
+        redis = AsyncRedis.from_url(stack.redis_url)
+        try:
+            await ProviderSlots(redis, 5).release(token)
+        finally:
+            await redis.aclose()
+
+    assert exported() == (0, 5)  # no worker advertised a cap yet: the exporter's own setting
+    asyncio.run(hold(0.5))  # a holder that died: nobody renews its lease
+    held = [asyncio.run(hold(60)) for _ in range(3)]
+    assert exported() == (4, 5)
+    time.sleep(0.7)
+    assert exported() == (3, 5)
+    asyncio.run(release(held[0]))
+    advertise_limit(Redis.from_url(stack.redis_url), 7)
+    assert exported() == (2, 7)
 
 
 @pytest.fixture
