@@ -102,6 +102,8 @@ def test_a_slow_bucket_links_to_the_trace_of_its_generation(  # type: ignore[no-
                          diagnostics)
         received = {s.trace_id_low for s in agent.spans()}
         assert {int(e["trace_id"]) for e in api} & received, (api[:3], len(received))
+        # A poll of a generation names it too.
+        assert {e.get("generation_id") for e in api} & created, api
         prom.close()
     finally:
         for daemon in reversed(daemons):

@@ -48,9 +48,10 @@ def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
             nonlocal status, exemplar
             if message["type"] == "http.response.start":
                 status = message["status"]
-                # With tracing on, the request's trace becomes the bucket's exemplar (shown in OpenMetrics
-                # scrapes). Read now: the request span ends with the response's last byte.
-                exemplar = tracing.exemplar_labels()
+                # With tracing on, the request's trace (and the generation it reads, if any) becomes the
+                # bucket's exemplar in OpenMetrics scrapes. Read now: the request span ends with the last byte.
+                if tracing.enabled():
+                    exemplar = tracing.exemplar_labels((scope.get("path_params") or {}).get("generation_id"))
             await send(message)
 
         try:
