@@ -157,7 +157,7 @@ def job_counts(port: int) -> Samples:
 
 
 def test_stuck_and_abandoned_work_is_counted_as_it_happened(fresh_stack) -> None:  # type: ignore[no-untyped-def]
-    stack: Stack = fresh_stack(workers=1, POSEGEN_LOCAL_LATENCY="3")
+    stack: Stack = fresh_stack(workers=1, POSEGEN_LOCAL_LATENCY="3", POSEGEN_MAX_ATTEMPTS="2")
     port = start_exporter(stack)
     worker = stack.workers[0]
     user = stack.new_user(credits=1000)
@@ -166,21 +166,32 @@ def test_stuck_and_abandoned_work_is_counted_as_it_happened(fresh_stack) -> None
     assert value(idle, "pose_generation_requeues_total", reason="lease_expired") == 0
     assert value(idle, "pose_job_failures_total", reason="work_horse_died") == 0
 
-    # A work-horse killed mid-generation: one failed job, one re-queue, and the retry finishes it.
+    def kill_work_horse_of(generation_id: str, attempt: int) -> None:
+        wait_for(f"{generation_id} processing attempt {attempt}", lambda: db_row(
+            stack, "SELECT status, attempt FROM generations WHERE id = %s", generation_id) == ("processing", attempt),
+            20, stack)
+        horses = worker.children()
+        assert len(horses) == 1, horses
+        os.kill(horses[0], signal.SIGKILL)
+
+    # A work-horse killed mid-generation: one failed job and exactly one re-queue.
     first = stack.create_generation(user, POSES[:1]).json()["generationId"]
-    wait_for("first generation processing", lambda: db_row(
-        stack, "SELECT status FROM generations WHERE id = %s", first) == ("processing",), 20, stack)
-    horses = worker.children()
-    assert len(horses) == 1, horses
-    os.kill(horses[0], signal.SIGKILL)
+    kill_work_horse_of(first, 1)
+    wait_for("the re-queue counted", lambda: value(
+        job_counts(port), "pose_generation_requeues_total", reason="lease_expired") == 1, 20, stack)
+    after_one = job_counts(port)
+    assert value(after_one, "pose_job_failures_total", reason="work_horse_died") == 1
+    assert value(after_one, "pose_generation_attempts_exhausted_total", reason="lease_expired") == 0
+
+    # Killed again on its last attempt: no re-queue, the generation fails and is refunded.
+    kill_work_horse_of(first, 2)
     done = stack.wait_finished(user, first, timeout=40)
-    assert done["status"] == "completed"
-    assert db_row(stack, "SELECT attempt FROM generations WHERE id = %s", first) == (2,)
+    assert done["status"] == "failed" and done["errorType"] == "TIMEOUT_ERROR"
     after = job_counts(port)
-    assert value(after, "pose_job_failures_total", reason="work_horse_died") == 1
+    assert value(after, "pose_job_failures_total", reason="work_horse_died") == 2
     assert value(after, "pose_generation_requeues_total", reason="lease_expired") == 1
+    assert value(after, "pose_generation_attempts_exhausted_total", reason="lease_expired") == 1
     assert value(after, "pose_generation_requeues_total", reason="job_lost") == 0
-    assert value(after, "pose_generation_attempts_exhausted_total", reason="lease_expired") == 0
     assert value(after, "pose_job_failures_total", reason="exception") == 0
 
     # A frozen worker: its generation stays "processing" and its age grows with the clock.

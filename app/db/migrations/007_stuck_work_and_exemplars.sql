@@ -4,7 +4,9 @@
 --    started_at keeps the first attempt's start). The exporter's oldest running generation is
 --    now() - min(attempt_started_at) over generations in 'processing', found through the partial index.
 -- 2. Re-queues and exhausted attempts are counted by the reaper in exporter_counters, in its own
---    transaction (metrics generation_requeues / generation_attempts_exhausted, label = reason).
+--    transaction (metrics generation_requeues / generation_attempts_exhausted, label = reason). No row
+--    keeps their history, so exporter_counters_rebuild() (bulk loads, bench) restarts them at 0, which
+--    Prometheus reads as a counter reset.
 -- 3. Exemplars: per histogram bucket, the latest traced observation (trace id and generation id), so the
 --    exporter's histograms link a slow bucket to its Datadog trace. A generation is traced when the API
 --    stored its trace context; its poses' spans are in the same trace. Writers never wait for one
