@@ -39,6 +39,9 @@ class Settings:
     flux_deadline_seconds: float = 300.0
     flux_poll_interval_seconds: float = 0.5
     flux_max_retries: int = 4
+    flux_webhooks: bool = False
+    flux_webhook_secret: str = ""
+    flux_webhook_poll_interval_seconds: float = 5.0
     storage_backend: str = "local"
     data_dir: Path = Path(".data")
     public_base_url: str = ""
@@ -86,6 +89,11 @@ class Settings:
                 "FLUX_POLL_INTERVAL_SECONDS", cls.flux_poll_interval_seconds, minimum=0.01
             ),
             flux_max_retries=reader.integer("FLUX_MAX_RETRIES", cls.flux_max_retries, minimum=0, maximum=20),
+            flux_webhooks=reader.flag("FLUX_WEBHOOKS", cls.flux_webhooks),
+            flux_webhook_secret=reader.text("FLUX_WEBHOOK_SECRET", ""),
+            flux_webhook_poll_interval_seconds=reader.number(
+                "FLUX_WEBHOOK_POLL_INTERVAL_SECONDS", cls.flux_webhook_poll_interval_seconds, minimum=0.05
+            ),
             storage_backend=reader.choice("STORAGE_BACKEND", "local", ("local", "supabase")),
             data_dir=Path(reader.text("POSEGEN_DATA_DIR", str(cls.data_dir))),
             public_base_url=reader.text("POSEGEN_PUBLIC_BASE_URL", "").rstrip("/"),
@@ -128,6 +136,10 @@ class Settings:
         )
         if settings.provider == "flux" and not settings.flux_api_key:
             raise SettingsError("FLUX_API_KEY must be set when POSEGEN_PROVIDER=flux")
+        if settings.flux_webhooks and not settings.public_base_url.startswith(("http://", "https://")):
+            raise SettingsError(
+                "FLUX_WEBHOOKS=true needs POSEGEN_PUBLIC_BASE_URL (http:// or https://), where FLUX posts results"
+            )
         if settings.storage_backend == "supabase" and not (
             settings.supabase_url and settings.supabase_service_key
         ):
@@ -150,6 +162,14 @@ class _Reader:
         if value not in allowed:
             raise SettingsError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
         return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self.text(name, "true" if default else "false").lower()
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{name}={raw!r} is not a switch: use true or false")
 
     def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
         value = self.text(name, default)

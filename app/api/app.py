@@ -17,6 +17,7 @@ from app import API_PREFIX, __version__
 from app.api.credits import CreditController
 from app.api.deps import DEPENDENCIES
 from app.api.errors import EXCEPTION_HANDLERS
+from app.api.flux_webhooks import flux_webhook
 from app.api.generation_creates import GenerationCreator
 from app.api.generation_reads import GenerationReader
 from app.api.generations import GenerationController
@@ -27,6 +28,7 @@ from app.api.metrics import MetricsController
 from app.api.poses import PoseController
 from app.api.rate_limit import STORE_NAME, generation_rate_limit, rate_limit_store
 from app.observability import tracing
+from app.providers.flux_webhooks import webhook_secret
 from app.settings import Settings
 from app.storage.factory import build_storage
 from app.worker.queue import BatchEnqueuer, make_queue, make_redis
@@ -81,12 +83,11 @@ def create_app(settings: Settings) -> Litestar:
             redis.close()
             await pool.close()
 
-    router = Router(
-        path=API_PREFIX,
-        route_handlers=[GenerationController, PoseController, CreditController, MetricsController, health, image,
-                        metrics_prometheus],
-        dependencies=DEPENDENCIES,
-    )
+    handlers: list[Any] = [GenerationController, PoseController, CreditController, MetricsController, health, image,
+                           metrics_prometheus]
+    if settings.flux_webhooks:
+        handlers.append(flux_webhook)
+    router = Router(path=API_PREFIX, route_handlers=handlers, dependencies=DEPENDENCIES)
     middleware: list[Any] = [http_metrics_middleware]
     if settings.rate_limit_per_minute:
         middleware.append(generation_rate_limit(settings.rate_limit_per_minute).middleware)
@@ -102,4 +103,5 @@ def create_app(settings: Settings) -> Litestar:
     )
     app.state.settings = settings
     BUILD_INFO.revision = settings.revision
+    app.state.flux_webhook_secret = webhook_secret(settings)
     return app

@@ -1,9 +1,14 @@
 """The ``flux`` provider: the Black Forest Labs FLUX API over httpx.
 
 Submit ``POST {base}/v1/{model}`` with the prompt and the ControlNet image, poll the returned
-``polling_url`` until the task is ``Ready``, then download ``result.sample``. Every HTTP call has its
-own timeout and is retried on 429, 5xx and transport errors with exponential backoff and full jitter;
-the whole pose has one deadline. Failures leave as the seed's error types (:mod:`app.errors`).
+``polling_url`` until the task is ``Ready``, then download ``result.sample``. With webhooks on
+(:mod:`app.providers.flux_webhooks`), the submission also names our webhook URL and secret, and the
+provider waits for the API to pass the webhook on, polling only every
+``FLUX_WEBHOOK_POLL_INTERVAL_SECONDS`` as the fallback. A wake-up is only a hint: the task's state is
+always read from its polling URL, so a lost webhook delays a pose and a forged one completes nothing.
+
+Every HTTP call has its own timeout and is retried on 429, 5xx and transport errors with exponential
+backoff and full jitter; the whole pose has one deadline. Failures leave as the seed's error types (:mod:`app.errors`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from app.errors import FluxApiError, PoseGenerationError, ProviderNetworkError, 
 from app.observability.logging import get_logger
 from app.providers.base import ImageRequest
 from app.providers.call_metrics import ProviderCallMetrics
+from app.providers.flux_webhooks import TaskWakeups, webhook_secret, webhook_url
 from app.providers.task_durations import TaskDurations
 from app.settings import Settings
 
@@ -57,11 +63,17 @@ class FluxProvider:
 
     def __init__(
         self, settings: Settings, *, client: httpx.AsyncClient | None = None, durations: TaskDurations | None = None,
-        call_metrics: ProviderCallMetrics | None = None,
+        call_metrics: ProviderCallMetrics | None = None, wakeups: TaskWakeups | None = None,
     ) -> None:
+        """``wakeups``: wait for FLUX's webhook (passed on by the API) between slow polls instead of polling."""
         self._settings = settings
         self._durations = durations
         self._call_metrics = call_metrics
+        self._wakeups = wakeups
+        self._webhook = (
+            {"webhook_url": webhook_url(settings), "webhook_secret": webhook_secret(settings)}
+            if wakeups is not None else {}
+        )
         # A trailing slash so relative paths (the model, a relative polling_url) join below any base path.
         self._base = httpx.URL(settings.flux_base_url.rstrip("/") + "/")
         self._timeout = httpx.Timeout(settings.flux_timeout_seconds)
@@ -93,6 +105,7 @@ class FluxProvider:
             "height": request.height,
             "seed": request.seed,
             "output_format": "png",
+            **self._webhook,
         }
         submitted_at = asyncio.get_running_loop().time()
         submitted = _json_object(
@@ -117,8 +130,13 @@ class FluxProvider:
     ) -> httpx.URL:
         """Poll until the task is Ready and return its sample URL; other end states are FluxApiError."""
         loop = asyncio.get_running_loop()
-        expected = await self._durations.expected() if self._durations is not None else None
+        # Without a task id no webhook can be matched to this task: poll it as without webhooks.
+        wakeups = self._wakeups if task_id else None
+        expected = await self._durations.expected() if self._durations is not None and wakeups is None else None
         while True:
+            if wakeups is not None:
+                # Returns as soon as the webhook is in (or was already); else polls at the slow pace.
+                await wakeups.wait(task_id, self._settings.flux_webhook_poll_interval_seconds)
             body = _json_object(await self._call("GET", url, "poll", deadline, meta), "poll")
             status = body.get("status")
             if status == "Ready":
@@ -132,9 +150,10 @@ class FluxProvider:
                     await self._call_metrics.task_finished(loop.time() - submitted_at, meta["generationId"])
                 return self._base.join(sample)
             if status in _PENDING:
-                await asyncio.sleep(
-                    poll_delay(loop.time() - submitted_at, expected, self._settings.flux_poll_interval_seconds)
-                )
+                if wakeups is None:
+                    await asyncio.sleep(
+                        poll_delay(loop.time() - submitted_at, expected, self._settings.flux_poll_interval_seconds)
+                    )
                 continue
             details = f": {_brief(body['details'])}" if body.get("details") else ""
             if status in _MODERATED:

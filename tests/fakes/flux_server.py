@@ -20,17 +20,26 @@ They are chosen two ways:
 - :meth:`FakeFlux.fail_next` ``(kind, n, stage)`` faults the next ``n`` requests at that stage
   (``moderated``/``error``: the next ``n`` accepted tasks).
 
+Webhooks: a submission naming ``webhook_url`` (and ``webhook_secret``) gets, when its task ends, a POST of
+``{task_id, status, result}`` to that URL, signed as :mod:`app.providers.flux_webhooks` describes
+(``X-Webhook-Timestamp``, ``X-Webhook-Signature: sha256=HMAC(secret, "<ts>." + body)``). Webhook fault kinds
+(a prompt marker ``[webhook:KIND]`` or :meth:`FakeFlux.webhook_next` ``(kind, n)``): ``drop`` (never sent),
+``delay`` (sent ``webhook_delay`` seconds late), ``duplicate`` (sent twice), ``forge`` (a delivery claiming
+Ready signed with a wrong secret is sent at submission, before the genuine one).
+
 With ``cap`` set, a submission while ``cap`` tasks are in flight (submitted, not yet ready) answers 429.
 Another process (a worker) steers the fake with ``POST /_control`` and a JSON body::
 
     {"action": "fail_next", "kind": "status_500", "n": 2, "stage": "poll"}
     {"action": "configure", "latency": 2.0, "cap": 24, "retry_after": 1, "hang_seconds": 30}
+    {"action": "webhook_next", "kind": "drop", "n": 1}
     {"action": "reset"}          # forget queued faults
     {"action": "reset_stats"}    # zero the counters; tasks in flight stay in flight
 
 ``GET /_control`` answers the configuration and queued faults; ``GET /_stats`` (and :meth:`FakeFlux.stats`,
 and attributes of the same names) answers ``submissions, accepted, rate_limited, polls, downloads,
-auth_failures, faults_injected, in_flight, peak_in_flight``.
+auth_failures, faults_injected, in_flight, peak_in_flight, webhooks_sent, webhooks_accepted, webhooks_refused,
+webhooks_dropped``; :meth:`FakeFlux.deliveries` lists each webhook sent with the HTTP status it got.
 Run alone: ``python -m tests.fakes.flux_server --port 8787 --latency 2 --cap 24``.
 """
 
@@ -39,6 +48,9 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import hashlib
+import heapq
+import hmac
 import io
 import json
 import re
@@ -52,6 +64,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 from PIL import Image
 
 from tests.fakes.http_server import BackgroundHTTPServer, JSONHandler, run_until_interrupted
@@ -59,9 +72,12 @@ from tests.fakes.http_server import BackgroundHTTPServer, JSONHandler, run_until
 FAULT_KINDS = ("status_429", "status_500", "hang", "garbage", "moderated", "error")
 STAGES = ("submit", "poll", "sample")
 TERMINAL_FAULTS = {"moderated": "Content Moderated", "error": "Error"}
+WEBHOOK_FAULTS = ("drop", "delay", "duplicate", "forge")
 STAT_FIELDS = ("submissions", "accepted", "rate_limited", "polls", "downloads", "auth_failures",
-               "faults_injected", "in_flight", "peak_in_flight")
+               "faults_injected", "in_flight", "peak_in_flight", "webhooks_sent", "webhooks_accepted",
+               "webhooks_refused", "webhooks_dropped")
 _MARKER = re.compile(r"\[fault:(?P<kind>[a-z_0-9]+)(?:@(?P<stage>[a-z]+))?\]")
+_WEBHOOK_MARKER = re.compile(r"\[webhook:(?P<kind>[a-z]+)\]")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -80,6 +96,18 @@ class Task:
     ready_at: float
     outcome: str = "Ready"
     stage_faults: dict[str, str] = field(default_factory=dict)
+    webhook_url: str | None = None
+    webhook_secret: str = ""
+    webhook_fault: str | None = None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One webhook POST the fake made, and the HTTP status it got (0: no answer)."""
+
+    task_id: str
+    forged: bool
+    status_code: int
 
 
 def _sample_png() -> bytes:
@@ -126,18 +154,27 @@ class FakeFlux(BackgroundHTTPServer):
 
     def __init__(
         self, latency: float = 0.0, cap: int | None = None, *, api_key: str = "fake-flux-key",
-        port: int = 0, retry_after: float = 1.0, hang_seconds: float = 30.0,
+        port: int = 0, retry_after: float = 1.0, hang_seconds: float = 30.0, webhook_delay: float = 1.0,
     ) -> None:
         self.latency = latency
         self.cap = cap
         self.api_key = api_key
         self.retry_after = retry_after
         self.hang_seconds = hang_seconds
+        self.webhook_delay = webhook_delay
         self.relative_polling_urls = False  # answer "/v1/get_result?id=..." instead of an absolute URL
         self.sample_png = _sample_png()
         self.submissions = self.accepted = self.rate_limited = self.polls = self.downloads = 0
         self.auth_failures = self.faults_injected = self.peak_in_flight = 0
+        self.webhooks_sent = self.webhooks_accepted = self.webhooks_refused = self.webhooks_dropped = 0
         self._lock = threading.Lock()
+        self._deliveries: list[Delivery] = []
+        self._queued_webhook_faults: deque[str] = deque()
+        # Webhooks due, by monotonic time: (due, sequence, task, forged); one thread sends them in order.
+        self._due: list[tuple[float, int, Task, bool]] = []
+        self._due_changed = threading.Condition(self._lock)
+        self._sequence = 0
+        self._sender = threading.Thread(target=self._send_webhooks, name="fake-flux-webhooks", daemon=True)
         self._tasks: dict[str, Task] = {}
         self._queued: dict[str, deque[str]] = {stage: deque() for stage in STAGES}
         self._queued_outcomes: deque[str] = deque()
@@ -145,9 +182,15 @@ class FakeFlux(BackgroundHTTPServer):
         # A short poll interval so stop() returns at once instead of up to half a second later.
         super().__init__(_handler_for(self), name="fake-flux", port=port, poll_interval=0.05, server_class=_Server)
 
+    def start(self) -> FakeFlux:
+        self._sender.start()
+        return cast(FakeFlux, super().start())
+
     def stop(self) -> None:
         server = cast(_Server, self._server)
         self._stopping.set()  # wakes held ("hang") requests
+        with self._due_changed:
+            self._due_changed.notify_all()
         server.shutdown()
         server.drop_connections()
         server.server_close()
@@ -167,17 +210,27 @@ class FakeFlux(BackgroundHTTPServer):
             else:
                 self._queued[stage].extend([kind] * n)
 
+    def webhook_next(self, kind: str, n: int = 1) -> None:
+        """Apply webhook fault ``kind`` (drop, delay, duplicate, forge) to the next ``n`` accepted tasks."""
+        if kind not in WEBHOOK_FAULTS:
+            raise ValueError(f"unknown webhook fault {kind!r}; use one of {', '.join(WEBHOOK_FAULTS)}")
+        with self._lock:
+            self._queued_webhook_faults.extend([kind] * n)
+
     def reset(self) -> None:
         """Forget queued faults; tasks and counters stay."""
         with self._lock:
             for queue in self._queued.values():
                 queue.clear()
             self._queued_outcomes.clear()
+            self._queued_webhook_faults.clear()
 
     def reset_stats(self) -> None:
         with self._lock:
             self.submissions = self.accepted = self.rate_limited = self.polls = self.downloads = 0
             self.auth_failures = self.faults_injected = 0
+            self.webhooks_sent = self.webhooks_accepted = self.webhooks_refused = self.webhooks_dropped = 0
+            self._deliveries.clear()
             self.peak_in_flight = self._in_flight_locked()
 
     def control(self, command: dict[str, Any]) -> None:
@@ -195,20 +248,25 @@ class FakeFlux(BackgroundHTTPServer):
                 self.retry_after = float(command["retry_after"])
             if "hang_seconds" in command:
                 self.hang_seconds = float(command["hang_seconds"])
+            if "webhook_delay" in command:
+                self.webhook_delay = float(command["webhook_delay"])
+        elif action == "webhook_next":
+            self.webhook_next(str(command.get("kind")), int(command.get("n", 1)))
         elif action == "reset":
             self.reset()
         elif action == "reset_stats":
             self.reset_stats()
         else:
-            raise ValueError(f"unknown action {action!r}; use fail_next, configure, reset or reset_stats")
+            raise ValueError(f"unknown action {action!r}; use fail_next, webhook_next, configure, reset or reset_stats")
 
     def state(self) -> dict[str, Any]:
         with self._lock:
             return {
                 "latency": self.latency, "cap": self.cap, "retry_after": self.retry_after,
-                "hang_seconds": self.hang_seconds,
+                "hang_seconds": self.hang_seconds, "webhook_delay": self.webhook_delay,
                 "queued": {stage: list(queue) for stage, queue in self._queued.items()},
                 "queued_outcomes": list(self._queued_outcomes),
+                "queued_webhook_faults": list(self._queued_webhook_faults),
             }
 
     # What was received --------------------------------------------------------------------------
@@ -226,6 +284,71 @@ class FakeFlux(BackgroundHTTPServer):
     def tasks(self) -> list[Task]:
         with self._lock:
             return list(self._tasks.values())
+
+    def deliveries(self) -> list[Delivery]:
+        with self._lock:
+            return list(self._deliveries)
+
+    # Webhook delivery ---------------------------------------------------------------------------
+
+    def _schedule_webhooks_locked(self, task: Task) -> None:
+        if task.webhook_url is None:
+            return
+        if task.webhook_fault is None and self._queued_webhook_faults:
+            task.webhook_fault = self._queued_webhook_faults.popleft()
+        fault = task.webhook_fault
+        due: list[tuple[float, bool]] = []
+        if fault == "drop":
+            self.webhooks_dropped += 1
+        elif fault == "delay":
+            due.append((task.ready_at + self.webhook_delay, False))
+        elif fault == "duplicate":
+            due += [(task.ready_at, False), (task.ready_at + 0.05, False)]
+        elif fault == "forge":
+            due += [(time.monotonic(), True), (task.ready_at, False)]
+        else:
+            due.append((task.ready_at, False))
+        for when, forged in due:
+            self._sequence += 1
+            heapq.heappush(self._due, (when, self._sequence, task, forged))
+        self._due_changed.notify_all()
+
+    def _send_webhooks(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self._stopping.is_set():
+                with self._due_changed:
+                    if not self._due:
+                        self._due_changed.wait(0.5)
+                        continue
+                    wait = self._due[0][0] - time.monotonic()
+                    if wait > 0:
+                        self._due_changed.wait(wait)
+                        continue
+                    _, _, task, forged = heapq.heappop(self._due)
+                self._deliver(client, task, forged)
+
+    def _deliver(self, client: httpx.Client, task: Task, forged: bool) -> None:
+        status = "Ready" if forged else task.outcome
+        result = ({"sample": f"{self.base_url}/samples/{task.id}.png", "prompt": task.prompt, "seed": task.seed}
+                  if status == "Ready" else None)
+        body = json.dumps({"task_id": task.id, "status": status, "result": result}).encode()
+        timestamp = str(int(time.time()))
+        secret = "not-the-secret" if forged else task.webhook_secret
+        digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+        headers = {"content-type": "application/json", "x-webhook-timestamp": timestamp,
+                   "x-webhook-signature": f"sha256={digest}"}
+        assert task.webhook_url is not None
+        try:
+            code = client.post(task.webhook_url, content=body, headers=headers).status_code
+        except httpx.HTTPError:
+            code = 0
+        with self._lock:
+            self.webhooks_sent += 1
+            if 200 <= code < 300:
+                self.webhooks_accepted += 1
+            else:
+                self.webhooks_refused += 1
+            self._deliveries.append(Delivery(task.id, forged, code))
 
     # Used by the request handler ----------------------------------------------------------------
 
@@ -256,6 +379,7 @@ class FakeFlux(BackgroundHTTPServer):
                 task.outcome = self._queued_outcomes.popleft()
             self._tasks[task.id] = task
             self.accepted += 1
+            self._schedule_webhooks_locked(task)
             self.peak_in_flight = max(self.peak_in_flight, in_flight + 1)
             return True
 
@@ -271,6 +395,13 @@ def _marker_faults(prompt: str) -> dict[str, str]:
         if kind in FAULT_KINDS and stage in STAGES and kind not in TERMINAL_FAULTS:
             faults[stage] = kind
     return faults
+
+
+def _marker_webhook_fault(prompt: str) -> str | None:
+    for match in _WEBHOOK_MARKER.finditer(prompt):
+        if match["kind"] in WEBHOOK_FAULTS:
+            return match["kind"]
+    return None
 
 
 def _marker_outcome(prompt: str) -> str:
@@ -347,6 +478,9 @@ def _handler_for(fake: FakeFlux) -> type[BaseHTTPRequestHandler]:
                     control_image_is_png=control.startswith(_PNG_SIGNATURE),
                     ready_at=time.monotonic() + fake.latency, outcome=_marker_outcome(str(prompt)),
                     stage_faults=_marker_faults(str(prompt)),
+                    webhook_url=str(payload["webhook_url"]) if payload.get("webhook_url") else None,
+                    webhook_secret=str(payload.get("webhook_secret") or ""),
+                    webhook_fault=_marker_webhook_fault(str(prompt)),
                 )
             except (ValueError, KeyError, TypeError, binascii.Error) as exc:
                 self._answer(422, {"detail": [{"msg": f"invalid request: {exc!r}"}]})
