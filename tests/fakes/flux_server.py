@@ -99,6 +99,7 @@ class Task:
     webhook_url: str | None = None
     webhook_secret: str = ""
     webhook_fault: str | None = None
+    polls: int = 0
 
 
 @dataclass(frozen=True)
@@ -500,6 +501,9 @@ def _handler_for(fake: FakeFlux) -> type[BaseHTTPRequestHandler]:
                 return
             fake._count("polls")
             task = fake._task(task_id)
+            if task is not None:
+                with fake._lock:
+                    task.polls += 1
             if self._apply(fake._fault_for("poll", task)):
                 return
             if task is None:
