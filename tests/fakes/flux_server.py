@@ -59,6 +59,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
@@ -100,6 +101,7 @@ class Task:
     webhook_secret: str = ""
     webhook_fault: str | None = None
     polls: int = 0
+    downloaded_at: float | None = None  # monotonic time of the first sample download
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class Delivery:
     task_id: str
     forged: bool
     status_code: int
+    late_seconds: float  # from the task's end (or the forgery's due time) to the answer
 
 
 def _sample_png() -> bytes:
@@ -315,7 +318,8 @@ class FakeFlux(BackgroundHTTPServer):
         self._due_changed.notify_all()
 
     def _send_webhooks(self) -> None:
-        with httpx.Client(timeout=10) as client:
+        # Deliveries due together go out together, as FLUX's would, not one after another.
+        with httpx.Client(timeout=10) as client, ThreadPoolExecutor(16, "fake-flux-webhook") as senders:
             while not self._stopping.is_set():
                 with self._due_changed:
                     if not self._due:
@@ -325,10 +329,10 @@ class FakeFlux(BackgroundHTTPServer):
                     if wait > 0:
                         self._due_changed.wait(wait)
                         continue
-                    _, _, task, forged = heapq.heappop(self._due)
-                self._deliver(client, task, forged)
+                    due, _, task, forged = heapq.heappop(self._due)
+                senders.submit(self._deliver, client, task, forged, due)
 
-    def _deliver(self, client: httpx.Client, task: Task, forged: bool) -> None:
+    def _deliver(self, client: httpx.Client, task: Task, forged: bool, due: float) -> None:
         status = "Ready" if forged else task.outcome
         result = ({"sample": f"{self.base_url}/samples/{task.id}.png", "prompt": task.prompt, "seed": task.seed}
                   if status == "Ready" else None)
@@ -349,7 +353,7 @@ class FakeFlux(BackgroundHTTPServer):
                 self.webhooks_accepted += 1
             else:
                 self.webhooks_refused += 1
-            self._deliveries.append(Delivery(task.id, forged, code))
+            self._deliveries.append(Delivery(task.id, forged, code, time.monotonic() - due))
 
     # Used by the request handler ----------------------------------------------------------------
 
@@ -526,6 +530,9 @@ def _handler_for(fake: FakeFlux) -> type[BaseHTTPRequestHandler]:
                 self._answer(404, {"detail": "Not Found"})
                 return
             fake._count("downloads")
+            with fake._lock:
+                if task.downloaded_at is None:
+                    task.downloaded_at = time.monotonic()
             self._send(200, fake.sample_png, "image/png")
 
     return Handler
