@@ -1,0 +1,127 @@
+"""What the bookkeeping triggers cost a create: pgbench of ``posegen_create_generations``, with and without.
+
+Setup: one fresh database per variant, migrated, seeded with the pose library and 1,000 accounts with
+ample credits. pgbench runs one script from C clients for D seconds: each call creates 16 generations of
+4 poses (random users) in one transaction, as the API's shared creates do. Variants:
+
+- ``none``: every bookkeeping trigger disabled (the cost of the create itself: the baseline);
+- ``before``: migrations up to 007 (the exporter's counter triggers of 002, the admin rollup deltas of
+  003/005), as main had them;
+- ``after``: all migrations (008: one family of insert-only deltas, shared by the exporter and the admin
+  metrics, written once per statement).
+
+Reports calls/s (each 16 creates) and the cost relative to ``none`` (none's rate / the variant's rate).
+Run: ``.venv/bin/python -m bench.bookkeeping_cost [--clients 2] [--seconds 20] [--rounds 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+
+from app.db.migrate import migration_files
+from app.domain.poses import seed_pose_library
+from tests.stack import create_database, drop_database
+
+BOOKKEEPING_TABLES = ("generations", "generation_poses", "credit_ledger", "error_events")
+USERS = 1000
+SCRIPT = """\\set u random(0, {last_user})
+SELECT count(*) FROM posegen_create_generations(
+  (SELECT jsonb_agg(jsonb_build_object(
+      'id', gen_random_uuid()::text, 'userId', 'bench_' || ((:u + i * 61) % {users}), 'prompt', 'a pgbench portrait',
+      'poseIds', '["pose_standing_confident","pose_arms_crossed","pose_waving_hello","pose_tree_pose"]'::jsonb))
+     FROM generate_series(1, 16) AS i),
+  30, 60);
+"""
+
+
+def prepare(name: str, variant: str) -> str:
+    url = create_database(name)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz"
+                     " NOT NULL DEFAULT now())")
+        for version, sql in migration_files():
+            if variant in ("before", "rollups") and version >= "008":
+                continue
+            with conn.transaction():
+                conn.execute(sql)
+                conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+        conn.execute("INSERT INTO credit_accounts (user_id, balance) SELECT 'bench_' || i, 1000000000000"
+                     " FROM generate_series(0, %s) AS i", (USERS - 1,))
+        if variant == "none":
+            for table in BOOKKEEPING_TABLES:
+                conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        if variant == "rollups":
+            for table, trigger in conn.execute("SELECT tgrelid::regclass::text, tgname FROM pg_trigger"
+                                               " WHERE tgname LIKE 'exporter\\_%'").fetchall():
+                conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER {trigger}")
+
+    async def seed() -> None:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as aconn:
+            await seed_pose_library(aconn)
+
+    asyncio.run(seed())
+    return url
+
+
+def pgbench(url: str, clients: int, seconds: int) -> float:
+    parts = urlsplit(url)
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
+        script.write(SCRIPT.format(users=USERS, last_user=USERS - 1))
+    try:
+        result = subprocess.run(
+            ["pgbench", "-n", "-c", str(clients), "-j", str(clients), "-T", str(seconds), "-f", script.name,
+             "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 5432), "-U", parts.username or "postgres",
+             parts.path.lstrip("/")],
+            capture_output=True, text=True, check=True)
+    finally:
+        Path(script.name).unlink()
+    match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", result.stdout)
+    if match is None:
+        raise RuntimeError(f"pgbench printed no tps:\n{result.stdout}\n{result.stderr}")
+    return float(match.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2, help="variants take turns; the best round counts")
+    parser.add_argument("--variants", default="none,before,after")
+    args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    names = {variant: f"posegen_bookkeeping_{variant}_{uuid.uuid4().hex[:6]}" for variant in variants}
+    rates: dict[str, list[float]] = {variant: [] for variant in variants}
+    try:
+        urls = {variant: prepare(names[variant], variant) for variant in variants}
+        for _ in range(args.rounds):
+            for variant in variants:  # interleaved, so a noisy neighbour hits every variant alike
+                rates[variant].append(pgbench(urls[variant], args.clients, args.seconds))
+    finally:
+        for name in names.values():
+            drop_database(name)
+    best = {variant: max(values) for variant, values in rates.items()}
+    print(f"bookkeeping cost: pgbench of posegen_create_generations (16 creates of 4 poses per call), "
+          f"{args.clients} clients, {args.seconds} s x {args.rounds} rounds (best round)")
+    print(f"{'variant':<52}{'calls/s':>10}{'creates/s':>11}{'cost x none':>13}{'target':>9}")
+    labels = {"none": "none (bookkeeping triggers disabled)",
+              "before": "before (002 exporter counters + 003/005 rollups)",
+              "rollups": "003/005 admin rollups alone (002 disabled)",
+              "after": "after (008 shared insert-only deltas)"}
+    targets = {"none": "1.00", "before": "", "after": "<= 1.30"}
+    for variant in variants:
+        cost = best["none"] / best[variant] if "none" in best else float("nan")
+        print(f"{labels.get(variant, variant):<52}{best[variant]:>10.1f}{best[variant] * 16:>11.0f}{cost:>13.2f}"
+              f"{targets.get(variant, ''):>9}")
+
+
+if __name__ == "__main__":
+    main()
