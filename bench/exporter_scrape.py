@@ -7,7 +7,7 @@ Every failed pose has its refund and its error event, every generation its charg
 
 * 10,000: loaded by COPY with the triggers on, so the exporter's counters are built by the triggers.
 * 1,000,000: the next 990,000 loaded by COPY with triggers off (``session_replication_role = replica``),
-  then ``exporter_counters_rebuild()`` - the migration's backfill - recomputes the counters.
+  then ``metrics_rebuild()`` - the migration's backfill - recomputes the counters.
 * Redis: 100,000 job ids RPUSHed onto the queue in pipelines, each with a minimal job hash.
 
 At each size our exporter (``python -m app.cli exporter``) is started fresh and scraped 200 times after
@@ -167,7 +167,7 @@ def load(url: str, seeder: Seeder, first: int, count: int, *, triggers: bool) ->
         if not triggers:
             conn.execute("RESET session_replication_role")
             rebuild_began = time.perf_counter()
-            conn.execute("SELECT exporter_counters_rebuild()")
+            conn.execute("SELECT metrics_rebuild()")
             rebuild = time.perf_counter() - rebuild_began
         conn.execute("VACUUM ANALYZE")
     return time.perf_counter() - began, rebuild
@@ -353,7 +353,7 @@ def main() -> int:
         for size, triggers in ((args.small, True), (args.large, False)):
             seconds, rebuild = load(url, seeder, loaded, size - loaded, triggers=triggers)
             how = "COPY through the triggers" if triggers else \
-                f"COPY with triggers off, then exporter_counters_rebuild() over all rows: {rebuild:.1f} s of it"
+                f"COPY with triggers off, then metrics_rebuild() over all rows: {rebuild:.1f} s of it"
             print(f"seeding {size - loaded:,} generations ({how}): {seconds:.1f} s", flush=True)
             loaded = size
             ours = measure_ours(env, args.scrapes)

@@ -15,8 +15,9 @@ fleet's counters and histograms kept in Redis (slot wait, provider task time, 42
 the ``redis`` source reads all three (:class:`CombinedCollector`).
 
 :class:`DomainCollector` reads counters that PostgreSQL triggers keep in the same transactions as
-the writes they count (``app/db/migrations/002_exporter_counters.sql``), so they are exact, survive
-any process exiting, and a scrape sums a few dozen rows whatever the size of the history.
+the writes they count: insert-only deltas shared with the admin metrics, folded into totals
+(``app/db/migrations/008_shared_bookkeeping.sql``), so they are exact, survive any process exiting,
+and a scrape sums the totals and the few deltas not folded yet, whatever the size of the history.
 Counters never go down; what can go down is a gauge of its own:
 
 ``pose_generations_total{status}``                counter  ``created`` (every generation inserted), ``completed``
@@ -191,7 +192,7 @@ class LimitsCollector(Collector):
 
 @dataclass(frozen=True)
 class _Histogram:
-    key: str  # the metric name in exporter_histograms
+    key: str  # the metric name in metrics_histogram_totals
     name: str
     documentation: str
 
@@ -206,24 +207,58 @@ _HISTOGRAMS = (
     _Histogram("pose_duration", "pose_pose_duration_seconds", "Each finished pose, end to end"),
 )
 
-# One statement, so counters and histograms come from the same snapshot. Columns: metric, label, le,
-# value, sum_ms, then a bucket's exemplar (trace_id, generation_id, value_ms, observed_at epoch seconds).
+# One statement, so counters and histograms come from the same snapshot: the folded totals plus the
+# deltas not folded yet (see app/db/migrations/008_shared_bookkeeping.sql), errors and credits from the
+# admin metrics' own tables of the same family. Columns: metric, label, le, value, sum_ms, then a
+# bucket's exemplar (trace_id, generation_id, value_ms, observed_at epoch seconds).
 _READ_SQL = """
+WITH figures (metric, label, value) AS (
+    SELECT metric, label, value FROM metrics_exporter_totals
+    UNION ALL
+    SELECT metric, label, value FROM metrics_exporter_deltas
+    UNION ALL
+    SELECT e.metric, e.label, e.value
+      FROM metrics_generation_deltas d
+     CROSS JOIN LATERAL (VALUES ('generations', 'created', d.created_total::bigint),
+                                ('generations', 'completed', d.completed_total),
+                                ('generations', 'failed', d.failed_total),
+                                ('generations_in_progress', 'queued', d.queued),
+                                ('generations_in_progress', 'processing', d.processing),
+                                ('last_finished_generation_ms', '', d.last_finished_ms)) AS e (metric, label, value)
+    UNION ALL
+    SELECT e.metric, e.label, e.value
+      FROM metrics_pose_deltas d
+     CROSS JOIN LATERAL (VALUES ('poses_pending', '', d.pending::bigint), ('poses', 'completed', d.completed_total),
+                                ('poses', 'failed', d.failed_total)) AS e (metric, label, value)
+    UNION ALL
+    SELECT 'errors', error_type, events FROM metrics_error_totals
+    UNION ALL
+    SELECT 'errors', error_type, events FROM metrics_error_deltas
+    UNION ALL
+    SELECT e.metric, '', e.value
+      FROM (SELECT charged, refunded FROM metrics_credit_hourly
+            UNION ALL SELECT charged, refunded FROM metrics_credit_deltas) c
+     CROSS JOIN LATERAL (VALUES ('credits_spent', c.charged), ('credits_refunded', c.refunded)) AS e (metric, value)
+), observed (metric, le, count, sum_ms) AS (
+    SELECT metric, le, count, sum_ms FROM metrics_histogram_totals
+    UNION ALL
+    SELECT metric, le, count, sum_ms FROM metrics_histogram_deltas
+)
 SELECT metric, label, NULL::float8 AS le,
        (CASE metric WHEN 'last_finished_generation_ms' THEN max(value) ELSE sum(value) END)::bigint AS value,
        NULL::bigint AS sum_ms, NULL::text AS trace_id, NULL::text AS generation_id, NULL::bigint AS value_ms,
        NULL::float8 AS observed_at
-  FROM exporter_counters GROUP BY metric, label
+  FROM figures WHERE value IS NOT NULL GROUP BY metric, label
 UNION ALL
 SELECT 'oldest_running_ms', '', NULL,
        coalesce((extract(epoch FROM now() - min(attempt_started_at)) * 1000)::bigint, 0), NULL, NULL, NULL, NULL, NULL
   FROM generations WHERE status = 'processing'
 UNION ALL
-SELECT b.metric, '', bucket.le, coalesce(sum(h.count), 0)::bigint, coalesce(sum(h.sum_ms), 0)::bigint,
+SELECT b.metric, '', bucket.le, coalesce(sum(o.count), 0)::bigint, coalesce(sum(o.sum_ms), 0)::bigint,
        min(e.trace_id), min(e.generation_id), min(e.value_ms), extract(epoch FROM min(e.observed_at))::float8
   FROM exporter_histogram_bounds b
  CROSS JOIN LATERAL unnest(b.bounds || 'Infinity'::float8) AS bucket (le)
-  LEFT JOIN exporter_histograms h ON h.metric = b.metric AND h.le = bucket.le
+  LEFT JOIN observed o ON o.metric = b.metric AND o.le = bucket.le
   LEFT JOIN exporter_histogram_exemplars e ON e.metric = b.metric AND e.le = bucket.le
  GROUP BY b.metric, bucket.le
 """
