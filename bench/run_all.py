@@ -51,6 +51,16 @@ BENCHMARKS: list[tuple[str, list[str], list[str], list[tuple[str, str, str]]]] =
         (r"poll\s+\d+\s+[\d.]+\s+([\d.]+)", "mixed load: poll p99 ms", ""),
         (r"create\s+\d+\s+[\d.]+\s+([\d.]+)", "mixed load: create p99 ms", ""),
     ]),
+    ("bench.bookkeeping_cost", [], ["--seconds", "10"], [
+        (r"none \(bookkeeping triggers disabled\)\s+([\d.]+)", "bookkeeping pgbench: calls/s, none", ""),
+        (r"before \(002[^\n]*?([\d.]+)\s*$", "bookkeeping pgbench: cost x none, before", ""),
+        (r"after \(008[^\n]*?([\d.]+)\s+<= 1.30", "bookkeeping pgbench: cost x none, after", "<= 1.30"),
+    ]),
+    ("bench.generation_cost", [], ["--one", "10", "--many", "80"], [
+        (r"total\s+([\d.]+)", "cost per generation: CPU ms, one at a time", ""),
+        (r"generations per second\s+[\d.]+\s+([\d.]+)", "cost per generation: generations/s, API + 2 workers",
+         ""),
+    ]),
     ("bench.tracing_overhead", [], [], [
         (r"throughput on / off\s+([\d.]+)", "generation throughput, tracing on / off", "~1"),
     ]),
