@@ -53,7 +53,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str], list[tuple[str, str, str]]]] =
     ]),
     ("bench.bookkeeping_cost", [], ["--seconds", "10"], [
         (r"none \(bookkeeping triggers disabled\)\s+([\d.]+)", "bookkeeping pgbench: calls/s, none", ""),
-        (r"before \(002[^\n]*?([\d.]+)\s*$", "bookkeeping pgbench: cost x none, before", ""),
+        (r"(?m)before \(002[^\n]*?([\d.]+)\s*$", "bookkeeping pgbench: cost x none, before", ""),
         (r"after \(008[^\n]*?([\d.]+)\s+<= 1.30", "bookkeeping pgbench: cost x none, after", "<= 1.30"),
     ]),
     ("bench.generation_cost", [], ["--one", "10", "--many", "80"], [
