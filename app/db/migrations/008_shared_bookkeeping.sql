@@ -5,7 +5,8 @@
 -- create several times what the create itself costs, while the deltas cost a few percent.
 --
 -- What the delta rows now also carry (the same rows the admin rollups already wrote: no extra row and
--- no extra trigger call on the create path):
+-- no extra trigger call on the create path; pose slots inserted together are now counted by one
+-- statement-level trigger, one delta row per pose id, instead of a trigger call and a row per slot):
 --   metrics_generation_deltas  created_total / completed_total / failed_total: generations inserted, and
 --                              transitions into completed / failed (they never go down, as 002's did);
 --                              last_finished_ms: finished_at of a generation entering a terminal status
@@ -162,45 +163,64 @@ BEGIN
 END;
 $$;
 
+-- Pose slots are inserted several per statement (a create inserts all of its slots at once): one
+-- statement-level trigger counts them all, instead of one trigger call and one delta row per slot.
+CREATE FUNCTION metrics_generation_poses_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO metrics_pose_deltas (pose_id, slots, pending, completed_total, failed_total)
+    SELECT pose_id, count(*), count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'completed'),
+           count(*) FILTER (WHERE status = 'failed')
+      FROM inserted GROUP BY pose_id;
+    IF NOT EXISTS (SELECT 1 FROM inserted WHERE status <> 'pending' OR duration_ms IS NOT NULL) THEN
+        RETURN NULL;  -- slots inserted pending, the usual case: no timing, no generation figure changes
+    END IF;
+    PERFORM metrics_observe(array_agg(o.metric), array_agg(o.ms))
+       FROM inserted i
+      CROSS JOIN LATERAL (VALUES ('provider_call', i.provider_ms::bigint), ('upload', i.upload_ms),
+                                 ('queue_wait', i.queue_wait_ms), ('pose_duration', i.duration_ms)) AS o (metric, ms)
+      WHERE i.status IN ('completed', 'failed');
+    INSERT INTO metrics_generation_deltas (hour, user_id, poses_delivered, pose_duration_sum_ms, pose_duration_count)
+    SELECT date_trunc('hour', g.created_at, 'UTC'), g.user_id, count(*) FILTER (WHERE i.status = 'completed'),
+           coalesce(sum(i.duration_ms), 0), count(i.duration_ms)
+      FROM inserted i JOIN generations g ON g.id = i.generation_id
+     WHERE i.status = 'completed' OR i.duration_ms IS NOT NULL
+     GROUP BY 1, 2;
+    RETURN NULL;
+END;
+$$;
+
+DROP TRIGGER metrics_generation_poses_insert_delete ON generation_poses;
+CREATE TRIGGER metrics_generation_poses_insert AFTER INSERT ON generation_poses
+    REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION metrics_generation_poses_inserted();
+CREATE TRIGGER metrics_generation_poses_delete AFTER DELETE ON generation_poses
+    FOR EACH ROW EXECUTE FUNCTION metrics_generation_pose_changed();
+
+-- Updates and deletes of pose slots (the worker's outcomes, the reaper), one row at a time.
 CREATE OR REPLACE FUNCTION metrics_generation_pose_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     entered boolean;  -- the slot enters completed or failed with this write
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        entered := NEW.status IN ('completed', 'failed');
+    entered := TG_OP = 'UPDATE' AND NEW.status IN ('completed', 'failed')
+               AND OLD.status NOT IN ('completed', 'failed');
+    IF TG_OP = 'DELETE' OR OLD.pose_id <> NEW.pose_id OR OLD.status <> NEW.status THEN
         INSERT INTO metrics_pose_deltas (pose_id, slots, pending, completed_total, failed_total)
-        VALUES (NEW.pose_id, 1, (NEW.status = 'pending')::int, (NEW.status = 'completed')::int,
-                (NEW.status = 'failed')::int);
-        IF entered THEN
-            PERFORM metrics_observe('{provider_call,upload,queue_wait,pose_duration}',
-                                    ARRAY[NEW.provider_ms, NEW.upload_ms, NEW.queue_wait_ms, NEW.duration_ms]);
-        END IF;
-        IF NEW.status <> 'completed' AND NEW.duration_ms IS NULL THEN
-            RETURN NULL;  -- nothing delivered, no duration: no generation figure changes
-        END IF;
-    ELSE
-        entered := TG_OP = 'UPDATE' AND NEW.status IN ('completed', 'failed')
-                   AND OLD.status NOT IN ('completed', 'failed');
-        IF TG_OP = 'DELETE' OR OLD.pose_id <> NEW.pose_id OR OLD.status <> NEW.status THEN
-            INSERT INTO metrics_pose_deltas (pose_id, slots, pending, completed_total, failed_total)
-            SELECT c.pose_id, sum(c.sign), sum(c.sign * (c.status = 'pending')::int),
-                   count(*) FILTER (WHERE c.sign = 1 AND entered AND c.status = 'completed'),
-                   count(*) FILTER (WHERE c.sign = 1 AND entered AND c.status = 'failed')
-              FROM (SELECT -1 AS sign, OLD.pose_id, OLD.status
-                    UNION ALL SELECT 1, NEW.pose_id, NEW.status WHERE TG_OP <> 'DELETE') c
-             GROUP BY 1
-            HAVING sum(c.sign) <> 0 OR sum(c.sign * (c.status = 'pending')::int) <> 0 OR bool_or(c.sign = 1 AND entered);
-        END IF;
-        IF entered THEN
-            PERFORM metrics_observe('{provider_call,upload,queue_wait,pose_duration}',
-                                    ARRAY[NEW.provider_ms, NEW.upload_ms, NEW.queue_wait_ms, NEW.duration_ms]);
-        END IF;
+        SELECT c.pose_id, sum(c.sign), sum(c.sign * (c.status = 'pending')::int),
+               count(*) FILTER (WHERE c.sign = 1 AND entered AND c.status = 'completed'),
+               count(*) FILTER (WHERE c.sign = 1 AND entered AND c.status = 'failed')
+          FROM (SELECT -1 AS sign, OLD.pose_id, OLD.status
+                UNION ALL SELECT 1, NEW.pose_id, NEW.status WHERE TG_OP <> 'DELETE') c
+         GROUP BY 1
+        HAVING sum(c.sign) <> 0 OR sum(c.sign * (c.status = 'pending')::int) <> 0 OR bool_or(c.sign = 1 AND entered);
+    END IF;
+    IF entered THEN
+        PERFORM metrics_observe('{provider_call,upload,queue_wait,pose_duration}',
+                                ARRAY[NEW.provider_ms, NEW.upload_ms, NEW.queue_wait_ms, NEW.duration_ms]);
     END IF;
     -- Delivered poses and finished pose durations count towards the owning generation's hour and user.
     INSERT INTO metrics_generation_deltas (hour, user_id, poses_delivered, pose_duration_sum_ms, pose_duration_count)
     SELECT date_trunc('hour', g.created_at, 'UTC'), g.user_id, sum(c.sign * (c.status = 'completed')::int),
            sum(c.sign * coalesce(c.duration_ms, 0)), sum(c.sign * (c.duration_ms IS NOT NULL)::int)
-      FROM (SELECT -1 AS sign, OLD.generation_id, OLD.status, OLD.duration_ms WHERE TG_OP <> 'INSERT'
+      FROM (SELECT -1 AS sign, OLD.generation_id, OLD.status, OLD.duration_ms
             UNION ALL
             SELECT 1, NEW.generation_id, NEW.status, NEW.duration_ms WHERE TG_OP <> 'DELETE') c
       JOIN generations g ON g.id = c.generation_id
