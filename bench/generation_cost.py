@@ -140,7 +140,8 @@ def read_once(stack: Stack, user: str, generation_id: str) -> None:
 
 
 def profile(pids: dict[str, int], seconds: float, folder: Path) -> dict[str, list[tuple[str, float]]]:
-    """py-spy samples of each process (children too) for ``seconds``: the top functions by own samples."""
+    """py-spy samples of each process (children too) for ``seconds``: the top functions by own samples,
+    then the share of samples by package of the function."""
     spy = shutil.which("py-spy") or str(Path(os.sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         return {}
@@ -156,6 +157,7 @@ def profile(pids: dict[str, int], seconds: float, folder: Path) -> dict[str, lis
         if not path.exists():
             continue
         own: collections.Counter[str] = collections.Counter()
+        packages: collections.Counter[str] = collections.Counter()
         total = 0
         for line in path.read_text().splitlines():
             stack_text, _, count = line.rpartition(" ")
@@ -163,9 +165,24 @@ def profile(pids: dict[str, int], seconds: float, folder: Path) -> dict[str, lis
                 continue
             leaf = stack_text.split(";")[-1]
             own[_short(leaf)] += int(count)
+            packages[_package(leaf)] += int(count)
             total += int(count)
-        summaries[name] = [(frame, 100 * n / total) for frame, n in own.most_common(10)] if total else []
+        summaries[name] = ([(frame, 100 * n / total) for frame, n in own.most_common(8)]
+                           + [(f"[package] {package}", 100 * n / total) for package, n in packages.most_common(6)]
+                           if total else [])
     return summaries
+
+
+def _package(frame: str) -> str:
+    """The package a frame's file belongs to: ``PIL``, ``rq``, ``asyncio``, ``app.providers``..."""
+    where = frame.partition(" (")[2].rstrip(")").rsplit(":", 1)[0]
+    parts = Path(where).parts
+    if "site-packages" in parts:
+        return parts[parts.index("site-packages") + 1].removesuffix(".py")
+    if "app" in parts:
+        index = parts.index("app")
+        return ".".join(parts[index:index + 2]).removesuffix(".py")
+    return Path(where).parent.name if "python3" not in Path(where).parent.name else "stdlib " + Path(where).stem
 
 
 def _short(frame: str) -> str:
@@ -229,9 +246,11 @@ def main() -> None:
     print(f"{'CPU-bound ceiling, generations/s':<34}{cores / sum(one.values()):>16.1f}"
           f"{cores / sum(many.values()):>16.1f}   (cores / CPU s per generation)")
     for name, rows in profiles.items():
-        print(f"\nprofile, {name} (py-spy, throughput run, own samples):")
+        print(f"\nprofile, {name} (py-spy, throughput run, samples holding the GIL, by own function):")
         for frame, share in rows:
             print(f"  {share:5.1f}%  {frame}")
+        if not rows:
+            print("  (no samples: the process held the GIL too rarely to sample)")
     if not profiles:
         print("\n(py-spy not installed: no profile; pip install py-spy)")
 
