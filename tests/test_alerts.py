@@ -263,3 +263,45 @@ def test_deploy_prometheus_config_is_valid_and_scrapes_the_jobs_the_rules_select
     selected = {job for path in RULE_FILES for job in re.findall(r'job="([^"]+)"', path.read_text())}
     assert selected <= jobs
     assert {"posegen-api", "posegen-worker", "posegen-exporter"} <= jobs
+
+
+# Alerts on a ratio or an average, each with its low-traffic guard (`and on () <volume> >= N`).
+GUARDED = {
+    "HighFailureRate", "SuccessRateDegraded", "RefundRateHigh", "RefundRateCritical", "ApiServerErrors",
+    "SlowGeneration", "PoseTimeHigh", "PoseTimeCritical",
+}
+GUARD_SCENARIOS = {
+    "[quiet hour]": False,
+    "[low-traffic outage]": True,
+    "[busy healthy]": False,
+    "[busy past the threshold]": True,
+}
+
+
+def test_every_ratio_alert_has_a_low_traffic_guard_stated_in_its_description_and_runbook() -> None:
+    alerts = {alert["alert"]: alert for alert in load_alerts()}
+    ratio_reading = {name for name, alert in alerts.items() if re.search(r"_ratio:|:avg", alert["expr"])}
+    assert ratio_reading == GUARDED, "an alert reads a ratio or an average: give it a guard and list it"
+    for name in GUARDED:
+        expr = alerts[name]["expr"]
+        assert re.search(r"and on \(\) posegen:\w+:increase\w+ >= \d+", expr), f"{name}: no volume guard"
+        assert "Guard:" in alerts[name]["annotations"]["description"], f"{name}: the description must state it"
+        assert "Low-traffic guard" in (RUNBOOKS / f"{name}.md").read_text(), f"{name}: the runbook must state it"
+        assert f"`{name}`" in (ROOT / "README.md").read_text(), f"{name}: README's Alerting section must state it"
+
+
+def test_every_guarded_alert_has_the_four_traffic_scenarios() -> None:
+    """Quiet-hour blip (quiet), low-traffic outage (fires), busy healthy (quiet), busy at the level (fires)."""
+    seen: dict[tuple[str, str], bool] = {}
+    for path in RULE_TESTS:
+        for group in yaml.safe_load(path.read_text())["tests"]:
+            for tag in GUARD_SCENARIOS:
+                if tag in group["name"]:
+                    for case in group.get("alert_rule_test", []):
+                        seen[(case["alertname"], tag)] = bool(case["exp_alerts"]) or seen.get(
+                            (case["alertname"], tag), False)
+    for name in GUARDED:
+        for tag, fires in GUARD_SCENARIOS.items():
+            assert (name, tag) in seen, f"{name}: no {tag} scenario"
+            if fires:
+                assert seen[(name, tag)], f"{name}: {tag} must fire"
