@@ -177,6 +177,19 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_slo(args: argparse.Namespace) -> int:
+    from alerts.slo import SpecError, write
+
+    try:
+        paths = write(Path(args.out) if args.out else None)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.devservices import ServiceError, local_services
     from app.devstack import StackError, choose_ports, run_dev_stack
@@ -230,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     dash = add("dashboards", cmd_dashboards, "Dashboards as code: 'build' writes the Grafana JSON.")
     dash.add_argument("action", choices=("build",))
     dash.add_argument("--out", default="dashboards/build")
+    slo = add("slo", cmd_slo, "SLOs as code: 'build' compiles alerts/slos.yml into rules and promtool tests.")
+    slo.add_argument("action", choices=("build",))
+    slo.add_argument("--out", default=None, help="write into this directory (default: alerts/rules, alerts/tests)")
     dev = add("dev", cmd_dev, "Run the whole stack locally, starting PostgreSQL and Redis when none is reachable.")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)

@@ -133,6 +133,7 @@ def test_every_alert_is_labelled_annotated_and_has_a_runbook() -> None:
         assert annotations["runbook_url"] == f"alerts/runbooks/{name}.md", name
         assert (RUNBOOKS / f"{name}.md").is_file(), f"missing runbook for {name}"
     assert {path.stem for path in RUNBOOKS.glob("*.md")} == {alert["alert"] for alert in alerts}
+    assert {alert["alert"] for alert in alerts} >= {"GenerationSuccessBudgetBurn", "PoseLatencyBudgetBurn"}
 
 
 def test_seed_alerts_keep_their_conditions_and_severities() -> None:
