@@ -1,0 +1,102 @@
+"""Seed threshold alerts and SLO burn-rate alerts page once: amtool's router and a live Alertmanager agree.
+
+The live part starts the real Alertmanager with the project's route tree and inhibit rules
+(alerts/alertmanager.yml; receivers pointed at a webhook sink, group timings cut to a second) and posts
+alerts to its API as Prometheus would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakes.webhook_sink import WebhookSink
+from tests.stack import free_port
+from tests.test_alerts import load_alerts, require_tool, routes
+from tests.test_live_monitoring import Daemon, alertmanager_config, ready, start_alertmanager, wait_until
+
+SLO_PAGE = {"alertname": "GenerationSuccessBudgetBurn", "severity": "critical", "area": "generation",
+            "slo": "generation-success", "tier": "page", "burn_window": "1h"}
+SLO_TICKET = {**SLO_PAGE, "severity": "warning", "tier": "ticket", "burn_window": "3d"}
+THRESHOLD = {"alertname": "HighFailureRate", "severity": "critical", "area": "generation"}
+LATENCY_PAGE = {"alertname": "PoseLatencyBudgetBurn", "severity": "critical", "area": "performance",
+                "slo": "pose-latency", "tier": "page", "burn_window": "6h"}
+
+
+@pytest.mark.parametrize(
+    ("labels", "receiver"),
+    [(SLO_PAGE, "pager"), (SLO_TICKET, "chat"), (LATENCY_PAGE, "pager")],
+)
+def test_slo_tiers_route_by_severity(labels: dict[str, str], receiver: str) -> None:
+    result = routes(*(f"{key}={value}" for key, value in labels.items()), verify=receiver)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_slo_alert_tier_has_its_receiver() -> None:
+    tiers = [alert for alert in load_alerts() if "slo" in alert["labels"]]
+    assert len(tiers) == 9
+    for alert in tiers:
+        receiver = {"critical": "pager", "warning": "chat"}[alert["labels"]["severity"]]
+        result = routes(f"alertname={alert['alert']}", *(f"{k}={v}" for k, v in alert["labels"].items()),
+                        verify=receiver)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+class Alertmanager:
+    def __init__(self, daemon: Daemon, url: str, sink: WebhookSink) -> None:
+        self.daemon, self.url, self.sink = daemon, url, sink
+
+    def post(self, *alerts: dict[str, str]) -> None:
+        now = datetime.now(UTC)
+        body = [{"labels": labels, "annotations": {"summary": labels["alertname"]},
+                 "startsAt": now.isoformat(), "endsAt": (now + timedelta(minutes=5)).isoformat()}
+                for labels in alerts]
+        httpx.post(f"{self.url}/api/v2/alerts", json=body, timeout=10).raise_for_status()
+
+    def state(self, alertname: str) -> dict:
+        answer = httpx.get(f"{self.url}/api/v2/alerts", params={"filter": f"alertname={alertname}"}, timeout=10)
+        answer.raise_for_status()
+        found = answer.json()
+        return found[0]["status"] if found else {}
+
+    def paged(self) -> set[str]:
+        return {alert["labels"]["alertname"] for n in self.sink.notifications() if n.receiver == "pager"
+                for alert in n.alerts("firing")}
+
+
+@pytest.fixture(scope="module")
+def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmanager]:
+    require_tool("amtool", "prometheus-alertmanager")
+    tmp: Path = tmp_path_factory.mktemp("routing")
+    with WebhookSink() as sink:
+        port = free_port()
+        daemon = start_alertmanager(tmp, alertmanager_config(sink), port)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_until("Alertmanager ready", lambda: ready(f"{url}/-/ready"), 30, daemon.output)
+            yield Alertmanager(daemon, url, sink)
+        finally:
+            daemon.stop()
+
+
+def test_a_threshold_page_holds_back_the_slo_page_of_its_area(alertmanager: Alertmanager) -> None:
+    alertmanager.post(THRESHOLD, SLO_PAGE, SLO_TICKET)
+    state = wait_until("GenerationSuccessBudgetBurn inhibited",
+                       lambda: (s := alertmanager.state("GenerationSuccessBudgetBurn")).get("inhibitedBy") and s,
+                       30, alertmanager.daemon.output)
+    assert state["state"] == "suppressed"
+    alertmanager.sink.wait_for(lambda found: "HighFailureRate" in alertmanager.paged(), timeout=30)
+    time.sleep(3)  # a few group intervals: the held-back page must still not arrive
+    assert alertmanager.paged() == {"HighFailureRate"}
+
+
+def test_an_slo_page_alone_pages(alertmanager: Alertmanager) -> None:
+    """No threshold alert covers a latency burn of 6 hours: the burn-rate page gets through."""
+    alertmanager.post(LATENCY_PAGE)
+    alertmanager.sink.wait_for(lambda found: "PoseLatencyBudgetBurn" in alertmanager.paged(), timeout=30)
+    assert not alertmanager.state("PoseLatencyBudgetBurn").get("inhibitedBy")
