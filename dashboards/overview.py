@@ -619,7 +619,8 @@ def layout(rows: list[tuple[str, list[tuple[int, Panel]]]]) -> list[Panel]:
     return placed
 
 
-def overview_dashboard() -> Dashboard:
+def fleet_templating() -> Templating:
+    """The data source, then job and instance (every process of the fleet, or one) as template variables."""
     datasource = Template(
         name="datasource",
         label="Data source",
@@ -635,6 +636,16 @@ def overview_dashboard() -> Dashboard:
         name="instance", label="Instance", query='label_values(pose_build_info{job=~"$job"}, instance)',
         dataSource=DATASOURCE, includeAll=True, multi=True, allValue=".+", default="$__all",
     )
+    return Templating(list=[datasource, job, instance])
+
+
+def posegen_links() -> list[DashboardLink]:
+    """A drop-down of every dashboard tagged ``posegen`` (Overview, SLOs), keeping time and variables."""
+    return [DashboardLink(title="Pose Generator dashboards", tags=["posegen"], asDropdown=True,
+                          includeVars=True, keepTime=True)]
+
+
+def overview_dashboard() -> Dashboard:
     return Dashboard(
         title="Pose Generator — Overview",
         uid="posegen-overview",
@@ -645,10 +656,9 @@ def overview_dashboard() -> Dashboard:
         schemaVersion=39,
         graphTooltip=1,
         time=Time("now-6h", "now"),
-        templating=Templating(list=[datasource, job, instance]),
+        templating=fleet_templating(),
         annotations=Annotations(list=[deploy_annotation()]),
-        links=[DashboardLink(title="Pose Generator dashboards", tags=["posegen"], asDropdown=True,
-                             includeVars=True, keepTime=True)],
+        links=posegen_links(),
         panels=layout(
             [
                 ("Overview", seed_panels()),
@@ -666,7 +676,9 @@ def overview_dashboard() -> Dashboard:
 
 def build_dashboards() -> dict[str, dict]:
     """Every dashboard as Grafana JSON, keyed by its file name under ``dashboards/build/``."""
-    dashboards = {"pose-generator-overview.json": overview_dashboard()}
+    from dashboards.slo import slo_dashboard
+
+    dashboards = {"pose-generator-overview.json": overview_dashboard(), "pose-generator-slos.json": slo_dashboard()}
     # A round trip through the encoder turns grafanalib objects into plain JSON values.
     return {name: json.loads(json.dumps(board, cls=DashboardEncoder)) for name, board in dashboards.items()}
 

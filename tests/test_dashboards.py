@@ -75,10 +75,17 @@ def test_every_panel_has_a_unit_and_ordered_thresholds() -> None:
         assert values == sorted(values), (name, panel["title"])
 
 
+def recorded_series() -> set[str]:
+    """Series the project's recording rules write (the SLO dashboard reads those)."""
+    return {rule["record"] for path in (ROOT / "alerts" / "rules").glob("*.yml")
+            for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"] if "record" in rule}
+
+
 def test_every_query_uses_only_contract_metrics() -> None:
+    allowed = CONTRACT_METRICS | recorded_series()
     for name, panel in panels():
         for target in panel["targets"]:
-            unknown = metric_names(target["expr"]) - CONTRACT_METRICS
+            unknown = metric_names(target["expr"]) - allowed
             assert not unknown, f"{name} / {panel['title']}: unknown metrics {unknown}"
 
 
@@ -151,3 +158,26 @@ def test_deploy_annotation_queries_build_info() -> None:
         (deploys,) = [a for a in dashboard["annotations"]["list"] if a["name"] == "Deploys"]
         assert "pose_build_info" in deploys["expr"] and "offset" in deploys["expr"], name
         assert deploys["datasource"] == DATASOURCE, name
+
+
+def test_slo_dashboard_shows_budget_burn_and_sli_per_slo_and_links_both_ways() -> None:
+    from alerts.slo import load_spec
+
+    boards = build_dashboards()
+    slos = boards["pose-generator-slos.json"]
+    overview = boards["pose-generator-overview.json"]
+    assert slos["title"] == "Pose Generator — SLOs"
+    # Linked both ways: each offers the drop-down of the dashboards tagged posegen, and both are tagged so.
+    assert "posegen" in slos["tags"] and "posegen" in overview["tags"]
+    for board in (slos, overview):
+        link = board["links"][0]
+        assert (link["type"], link["tags"], link["keepTime"]) == ("dashboards", ["posegen"], True)
+    titles = {panel["title"]: panel for panel in slos["panels"] if panel["type"] != "row"}
+    for slo in load_spec().slos:
+        budget = titles[f"{slo.title}: Error Budget Remaining"]
+        assert budget["targets"][0]["expr"] == f'posegen_slo:error_budget_remaining:ratio{{slo="{slo.name}"}}'
+        burn = titles[f"{slo.title}: Burn Rate per Tier"]
+        assert [t["legendFormat"] for t in burn["targets"]] == ["1h (page)", "6h (page)", "3d (ticket)"]
+        assert [value for value, _ in steps(burn)] == [None, 1, 6, 14.4]
+        sli = titles[f"{slo.title}: SLI"]
+        assert [value for value, _ in steps(sli)] == [None, slo.objective]
