@@ -27,6 +27,8 @@ from typing import Any
 
 import yaml
 
+from alerts import links
+
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "alerts" / "slos.yml"
 RULES_OUT = ROOT / "alerts" / "rules" / "slo.rules.yml"
@@ -34,7 +36,12 @@ TESTS_OUT = ROOT / "alerts" / "tests" / "slo.test.yml"
 SLOW_TESTS_OUT = ROOT / "alerts" / "tests" / "slo-ticket.test.yml"
 SLI_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 RECORD_PREFIX = "posegen_slo"
-RUNBOOKS = "alerts/runbooks"
+# The dominant error type of the last hour (recorded by alerts/rules/pose-generator.rules.yml),
+# rendered by Prometheus at each evaluation, so the notification says it without a lookup.
+TOP_ERROR_TYPE = (
+    '{{ with query "topk(1, posegen:errors:increase1h > 0)" }}{{ . | first | label "error_type" }} '
+    '({{ . | first | value | humanize }} in the last hour){{ else }}none recorded{{ end }}'
+)
 
 _UNITS = {"m": 1, "h": 60, "d": 1440}
 
@@ -191,7 +198,9 @@ def alert_rule(spec: Spec, slo: SLO, tier: Tier) -> dict[str, Any]:
                 f"Guard: only with at least {spec.min_events} events and {spec.min_bad_events} bad ones "
                 f"in the {tier.long}."
             ),
-            "runbook_url": f"{RUNBOOKS}/{slo.alert}.md",
+            **({"top_error_type": TOP_ERROR_TYPE} if slo.area == "generation" else {}),
+            # Placeholder: relink() writes the absolute runbook and dashboard URLs.
+            "runbook_url": slo.alert,
         },
     }
 
@@ -263,11 +272,15 @@ def stepped_values(total_minutes: int, every: int, bad_counts: str) -> str:
     return " ".join(out)
 
 
-def expected(spec: Spec, slo: SLO, tier: Tier, burn: float) -> dict[str, Any]:
-    """The alert of ``tier`` firing with its labels and annotations, value ``burn`` (the long window's)."""
+def expected(spec: Spec, slo: SLO, tier: Tier, burn: float, at: int) -> dict[str, Any]:
+    """The alert of ``tier`` firing at minute ``at`` with its labels and annotations, value ``burn``."""
     rule = alert_rule(spec, slo, tier)
     annotations = dict(rule["annotations"])
     annotations["description"] = annotations["description"].replace('{{ printf "%.1f" $value }}', f"{burn:.1f}")
+    if "top_error_type" in annotations:
+        annotations["top_error_type"] = "none recorded"  # the SLO tests feed no pose_errors_total
+    annotations["runbook_url"] = links.runbook_url(slo.alert)
+    annotations["dashboard_url"] = links.rendered_dashboard_url(slo.alert, at * 60)
     return {"exp_labels": rule["labels"], "exp_annotations": annotations}
 
 
@@ -334,11 +347,12 @@ def slo_tests(spec: Spec, slo: SLO, tiers: tuple[Tier, ...], interval: int, eval
 
     def check(at: int, fired: list[tuple[Tier, float]]) -> dict[str, Any]:
         return {"eval_time": f"{at}m", "alertname": slo.alert,
-                "exp_alerts": [expected(spec, slo, tier, burn) for tier, burn in fired]}
+                "exp_alerts": [expected(spec, slo, tier, burn, at) for tier, burn in fired]}
 
     for tier in tiers:
         burn = tier.burn_rate(spec.window)
-        span = minutes(tier.long) + 10
+        # Ten minutes past the long window, on the evaluation grid (promtool reports the last evaluation).
+        span = -(-(minutes(tier.long) + 10) // evaluation) * evaluation
         # A healthy history as long as the next slower tier of the same severity keeps that one quiet.
         slower = [minutes(t.long) for t in spec.tiers
                   if minutes(t.long) > minutes(tier.long) and t.severity == tier.severity]
@@ -367,7 +381,7 @@ def traffic_tests(spec: Spec, slo: SLO) -> list[dict[str, Any]]:
 
     def check(at: int, fired: list[Tier]) -> dict[str, Any]:
         return {"eval_time": f"{at}m", "alertname": slo.alert,
-                "exp_alerts": [expected(spec, slo, tier, 1 / slo.budget) for tier in fired]}
+                "exp_alerts": [expected(spec, slo, tier, 1 / slo.budget, at) for tier in fired]}
 
     # A quiet hour: two bad events, nothing else for two hours.
     quiet = {"good": "0x120", "bad": "0x60 1x5 2x54", "all": "0x60 1x5 2x54"}
@@ -438,7 +452,8 @@ def render(document: dict[str, Any]) -> str:
 def built(spec_path: Path = SPEC) -> dict[Path, str]:
     """The generated files and their text, keyed by their path in the repository."""
     spec = load_spec(spec_path)
-    return {RULES_OUT: render(build_rules(spec)), **{path: render(doc) for path, doc in build_tests(spec).items()}}
+    rules = links.relink(render(build_rules(spec)))
+    return {RULES_OUT: rules, **{path: render(doc) for path, doc in build_tests(spec).items()}}
 
 
 def write(out_dir: Path | None = None) -> list[Path]:

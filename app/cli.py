@@ -190,6 +190,19 @@ def cmd_slo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    if args.action == "backtest":
+        from alerts.backtest import run_backtest
+
+        return run_backtest(args)
+    from alerts import links
+
+    settings = _settings()
+    for path in links.build(Path(args.out) if args.out else None, settings.runbook_base_url, settings.grafana_url):
+        print(path)
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.devservices import ServiceError, local_services
     from app.devstack import StackError, choose_ports, run_dev_stack
@@ -246,6 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     slo = add("slo", cmd_slo, "SLOs as code: 'build' compiles alerts/slos.yml into rules and promtool tests.")
     slo.add_argument("action", choices=("build",))
     slo.add_argument("--out", default=None, help="write into this directory (default: alerts/rules, alerts/tests)")
+    alerts = add("alerts", cmd_alerts,
+                 "Alert rules: 'build' writes runbook and dashboard links from POSEGEN_RUNBOOK_BASE_URL and "
+                 "POSEGEN_GRAFANA_URL; 'backtest' replays the alerts over a Prometheus's history.")
+    alerts.add_argument("action", choices=("build", "backtest"))
+    alerts.add_argument("--out", default=None, help="build: write the rule files here (default: in place)")
+    alerts.add_argument("--prometheus", default="http://127.0.0.1:9090", help="backtest: Prometheus base URL")
+    alerts.add_argument("--since", default="7d", help="backtest: how far back, e.g. 6h, 7d (default 7d)")
+    alerts.add_argument("--step", default="1m", help="backtest: evaluation interval to emulate (default 1m)")
+    alerts.add_argument("--override", action="append", default=[], metavar="ALERT=THRESHOLD",
+                        help="backtest: replace the alert's first threshold (repeatable)")
     dev = add("dev", cmd_dev, "Run the whole stack locally, starting PostgreSQL and Redis when none is reachable.")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)

@@ -61,6 +61,9 @@ class Settings:
     image_size: int = 512
     log_level: str = "INFO"
     environment: str = "development"
+    # Bases of the absolute links in alert notifications, read by `posegen alerts build` (alerts/links.py).
+    runbook_base_url: str = "https://github.com/posegen/pose-generator/blob/main/alerts/runbooks"
+    grafana_url: str = "http://localhost:3000"
     sentry_dsn: str = ""
     sentry_traces_sample_rate: float = 0.0
     dd_service: str = "pose-generator"
@@ -123,6 +126,9 @@ class Settings:
             image_size=reader.integer("POSEGEN_IMAGE_SIZE", cls.image_size, minimum=64, maximum=2048),
             log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARN", "WARNING", "ERROR")),
             environment=reader.text("POSEGEN_ENV", reader.text("NODE_ENV", cls.environment)),
+            runbook_base_url=reader.url("POSEGEN_RUNBOOK_BASE_URL", cls.runbook_base_url,
+                                        ("http://", "https://")).rstrip("/"),
+            grafana_url=reader.url("POSEGEN_GRAFANA_URL", cls.grafana_url, ("http://", "https://")).rstrip("/"),
             sentry_dsn=reader.text("SENTRY_DSN", ""),
             sentry_traces_sample_rate=reader.number(
                 "SENTRY_TRACES_SAMPLE_RATE", 0.0, minimum=0.0, maximum=1.0

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from alerts import links
+
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
 RULES = ALERTS / "rules" / "pose-generator.rules.yml"
@@ -130,7 +132,8 @@ def test_every_alert_is_labelled_annotated_and_has_a_runbook() -> None:
         annotations = alert["annotations"]
         assert annotations["summary"].strip(), name
         assert "$value" in annotations["description"], f"{name}: the description must show the value"
-        assert annotations["runbook_url"] == f"alerts/runbooks/{name}.md", name
+        assert annotations["runbook_url"] == links.runbook_url(name), name
+        assert annotations["dashboard_url"].startswith(f"{links.DEFAULT_GRAFANA_URL}/d/posegen-"), name
         assert (RUNBOOKS / f"{name}.md").is_file(), f"missing runbook for {name}"
     assert {path.stem for path in RUNBOOKS.glob("*.md")} == {alert["alert"] for alert in alerts}
     assert {alert["alert"] for alert in alerts} >= {"GenerationSuccessBudgetBurn", "PoseLatencyBudgetBurn"}
@@ -306,3 +309,46 @@ def test_every_guarded_alert_has_the_four_traffic_scenarios() -> None:
             assert (name, tag) in seen, f"{name}: no {tag} scenario"
             if fires:
                 assert seen[(name, tag)], f"{name}: {tag} must fire"
+
+
+def test_links_are_absolute_and_current() -> None:
+    """Committed rule files carry the default bases and the panel ids of the built dashboards."""
+    for path in RULE_FILES:
+        text = path.read_text()
+        assert links.relink(text) == text, f"{path.name} links are stale: run `posegen alerts build`"
+    from app.settings import Settings
+
+    assert (Settings().runbook_base_url, Settings().grafana_url) == (links.DEFAULT_RUNBOOK_BASE,
+                                                                      links.DEFAULT_GRAFANA_URL)
+
+
+def test_alerts_build_writes_the_configured_bases(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin:/bin", "POSEGEN_RUNBOOK_BASE_URL": "https://wiki.example.org/runbooks/",
+           "POSEGEN_GRAFANA_URL": "https://grafana.example.org"}
+    import sys
+
+    answer = subprocess.run([sys.executable, "-m", "app.cli", "alerts", "build", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert answer.returncode == 0, answer.stderr
+    built = sorted(tmp_path.glob("*.yml"))
+    assert [path.name for path in built] == [path.name for path in RULE_FILES]
+    for path in built:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                if "alert" in rule:
+                    annotations = rule["annotations"]
+                    assert annotations["runbook_url"] == f"https://wiki.example.org/runbooks/{rule['alert']}.md"
+                    assert annotations["dashboard_url"].startswith("https://grafana.example.org/d/posegen-")
+    result = run(require_tool("promtool", "prometheus"), "check", "rules", *map(str, built))
+    assert result.returncode == 0, result.stdout + result.stderr
+    bad = subprocess.run([sys.executable, "-m", "app.cli", "alerts", "build", "--out", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env={**env, "POSEGEN_GRAFANA_URL": "grafana.example.org"})
+    assert bad.returncode == 2 and "POSEGEN_GRAFANA_URL" in bad.stderr
+
+
+def test_dashboard_links_open_the_panel_of_each_alert() -> None:
+    for alert in load_alerts():
+        url = alert["annotations"]["dashboard_url"]
+        (dashboard_file, uid), title = links.panel_for(alert["alert"])
+        assert f"/d/{uid}?orgId=1&viewPanel={links.panel_id(dashboard_file, title)}&from=" in url, alert["alert"]

@@ -489,7 +489,11 @@ def test_alertmanager_pages_the_critical_receiver(live: Live) -> None:
     assert page.body["groupLabels"] == {"alertname": FIRING_ALERT, "area": labels["area"]}
     alert = next(a for a in page.alerts("firing") if a["labels"]["alertname"] == FIRING_ALERT)
     assert alert["labels"]["severity"] == "critical"
-    assert alert["annotations"]["runbook_url"] == f"alerts/runbooks/{FIRING_ALERT}.md"
+    assert alert["annotations"]["runbook_url"].startswith("https://")
+    assert alert["annotations"]["runbook_url"].endswith(f"/alerts/runbooks/{FIRING_ALERT}.md")
+    # Rendered by Prometheus: the panel around the evaluation, and the hour's top error type.
+    assert "viewPanel=" in alert["annotations"]["dashboard_url"] and "{{" not in alert["annotations"]["dashboard_url"]
+    assert alert["annotations"]["top_error_type"].startswith(f"{ErrorType.FLUX_API_ERROR.value} (")
     assert alert["annotations"]["summary"]
 
 

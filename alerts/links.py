@@ -1,0 +1,128 @@
+"""Clickable context for every alert: an absolute ``runbook_url`` and a ``dashboard_url`` annotation.
+
+Both are absolute URLs from two bases (settings ``POSEGEN_RUNBOOK_BASE_URL`` and ``POSEGEN_GRAFANA_URL``).
+The committed rule files carry the documented defaults (:data:`DEFAULT_RUNBOOK_BASE`,
+:data:`DEFAULT_GRAFANA_URL`); ``posegen alerts build --out DIR`` writes deployable copies with the
+configured bases, and ``posegen alerts build`` (no ``--out``) refreshes the committed ones, e.g. when a
+dashboard's panel ids moved. A test fails when they are stale.
+
+``dashboard_url`` opens the alert's panel (``viewPanel``) from an hour before to ten minutes after the
+rule evaluation that rendered it: Prometheus renders annotations at every evaluation, so the
+notification sent when the alert fires carries the window around that moment.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+# The defaults of the settings (app/settings.py), which a test ties to these.
+DEFAULT_RUNBOOK_BASE = "https://github.com/posegen/pose-generator/blob/main/alerts/runbooks"
+DEFAULT_GRAFANA_URL = "http://localhost:3000"
+RULES_DIR = Path(__file__).resolve().parent / "rules"
+
+OVERVIEW = ("pose-generator-overview.json", "posegen-overview")
+SLOS = ("pose-generator-slos.json", "posegen-slos")
+
+# The panel that shows what each hand-written alert measures.
+PANELS: dict[str, tuple[tuple[str, str], str]] = {
+    "HighFailureRate": (OVERVIEW, "Success Rate"),
+    "SuccessRateDegraded": (OVERVIEW, "Success Rate"),
+    "SlowGeneration": (OVERVIEW, "Average Duration"),
+    "PoseTimeHigh": (OVERVIEW, "Pose Total"),
+    "PoseTimeCritical": (OVERVIEW, "Pose Total"),
+    "QueueBacklog": (OVERVIEW, "Queue Jobs by State"),
+    "QueueDepthHigh": (OVERVIEW, "Queue Depth"),
+    "QueueOverloaded": (OVERVIEW, "Queue Depth"),
+    "CreditRefundSpike": (OVERVIEW, "Credits Refunded per Hour"),
+    "RefundRateHigh": (OVERVIEW, "Refund Rate"),
+    "RefundRateCritical": (OVERVIEW, "Refund Rate"),
+    "WorkerDowntime": (OVERVIEW, "Workers by State"),
+    "ApiTargetDown": (OVERVIEW, "API Request Rate"),
+    "ApiServerErrors": (OVERVIEW, "API 5xx Ratio"),
+    "ExporterSourceDown": (OVERVIEW, "Exporter Sources"),
+    "ExporterTargetDown": (OVERVIEW, "Exporter Scrape Duration"),
+}
+
+_FROM = '{{ with query "vector((time() - 3600) * 1000)" }}{{ . | first | value | printf "%.0f" }}{{ end }}'
+_TO = '{{ with query "vector((time() + 600) * 1000)" }}{{ . | first | value | printf "%.0f" }}{{ end }}'
+
+
+def panel_id(dashboard_file: str, title: str) -> int:
+    """The id of the panel titled ``title`` in a built dashboard; KeyError names it when missing."""
+    from dashboards.overview import build_dashboards
+
+    for panel in build_dashboards()[dashboard_file]["panels"]:
+        if panel.get("title") == title:
+            return int(panel["id"])
+    raise KeyError(f"no panel {title!r} in {dashboard_file}")
+
+
+def runbook_url(alert: str, base: str = DEFAULT_RUNBOOK_BASE) -> str:
+    return f"{base.rstrip('/')}/{alert}.md"
+
+
+def dashboard_url(dashboard: tuple[str, str], title: str, grafana: str = DEFAULT_GRAFANA_URL) -> str:
+    file, uid = dashboard
+    return (f"{grafana.rstrip('/')}/d/{uid}?orgId=1&viewPanel={panel_id(file, title)}"
+            f"&from={_FROM}&to={_TO}")
+
+
+def rendered_dashboard_url(alert: str, at_seconds: int, grafana: str = DEFAULT_GRAFANA_URL) -> str:
+    """``dashboard_url`` of ``alert`` as Prometheus renders it in an evaluation at ``at_seconds`` (for tests)."""
+    dashboard, title = panel_for(alert)
+    url = dashboard_url(dashboard, title, grafana)
+    return url.replace(_FROM, str((at_seconds - 3600) * 1000)).replace(_TO, str((at_seconds + 600) * 1000))
+
+
+def panel_for(alert: str) -> tuple[tuple[str, str], str]:
+    """(dashboard, panel title) of an alert: the table above, or the SLO dashboard's burn rate panel."""
+    if alert in PANELS:
+        return PANELS[alert]
+    from alerts.slo import load_spec
+
+    for slo in load_spec().slos:
+        if slo.alert == alert:
+            return SLOS, f"{slo.title}: Burn Rate per Tier"
+    raise KeyError(f"alert {alert}: no dashboard panel in alerts/links.py")
+
+
+_ALERT = re.compile(r"^\s*- alert: (\w+)\s*$")
+_RUNBOOK = re.compile(r"^(\s*)runbook_url: .*$")
+_DASHBOARD = re.compile(r"^\s*dashboard_url: .*$")
+
+
+def relink(text: str, runbook_base: str = DEFAULT_RUNBOOK_BASE, grafana: str = DEFAULT_GRAFANA_URL) -> str:
+    """A rule file's text with every alert's ``runbook_url`` and ``dashboard_url`` (re)written; the rest kept."""
+    out: list[str] = []
+    alert = None
+    lines = text.split("\n")
+    skip_dashboard = False
+    for line in lines:
+        if skip_dashboard and _DASHBOARD.match(line):
+            skip_dashboard = False
+            continue
+        skip_dashboard = False
+        if match := _ALERT.match(line):
+            alert = match.group(1)
+        if (match := _RUNBOOK.match(line)) and alert:
+            indent = match.group(1)
+            dashboard, title = panel_for(alert)
+            out.append(f"{indent}runbook_url: {runbook_url(alert, runbook_base)}")
+            out.append(f"{indent}dashboard_url: '{dashboard_url(dashboard, title, grafana)}'")
+            skip_dashboard = True
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
+def build(out_dir: Path | None, runbook_base: str = DEFAULT_RUNBOOK_BASE,
+          grafana: str = DEFAULT_GRAFANA_URL) -> list[Path]:
+    """Write every rule file of ``alerts/rules`` relinked, into ``out_dir`` (default: in place)."""
+    written = []
+    for path in sorted(RULES_DIR.glob("*.yml")):
+        target = (out_dir or RULES_DIR) / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(relink(path.read_text(encoding="utf-8"), runbook_base, grafana), encoding="utf-8")
+        written.append(target)
+    return written
