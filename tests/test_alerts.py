@@ -117,8 +117,10 @@ def test_rule_file_is_valid() -> None:
 
 
 def test_rule_unit_tests_pass() -> None:
-    assert RULE_TESTS, "no promtool unit tests in alerts/tests/"
-    result = run(require_tool("promtool", "prometheus"), "test", "rules", *map(str, RULE_TESTS))
+    """The hand-written tests; tests/test_slo.py runs the ones `posegen slo build` generates."""
+    hand_written = [path for path in RULE_TESTS if not path.name.startswith("slo")]
+    assert hand_written, "no promtool unit tests in alerts/tests/"
+    result = run(require_tool("promtool", "prometheus"), "test", "rules", *map(str, hand_written))
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -521,3 +521,20 @@ def test_deploy_annotation_marks_each_job_starting_its_release(live: Live) -> No
     marked = {(series["metric"]["job"], series["metric"]["version"]) for series in answer.json()["data"]["result"]}
     assert {("posegen-api", __version__), ("posegen-worker", __version__),
             ("posegen-exporter", __version__)} <= marked, marked
+
+
+def test_slo_rules_measure_the_generations(live: Live) -> None:
+    """The generated SLO rules record the real failed share, and a third of generations failing spends the budget."""
+    counts = live.statuses()
+    share = counts["failed"] / (counts["failed"] + counts["completed"])
+    live.wait_scraped()
+    selector = '{slo="generation-success"}'
+
+    def recorded() -> float | None:
+        series = live.prom.query(f"posegen_slo:sli_error:ratio_rate30d{selector}")
+        value = float(series[0]["value"][1]) if series else None
+        return value if value is not None and abs(value - share) < 0.05 else None
+
+    wait_until(f"SLO error ratio within 0.05 of {share:.3f}", recorded, 45, live.diagnostics)
+    budget = float(live.prom.query(f"posegen_slo:error_budget_remaining:ratio{selector}")[0]["value"][1])
+    assert budget < 0, f"{share:.0%} failed against a 5% budget must overspend it (remaining {budget})"
