@@ -3,8 +3,8 @@
 Both are absolute URLs from two bases (settings ``POSEGEN_RUNBOOK_BASE_URL`` and ``POSEGEN_GRAFANA_URL``).
 The committed rule files carry the documented defaults (:data:`DEFAULT_RUNBOOK_BASE`,
 :data:`DEFAULT_GRAFANA_URL`); ``posegen alerts build --out DIR`` writes deployable copies with the
-configured bases, and ``posegen alerts build`` (no ``--out``) refreshes the committed ones, e.g. when a
-dashboard's panel ids moved. A test fails when they are stale.
+configured bases, and ``posegen alerts build`` (no ``--out``) refreshes the committed ones with the
+defaults, e.g. after a dashboard's panel ids moved. A test fails when they are stale.
 
 ``dashboard_url`` opens the alert's panel (``viewPanel``) from an hour before to ten minutes after the
 rule evaluation that rendered it: Prometheus renders annotations at every evaluation, so the

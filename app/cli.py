@@ -197,8 +197,13 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         return run_backtest(args)
     from alerts import links
 
-    settings = _settings()
-    for path in links.build(Path(args.out) if args.out else None, settings.runbook_base_url, settings.grafana_url):
+    if not args.out:
+        # The committed files carry the documented defaults; deployments build copies with --out.
+        paths = links.build(None)
+    else:
+        settings = _settings()
+        paths = links.build(Path(args.out), settings.runbook_base_url, settings.grafana_url)
+    for path in paths:
         print(path)
     return 0
 
@@ -263,7 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "Alert rules: 'build' writes runbook and dashboard links from POSEGEN_RUNBOOK_BASE_URL and "
                  "POSEGEN_GRAFANA_URL; 'backtest' replays the alerts over a Prometheus's history.")
     alerts.add_argument("action", choices=("build", "backtest"))
-    alerts.add_argument("--out", default=None, help="build: write the rule files here (default: in place)")
+    alerts.add_argument("--out", default=None,
+                        help="build: write deployable rule files here with the configured bases "
+                        "(default: refresh the committed ones, with the documented defaults)")
     alerts.add_argument("--prometheus", default="http://127.0.0.1:9090", help="backtest: Prometheus base URL")
     alerts.add_argument("--since", default="7d", help="backtest: how far back, e.g. 6h, 7d (default 7d)")
     alerts.add_argument("--step", default="1m", help="backtest: evaluation interval to emulate (default 1m)")
