@@ -354,3 +354,17 @@ def test_dashboard_links_open_the_panel_of_each_alert() -> None:
         url = alert["annotations"]["dashboard_url"]
         (dashboard_file, uid), title = links.panel_for(alert["alert"])
         assert f"/d/{uid}?orgId=1&viewPanel={links.panel_id(dashboard_file, title)}&from=" in url, alert["alert"]
+
+
+def test_generation_alerts_name_the_top_error_type_of_the_hour() -> None:
+    """One template for every generation alert, reading the recorded errors by type of the last hour."""
+    from alerts.slo import TOP_ERROR_TYPE
+
+    rules = load_rules()
+    record = next(rule for rule in rules if rule.get("record") == "posegen:errors:increase1h")
+    assert record["expr"] == "sum by (error_type) (increase(pose_errors_total[1h]))"
+    generation = [rule for rule in rules if "alert" in rule and rule["labels"]["area"] == "generation"]
+    assert {rule["alert"] for rule in generation} >= {"HighFailureRate", "SuccessRateDegraded",
+                                                      "GenerationSuccessBudgetBurn"}
+    for rule in generation:
+        assert rule["annotations"]["top_error_type"] == TOP_ERROR_TYPE, rule["alert"]
