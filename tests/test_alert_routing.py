@@ -7,6 +7,7 @@ alerts to its API as Prometheus would.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.fakes.webhook_sink import WebhookSink
 from tests.stack import free_port
-from tests.test_alerts import load_alerts, require_tool, routes
+from tests.test_alerts import ALERTMANAGER, load_alerts, require_tool, routes
 from tests.test_live_monitoring import Daemon, alertmanager_config, ready, start_alertmanager, wait_until
 
 SLO_PAGE = {"alertname": "GenerationSuccessBudgetBurn", "severity": "critical", "area": "generation",
@@ -100,3 +102,65 @@ def test_an_slo_page_alone_pages(alertmanager: Alertmanager) -> None:
     alertmanager.post(LATENCY_PAGE)
     alertmanager.sink.wait_for(lambda found: "PoseLatencyBudgetBurn" in alertmanager.paged(), timeout=30)
     assert not alertmanager.state("PoseLatencyBudgetBurn").get("inhibitedBy")
+
+
+# --- what the pager and chat receive ---------------------------------------------------------------
+
+FIRING = {
+    "labels": {"alertname": "HighFailureRate", "severity": "critical", "area": "generation"},
+    "annotations": {
+        "summary": "More than 10% of generations failed over the last hour",
+        "description": "36% of the generations finished in the last hour failed (critical above 10%).",
+        "runbook_url": "https://github.com/posegen/pose-generator/blob/main/alerts/runbooks/HighFailureRate.md",
+        "dashboard_url": "http://localhost:3000/d/posegen-overview?orgId=1&viewPanel=3&from=1&to=2",
+        "top_error_type": "FLUX_API_ERROR (12 in the last hour)",
+    },
+}
+
+
+def receivers_to_sink(sink: WebhookSink) -> dict:
+    """alerts/alertmanager.yml with its PagerDuty and Slack receivers kept (templates and all), their
+    destinations pointed at the sink instead of the files under /etc/posegen."""
+    config = alertmanager_config(sink)
+    project = yaml.safe_load(ALERTMANAGER.read_text())
+    for receiver in project["receivers"]:
+        for pager in receiver.get("pagerduty_configs", []):
+            del pager["routing_key_file"]
+            pager["routing_key"] = "test-routing-key"
+            pager["url"] = sink.url("/pagerduty")
+        for chat in receiver.get("slack_configs", []):
+            del chat["api_url_file"]
+            chat["api_url"] = sink.url("/slack")
+    config["receivers"] = project["receivers"]
+    return config
+
+
+def test_pages_and_chat_messages_carry_value_links_and_top_error_type(tmp_path: Path) -> None:
+    with WebhookSink() as sink:
+        port = free_port()
+        daemon = start_alertmanager(tmp_path, receivers_to_sink(sink), port)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_until("Alertmanager ready", lambda: ready(f"{url}/-/ready"), 30, daemon.output)
+            now = datetime.now(UTC)
+            warning = {"labels": {**FIRING["labels"], "alertname": "RefundRateHigh", "area": "credits",
+                                  "severity": "warning"}, "annotations": FIRING["annotations"]}
+            body = [{**alert, "startsAt": now.isoformat(), "endsAt": (now + timedelta(minutes=5)).isoformat()}
+                    for alert in (FIRING, warning)]
+            httpx.post(f"{url}/api/v2/alerts", json=body, timeout=10).raise_for_status()
+            found = sink.wait_for(lambda got: {n.path for n in got} >= {"/pagerduty", "/slack"}, timeout=60)
+        finally:
+            daemon.stop()
+    page = next(n.body for n in found if n.path == "/pagerduty")
+    annotations = FIRING["annotations"]
+    details = page["payload"]["custom_details"]
+    assert annotations["description"] in details["firing"]
+    assert details["runbook"] == annotations["runbook_url"]
+    assert details["dashboard"] == annotations["dashboard_url"]
+    assert details["top_error_type"] == annotations["top_error_type"]
+    assert {link["text"]: link["href"] for link in page["links"]} == {
+        "Runbook": annotations["runbook_url"], "Dashboard": annotations["dashboard_url"]}
+    chat = json.dumps(next(n.body for n in found if n.path == "/slack"))
+    for text in (annotations["description"], annotations["runbook_url"], "Top error type: FLUX_API_ERROR"):
+        assert json.dumps(text)[1:-1] in chat, text
+    assert json.dumps(annotations["dashboard_url"])[1:-1] in chat
