@@ -97,11 +97,14 @@ def test_a_threshold_page_holds_back_the_slo_page_of_its_area(alertmanager: Aler
     assert alertmanager.paged() == {"HighFailureRate"}
 
 
-def test_an_slo_page_alone_pages(alertmanager: Alertmanager) -> None:
-    """No threshold alert covers a latency burn of 6 hours: the burn-rate page gets through."""
-    alertmanager.post(LATENCY_PAGE)
+def test_an_slo_page_alone_pages_once_for_both_page_tiers(alertmanager: Alertmanager) -> None:
+    """No threshold alert covers a latency burn: the burn-rate page gets through, both page tiers in one page."""
+    alertmanager.post(LATENCY_PAGE, {**LATENCY_PAGE, "burn_window": "1h"})
     alertmanager.sink.wait_for(lambda found: "PoseLatencyBudgetBurn" in alertmanager.paged(), timeout=30)
     assert not alertmanager.state("PoseLatencyBudgetBurn").get("inhibitedBy")
+    pages = [n for n in alertmanager.sink.notifications() if n.receiver == "pager"
+             and n.body["groupLabels"].get("alertname") == "PoseLatencyBudgetBurn"]
+    assert {a["labels"]["burn_window"] for a in pages[0].alerts("firing")} == {"1h", "6h"}
 
 
 # --- what the pager and chat receive ---------------------------------------------------------------
