@@ -14,6 +14,7 @@ notification sent when the alert fires carries the window around that moment.
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
 
 # The defaults of the settings (app/settings.py), which a test ties to these.
@@ -48,14 +49,20 @@ _FROM = '{{ with query "vector((time() - 3600) * 1000)" }}{{ . | first | value |
 _TO = '{{ with query "vector((time() + 600) * 1000)" }}{{ . | first | value | printf "%.0f" }}{{ end }}'
 
 
-def panel_id(dashboard_file: str, title: str) -> int:
-    """The id of the panel titled ``title`` in a built dashboard; KeyError names it when missing."""
+@cache
+def _panel_ids() -> dict[tuple[str, str], int]:
     from dashboards.overview import build_dashboards
 
-    for panel in build_dashboards()[dashboard_file]["panels"]:
-        if panel.get("title") == title:
-            return int(panel["id"])
-    raise KeyError(f"no panel {title!r} in {dashboard_file}")
+    return {(file, panel["title"]): int(panel["id"])
+            for file, board in build_dashboards().items() for panel in board["panels"] if "title" in panel}
+
+
+def panel_id(dashboard_file: str, title: str) -> int:
+    """The id of the panel titled ``title`` in a built dashboard; KeyError names it when missing."""
+    try:
+        return _panel_ids()[(dashboard_file, title)]
+    except KeyError:
+        raise KeyError(f"no panel {title!r} in {dashboard_file}") from None
 
 
 def runbook_url(alert: str, base: str = DEFAULT_RUNBOOK_BASE) -> str:
