@@ -70,25 +70,28 @@ def load_rules(rules_dir: Path = RULES_DIR) -> tuple[list[AlertRule], dict[str, 
     return alerts, records
 
 
-def inline(expr: str, records: dict[str, list[dict[str, Any]]]) -> str:
+def inline(expr: str, records: dict[str, list[dict[str, Any]]], step: str = "1m") -> str:
     """``expr`` with every recorded series replaced by its recording rule's expression, recursively.
 
-    A reference with equality matchers (``name{slo="x"}``) picks the rule whose labels match them.
+    A reference with equality matchers (``name{slo="x"}``) picks the rule whose labels match them; a
+    range over a recorded series (``avg_over_time(name[15m])``) becomes a subquery at ``step``, the
+    evaluation interval at which the rule would have been recorded.
     """
     if not records:
         return expr
     names = "|".join(re.escape(name) for name in sorted(records, key=len, reverse=True))
-    pattern = re.compile(rf"(?<![\w:])({names})(?![\w:])(\{{[^}}]*\}})?")
+    pattern = re.compile(rf"(?<![\w:])({names})(?![\w:])(\{{[^}}]*\}})?(?:\[([^\]:]+)\])?")
 
     def replace(match: re.Match[str]) -> str:
-        name, matchers = match.group(1), match.group(2) or ""
+        name, matchers, window = match.group(1), match.group(2) or "", match.group(3)
         wanted = dict(re.findall(r'(\w+)\s*=\s*"([^"]*)"', matchers))
         if re.search(r"!=|=~|!~", matchers):
             raise BacktestError(f"{name}{matchers}: only equality matchers on recorded series can be replayed")
         found = [r for r in records[name] if all(r.get("labels", {}).get(k) == v for k, v in wanted.items())]
         if len(found) != 1:
             raise BacktestError(f"{name}{matchers}: {len(found)} recording rules match, expected one")
-        return f"({found[0]['expr'].strip()})"
+        inlined = f"({found[0]['expr'].strip()})"
+        return f"{inlined}[{window}:{step}]" if window else inlined
 
     for _ in range(10):
         expanded = pattern.sub(replace, expr)
@@ -181,7 +184,7 @@ def backtest(prom: Prometheus, alerts: list[AlertRule], records: dict[str, list[
     results = []
     for rule in alerts:
         result = Result(rule)
-        for series in prom.query_range(inline(rule.expr, records), start, end, step):
+        for series in prom.query_range(inline(rule.expr, records, f"{step}s"), start, end, step):
             points = [float(t) for t, _ in series["values"]]
             labels = {k: v for k, v in series["metric"].items() if k != "__name__"} | rule.labels
             result.firings += [Firing(labels, s, e) for s, e in emulate(points, grid, rule.for_seconds,

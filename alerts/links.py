@@ -43,6 +43,8 @@ PANELS: dict[str, tuple[tuple[str, str], str]] = {
     "ApiServerErrors": (OVERVIEW, "API 5xx Ratio"),
     "ExporterSourceDown": (OVERVIEW, "Exporter Sources"),
     "ExporterTargetDown": (OVERVIEW, "Exporter Scrape Duration"),
+    "ProviderSaturated": (OVERVIEW, "Provider Slots: In Use vs Cap"),
+    "GenerationStuck": (OVERVIEW, "Oldest Running Generation"),
 }
 
 _FROM = '{{ with query "vector((time() - 3600) * 1000)" }}{{ . | first | value | printf "%.0f" }}{{ end }}'

@@ -137,3 +137,16 @@ def test_for_and_keep_firing_for_are_emulated_like_the_rule_manager() -> None:
     assert emulate(present, grid, for_seconds=300, keep_seconds=180) == [(420.0, 960.0)]
     assert emulate(present, grid, for_seconds=600, keep_seconds=0) == []
     assert emulate([t for t in grid if t >= 600], grid, for_seconds=0, keep_seconds=0) == [(600.0, None)]
+
+
+def test_recorded_series_are_replayed_from_their_rules() -> None:
+    """A recorded series becomes its rule's expression; a range over one becomes a subquery."""
+    from alerts.backtest import inline, override_threshold
+
+    records = {"job:ratio": [{"expr": "sum(a) / sum(b)"}],
+               "slo:err": [{"expr": "sum(c)", "labels": {"slo": "x"}}, {"expr": "sum(d)", "labels": {"slo": "y"}}]}
+    replayed = inline("avg_over_time(job:ratio[15m]) > 0.9", records, "1m")
+    assert replayed == "avg_over_time((sum(a) / sum(b))[15m:1m]) > 0.9"
+    assert inline('slo:err{slo="y"} * 20 > 14.4', records) == "(sum(d)) * 20 > 14.4"
+    overridden = override_threshold('slo:err{slo="y"} * 20 > 14.4 and on () n >= 10', 6)
+    assert overridden == 'slo:err{slo="y"} * 20 > 6 and on () n >= 10'
