@@ -57,7 +57,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from app.worker.main import run_worker
 
     run_worker(settings, name=args.name, burst=args.burst, metrics_host=args.metrics_host,
-               metrics_port=args.metrics_port)
+               metrics_port=args.metrics_port, processes=args.processes)
     return 0
 
 
@@ -227,6 +227,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
         return 130  # Ctrl-C before the stack was up; what was started has been stopped
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="posegen", description="Pose Generator service and tools.")
     parser.add_argument("--version", action="version", version=f"posegen {__version__}")
@@ -244,7 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", default=None, help="worker name (default: RQ's)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.add_argument("--metrics-host", default="127.0.0.1")
-    worker.add_argument("--metrics-port", type=int, default=9109, help="Prometheus /metrics port (0: off)")
+    worker.add_argument("--metrics-port", type=int, default=9109,
+                        help="Prometheus /metrics port, shared by the workers of this host given the same one "
+                             "(whichever holds it serves all their timings; 0: off)")
+    worker.add_argument("--processes", type=_positive, default=1,
+                        help="worker processes under this command (RQ's WorkerPool; one metrics endpoint)")
     exporter = add("exporter", cmd_exporter, "Run the Prometheus exporter (queue and database metrics).")
     exporter.add_argument("--host", default="127.0.0.1")
     exporter.add_argument("--port", type=int, default=9108)

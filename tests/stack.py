@@ -157,6 +157,15 @@ def redis_url(index: int) -> str:
     return TEST_REDIS.url(index)
 
 
+def worker_operation_counts(port: int) -> dict[str, float]:
+    """``pose_operation_duration_seconds_count`` by operation, scraped from the worker endpoint on ``port``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {sample.labels["operation"]: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name == "pose_operation_duration_seconds_count"}
+
+
 def child_pids(pid: int) -> list[int]:
     found: list[int] = []
     try:
@@ -256,11 +265,12 @@ class Stack:
             time.sleep(0.1)
         raise RuntimeError(f"API did not start:\n{self.api.output()}")
 
-    def start_worker(self, **env: str) -> Process:
+    def start_worker(self, *args: str, metrics_port: int | None = None, **env: str) -> Process:
+        """``posegen worker`` with extra ``args`` (``"--processes", "3"``), on a free metrics port unless given."""
         index = len(self.workers) + 1
-        metrics_port = free_port()
+        metrics_port = metrics_port or free_port()
         process = Process(["worker", "--name", f"{self.name}-w{index}-{uuid.uuid4().hex[:6]}",
-                           "--metrics-port", str(metrics_port)],
+                           "--metrics-port", str(metrics_port), *args],
                           {**self.env, **env}, self.tmp / f"worker-{index}.log")
         process.metrics_port = metrics_port
         self.workers.append(process)

@@ -7,19 +7,8 @@ import subprocess
 import time
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.stack import Stack
-
-
-def _counts(port: int) -> dict[str, float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    counts: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "pose_operation_duration_seconds_count":
-                counts[sample.labels["operation"]] = sample.value
-    return counts
+from tests.stack import Stack, worker_operation_counts
 
 
 def test_worker_metrics_count_every_pose_operation(fresh_stack) -> None:  # type: ignore[no-untyped-def]
@@ -31,9 +20,9 @@ def test_worker_metrics_count_every_pose_operation(fresh_stack) -> None:  # type
     for generation_id in ids:
         stack.wait_finished(user, generation_id)
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _counts(port).get("pose_total", 0) < 6:
+    while time.monotonic() < deadline and worker_operation_counts(port).get("pose_total", 0) < 6:
         time.sleep(0.1)
-    counts = _counts(port)
+    counts = worker_operation_counts(port)
     assert counts["pose_total"] == 6 and counts["flux_api_call"] == 6 and counts["image_upload"] == 6
     assert counts["controlnet_render"] == 6 and counts["queue_wait"] == 3
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text

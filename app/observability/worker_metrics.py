@@ -1,14 +1,24 @@
-"""The worker's ``/metrics``: operation timings of its work-horses, plus the process's own metrics.
+"""The workers' ``/metrics``: operation timings of their work-horses, one endpoint per host and port.
 
 Jobs run in forked work-horses that exit after each job, so their in-process
 histogram would die with them. At the end of each job the work-horse adds its
-observations to a Redis hash of its worker (one pipelined round trip); the
-worker process serves them with a custom collector, read at scrape time.
+observations to a Redis hash (one pipelined round trip); an endpoint serves the
+hash with a custom collector, read at scrape time.
+
+The hash belongs to the *endpoint*, not to one worker: every worker on a host
+that is given the same ``--metrics-port`` (and every process of a
+``posegen worker --processes N`` pool) adds to ``posegen:worker-operations:<host>:<port>``,
+and whichever of them holds the port serves the sum. A worker that finds the port
+taken keeps working, says so in one log line, and takes the port over when it
+frees, so the totals stay exact while workers come and go.
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import os
+import socket
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
@@ -20,18 +30,39 @@ from prometheus_client.registry import Collector
 from redis import Redis
 
 from app.observability.build_info import BuildInfoCollector
+from app.observability.logging import get_logger
 from app.observability.performance import OPERATION_SECONDS
-from app.settings import Settings
 
 KEY_PREFIX = "posegen:worker-operations:"
+# A hash nobody adds to for a week (a host that is gone) expires; Prometheus reads a later one as a reset.
+KEY_TTL_SECONDS = 7 * 24 * 3600
+TAKEOVER_INTERVAL_SECONDS = 5.0
+
+log = get_logger("Worker")
+
+# The endpoint this process's jobs report to; set in the worker process before it forks work-horses.
+_group: str | None = None
 
 
-def stats_key(worker_name: str) -> str:
-    return f"{KEY_PREFIX}{worker_name}"
+def metrics_group(port: int) -> str:
+    """The name of the endpoint ``port`` on this host: ``"<hostname>:<port>"``."""
+    return f"{socket.gethostname()}:{port}"
 
 
-def flush_operation_stats(redis: Redis, worker_name: str, histogram: Histogram = OPERATION_SECONDS) -> None:
-    """Add this process's observations to the worker's hash, then forget them locally."""
+def use_metrics_group(group: str | None) -> None:
+    """Make this process's jobs add their timings to ``group``'s hash (None: keep them to themselves)."""
+    global _group
+    _group = group
+
+
+def stats_key(group: str) -> str:
+    return f"{KEY_PREFIX}{group}"
+
+
+def flush_operation_stats(redis: Redis, histogram: Histogram = OPERATION_SECONDS) -> None:
+    """Add this process's observations to its endpoint's hash, then forget them locally (no-op when unserved)."""
+    if _group is None:
+        return
     increments: dict[str, float] = {}
     for metric in histogram.collect():
         for sample in metric.samples:
@@ -40,25 +71,28 @@ def flush_operation_stats(redis: Redis, worker_name: str, histogram: Histogram =
                 increments[f"{operation}|bucket|{sample.labels['le']}"] = sample.value
             elif sample.name.endswith("_sum"):
                 increments[f"{operation}|sum"] = sample.value
-    if not increments:
+    if not any(increments.values()):
         return
+    key = stats_key(_group)
     with redis.pipeline(transaction=False) as pipe:
         for field, value in increments.items():
             if value:
-                pipe.hincrbyfloat(stats_key(worker_name), field, value)
+                pipe.hincrbyfloat(key, field, value)
+        pipe.expire(key, KEY_TTL_SECONDS)
         pipe.execute()
     histogram.clear()
 
 
 class OperationStatsCollector(Collector):
-    def __init__(self, redis: Redis, worker_name: str) -> None:
+    def __init__(self, redis: Redis, group: str) -> None:
         self._redis = redis
-        self._key = stats_key(worker_name)
+        self._key = stats_key(group)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(
             "pose_operation_duration_seconds",
-            "Duration of measured operations in this worker's jobs (FLUX call, upload, pose total, queue wait)",
+            "Duration of measured operations in the jobs of the workers reporting here (FLUX call, upload, "
+            "pose total, queue wait)",
             labels=["operation"],
         )
         try:
@@ -87,11 +121,77 @@ def _le(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(bound)
 
 
-def serve_worker_metrics(
-    redis: Redis, worker_name: str, host: str, port: int, settings: Settings | None = None
-) -> tuple[WSGIServer, threading.Thread]:
-    registry = CollectorRegistry()
-    registry.register(OperationStatsCollector(redis, worker_name))
-    registry.register(BuildInfoCollector(settings.revision if settings is not None else "unknown"))
-    ProcessCollector(registry=registry)
-    return start_http_server(port, addr=host, registry=registry)
+class WorkerMetricsEndpoint:
+    """``http://host:port/metrics`` for every worker of this host reporting to ``port``.
+
+    ``start()`` binds the port, or, when another process holds it, logs one line and retries every
+    ``TAKEOVER_INTERVAL_SECONDS`` in a daemon thread. Either way the caller's jobs report to the
+    port's hash (:func:`use_metrics_group`), so nothing is lost while another worker serves it.
+    """
+
+    def __init__(self, redis: Redis, host: str, port: int, revision: str = "unknown") -> None:
+        self.host = host
+        self._revision = revision
+        self.port = port
+        self.group = metrics_group(port)
+        self._redis = redis
+        self._server: WSGIServer | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        # A forked child (a work-horse, a pool's worker) must not keep the listening socket open: the port
+        # would stay taken, unanswered, after this process exits.
+        os.register_at_fork(after_in_child=self._close_in_child)
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> bool:
+        """Serve now if the port is free (True); otherwise say so once and keep trying in the background."""
+        use_metrics_group(self.group)
+        if self._try_bind():
+            return True
+        log.warning(
+            f"Metrics port {self.port} is in use; this worker keeps working and its timings are served there "
+            f"if another posegen worker holds it (workers on one host given the same port share one endpoint), "
+            f"and it takes the port over when it frees. Use --metrics-port N for an endpoint of its own, "
+            f"or --metrics-port 0 for none.",
+            metricsPort=self.port, metricsGroup=self.group,
+        )
+        threading.Thread(target=self._take_over, name="posegen-metrics-takeover", daemon=True).start()
+        return False
+
+    def _try_bind(self) -> bool:
+        registry = CollectorRegistry()
+        registry.register(OperationStatsCollector(self._redis, self.group))
+        registry.register(BuildInfoCollector(self._revision))
+        ProcessCollector(registry=registry)
+        try:
+            server, _thread = start_http_server(self.port, addr=self.host, registry=registry)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            return False
+        with self._lock:
+            self._server = server
+        return True
+
+    def _take_over(self) -> None:
+        while not self._stop.wait(TAKEOVER_INTERVAL_SECONDS):
+            if self._try_bind():
+                log.info(f"Took over metrics port {self.port}", metricsPort=self.port, metricsGroup=self.group)
+                return
+
+    def _close_in_child(self) -> None:
+        # Only the fd: the serving and take-over threads exist in the parent alone.
+        if self._server is not None:
+            self._server.socket.close()
+            self._server = None
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()

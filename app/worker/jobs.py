@@ -36,9 +36,9 @@ def process_generation(generation_id: str, attempt: int) -> str | None:
     finally:
         clear_context()
         job = get_current_job()
-        if job is not None and job.worker_name:
+        if job is not None:
             try:
-                flush_operation_stats(job.connection, job.worker_name)
+                flush_operation_stats(job.connection)
             except Exception as exc:  # timings are best effort; the outcome is already recorded
                 log.warning("Could not flush operation timings", error=str(exc))
 

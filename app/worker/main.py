@@ -1,15 +1,20 @@
-"""``posegen worker``: an RQ worker on the ``pose-generation`` queue, plus the reaper thread."""
+"""``posegen worker``: an RQ worker on the ``pose-generation`` queue, plus the reaper thread.
+
+One process runs one generation at a time (its poses concurrently); ``--processes N`` runs N of them
+under one command (:mod:`app.worker.pool`).
+"""
 
 from __future__ import annotations
 
 import time
 
 import psycopg
+from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.errors import ControlNetError
 from app.observability.logging import get_logger
-from app.observability.worker_metrics import serve_worker_metrics
+from app.observability.worker_metrics import WorkerMetricsEndpoint, use_metrics_group
 from app.providers.skeleton import render_pose_skeleton
 from app.settings import Settings
 from app.worker.job_failures import CountingWorker
@@ -36,33 +41,48 @@ def warm_skeleton_cache(settings: Settings) -> None:
             continue  # a malformed pose fails its own generations with CONTROLNET_ERROR
 
 
-def run_worker(
-    settings: Settings, *, name: str | None = None, burst: bool = False, metrics_host: str = "127.0.0.1",
-    metrics_port: int = 0,
-) -> None:
-    use_settings(settings)
-    warm_skeleton_cache(settings)
+def worker_redis(settings: Settings) -> Redis:
     redis = make_redis(settings.redis_url)
     # Blocking dequeues wait longer than the fail-fast socket timeout the API uses.
     redis.connection_pool.connection_kwargs["socket_timeout"] = None
+    return redis
+
+
+def start_metrics_endpoint(settings: Settings, host: str, port: int) -> WorkerMetricsEndpoint | None:
+    """The host's worker endpoint on ``port`` (served here, or by the worker that holds it); None when 0."""
+    if not port:
+        use_metrics_group(None)
+        return None
+    endpoint = WorkerMetricsEndpoint(worker_redis(settings), host, port, settings.revision)
+    endpoint.start()
+    return endpoint
+
+
+def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, processes: int = 1,
+                       metrics_port: int = 0, serving: bool = False) -> None:
+    """Run one RQ worker (and this process's reaper) until SIGTERM/SIGINT, or an empty queue with ``burst``.
+
+    A warm shutdown: the running generation finishes first (RQ's second signal within a second is a
+    duplicate from the pool and is ignored). Redis outages are waited out under a new worker name.
+    """
+    redis = worker_redis(settings)
     queue = make_queue(redis)
     reaper = Reaper(settings, redis)
     reaper.start()
-    started = False
     restarts = 0
+    advertised = False
     try:
         while True:
             try:
                 # After an outage the old registration may still be live in Redis: register under a new name.
                 worker_name = f"{name}-r{restarts}" if name and restarts else name
                 worker = CountingWorker([queue], connection=redis, name=worker_name)
-                if not started:
+                if not advertised:
                     advertise_limit(redis, settings.provider_concurrency)
-                    if metrics_port:
-                        serve_worker_metrics(redis, worker.name, metrics_host, metrics_port, settings)
+                    advertised = True
+                if not restarts:
                     log.info("Worker starting", queue=queue.name, worker=worker.name, provider=settings.provider,
-                             metricsPort=metrics_port or None)
-                    started = True
+                             metricsPort=metrics_port or None, servingMetrics=serving, poolProcesses=processes)
                 worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
                 return
             except RedisConnectionError as exc:
@@ -72,3 +92,24 @@ def run_worker(
                 time.sleep(1.0)
     finally:
         reaper.stop()
+
+
+def run_worker(
+    settings: Settings, *, name: str | None = None, burst: bool = False, metrics_host: str = "127.0.0.1",
+    metrics_port: int = 0, processes: int = 1,
+) -> None:
+    """``posegen worker``: one worker here, or a pool of ``processes`` with one metrics endpoint."""
+    use_settings(settings)
+    warm_skeleton_cache(settings)
+    endpoint = start_metrics_endpoint(settings, metrics_host, metrics_port)
+    try:
+        if processes > 1:
+            from app.worker.pool import run_pool
+
+            run_pool(settings, processes=processes, name=name, burst=burst, metrics_port=metrics_port)
+        else:
+            work_until_stopped(settings, name=name, burst=burst, metrics_port=metrics_port,
+                               serving=bool(endpoint and endpoint.serving))
+    finally:
+        if endpoint is not None:
+            endpoint.stop()

@@ -1,0 +1,132 @@
+"""Running many: several workers on one host, a worker pool, several API processes — with exact metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+from redis import Redis
+from rq import Worker
+
+from tests.stack import Process, Stack, free_port, running_stack, worker_operation_counts
+
+POSES = ["pose_tree_pose", "pose_arms_crossed"]
+
+
+@pytest.fixture(scope="module")
+def api_stack(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """An API and no workers: each test starts the workers it is about, and stops them."""
+    with running_stack(template_db, tmp_path_factory.mktemp("runmany"), workers=0) as running:
+        yield running
+
+
+def _run_generations(stack: Stack, count: int) -> None:
+    user = stack.new_user(credits=100_000)
+    ids = [stack.create_generation(user, POSES, prompt=f"many {i}").json()["generationId"] for i in range(count)]
+    for generation_id in ids:
+        assert stack.wait_finished(user, generation_id, timeout=120)["status"] == "completed"
+
+
+def _status(stack: Stack, user: str, generation_id: str) -> str:
+    return str(stack.http.get(f"/generations/{generation_id}", headers=stack.headers(user)).json()["status"])
+
+
+def _settled_counts(port: int, poses: int, timeout: float = 15) -> dict[str, float]:
+    """The endpoint's counts once every work-horse has flushed (flushing follows a generation's last write)."""
+    deadline = time.monotonic() + timeout
+    counts: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        counts = worker_operation_counts(port)
+        if counts.get("pose_total", 0) >= poses:
+            time.sleep(0.5)  # anything beyond the expected count would show up now
+            return worker_operation_counts(port)
+        time.sleep(0.2)
+    return counts
+
+
+def _jobs_done_by_worker(stack: Stack) -> dict[str, int]:
+    client = Redis.from_url(stack.redis_url)
+    try:
+        return {worker.name: worker.successful_job_count for worker in Worker.all(connection=client)}
+    finally:
+        client.close()
+
+
+def _stop_all(stack: Stack, processes: list[Process]) -> None:
+    for process in processes:
+        process.stop()
+    stack.workers = [w for w in stack.workers if w not in processes]
+
+
+def test_workers_on_one_host_share_the_metrics_port(api_stack: Stack) -> None:
+    stack = api_stack
+    port = free_port()
+    workers = [stack.start_worker(metrics_port=port, POSEGEN_LOCAL_LATENCY="0.4") for _ in range(3)]
+    try:
+        stack.wait_workers_ready(3)
+        assert all(w.alive() for w in workers), stack.logs()
+        told = [w for w in workers if f"Metrics port {port} is in use" in w.output()]
+        assert len(told) == 2, stack.logs()
+        assert all("Traceback" not in w.output() for w in workers)
+        _run_generations(stack, 9)
+        counts = _settled_counts(port, 18)
+        assert counts["pose_total"] == 18 and counts["flux_api_call"] == 18 and counts["queue_wait"] == 9, counts
+        assert sum(1 for done in _jobs_done_by_worker(stack).values() if done) >= 2, _jobs_done_by_worker(stack)
+        # The holder stops: another takes the port over and the totals carry on from the shared hash.
+        holder = next(w for w in workers if w not in told)
+        holder.stop()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                counts = worker_operation_counts(port)
+                break
+            except Exception:
+                time.sleep(0.5)
+        assert counts["pose_total"] == 18, counts
+        assert any("Took over metrics port" in w.output() for w in told), stack.logs()
+    finally:
+        _stop_all(stack, workers)
+
+
+def test_worker_pool_runs_restarts_and_stops_cleanly(api_stack: Stack) -> None:
+    stack = api_stack
+    pool = stack.start_worker("--processes", "3", POSEGEN_LOCAL_LATENCY="1.5")
+    try:
+        stack.wait_workers_ready(3)
+        members = sorted(pool.children())
+        assert len(members) == 3, members
+        _run_generations(stack, 6)
+        counts = _settled_counts(pool.metrics_port, 12)
+        assert counts["pose_total"] == 12 and counts["image_upload"] == 12 and counts["queue_wait"] == 6, counts
+        assert sum(1 for done in _jobs_done_by_worker(stack).values() if done) >= 2, _jobs_done_by_worker(stack)
+
+        # A worker that dies is replaced.
+        os.kill(members[0], signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (len(pool.children()) != 3 or members[0] in pool.children()):
+            time.sleep(0.2)
+        assert len(pool.children()) == 3 and members[0] not in pool.children(), pool.output()
+        assert "Worker process exited; the pool starts another" in pool.output()
+
+        # SIGTERM while a generation runs: it finishes, then every worker leaves and the pool exits 0.
+        user = stack.new_user(credits=1000)
+        generation_id = stack.create_generation(user, POSES).json()["generationId"]
+        deadline = time.monotonic() + 20
+        while _status(stack, user, generation_id) != "processing" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pool.popen.send_signal(signal.SIGTERM)
+        assert pool.popen.wait(timeout=30) == 0, pool.output()
+        body = stack.wait_finished(user, generation_id, timeout=5)
+        assert body["status"] == "completed", body
+        with stack.db() as conn:
+            (attempts,) = conn.execute("SELECT attempt FROM generations WHERE id = %s", (generation_id,)).fetchone()
+        assert attempts == 1  # finished by its first worker, not re-queued
+        # Every worker unregistered itself; only the killed one's registration waits for its TTL.
+        client = Redis.from_url(stack.redis_url)
+        assert [w.pid for w in Worker.all(connection=client)] in ([], [members[0]])
+        client.close()
+    finally:
+        _stop_all(stack, [pool])
