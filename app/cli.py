@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,20 +30,22 @@ def _configure_logging(settings: Settings) -> None:
 def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.observability import sentry, tracing
+    from app.api.asgi import build_asgi_app, fresh_multiprocess_dir
 
     settings = _settings()
-    # Before the app is built: both integrations patch libraries (Litestar, psycopg, redis, httpx).
-    sentry.init_sentry(settings, process="api")
-    tracing.init_tracing(settings)
-    _configure_logging(settings)
-    from app.api.app import create_app
-
-    app = tracing.instrument_asgi(sentry.instrument_asgi(create_app(settings)))
-    # What startup built lives as long as the process: keep the collector from rescanning it.
-    gc.freeze()
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="warning",
-                timeout_graceful_shutdown=5)
+    served = {"host": args.host, "port": args.port, "access_log": False, "log_level": "warning",
+              "timeout_graceful_shutdown": 5}
+    if args.workers == 1 and settings.prometheus_multiproc_dir is None:
+        uvicorn.run(build_asgi_app(settings), **served)  # type: ignore[arg-type]
+        return 0
+    # One folder of metric files for this run's processes (prometheus-client reads the variable in each
+    # of them); files of an earlier run would add its counts to this one's.
+    with fresh_multiprocess_dir(settings.prometheus_multiproc_dir) as metrics_dir:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        if args.workers == 1:
+            uvicorn.run(build_asgi_app(), **served)  # type: ignore[arg-type]
+        else:
+            uvicorn.run("app.api.asgi:build_asgi_app", factory=True, workers=args.workers, **served)  # type: ignore[arg-type]
     return 0
 
 
@@ -247,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     api = add("api", cmd_api, "Run the HTTP API (Litestar on uvicorn).")
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
+    api.add_argument("--workers", type=_positive, default=1,
+                     help="server processes on the one port (uvicorn workers; /metrics-prometheus sums them all)")
     worker = add("worker", cmd_worker, "Run an RQ worker on the pose-generation queue.")
     worker.add_argument("--name", default=None, help="worker name (default: RQ's)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")

@@ -70,6 +70,9 @@ class Settings:
     db_pool_size: int = 10
     rate_limit_per_minute: int = 60
     revision: str = "unknown"
+    # prometheus-client's multiprocess folder (it reads the variable itself in every process); set by
+    # `posegen api --workers N` to a fresh folder of its own unless given.
+    prometheus_multiproc_dir: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -139,6 +142,7 @@ class Settings:
             ),
             db_pool_size=reader.integer("POSEGEN_DB_POOL_SIZE", cls.db_pool_size, minimum=1, maximum=200),
             revision=reader.text("POSEGEN_REVISION", cls.revision),
+            prometheus_multiproc_dir=reader.path("PROMETHEUS_MULTIPROC_DIR"),
         )
         if settings.provider == "flux" and not settings.flux_api_key:
             raise SettingsError("FLUX_API_KEY must be set when POSEGEN_PROVIDER=flux")
@@ -162,6 +166,10 @@ class _Reader:
     def text(self, name: str, default: str) -> str:
         value = self._env.get(name)
         return default if value is None or value == "" else value
+
+    def path(self, name: str) -> Path | None:
+        value = self.text(name, "")
+        return Path(value) if value else None
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
         value = self.text(name, default)

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from rq import Worker
 
+from app import API_PREFIX
 from tests.stack import Process, Stack, free_port, running_stack, worker_operation_counts
 
 POSES = ["pose_tree_pose", "pose_arms_crossed"]
@@ -130,3 +140,61 @@ def test_worker_pool_runs_restarts_and_stops_cleanly(api_stack: Stack) -> None:
         client.close()
     finally:
         _stop_all(stack, [pool])
+
+
+def _requests_by_process(metrics_dir: Path, route_suffix: str) -> dict[str, float]:
+    """Each API process's own count of GET ``route_suffix`` answered 200, read from its file alone."""
+    counts: dict[str, float] = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        single = metrics_dir.parent / f"single-{path.stem}"
+        single.mkdir(exist_ok=True)
+        shutil.copy(path, single / path.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(single))
+        counts[path.stem] = _request_count(generate_latest(registry).decode(), route_suffix)
+    return counts
+
+
+def _request_count(text: str, route_suffix: str) -> float:
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "pose_http_requests_total" and sample.labels["route"].endswith(route_suffix)
+               and sample.labels["method"] == "GET" and sample.labels["status_code"] == "200")
+
+
+def test_api_processes_serve_exact_metrics_on_one_port(api_stack: Stack, tmp_path: Path) -> None:
+    stack = api_stack
+    metrics_dir = tmp_path / "metrics"
+    env = {**stack.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    # A previous run's file in the folder: `posegen api` must start from zero, not add to it.
+    metrics_dir.mkdir()
+    subprocess.run([sys.executable, "-c", "from prometheus_client import Counter; Counter('pose_http_requests', "
+                    "'x', ['method', 'route', 'status_code']).labels('GET', '/x/poses', '200').inc(1000)"],
+                   env=env, check=True)
+    assert list(metrics_dir.glob("counter_*.db"))
+    port = free_port()
+    api = Process(["api", "--port", str(port), "--workers", "2"], env, tmp_path / "api-2.log")
+    base = f"http://127.0.0.1:{port}{API_PREFIX}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code in (200, 503):
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        assert len(api.children()) >= 2, api.output()
+        headers = stack.headers(stack.new_user())
+        sent = 300
+
+        def one(_: int) -> int:
+            # A new connection each time, so the kernel hands requests to both processes.
+            return httpx.get(f"{base}/poses", params={"limit": 1}, headers=headers, timeout=10).status_code
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            assert set(pool.map(one, range(sent))) == {200}
+        scraped = _request_count(httpx.get(f"{base}/metrics-prometheus", timeout=5).text, "/poses")
+        assert scraped == sent
+        by_process = _requests_by_process(metrics_dir, "/poses")
+        assert sum(by_process.values()) == sent and sum(1 for n in by_process.values() if n) == 2, by_process
+    finally:
+        api.stop()

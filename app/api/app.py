@@ -22,7 +22,7 @@ from app.api.generation_creates import GenerationCreator
 from app.api.generation_reads import GenerationReader
 from app.api.generations import GenerationController
 from app.api.health import health
-from app.api.http_metrics import BUILD_INFO, http_metrics_middleware, metrics_prometheus
+from app.api.http_metrics import BUILD_INFO, http_metrics_middleware, metrics_prometheus, scrape_registry
 from app.api.images import image
 from app.api.metrics import MetricsController
 from app.api.poses import PoseController
@@ -104,4 +104,5 @@ def create_app(settings: Settings) -> Litestar:
     app.state.settings = settings
     BUILD_INFO.revision = settings.revision
     app.state.flux_webhook_secret = webhook_secret(settings)
+    app.state.metrics_registry = scrape_registry(settings.prometheus_multiproc_dir)
     return app

@@ -2,17 +2,28 @@
 
 Labels are the route template (``/generations/{generation_id:str}``), never the
 raw path, so their number stays bounded.
+
+With several server processes (``posegen api --workers N``) prometheus-client's
+multiprocess mode is on: each process writes its values to files in
+``PROMETHEUS_MULTIPROC_DIR`` and a scrape, whichever process answers it, sums
+them all. That mode serves only metrics built from the library's classes (the
+process/GC collectors and exemplars are left out), and a gauge must say how its
+processes combine (``multiprocess_mode``). The build info, a custom collector that is the same in every
+process, is added to the summed scrape as it is.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 from litestar import Response, get
+from litestar.datastructures import State
 from litestar.params import Parameter
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
@@ -70,11 +81,23 @@ def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
+def scrape_registry(multiprocess_dir: Path | None) -> CollectorRegistry:
+    """What ``/metrics-prometheus`` serves: this process's registry, or the sum of every process's files
+    plus the build info (a custom collector, the same in every process, so served as it is)."""
+    if multiprocess_dir is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(multiprocess_dir))
+    registry.register(BUILD_INFO)
+    return registry
+
+
 @get(["/metrics-prometheus"], summary="Prometheus metrics of this API process", tags=["metrics"],
      media_type="text/plain", sync_to_thread=False)
 def metrics_prometheus(
-    accept: Annotated[str | None, Parameter(header="Accept", required=False)] = None,
+    state: State, accept: Annotated[str | None, Parameter(header="Accept", required=False)] = None,
 ) -> Response[bytes]:
+    registry = state.metrics_registry
     if accept and "application/openmetrics-text" in accept:
-        return Response(generate_openmetrics(REGISTRY), media_type=OPENMETRICS_TYPE)
-    return Response(generate_latest(REGISTRY), media_type="text/plain; version=0.0.4")
+        return Response(generate_openmetrics(registry), media_type=OPENMETRICS_TYPE)
+    return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
