@@ -138,7 +138,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from app.api.auth import Role, mint_token
 
-    token = args.token or mint_token(_settings().jwt_secret, "posegen-status", Role.ADMIN, 300)
+    settings = _settings()
+    token = args.token or mint_token(settings.jwt_secret, "posegen-status", Role.ADMIN, 300)
     url = f"{args.url.rstrip('/')}{API_PREFIX}/metrics/health-indicators"
     try:
         answer = httpx.get(url, params={"period": args.period}, headers={"Authorization": f"Bearer {token}"},
@@ -168,7 +169,38 @@ def cmd_status(args: argparse.Namespace) -> int:
         if indicator.get("note"):
             print(f"note: {indicator['name']}: {indicator['note']}")
     print(f"overall: {paint(body['status'], body['status'].upper())}")
+    print(_worker_capacity(settings, args, token))
     return 1 if body["status"] == "critical" else 0
+
+
+def _worker_capacity(settings: Settings, args: argparse.Namespace, token: str) -> str:
+    """One line: worker processes the provider cap needs (from the period's poses per generation) and how many
+    are registered now."""
+    import httpx
+    from redis import Redis
+    from redis.exceptions import RedisError
+    from rq import Worker
+
+    from app.worker.pool import processes_for_cap
+
+    cap, pose_concurrency = settings.provider_concurrency, settings.pose_concurrency
+    try:
+        answer = httpx.get(f"{args.url.rstrip('/')}{API_PREFIX}/metrics", params={"period": args.period},
+                           headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        poses = float(answer.json().get("avgPosesPerGeneration") or 0) if answer.status_code == 200 else 0.0
+    except (httpx.HTTPError, ValueError):
+        poses = 0.0
+    basis = f"{poses:.1f} poses per generation" if poses else \
+        f"no generations in {args.period}, so full ones of {settings.max_poses_per_generation} poses"
+    needed = processes_for_cap(cap, poses or settings.max_poses_per_generation, pose_concurrency)
+    try:
+        client = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
+        registered = f"{Worker.count(connection=client)} registered now"
+        client.close()
+    except RedisError:
+        registered = "registered now: unknown (Redis unreachable from here)"
+    return (f"workers: provider cap {cap} / min({basis}, POSEGEN_POSE_CONCURRENCY {pose_concurrency}) = "
+            f"at least {needed} worker processes to keep it full; {registered}")
 
 
 def cmd_dashboards(args: argparse.Namespace) -> int:

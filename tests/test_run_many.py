@@ -112,6 +112,12 @@ def test_worker_pool_runs_restarts_and_stops_cleanly(api_stack: Stack) -> None:
         counts = _settled_counts(pool.metrics_port, 12)
         assert counts["pose_total"] == 12 and counts["image_upload"] == 12 and counts["queue_wait"] == 6, counts
         assert sum(1 for done in _jobs_done_by_worker(stack).values() if done) >= 2, _jobs_done_by_worker(stack)
+        # Every generation so far had 2 poses: a cap of 8 needs 8 / min(2, 8) = 4 processes.
+        status = subprocess.run([sys.executable, "-m", "app.cli", "status", "--url", stack.base_url, "--period", "1h"],
+                                env={**stack.env, "POSEGEN_PROVIDER_CONCURRENCY": "8"}, capture_output=True,
+                                text=True, timeout=60)
+        assert ("provider cap 8 / min(2.0 poses per generation, POSEGEN_POSE_CONCURRENCY 8) = at least 4 worker "
+                "processes to keep it full; 3 registered now") in status.stdout, status.stdout + status.stderr
 
         # A worker that dies is replaced.
         os.kill(members[0], signal.SIGKILL)
