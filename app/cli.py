@@ -242,6 +242,14 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_k8s(args: argparse.Namespace) -> int:
+    from app.k8s import write_manifests
+
+    for path in write_manifests(Path(args.rules), Path(args.out)):
+        print(path)
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.devservices import ServiceError, local_services
     from app.devstack import StackError, choose_ports, run_dev_stack
@@ -323,6 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--step", default="1m", help="backtest: evaluation interval to emulate (default 1m)")
     alerts.add_argument("--override", action="append", default=[], metavar="ALERT=THRESHOLD",
                         help="backtest: replace the alert's first threshold (repeatable)")
+    k8s = add("k8s", cmd_k8s, "Kubernetes: 'build' writes deploy/k8s's PrometheusRule (from alerts/rules) and "
+                              "dashboards ConfigMap.")
+    k8s.add_argument("action", choices=("build",))
+    k8s.add_argument("--rules", default="alerts/rules", help="the rule files' folder")
+    k8s.add_argument("--out", default="deploy/k8s")
     dev = add("dev", cmd_dev, "Run the whole stack locally, starting PostgreSQL and Redis when none is reachable.")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)

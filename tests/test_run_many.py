@@ -189,6 +189,8 @@ def test_api_processes_serve_exact_metrics_on_one_port(api_stack: Stack, tmp_pat
             except httpx.HTTPError:
                 time.sleep(0.2)
         assert len(api.children()) >= 2, api.output()
+        live = httpx.get(f"{base}/health/live", timeout=5)
+        assert live.status_code == 200 and live.text == "alive"
         headers = stack.headers(stack.new_user())
         sent = 300
 

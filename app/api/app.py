@@ -21,7 +21,7 @@ from app.api.flux_webhooks import flux_webhook
 from app.api.generation_creates import GenerationCreator
 from app.api.generation_reads import GenerationReader
 from app.api.generations import GenerationController
-from app.api.health import health
+from app.api.health import health, liveness
 from app.api.http_metrics import BUILD_INFO, http_metrics_middleware, metrics_prometheus, scrape_registry
 from app.api.images import image
 from app.api.metrics import MetricsController
@@ -83,8 +83,8 @@ def create_app(settings: Settings) -> Litestar:
             redis.close()
             await pool.close()
 
-    handlers: list[Any] = [GenerationController, PoseController, CreditController, MetricsController, health, image,
-                           metrics_prometheus]
+    handlers: list[Any] = [GenerationController, PoseController, CreditController, MetricsController, health, liveness,
+                           image, metrics_prometheus]
     if settings.flux_webhooks:
         handlers.append(flux_webhook)
     router = Router(path=API_PREFIX, route_handlers=handlers, dependencies=DEPENDENCIES)

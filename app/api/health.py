@@ -48,3 +48,11 @@ async def health(request: Request) -> Response[Health]:
         version=__version__, checks=HealthChecks(database=database, redis=redis, queue=queue), phase=PHASE,
     )
     return Response(body, status_code=HTTP_200_OK if healthy else HTTP_503_SERVICE_UNAVAILABLE)
+
+
+@get("/health/live", summary="Liveness: the process answers (no dependency checks, no authentication)",
+     tags=["health"], media_type="text/plain", sync_to_thread=False)
+def liveness() -> str:
+    # A liveness probe must not fail when PostgreSQL or Redis does: restarting every API process would not
+    # bring them back. Readiness (/health) takes the process out of the Service instead.
+    return "alive"

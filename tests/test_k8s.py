@@ -1,0 +1,152 @@
+"""deploy/k8s: the kustomization renders, its objects validate, and its generated parts match their sources."""
+
+from __future__ import annotations
+
+import subprocess
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import yaml
+
+from app.k8s import DASHBOARDS_FILE, PROMETHEUS_RULE_FILE, build_manifests
+from app.settings import Settings
+from dashboards.overview import build_dashboards, render
+from tests.test_alerts import ROOT, require_tool
+
+K8S = ROOT / "deploy" / "k8s"
+CRDS = {"ScaledObject", "ServiceMonitor", "PodMonitor", "PrometheusRule"}
+JOBS = {"posegen-api", "posegen-worker", "posegen-exporter"}  # the job names alerts/rules select on
+KUBERNETES_VERSION = "1.30.0"
+
+
+@cache
+def rendered() -> tuple[dict[str, Any], ...]:
+    kubectl = require_tool("kubectl", "kubectl")
+    out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return tuple(doc for doc in yaml.safe_load_all(out.stdout) if doc)
+
+
+def objects(kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in rendered() if doc["kind"] == kind]
+
+
+def one(kind: str, name: str) -> dict[str, Any]:
+    return next(doc for doc in objects(kind) if doc["metadata"]["name"] == name)
+
+
+def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    return workload["spec"]["template"]["spec"]["containers"]  # type: ignore[no-any-return]
+
+
+def test_kustomization_renders_every_piece() -> None:
+    kinds = sorted(doc["kind"] for doc in rendered())
+    assert kinds == sorted(["Namespace", "ConfigMap", "ConfigMap", "Secret", "Secret", "Secret", "Secret", "Job",
+                            "Deployment", "Deployment", "Deployment", "Service", "Service",
+                            "HorizontalPodAutoscaler", "ScaledObject", "ServiceMonitor", "ServiceMonitor",
+                            "PodMonitor", "PrometheusRule"])
+    assert {doc["metadata"].get("namespace") for doc in rendered() if doc["kind"] != "Namespace"} == {"posegen"}
+    assert {s["metadata"]["name"] for s in objects("Secret")} >= {"posegen-jwt", "posegen-flux", "posegen-supabase"}
+
+
+def test_core_objects_validate_against_the_kubernetes_schemas() -> None:
+    core = [doc for doc in rendered() if doc["kind"] not in CRDS]
+    assert len(core) == 14
+    errors = []
+    for doc in core:
+        try:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            errors.append(f"{doc['kind']}/{doc['metadata']['name']}: {exc.message} at {list(exc.path)}")
+    assert not errors, "\n".join(errors)
+
+
+def test_every_process_has_probes_requests_and_its_settings() -> None:
+    for deployment in objects("Deployment"):
+        for container in containers(deployment):
+            assert "livenessProbe" in container, deployment["metadata"]["name"]
+            assert container["resources"]["requests"].keys() >= {"cpu", "memory"}
+            refs = {ref.get("secretRef", ref.get("configMapRef"))["name"] for ref in container["envFrom"]}
+            assert refs == {"posegen-config", "posegen-database", "posegen-jwt", "posegen-flux", "posegen-supabase"}
+    api = containers(one("Deployment", "posegen-api"))[0]
+    assert api["readinessProbe"]["httpGet"]["path"] == "/api/apps/pose-generator/health"
+    assert api["livenessProbe"]["httpGet"]["path"] == "/api/apps/pose-generator/health/live"
+    worker = one("Deployment", "posegen-worker")
+    # Long enough for a running generation to finish its warm shutdown: its poses' FLUX deadline and more.
+    assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > Settings.flux_deadline_seconds
+    assert containers(worker)[0]["args"][:3] == ["worker", "--processes", "4"]
+    exporter = one("Deployment", "posegen-exporter")
+    assert exporter["spec"]["replicas"] == 1 and exporter["spec"]["strategy"]["type"] == "Recreate"
+    hpa = one("HorizontalPodAutoscaler", "posegen-api")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "posegen-api"
+
+
+def test_keda_scales_the_workers_on_the_exporters_queue_depth() -> None:
+    scaled = one("ScaledObject", "posegen-worker")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert one("Deployment", scaled["spec"]["scaleTargetRef"]["name"])
+    assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert trigger["metadata"]["query"] == 'sum(pose_queue_depth{job="posegen-exporter"})'
+    assert float(trigger["metadata"]["threshold"]) > 0 and trigger["metadata"]["serverAddress"].startswith("http")
+
+
+def _pod_labels_and_ports() -> list[tuple[dict[str, str], dict[str, int]]]:
+    return [(d["spec"]["template"]["metadata"]["labels"],
+             {p["name"]: p["containerPort"] for c in containers(d) for p in c.get("ports", [])})
+            for d in objects("Deployment")]
+
+
+def test_every_scrape_target_has_a_monitor_with_the_rules_job_name() -> None:
+    scraped: dict[str, str] = {}
+    for monitor in objects("ServiceMonitor"):
+        spec = monitor["spec"]
+        service = next(s for s in objects("Service")
+                       if spec["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items())
+        (endpoint,) = spec["endpoints"]
+        assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+        scraped[service["metadata"]["labels"][spec["jobLabel"]]] = endpoint["path"]
+    for monitor in objects("PodMonitor"):
+        spec = monitor["spec"]
+        labels, ports = next((labels, ports) for labels, ports in _pod_labels_and_ports()
+                             if spec["selector"]["matchLabels"].items() <= labels.items())
+        (endpoint,) = spec["podMetricsEndpoints"]
+        assert endpoint["port"] in ports
+        scraped[labels[spec["jobLabel"]]] = endpoint["path"]
+    assert scraped == {"posegen-api": "/api/apps/pose-generator/metrics-prometheus",
+                       "posegen-exporter": "/metrics", "posegen-worker": "/metrics"}
+    # The same job names the compose stack's Prometheus uses, so the rules read the same series in both.
+    compose = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    assert JOBS <= {job["job_name"] for job in compose["scrape_configs"]}
+
+
+def test_prometheus_rule_holds_exactly_the_rules_of_alerts() -> None:
+    (rule,) = objects("PrometheusRule")
+    expected = [group for path in sorted((ROOT / "alerts" / "rules").glob("*.yml"))
+                for group in yaml.safe_load(path.read_text())["groups"]]
+    assert rule["spec"]["groups"] == expected
+    assert sum(len(g["rules"]) for g in rule["spec"]["groups"]) == sum(len(g["rules"]) for g in expected) > 0
+
+
+def test_prometheus_rule_is_valid_for_promtool(tmp_path: Path) -> None:
+    promtool = require_tool("promtool", "prometheus")
+    (rule,) = objects("PrometheusRule")
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
+    check = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_dashboards_configmap_is_the_built_dashboards_for_grafanas_sidecar() -> None:
+    configmap = one("ConfigMap", "posegen-grafana-dashboards")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["data"] == {name: render(board) for name, board in build_dashboards().items()}
+
+
+def test_generated_manifests_are_not_stale() -> None:
+    for name, text in build_manifests(ROOT / "alerts" / "rules").items():
+        assert (K8S / name).read_text(encoding="utf-8") == text, f"deploy/k8s/{name} is stale: run `posegen k8s build`"
+    assert {PROMETHEUS_RULE_FILE, DASHBOARDS_FILE} <= {p.name for p in K8S.iterdir()}
