@@ -58,7 +58,7 @@ def start_metrics_endpoint(settings: Settings, host: str, port: int) -> WorkerMe
     return endpoint
 
 
-def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, processes: int = 1,
+def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, in_pool: bool = False,
                        metrics_port: int = 0, serving: bool = False) -> None:
     """Run one RQ worker (and this process's reaper) until SIGTERM/SIGINT, or an empty queue with ``burst``.
 
@@ -82,7 +82,7 @@ def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, pro
                     advertised = True
                 if not restarts:
                     log.info("Worker starting", queue=queue.name, worker=worker.name, provider=settings.provider,
-                             metricsPort=metrics_port or None, servingMetrics=serving, poolProcesses=processes)
+                             metricsPort=metrics_port or None, servingMetrics=serving, inPool=in_pool)
                 worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
                 return
             except RedisConnectionError as exc:

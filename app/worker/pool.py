@@ -38,7 +38,7 @@ def _run_member(settings: Settings, worker_name: str, burst: bool, metrics_port:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     from app.worker.main import work_until_stopped
 
-    work_until_stopped(settings, name=worker_name, burst=burst, processes=0, metrics_port=metrics_port)
+    work_until_stopped(settings, name=worker_name, burst=burst, in_pool=True, metrics_port=metrics_port)
 
 
 class PoseWorkerPool(WorkerPool):
