@@ -28,6 +28,12 @@ BENCHMARKS: list[tuple[str, list[str], list[str], list[tuple[str, str, str]]]] =
         (r"peak in-flight at FLUX\s+([\d.]+)", "provider saturation: peak in-flight (cap 24)", "<= 24"),
         (r"429 answers\s+([\d.]+)", "provider saturation: 429 answers", "0"),
     ]),
+    ("bench.provider_saturation", ["--generations", "50", "--workers", "8", "--modes", "plain,pool"],
+     ["--generations", "30", "--workers", "8", "--modes", "plain,pool"], [
+        (r"one port \(plain\)\s+[\d.]+\s+[\d.]+\s+([\d.]+)", "8 plain workers on one host: makespan / ideal",
+         "<= 1.15"),
+        (r"--processes 8\s+[\d.]+\s+[\d.]+\s+([\d.]+)", "posegen worker --processes 8: makespan / ideal", "<= 1.15"),
+    ]),
     ("bench.pose_overhead", [], ["30"], [
         (r"median overhead \(total - provider\), ms\s+([\d.]+)", "per-pose overhead, median ms", "<= 15"),
         (r"poses per second \(one worker process\)\s+([\d.]+)", "poses/s per worker process (local)", ""),
@@ -37,6 +43,11 @@ BENCHMARKS: list[tuple[str, list[str], list[str], list[tuple[str, str, str]]]] =
          ">= 0.20"),
         (r"GET /generations/\{id\} \(round 2\)\s+\d+\s+[\d.]+\s+\d+\s+([\d.]+)",
          "API: GET /generations/{id} x baseline", ">= 0.50"),
+    ]),
+    ("bench.api_processes", [], ["--duration", "5", "--rounds", "1"], [
+        (r"GET /generations/\{id\}\s+2\s+\d+\s+[\d.]+\s+\d+\s+([\d.]+)", "API: GET /generations/{id}, 2 / 1 processes",
+         ""),
+        (r"POST /generations\s+2\s+\d+\s+[\d.]+\s+\d+\s+([\d.]+)", "API: POST /generations, 2 / 1 processes", ""),
     ]),
     ("bench.metrics_api", [], ["100000"], [
         (r"/metrics\?period=30d\s+<50\s+[\d.]+\s+[\d.]+\s+([\d.]+)", "GET /metrics?period=30d median ms, large",
