@@ -208,6 +208,11 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
     for path in write_dashboards(Path(args.out)):
         print(path)
+    k8s_dir = Path(args.k8s_out)
+    if k8s_dir.is_dir():
+        from app.k8s import write_dashboards_configmap
+
+        print(write_dashboards_configmap(k8s_dir))
     return 0
 
 
@@ -316,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     dash = add("dashboards", cmd_dashboards, "Dashboards as code: 'build' writes the Grafana JSON.")
     dash.add_argument("action", choices=("build",))
     dash.add_argument("--out", default="dashboards/build")
+    dash.add_argument("--k8s-out", default="deploy/k8s", help="where the dashboards ConfigMap is refreshed too")
     slo = add("slo", cmd_slo, "SLOs as code: 'build' compiles alerts/slos.yml into rules and promtool tests.")
     slo.add_argument("action", choices=("build",))
     slo.add_argument("--out", default=None, help="write into this directory (default: alerts/rules, alerts/tests)")
