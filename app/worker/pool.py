@@ -9,6 +9,9 @@ it). The workers report their jobs' timings to the pool's one metrics endpoint
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
 import signal
 import socket
 from multiprocessing.process import BaseProcess
@@ -21,6 +24,8 @@ from app.settings import Settings
 
 log = get_logger("Worker")
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
 
 def processes_for_cap(provider_cap: int, poses_per_generation: float, pose_concurrency: int) -> int:
     """Worker processes that keep ``provider_cap`` provider calls in flight.
@@ -32,10 +37,28 @@ def processes_for_cap(provider_cap: int, poses_per_generation: float, pose_concu
     return max(1, -int(-provider_cap // per_process))
 
 
-def _run_member(settings: Settings, worker_name: str, burst: bool, metrics_port: int) -> None:
+def _leave_pool_session(pool_pid: int) -> None:
+    """Run this worker in a session of its own, stopped (warmly) if the pool dies without stopping it.
+
+    Linux's autogroup scheduler shares CPU between sessions first: left in the pool's, N workers under
+    contention would together get one separately started worker's share. A session of its own also keeps
+    the terminal's Ctrl-C from the worker: the pool forwards it once.
+    """
+    os.setsid()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: a SIGKILLed pool leaves its workers working on
+        return
+    if os.getppid() != pool_pid:  # the pool died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _run_member(settings: Settings, worker_name: str, burst: bool, metrics_port: int, pool_pid: int) -> None:
     # Forked after the pool installed its handlers: the worker installs RQ's own in work().
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _leave_pool_session(pool_pid)
     from app.worker.main import work_until_stopped
 
     work_until_stopped(settings, name=worker_name, burst=burst, in_pool=True, metrics_port=metrics_port)
@@ -55,7 +78,7 @@ class PoseWorkerPool(WorkerPool):
     def get_worker_process(self, name: str, burst: bool, _sleep: float = 0,
                            logging_level: str = "INFO") -> BaseProcess:
         return ForkProcess(target=_run_member,
-                           args=(self._settings, f"{self._prefix}-{name[:8]}", burst, self._metrics_port),
+                           args=(self._settings, f"{self._prefix}-{name[:8]}", burst, self._metrics_port, os.getpid()),
                            name=f"posegen worker {name[:8]}")
 
     def handle_dead_worker(self, worker_data: WorkerData) -> None:
