@@ -206,3 +206,20 @@ def test_api_processes_serve_exact_metrics_on_one_port(api_stack: Stack, tmp_pat
         assert sum(by_process.values()) == sent and sum(1 for n in by_process.values() if n) == 2, by_process
     finally:
         api.stop()
+
+
+def test_a_killed_pool_takes_its_workers_down(api_stack: Stack) -> None:
+    stack = api_stack
+    pool = stack.start_worker("--processes", "2")
+    try:
+        stack.wait_workers_ready(2)
+        members = pool.children()
+        assert len(members) == 2
+        os.kill(pool.pid, signal.SIGKILL)  # no chance to stop them: the kernel tells them (PR_SET_PDEATHSIG)
+        pool.popen.wait(timeout=10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in members):
+            time.sleep(0.2)
+        assert not [pid for pid in members if Path(f"/proc/{pid}").exists()], pool.output()
+    finally:
+        _stop_all(stack, [pool])
