@@ -223,3 +223,15 @@ def test_a_killed_pool_takes_its_workers_down(api_stack: Stack) -> None:
         assert not [pid for pid in members if Path(f"/proc/{pid}").exists()], pool.output()
     finally:
         _stop_all(stack, [pool])
+
+
+def test_a_worker_that_cannot_bind_its_metrics_address_still_works(api_stack: Stack) -> None:
+    stack = api_stack
+    worker = stack.start_worker("--metrics-host", "192.0.2.1")  # TEST-NET-1: not an address of this host
+    try:
+        stack.wait_workers_ready(1)
+        _run_generations(stack, 1)
+        assert worker.alive() and "Traceback" not in worker.output()
+        assert "Cannot serve metrics on 192.0.2.1" in worker.output()
+    finally:
+        _stop_all(stack, [worker])

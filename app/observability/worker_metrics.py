@@ -147,10 +147,21 @@ class WorkerMetricsEndpoint:
         return self._server is not None
 
     def start(self) -> bool:
-        """Serve now if the port is free (True); otherwise say so once and keep trying in the background."""
+        """Serve now if the port is free (True); otherwise say so once and keep trying in the background.
+
+        A port that cannot be bound for another reason (no permission, an address not of this host) is
+        said once too; the worker then runs without an endpoint.
+        """
         use_metrics_group(self.group)
-        if self._try_bind():
-            return True
+        try:
+            if self._try_bind():
+                return True
+        except OSError as exc:
+            use_metrics_group(None)
+            log.warning(f"Cannot serve metrics on {self.host}:{self.port} ({exc.strerror}); this worker keeps "
+                        f"working without a metrics endpoint. Choose one with --metrics-host and --metrics-port "
+                        f"(0: none).", metricsPort=self.port)
+            return False
         log.warning(
             f"Metrics port {self.port} is in use; this worker keeps working and its timings are served there "
             f"if another posegen worker holds it (workers on one host given the same port share one endpoint), "
