@@ -200,8 +200,9 @@ def test_api_processes_serve_exact_metrics_on_one_port(api_stack: Stack, tmp_pat
 
         with ThreadPoolExecutor(max_workers=16) as pool:
             assert set(pool.map(one, range(sent))) == {200}
-        scraped = _request_count(httpx.get(f"{base}/metrics-prometheus", timeout=5).text, "/poses")
-        assert scraped == sent
+        text = httpx.get(f"{base}/metrics-prometheus", timeout=5).text
+        assert _request_count(text, "/poses") == sent
+        assert "pose_build_info{" in text  # a custom collector, served beside the summed files
         by_process = _requests_by_process(metrics_dir, "/poses")
         assert sum(by_process.values()) == sent and sum(1 for n in by_process.values() if n) == 2, by_process
     finally:
