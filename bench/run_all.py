@@ -28,8 +28,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str], list[tuple[str, str, str]]]] =
         (r"peak in-flight at FLUX\s+([\d.]+)", "provider saturation: peak in-flight (cap 24)", "<= 24"),
         (r"429 answers\s+([\d.]+)", "provider saturation: 429 answers", "0"),
     ]),
-    ("bench.provider_saturation", ["--generations", "50", "--workers", "8", "--modes", "plain,pool"],
-     ["--generations", "30", "--workers", "8", "--modes", "plain,pool"], [
+    ("bench.worker_processes", ["--modes", "plain,pool"], ["--generations", "30", "--modes", "plain,pool"], [
         (r"one port \(plain\)\s+[\d.]+\s+[\d.]+\s+([\d.]+)", "8 plain workers on one host: makespan / ideal",
          "<= 1.15"),
         (r"--processes 8\s+[\d.]+\s+[\d.]+\s+([\d.]+)", "posegen worker --processes 8: makespan / ideal", "<= 1.15"),
