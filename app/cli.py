@@ -203,6 +203,12 @@ def _worker_capacity(settings: Settings, args: argparse.Namespace, token: str) -
             f"at least {needed} worker processes to keep it full; {registered}")
 
 
+def cmd_ops(args: argparse.Namespace) -> int:
+    from app.ops_cli import run_ops
+
+    return run_ops(args, _settings())
+
+
 def cmd_dashboards(args: argparse.Namespace) -> int:
     from dashboards.overview import write_dashboards
 
@@ -318,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--period", choices=("1h", "24h", "7d", "30d"), default="24h")
     status.add_argument("--url", default="http://127.0.0.1:8000", help="the API's base URL")
     status.add_argument("--token", default=None, help="a JWT (default: an ADMIN token minted from JWT_SECRET)")
+    from app.ops_cli import add_ops_parser
+
+    add_ops_parser(sub).set_defaults(handler=cmd_ops)
     dash = add("dashboards", cmd_dashboards, "Dashboards as code: 'build' writes the Grafana JSON.")
     dash.add_argument("action", choices=("build",))
     dash.add_argument("--out", default="dashboards/build")

@@ -73,6 +73,9 @@ class Settings:
     # prometheus-client's multiprocess folder (it reads the variable itself in every process); set by
     # `posegen api --workers N` to a fresh folder of its own unless given.
     prometheus_multiproc_dir: Path | None = None
+    retry_slot_share: float = 0.25
+    ops_api_url: str = "http://127.0.0.1:8000"
+    ops_token: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -143,6 +146,11 @@ class Settings:
             db_pool_size=reader.integer("POSEGEN_DB_POOL_SIZE", cls.db_pool_size, minimum=1, maximum=200),
             revision=reader.text("POSEGEN_REVISION", cls.revision),
             prometheus_multiproc_dir=reader.path("PROMETHEUS_MULTIPROC_DIR"),
+            ops_api_url=reader.url("POSEGEN_API_URL", cls.ops_api_url, ("http://", "https://")).rstrip("/"),
+            ops_token=reader.text("POSEGEN_OPS_TOKEN", ""),
+            retry_slot_share=reader.number(
+                "POSEGEN_RETRY_SLOT_SHARE", cls.retry_slot_share, minimum=0.01, maximum=1.0
+            ),
         )
         if settings.provider == "flux" and not settings.flux_api_key:
             raise SettingsError("FLUX_API_KEY must be set when POSEGEN_PROVIDER=flux")

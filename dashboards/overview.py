@@ -619,6 +619,23 @@ def layout(rows: list[tuple[str, list[tuple[int, Panel]]]]) -> list[Panel]:
     return placed
 
 
+def operator_action_annotation() -> dict[str, object]:
+    """A Prometheus-query annotation marking every operator action (retry, dry run, pause, resume), from
+    ``pose_operator_actions_total``: one mark per action while its count went up."""
+    return {
+        "name": "Operator actions",
+        "datasource": DATASOURCE,
+        "enable": True,
+        "iconColor": "purple",
+        "expr": "sum by (action) (increase(pose_operator_actions_total[2m])) > 0",
+        "step": "1m",
+        "titleFormat": "Operator: {{action}}",
+        "textFormat": "{{action}} (see GET /admin/audit or posegen ops audit)",
+        "tagKeys": "action",
+        "useValueForTime": False,
+    }
+
+
 def fleet_templating() -> Templating:
     """The data source, then job and instance (every process of the fleet, or one) as template variables."""
     datasource = Template(
@@ -657,7 +674,7 @@ def overview_dashboard() -> Dashboard:
         graphTooltip=1,
         time=Time("now-6h", "now"),
         templating=fleet_templating(),
-        annotations=Annotations(list=[deploy_annotation()]),
+        annotations=Annotations(list=[deploy_annotation(), operator_action_annotation()]),
         links=posegen_links(),
         panels=layout(
             [

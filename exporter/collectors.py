@@ -38,6 +38,8 @@ Counters never go down; what can go down is a gauge of its own:
 ``pose_generation_requeues_total{reason}``        counter  abandoned attempts re-queued by the reaper
 ``pose_generation_attempts_exhausted_total{reason}`` counter  generations failed after their last attempt
 ``pose_generation_oldest_running_age_seconds``    gauge    the longest-running attempt now processing
+``pose_operator_actions_total{action}``           counter  operator actions, from the append-only audit table
+``pose_intake_paused``, ``pose_workers_paused``   gauge    1 during an operator's planned pause (from Redis)
 
 Histogram buckets carry an exemplar (trace id, generation id) of their latest traced observation.
 
@@ -77,6 +79,8 @@ from rq.worker import WorkerStatus
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from app import QUEUE_NAME
+from app.domain.audit import Action
+from app.domain.intake import read_intake_pause, workers_paused
 from app.errors import ErrorType
 from app.observability.logging import get_logger
 from app.worker.limiter import read_slot_usage
@@ -128,6 +132,7 @@ class QueueCollector(Collector):
         yield GaugeMetricFamily("pose_queue_oldest_waiting_job_age_seconds",
                                 "How long the job at the head of the queue has waited (0 when none waits)",
                                 value=age)
+        yield from planned_pause_families(self._redis)
 
     def _worker_states_and_head(self, worker_keys: list[bytes], head_job_id: bytes | None) -> tuple[
             list[str], float | None]:
@@ -188,6 +193,15 @@ class LimitsCollector(Collector):
             "pose_generation_time_limit_seconds",
             "The longest one attempt of a generation can run (deadline x poses / pose concurrency + slack); "
             "an attempt running longer is stuck", value=self._generation_limit)
+
+
+def planned_pause_families(redis: Redis) -> Iterator[Metric]:
+    """The operators' planned pauses (``posegen ops pause``): alerts that fire because nothing is created
+    or finished stay quiet while one is on (see alerts/rules)."""
+    yield GaugeMetricFamily("pose_intake_paused", "1 while an operator has paused intake (POST /generations 503)",
+                            value=int(read_intake_pause(redis) is not None))
+    yield GaugeMetricFamily("pose_workers_paused", "1 while an operator has suspended the workers (RQ suspension)",
+                            value=int(workers_paused(redis)))
 
 
 @dataclass(frozen=True)
@@ -261,6 +275,8 @@ SELECT b.metric, '', bucket.le, coalesce(sum(o.count), 0)::bigint, coalesce(sum(
   LEFT JOIN observed o ON o.metric = b.metric AND o.le = bucket.le
   LEFT JOIN exporter_histogram_exemplars e ON e.metric = b.metric AND e.le = bucket.le
  GROUP BY b.metric, bucket.le
+UNION ALL
+SELECT 'operator_actions', action, NULL, count(*), NULL, NULL, NULL, NULL, NULL FROM operator_audit GROUP BY action
 """
 
 # Closed label sets of the counters the reaper keeps (app/domain/processing.py: reap_abandoned).
@@ -398,6 +414,12 @@ def _domain_families(rows: Iterable[tuple[Any, ...]]) -> Iterator[Metric]:
     yield GaugeMetricFamily("pose_generation_oldest_running_age_seconds",
                             "How long the longest-running attempt of a generation now processing has run "
                             "(0 when none runs)", value=count("oldest_running_ms") / 1000)
+    # Rows of the append-only audit table: exact, and they never go down.
+    actions = CounterMetricFamily("pose_operator_actions", "Operator actions (retries, dry runs, pauses, resumes)",
+                                  labels=["action"])
+    for action in Action:
+        actions.add_metric([action.value], count("operator_actions", action.value))
+    yield actions
     if ("last_finished_generation_ms", "") in counters:
         yield GaugeMetricFamily("pose_last_finished_generation_timestamp_seconds",
                                 "Unix time at which the latest generation finished",

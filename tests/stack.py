@@ -385,7 +385,9 @@ def running_stack(template: str, tmp: Path, *, workers: int = 1, api: bool = Tru
 
 
 def check_ledger_invariants(conn: psycopg.Connection[Any]) -> None:
-    """Per user: balance = grants - charges + refunds, never negative; refunds only of failed poses, once each."""
+    """Per user: balance = grants - charges + refunds, never negative. Per pose and run (a retried pose runs
+    again): a refund only of a failed outcome, exactly one for each failed run the user paid for, none
+    for a run on the house. Per generation: creditsCharged and creditsRefunded agree with the ledger."""
     rows = conn.execute(
         "SELECT a.user_id, a.balance,"
         " coalesce(sum(l.amount) FILTER (WHERE l.kind = 'grant'), 0)"
@@ -396,18 +398,24 @@ def check_ledger_invariants(conn: psycopg.Connection[Any]) -> None:
     for user_id, balance, derived in rows:
         assert balance >= 0, f"{user_id} balance negative: {balance}"
         assert balance == derived, f"{user_id}: balance {balance} != ledger {derived}"
+    # Every pose outcome: the current one of each pose, and those archived when it was retried.
+    outcomes = ("(SELECT id AS pose, run, status, run_charged AS charged FROM generation_poses"
+                " UNION ALL SELECT generation_pose_id, run, status, charged FROM generation_pose_attempts)")
     bad = conn.execute(
-        "SELECT l.id FROM credit_ledger l JOIN generation_poses p ON p.id = l.generation_pose_id"
-        " WHERE l.kind = 'refund' AND p.status <> 'failed'"
+        f"SELECT l.id FROM credit_ledger l LEFT JOIN {outcomes} o ON o.pose = l.generation_pose_id AND o.run = l.run"
+        " WHERE l.kind = 'refund' AND (o.status IS DISTINCT FROM 'failed' OR NOT o.charged)"
     ).fetchall()
-    assert not bad, f"refunds of poses that did not fail: {bad}"
+    assert not bad, f"refunds of poses that did not fail (or were not paid for): {bad}"
     unrefunded = conn.execute(
-        "SELECT p.id FROM generation_poses p LEFT JOIN credit_ledger l"
-        " ON l.generation_pose_id = p.id AND l.kind = 'refund' WHERE p.status = 'failed' AND l.id IS NULL"
+        f"SELECT o.pose, o.run FROM {outcomes} o LEFT JOIN credit_ledger l"
+        " ON l.generation_pose_id = o.pose AND l.run = o.run AND l.kind = 'refund'"
+        " WHERE o.status = 'failed' AND o.charged AND l.id IS NULL"
     ).fetchall()
     assert not unrefunded, f"failed poses without a refund: {unrefunded}"
     mismatch = conn.execute(
-        "SELECT g.id FROM generations g LEFT JOIN credit_ledger l ON l.generation_id = g.id AND l.kind = 'refund'"
-        " GROUP BY g.id, g.credits_refunded HAVING g.credits_refunded <> coalesce(sum(l.amount), 0)"
+        "SELECT g.id FROM generations g LEFT JOIN credit_ledger l ON l.generation_id = g.id"
+        " GROUP BY g.id, g.credits_refunded, g.credits_charged"
+        " HAVING g.credits_refunded <> coalesce(sum(l.amount) FILTER (WHERE l.kind = 'refund'), 0)"
+        " OR g.credits_charged <> coalesce(sum(l.amount) FILTER (WHERE l.kind = 'charge'), 0)"
     ).fetchall()
-    assert not mismatch, f"generations whose creditsRefunded disagrees with the ledger: {mismatch}"
+    assert not mismatch, f"generations whose credits disagree with the ledger: {mismatch}"

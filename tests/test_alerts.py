@@ -66,6 +66,9 @@ CONTRACT_METRICS = {
     "pose_generation_oldest_running_age_seconds",
     "pose_generation_time_limit_seconds",
     "pose_build_info",
+    "pose_intake_paused",
+    "pose_workers_paused",
+    "pose_operator_actions_total",
 } | {f"{name}_{suffix}" for name in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 
 PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring"}

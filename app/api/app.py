@@ -5,15 +5,20 @@ from __future__ import annotations
 import select
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template.config import TemplateConfig
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from app import API_PREFIX, __version__
+from app.api.admin_console import ConsoleController
+from app.api.admin_operations import OperatorController
 from app.api.credits import CreditController
 from app.api.deps import DEPENDENCIES
 from app.api.errors import EXCEPTION_HANDLERS
@@ -27,6 +32,7 @@ from app.api.images import image
 from app.api.metrics import MetricsController
 from app.api.poses import PoseController
 from app.api.rate_limit import STORE_NAME, generation_rate_limit, rate_limit_store
+from app.domain.intake import IntakeGate
 from app.observability import tracing
 from app.providers.flux_webhooks import webhook_secret
 from app.settings import Settings
@@ -64,6 +70,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.pool = pool
         app.state.redis = redis
         app.state.queue = make_queue(redis)
+        app.state.intake_gate = IntakeGate(redis)
         # With APM on, each request enqueues its own job and runs its own create, so that both carry the
         # request's trace; otherwise concurrent requests share Redis and database transactions.
         shared = not tracing.enabled()
@@ -83,7 +90,8 @@ def create_app(settings: Settings) -> Litestar:
             redis.close()
             await pool.close()
 
-    handlers: list[Any] = [GenerationController, PoseController, CreditController, MetricsController, health, liveness,
+    handlers: list[Any] = [GenerationController, PoseController, CreditController, MetricsController, OperatorController,
+                           ConsoleController, health, liveness,
                            image, metrics_prometheus]
     if settings.flux_webhooks:
         handlers.append(flux_webhook)
@@ -99,6 +107,8 @@ def create_app(settings: Settings) -> Litestar:
         stores={STORE_NAME: rate_limit_store(settings.redis_url)},
         openapi_config=OpenAPIConfig(title="Pose Generator API", version=__version__, path="/schema"),
         request_max_body_size=MAX_BODY_BYTES,
+        # The operators' console page (app/api/admin_console.py).
+        template_config=TemplateConfig(directory=Path(__file__).parent / "templates", engine=JinjaTemplateEngine),
         debug=False,
     )
     app.state.settings = settings

@@ -57,6 +57,15 @@ class GenerationController(Controller):
         idempotency_key: IdempotencyKey = None,
     ) -> Response[GenerationAccepted]:
         state = request.app.state
+        pause = await state.intake_gate.current()
+        if pause is not None:  # a planned pause: refused before anything is charged
+            raise HTTPException(
+                status_code=HTTP_503_SERVICE_UNAVAILABLE,
+                detail=f"Intake is paused by an operator ({pause.reason or 'planned pause'}); nothing was charged. "
+                       "Retry later.",
+                headers={"Retry-After": str(pause.retry_after_seconds)},
+                extra={"errorType": ErrorType.NETWORK_ERROR.value, "paused": True},
+            )
         pose_ids = list(data.poseIds)
         prompt = data.prompt.strip()
         if not prompt:

@@ -8,7 +8,8 @@ from litestar import Request, Response, get
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from app import APP_NAME, __version__
-from app.api.schemas import DependencyCheck, Health, HealthChecks, QueueCheck, QueueCountsView
+from app.api.schemas import DependencyCheck, Health, HealthChecks, PausedView, QueueCheck, QueueCountsView
+from app.domain.intake import read_intake_pause, workers_paused
 from app.observability.logging import iso_timestamp
 from app.worker.queue_stats import read_queue_counts
 
@@ -39,13 +40,32 @@ async def _check_redis_and_queue(request: Request) -> tuple[DependencyCheck, Que
     return DependencyCheck("connected"), QueueCheck("operational", counts=view)
 
 
-@get("/health", summary="Application health (no authentication)", tags=["health"])
+async def _paused(request: Request) -> PausedView | None:
+    """The operators' planned pause, when there is one (None also when Redis cannot say)."""
+    redis = request.app.state.redis
+
+    def read() -> PausedView | None:
+        pause, workers = read_intake_pause(redis), workers_paused(redis)
+        if pause is None and not workers:
+            return None
+        return PausedView(intake=pause is not None, workers=workers, reason=pause.reason if pause else None)
+
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(read), CHECK_TIMEOUT_SECONDS)
+    except Exception:  # Redis down: the redis check already says so
+        return None
+
+
+@get("/health", summary="Application health (no authentication); says when an operator paused intake or workers",
+     tags=["health"])
 async def health(request: Request) -> Response[Health]:
-    database, (redis, queue) = await asyncio.gather(_check_database(request), _check_redis_and_queue(request))
+    database, (redis, queue), paused = await asyncio.gather(
+        _check_database(request), _check_redis_and_queue(request), _paused(request))
     healthy = database.status == "connected" and redis.status == "connected"
     body = Health(
         status="healthy" if healthy else "unhealthy", timestamp=iso_timestamp(), app=APP_NAME,
         version=__version__, checks=HealthChecks(database=database, redis=redis, queue=queue), phase=PHASE,
+        paused=paused,
     )
     return Response(body, status_code=HTTP_200_OK if healthy else HTTP_503_SERVICE_UNAVAILABLE)
 

@@ -11,9 +11,11 @@ from datetime import timedelta
 from typing import Any
 
 from litestar import Request
+from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import NotAuthorizedException
 from litestar.middleware.rate_limit import CacheObject, RateLimitConfig, RateLimitMiddleware, get_remote_address
 from litestar.stores.redis import RedisStore
+from litestar.types import Message, Send
 from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
@@ -48,6 +50,28 @@ class RetryAfterRateLimitMiddleware(RateLimitMiddleware):
         headers = super().create_response_headers(cache_object)
         headers["Retry-After"] = headers[self.config.rate_limit_reset_header_key]
         return headers
+
+    def create_send_wrapper(self, send: Send, cache_object: CacheObject) -> Send:
+        """Rate-limit headers on every create, but a Retry-After the handler set itself (a paused intake's
+        503) is the one the client gets."""
+        own: dict[str, str] = {}
+
+        async def restore(message: Message) -> None:
+            if message["type"] == "http.response.start" and "retry-after" in own:
+                MutableScopeHeaders(message)["Retry-After"] = own["retry-after"]
+            await send(message)
+
+        wrapped = super().create_send_wrapper(restore, cache_object)
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                value = MutableScopeHeaders(message).get("retry-after")
+                if value is not None:
+                    own["retry-after"] = value
+            await wrapped(message)
+
+        return capture
 
 
 def _caller(request: Request[Any, Any, Any]) -> str:

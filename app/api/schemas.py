@@ -134,13 +134,23 @@ class HealthChecks(msgspec.Struct):
     queue: QueueCheck
 
 
-class Health(msgspec.Struct):
+class PausedView(msgspec.Struct):
+    """A planned pause by an operator: not an outage, so health stays 200."""
+
+    intake: bool
+    workers: bool
+    reason: str | None = None
+
+
+class Health(msgspec.Struct, omit_defaults=True):
     status: str
     timestamp: str
     app: str
     version: str
     checks: HealthChecks
     phase: str
+    # Only while an operator has paused intake or workers (the seed's shape otherwise).
+    paused: PausedView | None = None
 
 
 class ErrorBody(msgspec.Struct, omit_defaults=True):

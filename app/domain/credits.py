@@ -38,6 +38,7 @@ async def _add_credits(
     generation_id: str | None = None,
     generation_pose_id: int | None = None,
     created_by: str | None = None,
+    run: int = 1,
 ) -> int:
     """Raise the balance and append its ledger row (grant or refund); returns the new balance."""
     cur = await conn.execute(
@@ -47,8 +48,8 @@ async def _add_credits(
     (balance,) = await cur.fetchone()  # type: ignore[misc]
     await conn.execute(
         "INSERT INTO credit_ledger (user_id, kind, amount, balance_after, generation_id, generation_pose_id,"
-        " created_by) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (user_id, kind, amount, balance, generation_id, generation_pose_id, created_by),
+        " created_by, run) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (user_id, kind, amount, balance, generation_id, generation_pose_id, created_by, run),
     )
     return int(balance)
 
@@ -61,15 +62,17 @@ async def grant_credits(conn: AsyncConnection, user_id: str, amount: int, grante
 
 
 async def refund_failed_pose(
-    conn: AsyncConnection, user_id: str, generation_id: str, generation_pose_id: int, amount: int
+    conn: AsyncConnection, user_id: str, generation_id: str, generation_pose_id: int, amount: int, run: int = 1
 ) -> int:
     """Give back one failed pose's price inside the caller's transaction; returns the new balance.
 
     The caller moves the pose from pending to failed in the same transaction, so
-    this runs once per pose; the unique index on refunds backs that up.
+    this runs once per pose and run (a retried pose runs again); the unique index on
+    refunds backs that up.
     """
     balance = await _add_credits(
-        conn, user_id, amount, "refund", generation_id=generation_id, generation_pose_id=generation_pose_id
+        conn, user_id, amount, "refund", generation_id=generation_id, generation_pose_id=generation_pose_id,
+        run=run,
     )
     await conn.execute(
         "UPDATE generations SET credits_refunded = credits_refunded + %s WHERE id = %s",

@@ -39,6 +39,12 @@ class ClaimedGeneration:
     created_at: datetime
     trace_context: dict[str, str] | None
     poses: list[PendingPose] = field(default_factory=list)
+    # 1 for the original run; an operator's retry of its failed poses is run 2, 3...
+    run: int = 1
+
+    @property
+    def is_retry(self) -> bool:
+        return self.run > 1
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,8 @@ async def claim_generation(
             "UPDATE generations SET status = 'processing', started_at = coalesce(started_at, now()),"
             " attempt_started_at = now(), lease_expires_at = now() + make_interval(secs => %s)"
             " WHERE id = %s AND attempt = %s AND status = 'queued'"
-            " RETURNING user_id, prompt, price_per_pose, created_at, trace_context",
+            # A retried run's queue wait starts when the retry queued it.
+            " RETURNING user_id, prompt, price_per_pose, coalesce(run_started_at, created_at), trace_context, run",
             (lease_seconds, generation_id, attempt),
         )
         row = await cur.fetchone()
@@ -94,7 +101,7 @@ async def claim_generation(
             (generation_id,),
         )
         poses = [PendingPose(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
-    return ClaimedGeneration(generation_id, attempt, row[0], row[1], row[2], row[3], row[4], poses)
+    return ClaimedGeneration(generation_id, attempt, row[0], row[1], row[2], row[3], row[4], poses, row[5])
 
 
 async def extend_lease(conn: AsyncConnection, generation_id: str, attempt: int, lease_seconds: float) -> bool:
@@ -138,16 +145,19 @@ async def record_pose_failure(
             "UPDATE generation_poses SET status = 'failed', error_type = %s, error_message = %s,"
             " queue_wait_ms = %s, controlnet_ms = %s, provider_ms = %s, upload_ms = %s, duration_ms = %s,"
             " started_at = now() - make_interval(secs => %s / 1000.0), finished_at = now()"
-            f" WHERE id = %s AND status = 'pending' AND {_OWNED}",
+            f" WHERE id = %s AND status = 'pending' AND {_OWNED} RETURNING run, run_charged",
             (error_type.value, message[:2000], timings.queue_wait_ms, timings.controlnet_ms,
              timings.provider_ms, timings.upload_ms, timings.duration_ms, timings.duration_ms or 0,
              pose.row_id, claimed.generation_id, claimed.attempt),
         )
-        if cur.rowcount != 1:
+        failed = await cur.fetchone()
+        if failed is None:
             return False
-        await refund_failed_pose(
-            conn, claimed.user_id, claimed.generation_id, pose.row_id, claimed.price_per_pose
-        )
+        run, charged = failed
+        if charged:  # a run on the house cost the user nothing, so there is nothing to give back
+            await refund_failed_pose(
+                conn, claimed.user_id, claimed.generation_id, pose.row_id, claimed.price_per_pose, run
+            )
         await record_error_event(
             conn, error_type, "Worker", message, user_id=claimed.user_id,
             generation_id=claimed.generation_id, generation_pose_id=pose.row_id,
@@ -162,7 +172,7 @@ UPDATE generations g SET
     error_type = s.error_type,
     error_message = s.error_message,
     finished_at = now(),
-    duration_ms = (extract(epoch FROM now() - g.created_at) * 1000)::bigint,
+    duration_ms = (extract(epoch FROM now() - coalesce(g.run_started_at, g.created_at)) * 1000)::bigint,
     lease_expires_at = NULL
 FROM (
     SELECT count(*) FILTER (WHERE status = 'completed') AS delivered,
@@ -237,11 +247,12 @@ async def reap_abandoned(
             cur = await conn.execute(
                 "UPDATE generation_poses SET status = 'failed', error_type = 'TIMEOUT_ERROR',"
                 " error_message = %s, finished_at = now()"
-                " WHERE generation_id = %s AND status = 'pending' RETURNING id",
+                " WHERE generation_id = %s AND status = 'pending' RETURNING id, run, run_charged",
                 (message, generation_id),
             )
-            for (pose_row_id,) in await cur.fetchall():
-                await refund_failed_pose(conn, user_id, generation_id, pose_row_id, price)
+            for pose_row_id, run, charged in await cur.fetchall():
+                if charged:
+                    await refund_failed_pose(conn, user_id, generation_id, pose_row_id, price, run)
                 await record_error_event(
                     conn, ErrorType.TIMEOUT_ERROR, "Worker", message, user_id=user_id,
                     generation_id=generation_id, generation_pose_id=pose_row_id,

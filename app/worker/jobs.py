@@ -15,7 +15,7 @@ from app.observability.worker_metrics import flush_operation_stats
 from app.providers.factory import build_provider
 from app.settings import Settings
 from app.storage.factory import build_storage
-from app.worker.limiter import ProviderSlots
+from app.worker.limiter import ProviderSlots, retry_slot_limit
 from app.worker.pipeline import GenerationPipeline
 
 log = get_logger("Worker")
@@ -47,7 +47,8 @@ async def run_generation(settings: Settings, generation_id: str, attempt: int) -
     redis = AsyncRedis.from_url(settings.redis_url)
     provider = tracing.traced_provider(build_provider(settings, redis))
     storage = tracing.traced_storage(build_storage(settings, api_url_prefix=f"{API_PREFIX}/images"))
-    slots = ProviderSlots(redis, settings.provider_concurrency)
+    slots = ProviderSlots(redis, settings.provider_concurrency,
+                          retry_limit=retry_slot_limit(settings.provider_concurrency, settings.retry_slot_share))
     try:
         async with await AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
             pipeline = GenerationPipeline(settings, conn, provider, storage, slots)

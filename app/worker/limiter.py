@@ -8,6 +8,10 @@ lease instead of after the longest possible provider call.
 What on-call reads (USE of the one resource that limits us): slots in use and the cap, read from this
 state at scrape time (:func:`read_slot_usage`, by the exporter), and the time each pose waited for a
 slot (``pose_provider_slot_wait_seconds``, added to Redis as each wait ends).
+
+Retries of failed poses (an operator's retry batch) share the same slots but may hold at most
+``retry_limit`` of them at once: their holders are also in a second sorted set, and a retry takes a
+slot only while both sets have room, so a batch of retries never starves new generations.
 """
 
 from __future__ import annotations
@@ -40,15 +44,35 @@ end
 return 0
 """
 
-_RENEW = """
+# KEYS: all slots, retry slots. ARGV: limit, token, lease ms, retry limit.
+_ACQUIRE_FOR_RETRY = """
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-    redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
-    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) and redis.call('ZCARD', KEYS[2]) < tonumber(ARGV[4]) then
+    for _, key in ipairs(KEYS) do
+        redis.call('ZADD', key, now_ms + tonumber(ARGV[3]), ARGV[2])
+        redis.call('PEXPIRE', key, tonumber(ARGV[3]) * 2)
+    end
     return 1
 end
 return 0
+"""
+
+# Renews the token in every key that still holds it.
+_RENEW = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local renewed = 0
+for _, key in ipairs(KEYS) do
+    if redis.call('ZSCORE', key, ARGV[1]) then
+        redis.call('ZADD', key, now_ms + tonumber(ARGV[2]), ARGV[1])
+        redis.call('PEXPIRE', key, tonumber(ARGV[2]) * 2)
+        renewed = 1
+    end
+end
+return renewed
 """
 
 # Holders whose lease has not lapsed, by Redis server time (a dead holder's entry lingers until then).
@@ -74,25 +98,41 @@ def _honour_cancellation() -> None:
         raise asyncio.CancelledError
 
 
+def retry_slot_limit(limit: int, share: float) -> int:
+    """How many of ``limit`` slots retries may hold at once: ``share`` of them, at least one."""
+    return max(1, int(limit * share))
+
+
 class ProviderSlots:
     def __init__(
-        self, redis: Redis, limit: int, lease_seconds: float = SLOT_LEASE_SECONDS, key: str = PROVIDER_SLOTS_KEY
+        self, redis: Redis, limit: int, lease_seconds: float = SLOT_LEASE_SECONDS, key: str = PROVIDER_SLOTS_KEY,
+        retry_limit: int | None = None,
     ) -> None:
         self._redis = redis
         self._limit = limit
+        self._retry_limit = limit if retry_limit is None else retry_limit
         self._lease_ms = int(lease_seconds * 1000)
         self._key = key
+        self._retry_key = f"{key}:retries"
         self._acquire = redis.register_script(_ACQUIRE)
+        self._acquire_for_retry = redis.register_script(_ACQUIRE_FOR_RETRY)
         self._renew = redis.register_script(_RENEW)
 
-    async def acquire(self) -> str:
-        """Wait for a slot. A Redis outage is waited out too (the pose's own deadline bounds the wait):
-        the pose did nothing wrong, so it should not fail for it."""
+    async def _try_acquire(self, token: str, retry: bool) -> bool:
+        if retry:
+            return bool(await self._acquire_for_retry(
+                keys=[self._key, self._retry_key], args=[self._limit, token, self._lease_ms, self._retry_limit]))
+        return bool(await self._acquire(keys=[self._key], args=[self._limit, token, self._lease_ms]))
+
+    async def acquire(self, retry: bool = False) -> str:
+        """Wait for a slot (``retry``: one a retried pose may take, within the retries' share). A Redis
+        outage is waited out too (the pose's own deadline bounds the wait): the pose did nothing wrong,
+        so it should not fail for it."""
         token = secrets.token_hex(8)
         delay = 0.005
         while True:
             try:
-                if await self._acquire(keys=[self._key], args=[self._limit, token, self._lease_ms]):
+                if await self._try_acquire(token, retry):
                     return token
                 # Polling with jitter: slot turnover is seconds (a provider call), so a few ms of lag is noise.
                 pause = delay * random.uniform(0.5, 1.5)
@@ -112,7 +152,8 @@ class ProviderSlots:
 
     async def release(self, token: str) -> None:
         try:
-            await self._redis.zrem(self._key, token)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                await pipe.zrem(self._key, token).zrem(self._retry_key, token).execute()
         except (RedisConnectionError, RedisTimeoutError):
             pass  # the slot's lease frees it when Redis is back
 
@@ -122,13 +163,13 @@ class ProviderSlots:
         while True:
             await asyncio.sleep(self._lease_ms / 3000)
             with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
-                await self._renew(keys=[self._key], args=[token, self._lease_ms])
+                await self._renew(keys=[self._key, self._retry_key], args=[token, self._lease_ms])
             _honour_cancellation()
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, retry: bool = False) -> AsyncIterator[None]:
         waiting_since = time.perf_counter()
-        token = await self.acquire()
+        token = await self.acquire(retry)
         await self._record_wait(time.perf_counter() - waiting_since)
         try:
             _honour_cancellation()  # cancelled while the winning call was in flight

@@ -7,10 +7,12 @@ under one command (:mod:`app.worker.pool`).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import psycopg
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from rq.exceptions import StopRequested
 
 from app.errors import ControlNetError
 from app.observability.logging import get_logger
@@ -20,10 +22,33 @@ from app.settings import Settings
 from app.worker.job_failures import CountingWorker
 from app.worker.jobs import use_settings
 from app.worker.limiter import advertise_limit
-from app.worker.queue import make_queue, make_redis
+from app.worker.queue import make_queue, make_redis, make_retry_queue
 from app.worker.reaper import Reaper
 
 log = get_logger("Worker")
+
+# How often an idle worker looks at RQ's suspension flag (``posegen ops pause --scope workers``, ``rq suspend``).
+SUSPENSION_CHECK_SECONDS = 1
+
+
+class PoseWorker(CountingWorker):
+    """RQ's worker (counting failed jobs), honouring a suspension while idle too.
+
+    RQ checks its suspension between jobs, but an idle worker sits in one blocking dequeue of up to
+    ``worker_ttl - 15`` seconds and takes whatever arrives, suspended or not. Here the wait is cut into
+    dequeues of a second with the suspension checked between them, so a drain stops idle workers
+    within a second while busy ones finish their job."""
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        if timeout is None or max_idle_time is not None:  # burst mode, or an idle limit of the caller's own
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        while True:
+            result = super().dequeue_job_and_maintain_ttl(SUSPENSION_CHECK_SECONDS, SUSPENSION_CHECK_SECONDS)
+            if result is not None:
+                return result
+            self.check_for_suspension(burst=False)
+            if self._stop_requested:
+                raise StopRequested
 
 
 def warm_skeleton_cache(settings: Settings) -> None:
@@ -76,7 +101,8 @@ def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, in_
             try:
                 # After an outage the old registration may still be live in Redis: register under a new name.
                 worker_name = f"{name}-r{restarts}" if name and restarts else name
-                worker = CountingWorker([queue], connection=redis, name=worker_name)
+                # Queue order is priority: retries run only while no new generation waits.
+                worker = PoseWorker([queue, make_retry_queue(redis)], connection=redis, name=worker_name)
                 if not advertised:
                     advertise_limit(redis, settings.provider_concurrency)
                     advertised = True

@@ -165,7 +165,7 @@ class GenerationPipeline:
             seed=_seed(claimed.generation_id, pose.position), generation_id=claimed.generation_id,
             pose_id=pose.pose_id,
         )
-        async with self._slots.slot():
+        async with self._slots.slot(retry=claimed.is_retry):
             async with performance_tracker.measure(FLUX_API_CALL, **meta) as step:
                 raise_if_due(fault, "provider")
                 image = await self._provider.generate(request)

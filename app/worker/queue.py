@@ -14,7 +14,7 @@ from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from app import QUEUE_NAME
+from app import QUEUE_NAME, RETRY_QUEUE_NAME
 from app.domain.processing import job_id_for
 from app.observability.logging import get_logger
 
@@ -31,6 +31,11 @@ def make_redis(redis_url: str) -> Redis:
 
 def make_queue(connection: Redis) -> Queue:
     return Queue(QUEUE_NAME, connection=connection)
+
+
+def make_retry_queue(connection: Redis) -> Queue:
+    """The queue of retried generations; workers listen to it after the main one, so new work goes first."""
+    return Queue(RETRY_QUEUE_NAME, connection=connection)
 
 
 def generation_job(generation_id: str, attempt: int) -> Any:

@@ -1,0 +1,114 @@
+"""The operator console in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, Selenium):
+an operator signs in, finds an outage's failed generations, looks at one's attempts, dry-runs, retries,
+sees them complete, pauses and resumes intake. A screenshot lands in the test's tmp dir."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from app import API_PREFIX
+from app.api.auth import Role
+from tests.stack import Stack
+
+POSES = ["pose_standing_confident", "pose_arms_crossed"]
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--window-size=1400,1600")
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.fail("chromium / chromedriver missing: apt-get install -y chromium chromium-driver (make tools does)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    session = webdriver.Chrome(options=options, service=Service(executable_path=driver))
+    session.implicitly_wait(0)
+    try:
+        yield session
+    finally:
+        session.quit()
+
+
+def wait_for(browser: webdriver.Chrome, css: str, timeout: float = 60) -> None:
+    WebDriverWait(browser, timeout, poll_frequency=0.2).until(lambda b: b.find_elements(By.CSS_SELECTOR, css))
+
+
+def test_operator_retries_an_outage_from_the_console(fresh_stack, browser: webdriver.Chrome,  # type: ignore[no-untyped-def]
+                                                      tmp_path: Path) -> None:
+    stack: Stack = fresh_stack(workers=0)
+    broken = stack.start_worker(POSEGEN_FAULTS="FLUX_API_ERROR=1")
+    user = stack.new_user(credits=300)
+    failed = [stack.create_generation(user, POSES, prompt=f"outage {i}").json()["generationId"] for i in range(2)]
+    for generation_id in failed:
+        assert stack.wait_finished(user, generation_id)["status"] == "failed"
+    broken.stop()
+    stack.start_worker()
+
+    console = f"{stack.base_url}{API_PREFIX}/admin/console/"
+    browser.get(console)
+    browser.find_element(By.ID, "token").send_keys(stack.token(user))
+    browser.find_element(By.ID, "sign-in").click()
+    wait_for(browser, "#sign-in-error")
+    assert "ADMIN" in browser.find_element(By.ID, "sign-in-error").text, "a user's token does not sign in"
+    browser.find_element(By.ID, "token").send_keys(stack.token("console-op", Role.ADMIN))
+    browser.find_element(By.ID, "sign-in").click()
+    wait_for(browser, "#actor")
+
+    # Find the outage's failed generations.
+    Select(browser.find_element(By.ID, "f-errorType")).select_by_value("FLUX_API_ERROR")
+    browser.find_element(By.ID, "f-userId").send_keys(user)
+    browser.find_element(By.ID, "find").click()
+    wait_for(browser, "tr.generation")
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.generation")
+    assert sorted(r.get_attribute("data-id") for r in rows) == sorted(failed)
+    assert {r.find_element(By.CLASS_NAME, "status").text for r in rows} == {"failed"}
+
+    # One generation's attempts.
+    browser.find_element(By.LINK_TEXT, failed[0]).click()
+    wait_for(browser, "#attempts")
+    assert [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#attempts .outcome")] == ["failed"]
+
+    # Dry run, then retry; the page follows the batch until it is done.
+    browser.find_element(By.ID, "dry-run").click()
+    wait_for(browser, "#dry-run-result")
+    assert browser.find_element(By.ID, "dry-run-counts").text == (
+        "2 generation(s), 4 pose(s), 1 user(s), 120 credits on the house")
+    browser.find_element(By.ID, "retry").click()
+    wait_for(browser, "#retry-done", timeout=90)
+    assert browser.find_element(By.ID, "progress-text").text.startswith("2 completed, 0 failed")
+    for generation_id in failed:
+        assert stack.wait_finished(user, generation_id)["status"] == "completed"
+    assert stack.balance(user) == 300
+
+    browser.get(f"{console}?status=completed&userId={user}&generation={failed[0]}")
+    wait_for(browser, "#attempts")
+    assert [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#attempts .outcome")] == ["failed", "completed"]
+    browser.save_screenshot(str(tmp_path / "console-after-retry.png"))
+
+    # Pause and resume intake.
+    browser.find_element(By.ID, "pause-reason").send_keys("console drill")
+    browser.find_element(By.ID, "pause").click()
+    wait_for(browser, "#intake-state")
+    assert browser.find_element(By.ID, "intake-state").text == "paused"
+    assert stack.create_generation(user, POSES).status_code == 503
+    browser.find_element(By.ID, "resume").click()
+    deadline = time.monotonic() + 10
+    while browser.find_element(By.ID, "intake-state").text != "open":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    actions = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#audit .action")]
+    assert actions[:5] == ["resume_workers", "resume_intake", "pause_intake", "retry", "retry_dry_run"], actions
+    browser.save_screenshot(str(tmp_path / "console.png"))
+    assert (tmp_path / "console.png").stat().st_size > 10_000
