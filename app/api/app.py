@@ -90,9 +90,8 @@ def create_app(settings: Settings) -> Litestar:
             redis.close()
             await pool.close()
 
-    handlers: list[Any] = [GenerationController, PoseController, CreditController, MetricsController, OperatorController,
-                           ConsoleController, health, liveness,
-                           image, metrics_prometheus]
+    handlers: list[Any] = [GenerationController, PoseController, CreditController, MetricsController,
+                           OperatorController, ConsoleController, health, liveness, image, metrics_prometheus]
     if settings.flux_webhooks:
         handlers.append(flux_webhook)
     router = Router(path=API_PREFIX, route_handlers=handlers, dependencies=DEPENDENCIES)
