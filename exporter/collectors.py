@@ -5,8 +5,9 @@
 ``enqueued_at``): whatever the queue length, the cost is the same.
 
 ``pose_queue_depth``                              gauge  waiting + active jobs
-``pose_queue_jobs{state}``                        gauge  waiting, active, scheduled, deferred, failed, finished
-``pose_workers{state}``                           gauge  RQ workers on the queue: idle, busy, started, suspended
+``pose_queue_jobs{state}``                        gauge  job attempts: waiting, active (live executions only),
+                                                         scheduled, deferred, failed, finished
+``pose_workers{state}``                           gauge  RQ workers with a fresh heartbeat: idle, busy, started...
 ``pose_queue_oldest_waiting_job_age_seconds``     gauge  age of the job at the head of the queue (0 when empty)
 
 :class:`ProviderSlotsCollector` reads the provider-slot limiter's state (``pose_provider_slots_in_use``,
@@ -65,18 +66,6 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 from redis import Redis
-from rq import Queue
-from rq.job import Job
-from rq.registry import (
-    DeferredJobRegistry,
-    FailedJobRegistry,
-    FinishedJobRegistry,
-    ScheduledJobRegistry,
-    StartedJobRegistry,
-)
-from rq.utils import str_to_date
-from rq.worker import WorkerStatus
-from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from app import QUEUE_NAME
 from app.domain.audit import Action
@@ -84,72 +73,43 @@ from app.domain.intake import read_intake_pause, workers_paused
 from app.errors import ErrorType
 from app.observability.logging import get_logger
 from app.worker.limiter import read_slot_usage
+from app.worker.queue_stats import WORKER_STATES, QueueKeys, read_queue_counts
 
 log = get_logger("Metrics")
 
-WORKER_STATES = tuple(status.value for status in WorkerStatus)
-
 
 class QueueCollector(Collector):
-    """The RQ queue and its workers, from Redis."""
+    """The RQ queue and its live workers, from Redis (:func:`app.worker.queue_stats.read_queue_counts`)."""
 
     def __init__(self, redis: Redis, queue_name: str = QUEUE_NAME) -> None:
-        queue = Queue(queue_name, connection=redis)
         self._redis = redis
-        self._queue_key = queue.key
-        self._registry_keys = {
-            "active": StartedJobRegistry(queue=queue).key,
-            "scheduled": ScheduledJobRegistry(queue=queue).key,
-            "deferred": DeferredJobRegistry(queue=queue).key,
-            "failed": FailedJobRegistry(queue=queue).key,
-            "finished": FinishedJobRegistry(queue=queue).key,
-        }
-        self._workers_key = WORKERS_BY_QUEUE_KEY % queue_name
+        self._keys = QueueKeys.of(redis, queue_name)
 
     def collect(self) -> Iterator[Metric]:
-        with self._redis.pipeline(transaction=False) as pipe:
-            pipe.llen(self._queue_key)
-            for key in self._registry_keys.values():
-                pipe.zcard(key)
-            pipe.smembers(self._workers_key)
-            pipe.lindex(self._queue_key, 0)
-            waiting, *registry_counts, worker_keys, head_job_id = pipe.execute()
-        jobs = {"waiting": int(waiting), **dict(zip(self._registry_keys, map(int, registry_counts), strict=True))}
-        worker_states, enqueued_at = self._worker_states_and_head(sorted(worker_keys), head_job_id)
-
-        states = GaugeMetricFamily("pose_queue_jobs", "Jobs of the pose-generation queue by state", labels=["state"])
+        now = time.time()
+        counts = read_queue_counts(self._redis, self._keys, with_workers=True, now=now)
+        jobs = {"waiting": counts.waiting, "active": counts.active, "scheduled": counts.scheduled,
+                "deferred": counts.deferred, "failed": counts.failed, "finished": counts.completed}
+        states = GaugeMetricFamily(
+            "pose_queue_jobs",
+            "Job attempts of the pose-generation queue by state (active: live executions only)", labels=["state"])
         for state, count in jobs.items():
             states.add_metric([state], count)
         yield states
-        yield GaugeMetricFamily("pose_queue_depth", "Jobs waiting or running on the pose-generation queue",
-                                value=jobs["waiting"] + jobs["active"])
-        workers = GaugeMetricFamily("pose_workers", "RQ workers of the pose-generation queue by state",
-                                    labels=["state"])
+        yield GaugeMetricFamily("pose_queue_depth", "Jobs waiting or running (live executions) on the queue",
+                                value=counts.depth)
+        workers = GaugeMetricFamily(
+            "pose_workers", "RQ workers of the pose-generation queue by state, with a fresh heartbeat",
+            labels=["state"])
         for state in WORKER_STATES:
-            workers.add_metric([state], sum(1 for s in worker_states if s == state))
+            workers.add_metric([state], counts.workers.get(state, 0))
         yield workers
-        age = max(0.0, time.time() - enqueued_at) if enqueued_at is not None else 0.0
+        enqueued_at = counts.oldest_waiting_enqueued_at
+        age = max(0.0, now - enqueued_at) if enqueued_at is not None else 0.0
         yield GaugeMetricFamily("pose_queue_oldest_waiting_job_age_seconds",
                                 "How long the job at the head of the queue has waited (0 when none waits)",
                                 value=age)
         yield from planned_pause_families(self._redis)
-
-    def _worker_states_and_head(self, worker_keys: list[bytes], head_job_id: bytes | None) -> tuple[
-            list[str], float | None]:
-        if not worker_keys and head_job_id is None:
-            return [], None
-        with self._redis.pipeline(transaction=False) as pipe:
-            for key in worker_keys:
-                pipe.hget(key, "state")
-            if head_job_id is not None:
-                pipe.hget(Job.key_for(head_job_id.decode()), "enqueued_at")
-            replies = pipe.execute()
-        # A worker killed without unregistering keeps its set entry until RQ cleans up; its hash expires.
-        states = [reply.decode() for reply in replies[: len(worker_keys)] if reply is not None]
-        enqueued_at = None
-        if head_job_id is not None and replies[-1]:
-            enqueued_at = str_to_date(replies[-1]).timestamp()
-        return states, enqueued_at
 
 
 class ProviderSlotsCollector(Collector):

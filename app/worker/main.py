@@ -12,8 +12,11 @@ from typing import Any
 import psycopg
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.exceptions import StopRequested
+from rq.job import Job
 
+from app.db.connect import pg_connect_kwargs
 from app.errors import ControlNetError
 from app.observability.logging import get_logger
 from app.observability.worker_metrics import WorkerMetricsEndpoint, use_metrics_group
@@ -23,6 +26,7 @@ from app.worker.job_failures import CountingWorker
 from app.worker.jobs import use_settings
 from app.worker.limiter import advertise_limit
 from app.worker.queue import make_queue, make_redis, make_retry_queue
+from app.worker.queue_stats import JOB_MONITORING_INTERVAL_SECONDS, WORKER_TTL_SECONDS
 from app.worker.reaper import Reaper
 
 log = get_logger("Worker")
@@ -30,14 +34,30 @@ log = get_logger("Worker")
 # How often an idle worker looks at RQ's suspension flag (``posegen ops pause --scope workers``, ``rq suspend``).
 SUSPENSION_CHECK_SECONDS = 1
 
+# How long past its last heartbeat a running execution stays in RQ's started registry. RQ adds 60 s to
+# the monitoring interval; half a minute is margin enough for a heartbeat every 10 s, and a
+# SIGKILLed execution then stops counting as active 40 s after its last heartbeat.
+EXECUTION_HEARTBEAT_MARGIN_SECONDS = 30
+
 
 class PoseWorker(CountingWorker):
-    """RQ's worker (counting failed jobs), honouring a suspension while idle too.
+    """RQ's worker (counting failed jobs) with heartbeats short enough that its death shows within a minute,
+    honouring a suspension while idle too.
 
-    RQ checks its suspension between jobs, but an idle worker sits in one blocking dequeue of up to
-    ``worker_ttl - 15`` seconds and takes whatever arrives, suspended or not. Here the wait is cut into
-    dequeues of a second with the suspension checked between them, so a drain stops idle workers
-    within a second while busy ones finish their job."""
+    ``worker_ttl`` sets the socket timeout RQ gives the connection (``worker_ttl - 15 + 10`` s): a Redis that
+    goes silent mid-``BLMOVE`` is noticed in 25 s. An idle worker dequeues in slices of a second (checking
+    RQ's suspension between them: a drain stops idle workers within a second) and heartbeats with each, so
+    :data:`app.worker.queue_stats.WORKER_STALE_SECONDS` tells a dead worker from a live one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("worker_ttl", WORKER_TTL_SECONDS)
+        kwargs.setdefault("job_monitoring_interval", JOB_MONITORING_INTERVAL_SECONDS)
+        super().__init__(*args, **kwargs)
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """Seconds until this execution's started-registry entry expires without a new heartbeat."""
+        remaining = (job.timeout - working_time) if job.timeout and job.timeout > 0 else self.job_monitoring_interval
+        return int(min(remaining, self.job_monitoring_interval)) + EXECUTION_HEARTBEAT_MARGIN_SECONDS
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
         if timeout is None or max_idle_time is not None:  # burst mode, or an idle limit of the caller's own
@@ -54,7 +74,7 @@ class PoseWorker(CountingWorker):
 def warm_skeleton_cache(settings: Settings) -> None:
     """Render every library pose's skeleton once here, so forked work-horses start with them cached."""
     try:
-        with psycopg.connect(settings.database_url, connect_timeout=5) as conn:
+        with psycopg.connect(settings.database_url, **pg_connect_kwargs()) as conn:
             rows = conn.execute("SELECT keypoints FROM poses").fetchall()
     except psycopg.Error as exc:
         log.warning("Could not warm the skeleton cache", error=str(exc))
@@ -68,7 +88,8 @@ def warm_skeleton_cache(settings: Settings) -> None:
 
 def worker_redis(settings: Settings) -> Redis:
     redis = make_redis(settings.redis_url)
-    # Blocking dequeues wait longer than the fail-fast socket timeout the API uses.
+    # Blocking dequeues wait longer than the fail-fast socket timeout the API uses: PoseWorker sets it
+    # just above its dequeue timeout (RQ does so for any timeout below that).
     redis.connection_pool.connection_kwargs["socket_timeout"] = None
     return redis
 
@@ -92,7 +113,8 @@ def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, in_
     """
     redis = worker_redis(settings)
     queue = make_queue(redis)
-    reaper = Reaper(settings, redis)
+    # The reaper's own client keeps the fail-fast timeouts (the worker's waits out its blocking dequeue).
+    reaper = Reaper(settings, make_redis(settings.redis_url))
     reaper.start()
     restarts = 0
     advertised = False
@@ -110,8 +132,14 @@ def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, in_
                     log.info("Worker starting", queue=queue.name, worker=worker.name, provider=settings.provider,
                              metricsPort=metrics_port or None, servingMetrics=serving, inPool=in_pool)
                 worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
-                return
-            except RedisConnectionError as exc:
+                if burst or worker._stop_requested:
+                    return
+                # RQ ends its loop on a Redis timeout outside the dequeue (a heartbeat on a connection that
+                # went silent): this process is fine, so it registers again on a fresh connection.
+                log.error("Worker loop ended without a stop request; restarting it", worker=worker.name)
+                restarts += 1
+                time.sleep(1.0)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
                 # Redis went away: wait for it rather than exit, so a Redis restart needs no worker restart.
                 log.error("Redis unreachable; worker waiting to reconnect", error=str(exc))
                 restarts += 1

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 import zlib
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from psycopg import AsyncConnection
@@ -48,6 +49,16 @@ from app.worker.limiter import ProviderSlots
 
 log = get_logger("Worker")
 
+# Every statement of a job ends within this (including the wait for the job's one connection): a
+# database that stops answering without closing the connection then fails the attempt in bounded time
+# (psycopg cancels the statement and closes the connection), and the reaper re-queues it once its lease
+# lapses, instead of the work-horse waiting until the job timeout.
+DB_STEP_SECONDS = 10.0
+
+
+class DatabaseSilentError(TimeoutError):
+    """The job's PostgreSQL connection gave no answer within DB_STEP_SECONDS: the attempt is abandoned."""
+
 
 class GenerationPipeline:
     def __init__(
@@ -70,7 +81,7 @@ class GenerationPipeline:
 
     async def run(self, generation_id: str, attempt: int) -> str | None:
         """Process the generation; returns its final status, or None when it was not ours to run."""
-        async with self._db:
+        async with self._database():
             claimed = await claim_generation(self._conn, generation_id, attempt, self._settings.lease_seconds)
         if claimed is None:
             log.warning("Generation not claimable; skipping job", generationId=generation_id, attempt=attempt)
@@ -87,14 +98,21 @@ class GenerationPipeline:
         log.info("Processing generation job", generationId=generation_id, poseCount=len(claimed.poses),
                  attempt=attempt, userId=claimed.user_id)
         heartbeat = asyncio.create_task(self._heartbeat(claimed))
+        poses = asyncio.gather(*(tracing.trace_pose(self._run_pose(claimed, pose), claimed, pose)
+                                 for pose in claimed.poses))
         try:
-            await asyncio.gather(*(tracing.trace_pose(self._run_pose(claimed, pose), claimed, pose)
-                                   for pose in claimed.poses))
+            await asyncio.wait({heartbeat, poses}, return_when=asyncio.FIRST_COMPLETED)
+            if heartbeat.done() and heartbeat.exception() is not None:
+                poses.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await poses
+                raise heartbeat.exception()  # type: ignore[misc]
+            await poses
         finally:
             heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await heartbeat
-        async with self._db:
+        async with self._database():
             finished = await finish_generation(self._conn, generation_id, attempt)
         if finished is None:
             log.warning("Generation ownership lost before finishing", generationId=generation_id)
@@ -111,7 +129,7 @@ class GenerationPipeline:
         interval = self._settings.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            async with self._db:
+            async with self._database():
                 ours = await extend_lease(
                     self._conn, claimed.generation_id, claimed.attempt, self._settings.lease_seconds
                 )
@@ -133,7 +151,7 @@ class GenerationPipeline:
                 error_type = _classify_timeout(exc)
                 timings = self._timings(queue_wait_ms, stages, began)
                 message = str(exc) or type(exc).__name__
-                async with self._db:
+                async with self._database():
                     recorded = await record_pose_failure(
                         self._conn, claimed, pose, error_type, message, timings
                     )
@@ -142,7 +160,7 @@ class GenerationPipeline:
                 error_tracking.capture_pose_failure(exc, claimed, pose.pose_id, error_type)
                 return
             timings = self._timings(queue_wait_ms, stages, began)
-            async with self._db:
+            async with self._database():
                 await record_pose_success(self._conn, claimed, pose, image_key, timings)
             performance_tracker.record(POSE_TOTAL, timings.duration_ms or 0, **meta)
             log.info("Generated pose successfully", duration=timings.duration_ms, **meta)
@@ -176,6 +194,17 @@ class GenerationPipeline:
             await self._storage.put(key, image, "image/png")
         stages["upload"] = int(step.duration_ms)
         return key
+
+    @contextlib.asynccontextmanager
+    async def _database(self) -> AsyncIterator[None]:
+        """The job's connection, for one step bounded by DB_STEP_SECONDS; raises DatabaseSilentError."""
+        try:
+            async with asyncio.timeout(DB_STEP_SECONDS), self._db:
+                yield
+        except TimeoutError as exc:
+            if isinstance(exc, DatabaseSilentError):
+                raise
+            raise DatabaseSilentError(f"PostgreSQL gave no answer within {DB_STEP_SECONDS:g} s") from exc
 
     def _pose_deadline(self) -> float:
         # The provider enforces its own deadline; this bounds everything else around it.

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
+import time
 from concurrent.futures import Future
 from concurrent.futures import InvalidStateError as FutureStateError
 from queue import SimpleQueue
@@ -12,6 +14,8 @@ from typing import Any
 from redis import Redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
+from rq.executions import ExecutionRegistry
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job, JobStatus
 
 from app import QUEUE_NAME, RETRY_QUEUE_NAME
@@ -24,9 +28,25 @@ log = get_logger("API")
 JOB_TIMEOUT_SECONDS = 3600
 
 
+# TCP keepalive probes after 10 s idle, every 5 s, 3 missed: a connection whose route died breaks in ~25 s.
+REDIS_KEEPALIVE_OPTIONS = {socket.TCP_KEEPIDLE: 10, socket.TCP_KEEPINTVL: 5, socket.TCP_KEEPCNT: 3}
+# A pooled connection idle this long is PINGed before use, so a silently dead one is replaced, not used.
+REDIS_HEALTH_CHECK_SECONDS = 10
+
+
+def redis_options(socket_timeout: float | None = 2.0) -> dict[str, Any]:
+    """redis-py client options shared by every long-lived client (sync and asyncio): bounded connect and
+    reads (``socket_timeout``: a peer that stops answering fails the command instead of hanging it),
+    TCP keepalives and a health check of connections that sat idle."""
+    return {
+        "socket_connect_timeout": 1.0, "socket_timeout": socket_timeout, "socket_keepalive": True,
+        "socket_keepalive_options": REDIS_KEEPALIVE_OPTIONS, "health_check_interval": REDIS_HEALTH_CHECK_SECONDS,
+    }
+
+
 def make_redis(redis_url: str) -> Redis:
-    """A client that fails fast when Redis is unreachable, so the API can answer 503 quickly."""
-    return Redis.from_url(redis_url, socket_connect_timeout=1.0, socket_timeout=2.0, health_check_interval=30)
+    """A client that fails fast when Redis is unreachable or silent, so the API can answer 503 quickly."""
+    return Redis.from_url(redis_url, **redis_options())
 
 
 def make_queue(connection: Redis) -> Queue:
@@ -131,13 +151,43 @@ class BatchEnqueuer:
                 pass
 
 
-# States in which a job will still run (or is running); failed, finished, stopped, canceled never will.
-_PENDING = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED}
+def job_pending(connection: Redis, job_id: str, now: float | None = None) -> bool:
+    """True while the job will still run: it waits in the queue's list, is deferred or scheduled, or a live
+    execution runs it (its heartbeat has not expired).
 
-
-def job_pending(connection: Redis, job_id: str) -> bool:
-    """True while the job is waiting or running; False when it is gone or ended without finishing the work."""
-    try:
-        return Job.fetch(job_id, connection=connection).get_status(refresh=False) in _PENDING
-    except NoSuchJobError:
+    False when it is gone, ended, or held by nobody: a job RQ still calls ``queued`` that sits in no list
+    was handed to a worker whose blocking dequeue never got the answer (the connection went silent), and
+    an execution whose heartbeat expired belongs to a dead work-horse.
+    """
+    now = time.time() if now is None else now
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.hmget(Job.key_for(job_id), "status", "origin")
+        pipe.zcount(ExecutionRegistry(job_id, connection).key, f"({now}", "+inf")
+        (status, origin), live_executions = pipe.execute()
+    if status is None:
         return False
+    state = status.decode()
+    if state in (JobStatus.DEFERRED, JobStatus.SCHEDULED):
+        return True
+    if state == JobStatus.QUEUED:  # in the list of the queue it was enqueued on (new work or retries)
+        queue = Queue(origin.decode(), connection=connection) if origin else make_queue(connection)
+        return connection.lpos(queue.key, job_id) is not None
+    if state == JobStatus.STARTED:
+        return int(live_executions) > 0
+    return False
+
+
+def retire_attempt(connection: Redis, job_id: str) -> None:
+    """Remove an abandoned attempt's job from every RQ list and registry (queue, intermediate list of a lost
+    dequeue, started, failed) and delete it, so a re-queued generation's earlier attempt is never counted as
+    running or failed, and RQ's maintenance never turns it into a failure. Idempotent."""
+    queue = make_queue(connection)
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        job = None
+    with connection.pipeline() as pipe:
+        pipe.lrem(IntermediateQueue.get_intermediate_queue_key(queue.key), 0, job_id)
+        if job is not None:
+            job.delete(pipeline=pipe)
+        pipe.execute()

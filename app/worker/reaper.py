@@ -13,28 +13,38 @@ import threading
 from psycopg import AsyncConnection
 from redis import Redis
 
-from app.domain.processing import reap_abandoned
+from app.db.connect import pg_connect_kwargs
+from app.domain.processing import job_id_for, reap_abandoned
 from app.observability.logging import get_logger
 from app.settings import Settings
-from app.worker.queue import enqueue_generation, job_pending, make_queue
+from app.worker.queue import enqueue_generation, job_pending, make_queue, retire_attempt
 
 log = get_logger("Worker")
 
 
 async def reap_once(settings: Settings, redis: Redis) -> int:
-    """One pass; returns how many generations it re-queued or finished."""
-    async with await AsyncConnection.connect(settings.database_url, autocommit=True, connect_timeout=5) as conn:
-        result = await reap_abandoned(
-            conn, max_attempts=settings.max_attempts, job_pending=lambda job_id: job_pending(redis, job_id),
-            queued_check_seconds=settings.queued_check_seconds,
-        )
+    """One pass; returns how many generations it re-queued or finished. Bounded by :func:`pass_deadline`:
+    a database that stops answering mid-pass fails the pass (psycopg cancels and closes), never the thread."""
+    async with asyncio.timeout(pass_deadline(settings)):
+        async with await AsyncConnection.connect(settings.database_url, autocommit=True,
+                                                 **pg_connect_kwargs()) as conn:
+            result = await reap_abandoned(
+                conn, max_attempts=settings.max_attempts, job_pending=lambda job_id: job_pending(redis, job_id),
+                queued_check_seconds=settings.queued_check_seconds,
+            )
     queue = make_queue(redis)
     for generation_id, attempt in result.requeue:
         enqueue_generation(queue, generation_id, attempt)
+        retire_attempt(redis, job_id_for(generation_id, attempt - 1))
         log.warning("Re-queued abandoned generation", generationId=generation_id, attempt=attempt)
     for generation_id in result.failed:
         log.error("Abandoned generation failed after its last attempt", generationId=generation_id)
     return len(result.requeue) + len(result.failed)
+
+
+def pass_deadline(settings: Settings) -> float:
+    """Seconds one reaper pass may take: a pass is milliseconds of work, so this only ends a stuck one."""
+    return max(15.0, 3 * settings.reaper_interval_seconds)
 
 
 class Reaper(threading.Thread):
