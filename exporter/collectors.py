@@ -51,6 +51,9 @@ failing or hanging never breaks the scrape; it adds ``pose_exporter_up{source}``
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -68,6 +71,7 @@ from prometheus_client.utils import floatToGoString
 from redis import Redis
 
 from app import QUEUE_NAME
+from app.db.connect import pg_connect_kwargs
 from app.domain.audit import Action
 from app.domain.intake import read_intake_pause, workers_paused
 from app.errors import ErrorType
@@ -246,6 +250,9 @@ ABANDON_REASONS = ("lease_expired", "job_lost")
 # Rows of each delta kind one scrape folds: a few ms, so a backlog drains over a few scrapes.
 SCRAPE_FOLD_ROWS = 2000
 
+# A read this many deadlines old is stuck (statement_timeout ends a slow one at 0.8 deadlines).
+STUCK_READ_FACTOR = 3
+
 
 class SourceBusy(RuntimeError):
     """A previous read of the source has not returned yet."""
@@ -285,8 +292,7 @@ class DomainCollector(Collector):
         if self._conn is None:
             self._conn = self._connect()
         try:
-            self._fold()
-            return self._conn.execute(_READ_SQL).fetchall()
+            return self._execute(self._conn, fold=True)
         except psycopg.OperationalError:
             if not (self._conn.broken or self._conn.closed):
                 raise  # e.g. the statement timed out: the connection itself is fine
@@ -295,7 +301,21 @@ class DomainCollector(Collector):
             if not reused:
                 raise
         self._conn = self._connect()
-        return self._conn.execute(_READ_SQL).fetchall()
+        return self._execute(self._conn)
+
+    def _execute(self, conn: psycopg.Connection[Any], *, fold: bool = False) -> list[tuple[Any, ...]]:
+        """The read, on a watchdog: a server that stops answering without closing (a hung proxy, a dropped
+        route the kernel has not noticed yet) would leave this thread, and every later scrape, waiting for
+        ever. Past STUCK_READ_FACTOR deadlines the socket is shut down, which fails the read at once."""
+        watchdog = threading.Timer(self._timeout * STUCK_READ_FACTOR, _shut_down_socket, (conn,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            if fold:
+                self._fold()
+            return conn.execute(_READ_SQL).fetchall()
+        finally:
+            watchdog.cancel()
 
     def _fold(self) -> None:
         """Fold a bounded batch of deltas first, as the admin readers do, so a burst of writes that no
@@ -310,12 +330,19 @@ class DomainCollector(Collector):
 
     def _connect(self) -> psycopg.Connection[Any]:
         # libpq waits at least 2 s to connect; SourcesCollector's deadline bounds the scrape anyway.
-        conn = psycopg.connect(self._database_url, autocommit=True, connect_timeout=2,
-                               application_name="posegen-exporter", tcp_user_timeout=int(self._timeout * 1000))
+        conn = psycopg.connect(self._database_url, autocommit=True, application_name="posegen-exporter",
+                               **pg_connect_kwargs(connect_timeout=2, tcp_user_timeout_ms=int(self._timeout * 1000)))
         statement_ms = int(self._timeout * 800)
         conn.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
                      (str(statement_ms), str(statement_ms // 2)))
         return conn
+
+
+def _shut_down_socket(conn: psycopg.Connection[Any]) -> None:
+    # shutdown(2) acts on the socket itself, so it wakes libpq's wait on its own descriptor.
+    with contextlib.suppress(OSError, psycopg.Error):
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _domain_families(rows: Iterable[tuple[Any, ...]]) -> Iterator[Metric]:

@@ -24,6 +24,7 @@ from app.observability.build_info import BuildInfoCollector
 from app.observability.fleet_metrics import FleetMetricsCollector
 from app.observability.logging import get_logger
 from app.settings import Settings
+from app.worker.queue import REDIS_KEEPALIVE_OPTIONS
 from exporter.collectors import (
     CombinedCollector,
     DomainCollector,
@@ -42,6 +43,7 @@ SOURCE_TIMEOUT_SECONDS = 1.0
 def make_exporter_redis(redis_url: str, timeout_seconds: float = SOURCE_TIMEOUT_SECONDS) -> Redis:
     """A client that gives up within the deadline: socket timeouts and no retries (redis-py retries by default)."""
     return Redis.from_url(redis_url, socket_connect_timeout=timeout_seconds, socket_timeout=timeout_seconds,
+                          socket_keepalive=True, socket_keepalive_options=REDIS_KEEPALIVE_OPTIONS,
                           retry=Retry(NoBackoff(), 0))
 
 

@@ -25,7 +25,9 @@ RUNBOOKS = ALERTS / "runbooks"
 ALERTMANAGER = ALERTS / "alertmanager.yml"
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 
-RECEIVER_BY_SEVERITY = {"critical": "pager", "warning": "chat"}
+RECEIVER_BY_SEVERITY = {"critical": "pager", "warning": "chat", "none": "deadman"}
+# Alerts that fire by design whatever the input: no "quiet" or "idle" case exists for them.
+ALWAYS_FIRING = {"Watchdog"}
 AREAS = {"generation", "performance", "queue", "credits", "workers", "availability", "monitoring"}
 
 HISTOGRAMS = {
@@ -175,8 +177,34 @@ def test_every_alert_has_a_firing_a_just_below_and_an_idle_test_case() -> None:
                     below.add(case["alertname"])
     alerts = {alert["alert"] for alert in load_alerts()}
     assert alerts - fires == set(), "alerts without a test where they fire"
+    alerts -= ALWAYS_FIRING
     assert alerts - below == set(), "alerts without a test just below their threshold"
     assert alerts - idle == set(), "alerts without an idle (no traffic) test"
+
+
+def instant_value_alerts() -> list[dict]:
+    """Alerts whose expression reads a scraped series as an instant vector (no range, not a recording rule):
+    one missed scrape (a staleness marker) empties it for an evaluation."""
+    return [alert for alert in load_alerts()
+            if alert["alert"] not in ALWAYS_FIRING and "[" not in alert["expr"]
+            and any(not name.startswith("posegen:") for name in metric_names(alert["expr"]))]
+
+
+def test_alerts_over_instant_values_keep_firing_through_a_missed_scrape() -> None:
+    """keep_firing_for on each, and a promtool case named "stale: <Alert> ..." proving it fires through a
+    stale sample (alerts/tests/stale.test.yml, monitoring.test.yml)."""
+    alerts = instant_value_alerts()
+    assert {"QueueOverloaded", "WorkerDowntime", "ExporterSourceDown"} <= {a["alert"] for a in alerts}
+    stale_cases: set[str] = set()
+    for path in RULE_TESTS:
+        for group in yaml.safe_load(path.read_text())["tests"]:
+            if group["name"].startswith("stale:"):
+                cases = group.get("alert_rule_test", [])
+                stale_cases |= {case["alertname"] for case in cases if case.get("exp_alerts")}
+    for alert in alerts:
+        name = alert["alert"]
+        assert alert.get("keep_firing_for"), f"{name}: one missed scrape would resolve it; add keep_firing_for"
+        assert name in stale_cases, f"{name}: no promtool 'stale:' case"
 
 
 def test_ratios_divide_only_by_positive_denominators() -> None:
@@ -261,8 +289,18 @@ def test_receivers_read_their_destinations_from_files() -> None:
     receivers = {receiver["name"]: receiver for receiver in config["receivers"]}
     pager = receivers["pager"]["pagerduty_configs"][0]
     chat = receivers["chat"]["slack_configs"][0]
+    deadman = receivers["deadman"]["slack_configs"][0]
     assert pager["routing_key_file"] == "/etc/posegen/alertmanager/pager_routing_key"
     assert chat["api_url_file"] == "/etc/posegen/alertmanager/chat_url"
+    assert deadman["api_url_file"] == "/etc/posegen/alertmanager/deadman_url"
+
+
+def test_watchdog_goes_to_the_dead_mans_switch_and_repeats_often() -> None:
+    result = routes("alertname=Watchdog", "severity=none", "area=monitoring", verify="deadman")
+    assert result.returncode == 0, result.stdout + result.stderr
+    route = next(r for r in yaml.safe_load(ALERTMANAGER.read_text())["route"]["routes"]
+                 if r["receiver"] == "deadman")
+    assert route["repeat_interval"] == "5m"
 
 
 def test_deploy_prometheus_config_is_valid_and_scrapes_the_jobs_the_rules_select() -> None:

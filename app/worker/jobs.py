@@ -17,7 +17,7 @@ from app.providers.factory import build_provider
 from app.settings import Settings
 from app.storage.factory import build_storage
 from app.worker.limiter import ProviderSlots, retry_slot_limit
-from app.worker.pipeline import GenerationPipeline
+from app.worker.pipeline import DatabaseSilentError, GenerationPipeline
 from app.worker.queue import redis_options
 
 log = get_logger("Worker")
@@ -58,7 +58,14 @@ async def run_generation(settings: Settings, generation_id: str, attempt: int) -
         async with await AsyncConnection.connect(settings.database_url, autocommit=True,
                                                  **pg_connect_kwargs()) as conn:
             pipeline = GenerationPipeline(settings, conn, provider, storage, slots)
-            return await pipeline.run(generation_id, attempt)
+            try:
+                return await pipeline.run(generation_id, attempt)
+            except DatabaseSilentError as exc:
+                # The attempt is abandoned, not failed: its lease lapses and the reaper re-queues the
+                # generation. Ending the job normally keeps the attempt out of RQ's failed registry.
+                log.error("Database silent; attempt abandoned", generationId=generation_id, attempt=attempt,
+                          error=str(exc))
+                return None
     finally:
         await provider.aclose()
         await storage.aclose()
