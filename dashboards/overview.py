@@ -87,14 +87,17 @@ def timeseries(
 def quantiles(metric: str, by: str = "", levels: tuple[int, ...] = (50, 95)) -> list[Target]:
     """Quantiles (percent) of a histogram across all instances over five minutes, optionally per label.
 
-    ``metric`` may end in a selector (``name{job=~"$job"}``), which then applies to its buckets."""
+    ``metric`` may end in a selector (``name{job=~"$job"}``), which then applies to its buckets and count.
+    Only where something was observed in the window: histogram_quantile of all-zero buckets is NaN."""
     labels = f"le, {by}" if by else "le"
     series = f" {{{{{by}}}}}" if by else ""
     name, _, selector = metric.partition("{")
     buckets = f"{name}_bucket{{{selector}" if selector else f"{name}_bucket"
+    count = f"{name}_count{{{selector}" if selector else f"{name}_count"
+    observed = f"and on ({by}) (sum by ({by}) (rate({count}[5m])) > 0)"
     return [
         target(
-            f"histogram_quantile({q / 100}, sum by ({labels}) (rate({buckets}[5m])))",
+            f"histogram_quantile({q / 100}, sum by ({labels}) (rate({buckets}[5m])) {observed})",
             f"p{q}{series}",
             chr(ord("A") + index),
         )
@@ -365,7 +368,8 @@ def api_panels() -> list[tuple[int, Panel]]:
                 [
                     target(
                         "histogram_quantile(0.95,"
-                        " sum by (le, route) (rate(pose_http_request_duration_seconds_bucket[5m])))",
+                        " sum by (le, route) (rate(pose_http_request_duration_seconds_bucket[5m]))"
+                        " and on (route) (sum by (route) (rate(pose_http_request_duration_seconds_count[5m])) > 0))",
                         "{{route}}",
                     )
                 ],
@@ -401,7 +405,7 @@ def api_panels() -> list[tuple[int, Panel]]:
                 [
                     target(
                         "sum by (kind) (rate(pose_api_batch_size_sum[5m]))"
-                        " / sum by (kind) (rate(pose_api_batch_size_count[5m]))",
+                        " / (sum by (kind) (rate(pose_api_batch_size_count[5m])) > 0)",
                         "{{kind}}",
                     )
                 ],

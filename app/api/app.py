@@ -27,7 +27,13 @@ from app.api.generation_creates import GenerationCreator
 from app.api.generation_reads import GenerationReader
 from app.api.generations import GenerationController
 from app.api.health import health, liveness
-from app.api.http_metrics import BUILD_INFO, http_metrics_middleware, metrics_prometheus, scrape_registry
+from app.api.http_metrics import (
+    BUILD_INFO,
+    create_route_series,
+    http_metrics_middleware,
+    metrics_prometheus,
+    scrape_registry,
+)
 from app.api.images import image
 from app.api.metrics import MetricsController
 from app.api.poses import PoseController
@@ -114,4 +120,5 @@ def create_app(settings: Settings) -> Litestar:
     BUILD_INFO.revision = settings.revision
     app.state.flux_webhook_secret = webhook_secret(settings)
     app.state.metrics_registry = scrape_registry(settings.prometheus_multiproc_dir)
+    create_route_series(app)
     return app

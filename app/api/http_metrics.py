@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-from litestar import Response, get
+from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.params import Parameter
+from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -44,6 +45,27 @@ _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 # Labelled children by (method, route template, status): both sets are bounded, and looking a child up
 # here skips prometheus-client's label validation and lock on every request.
 _children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+# Status codes whose request counters exist at 0 on every route from start-up. A labelled counter born at
+# its first increment hides that increment from rate()/increase(): the first burst of 503s on a route
+# would read as a 0% error ratio. These are the codes the API answers with (successes, the client errors
+# it raises, the server errors of a bug or a dependency down).
+ZERO_STATUS_CODES = ("200", "201", "202", "400", "401", "403", "404", "409", "422", "429", "500", "503")
+_PRECREATED_METHODS = _METHODS - {"HEAD", "OPTIONS"}
+
+
+def create_route_series(app: Litestar) -> None:
+    """Create every route's request counters (methods x :data:`ZERO_STATUS_CODES`) and latency histograms
+    at 0, plus unmatched 404s."""
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute):
+            continue
+        for method in sorted(set(route.methods) & _PRECREATED_METHODS):
+            LATENCY.labels(method, route.path_format)
+            for code in ZERO_STATUS_CODES:
+                REQUESTS.labels(method, route.path_format, code)
+    REQUESTS.labels("GET", "unmatched", "404")
 
 
 def http_metrics_middleware(app: ASGIApp) -> ASGIApp:

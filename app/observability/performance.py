@@ -26,11 +26,15 @@ QUEUE_WAIT = "queue_wait"
 DB_QUERY = "db_query"
 CONTROLNET_RENDER = "controlnet_render"
 
+# The operations of a generation job, which a worker's /metrics shows at 0 before the first job.
+JOB_OPERATIONS = (CONTROLNET_RENDER, FLUX_API_CALL, IMAGE_UPLOAD, POSE_TOTAL, QUEUE_WAIT)
+OPERATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
 OPERATION_SECONDS = Histogram(
     "pose_operation_duration_seconds",
     "Duration of measured operations (FLUX call, upload, pose total, queue wait, DB query)",
     ["operation"],
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+    buckets=OPERATION_BUCKETS,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -31,7 +31,7 @@ from redis import Redis
 
 from app.observability.build_info import BuildInfoCollector
 from app.observability.logging import get_logger
-from app.observability.performance import OPERATION_SECONDS
+from app.observability.performance import JOB_OPERATIONS, OPERATION_BUCKETS, OPERATION_SECONDS
 
 KEY_PREFIX = "posegen:worker-operations:"
 # A hash nobody adds to for a week (a host that is gone) expires; Prometheus reads a later one as a reset.
@@ -107,6 +107,12 @@ class OperationStatsCollector(Collector):
                 buckets[operation][float(rest[0])] = float(value)
             else:
                 sums[operation] = float(value)
+        # Every job operation exists from the first scrape, at 0 until observed: rate() then sees the
+        # first observation (a series born with it would hide it).
+        for operation in JOB_OPERATIONS:
+            observed = buckets[operation]
+            for bound in (*OPERATION_BUCKETS, math.inf):
+                observed.setdefault(float(bound), 0.0)
         for operation in sorted(buckets):
             ordered = sorted(buckets[operation].items())
             family.add_metric(

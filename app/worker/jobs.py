@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
 from psycopg import AsyncConnection
 from redis.asyncio import Redis as AsyncRedis
 from rq import get_current_job
@@ -55,17 +56,18 @@ async def run_generation(settings: Settings, generation_id: str, attempt: int) -
     slots = ProviderSlots(redis, settings.provider_concurrency,
                           retry_limit=retry_slot_limit(settings.provider_concurrency, settings.retry_slot_share))
     try:
-        async with await AsyncConnection.connect(settings.database_url, autocommit=True,
-                                                 **pg_connect_kwargs()) as conn:
-            pipeline = GenerationPipeline(settings, conn, provider, storage, slots)
-            try:
+        try:
+            async with await AsyncConnection.connect(settings.database_url, autocommit=True,
+                                                     **pg_connect_kwargs()) as conn:
+                pipeline = GenerationPipeline(settings, conn, provider, storage, slots)
                 return await pipeline.run(generation_id, attempt)
-            except DatabaseSilentError as exc:
-                # The attempt is abandoned, not failed: its lease lapses and the reaper re-queues the
-                # generation. Ending the job normally keeps the attempt out of RQ's failed registry.
-                log.error("Database silent; attempt abandoned", generationId=generation_id, attempt=attempt,
-                          error=str(exc))
-                return None
+        except (DatabaseSilentError, psycopg.OperationalError) as exc:
+            # The database went silent or away: the attempt is abandoned, not failed. Its lease lapses and
+            # the reaper re-queues the generation; ending the job normally keeps this attempt out of RQ's
+            # failed registry (what a generation's outcome is, the database says).
+            log.error("Database unavailable; attempt abandoned", generationId=generation_id, attempt=attempt,
+                      error=f"{type(exc).__name__}: {exc}")
+            return None
     finally:
         await provider.aclose()
         await storage.aclose()

@@ -1,0 +1,155 @@
+"""Every dashboard and rule expression stays a number, and no alert fires, when nothing happens.
+
+The series are the real ones: the shared stack's API and worker and an exporter are scraped once, just
+after start-up, and their samples (labels as the processes expose them, with ``job``/``instance`` as
+Prometheus adds them) become the input of a ``promtool test rules`` file in three shapes:
+
+- **idle**: every series flat for two hours (no traffic at all);
+- **just started**: every series only a few scrapes old (the first minutes after a deploy);
+- **stale**: every series stops after an hour (the targets went away; Prometheus marks them stale).
+
+Each expression of each built dashboard panel and each recording rule and alert is checked at several
+times of each shape for NaN and ±Inf samples; in the idle and just-started shapes no alert may fire
+(Watchdog excepted) at any evaluation, so none can flap either.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.stack import Process, Stack, free_port
+from tests.test_live_monitoring import RULE_FILES, panel_targets, substitute
+
+INTERVAL = "30s"
+ALWAYS_FIRING = {"Watchdog"}
+
+
+def scrape(url: str) -> str:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            answer = httpx.get(url, timeout=5)
+            if answer.status_code == 200:
+                return answer.text
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, f"no metrics at {url}"
+        time.sleep(0.2)
+
+
+def selector(name: str, labels: dict[str, str]) -> str:
+    def quote(value: str) -> str:
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+    return name + "{" + ",".join(f"{key}={quote(value)}" for key, value in sorted(labels.items())) + "}"
+
+
+def samples(text: str, job: str, instance: str) -> dict[str, float]:
+    """pose_* samples of one exposition as promtool series selectors, with the target's job and instance."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.startswith("pose_") or sample.name.endswith("_created"):
+                continue
+            found[selector(sample.name, {**sample.labels, "job": job, "instance": instance})] = sample.value
+    found[selector("up", {"job": job, "instance": instance})] = 1.0
+    return found
+
+
+@pytest.fixture(scope="module")
+def just_started(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, float]]:
+    """Every series the API, a worker and the exporter expose at start-up, with its value."""
+    tmp = tmp_path_factory.mktemp("idle")
+    port = free_port()
+    exporter = Process(["exporter", "--port", str(port)], stack.env, tmp / "exporter.log")
+    try:
+        series = {
+            **samples(scrape(f"{stack.base_url}/api/apps/pose-generator/metrics-prometheus"), "posegen-api",
+                      f"127.0.0.1:{stack.port}"),
+            **samples(scrape(f"http://127.0.0.1:{stack.workers[0].metrics_port}/metrics"), "posegen-worker",
+                      f"127.0.0.1:{stack.workers[0].metrics_port}"),
+            **samples(scrape(f"http://127.0.0.1:{port}/metrics"), "posegen-exporter", f"127.0.0.1:{port}"),
+        }
+    finally:
+        exporter.stop()
+    yield series
+
+
+def expressions() -> list[tuple[str, str]]:
+    """(where, PromQL) of every panel target and every rule (recorded name and expression)."""
+    found = [(f"{dashboard} / {title}", substitute(expr)) for dashboard, title, expr in panel_targets()]
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]:
+            for rule in group["rules"]:
+                name = rule.get("record") or rule.get("alert")
+                found.append((f"{path.name} / {name}", rule["expr"]))
+                if "record" in rule:
+                    found.append((f"{path.name} / {name} (recorded)", rule["record"]))
+    return found
+
+
+def alert_names() -> list[str]:
+    return [rule["alert"] for path in RULE_FILES
+            for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+            for rule in group["rules"] if "alert" in rule]
+
+
+def not_a_number_count(expr: str) -> str:
+    """How many samples of ``expr`` are NaN or ±Inf (NaN is the one value not equal to itself); 0 when none."""
+    return f"count((({expr}) != ({expr})) or (abs({expr}) == +Inf)) or vector(0)"
+
+
+SHAPES: dict[str, dict[str, Any]] = {
+    # values per series (V is its scraped value), evaluation times, whether alerts must stay silent
+    "idle": {"values": "{v}x240", "times": ["5m", "30m", "1h", "90m", "2h"], "quiet": True},
+    "just started": {"values": "{v}x8", "times": ["0m", "30s", "1m", "2m", "4m"], "quiet": True},
+    "stale": {"values": "{v}x120 stale", "times": ["59m", "61m", "65m", "90m", "2h"], "quiet": False},
+}
+
+
+def promtool_file(tmp: Path, series: dict[str, float]) -> Path:
+    checks = expressions()
+    tests = []
+    for shape, spec in SHAPES.items():
+        input_series = [{"series": key, "values": spec["values"].format(v=repr(value))}
+                        for key, value in sorted(series.items())]
+        expr_tests = []
+        for _where, expr in checks:
+            for at in spec["times"]:
+                expr_tests.append({"expr": not_a_number_count(expr), "eval_time": at,
+                                   "exp_samples": [{"labels": "{}", "value": 0}]})
+        alert_tests = []
+        if spec["quiet"]:
+            quiet_times = [f"{minute}m" for minute in range(0, 121, 5)] if shape == "idle" else spec["times"]
+            alert_tests = [{"eval_time": at, "alertname": name, "exp_alerts": []}
+                           for name in alert_names() if name not in ALWAYS_FIRING for at in quiet_times]
+        tests.append({"name": shape, "interval": INTERVAL, "input_series": input_series,
+                      "promql_expr_test": expr_tests, "alert_rule_test": alert_tests})
+    path = tmp / "idle.test.yml"
+    path.write_text(yaml.safe_dump({"rule_files": [str(p) for p in RULE_FILES], "evaluation_interval": INTERVAL,
+                                    "tests": tests}, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_series_cover_what_the_rules_and_panels_read(just_started: dict[str, float]) -> None:
+    """The start-up scrape has the labelled series a first event must not create (see test_first_events)."""
+    assert any(key.startswith("pose_http_requests_total{") and 'status_code="503"' in key for key in just_started)
+    assert any(key.startswith("pose_operation_duration_seconds_bucket{") for key in just_started)
+    assert any(key.startswith("pose_queue_depth{") for key in just_started)
+
+
+def test_no_expression_is_nan_or_infinite_and_no_alert_fires_when_idle(
+        just_started: dict[str, float], tmp_path: Path) -> None:
+    path = promtool_file(tmp_path, just_started)
+    result = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
