@@ -20,6 +20,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from app.api.auth import decode_token
+from app.worker.queue import redis_options
 
 STORE_NAME = "rate_limit"
 
@@ -41,7 +42,7 @@ class FailOpenRedisStore(RedisStore):
 
 
 def rate_limit_store(redis_url: str) -> FailOpenRedisStore:
-    client = AsyncRedis.from_url(redis_url, socket_connect_timeout=1.0, socket_timeout=2.0)
+    client = AsyncRedis.from_url(redis_url, **redis_options())
     return FailOpenRedisStore(client, namespace="posegen-rate-limit")
 
 

@@ -12,6 +12,8 @@ from queue import SimpleQueue
 from typing import Any
 
 from redis import Redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.executions import ExecutionRegistry
@@ -45,8 +47,13 @@ def redis_options(socket_timeout: float | None = 2.0) -> dict[str, Any]:
 
 
 def make_redis(redis_url: str) -> Redis:
-    """A client that fails fast when Redis is unreachable or silent, so the API can answer 503 quickly."""
-    return Redis.from_url(redis_url, **redis_options())
+    """A client that fails fast when Redis is unreachable or silent, so the API can answer 503 quickly.
+
+    A command whose connection failed or timed out is retried twice on a fresh connection (a connection
+    that went silent is replaced, not waited on). Commands here are safe to repeat: an enqueue whose
+    answer was lost may deliver its job twice, and the second delivery finds the generation already
+    claimed and skips it."""
+    return Redis.from_url(redis_url, retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2), **redis_options())
 
 
 def make_queue(connection: Redis) -> Queue:
