@@ -1,0 +1,171 @@
+"""Notifications name every alert of their group, through the project's real receivers.
+
+A real Alertmanager runs ``alerts/alertmanager.yml`` with its receivers as they are — PagerDuty Events
+v2 (``pager``), Slack-style webhooks (``chat``, ``deadman``) — except that the destination files hold
+the addresses of a webhook sink (one path per receiver) and PagerDuty's events URL points at the sink.
+Alerts are posted to its API the way Prometheus posts them: several alerts of one rule that differ only
+in a label and in their annotations (one notification group), so ``.CommonAnnotations`` is empty and
+only a template that lists each alert says what is wrong. (Warnings of an area with a critical alert
+firing are inhibited, so the chat case uses an area without one.)
+
+Test-only changes to the copy: destinations, and group_wait/group_interval/the Watchdog's
+repeat_interval cut to seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.fakes.webhook_sink import Notification, WebhookSink
+from tests.stack import free_port
+from tests.test_live_monitoring import ALERTMANAGER_CONFIG, Daemon, ready, shorten_route_timings, wait_until
+
+RULES = Path(__file__).resolve().parent.parent / "alerts" / "rules" / "pose-generator.rules.yml"
+
+
+def rule(name: str) -> dict[str, Any]:
+    for group in yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]:
+        for found in group["rules"]:
+            if found.get("alert") == name:
+                return dict(found)
+    raise AssertionError(f"no alert {name} in {RULES}")
+
+
+def alert(name: str, summary: str, description: str, **labels: str) -> dict[str, Any]:
+    """An alert as Prometheus posts it: the rule's labels plus the series' labels, rendered annotations."""
+    spec = rule(name)
+    return {
+        "labels": {"alertname": name, **spec["labels"], **labels},
+        "annotations": {"summary": summary, "description": description,
+                        "runbook_url": spec["annotations"]["runbook_url"]},
+        "startsAt": (datetime.now(UTC) - timedelta(minutes=3)).isoformat(),
+        "endsAt": (datetime.now(UTC) + timedelta(minutes=10)).isoformat(),
+        "generatorURL": "http://prometheus.test/graph",
+    }
+
+
+def project_config(sink: WebhookSink, secrets: Path) -> dict[str, Any]:
+    """alerts/alertmanager.yml, receivers untouched but for where they deliver."""
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text(encoding="utf-8"))
+    shorten_route_timings(config["route"])
+    config["route"]["group_wait"] = "1s"
+    for route in config["route"]["routes"]:
+        if route["receiver"] == "deadman":
+            route["repeat_interval"] = "2s"
+    secrets.mkdir(parents=True, exist_ok=True)
+    for receiver in config["receivers"]:
+        for pager in receiver.get("pagerduty_configs", []):
+            key_file = secrets / "pager_routing_key"
+            key_file.write_text("test-routing-key", encoding="utf-8")
+            pager["routing_key_file"] = str(key_file)
+            pager["url"] = sink.url(receiver["name"])
+        for slack in receiver.get("slack_configs", []):
+            url_file = secrets / f"{receiver['name']}_url"
+            url_file.write_text(sink.url(receiver["name"]), encoding="utf-8")
+            slack["api_url_file"] = str(url_file)
+    return config
+
+
+class Alertmanager:
+    def __init__(self, tmp: Path, sink: WebhookSink) -> None:
+        port = free_port()
+        path = tmp / "alertmanager.yml"
+        path.write_text(yaml.safe_dump(project_config(sink, tmp / "secrets"), sort_keys=False), encoding="utf-8")
+        self.url = f"http://127.0.0.1:{port}"
+        self.daemon = Daemon(["/usr/bin/prometheus-alertmanager", f"--config.file={path}",
+                              f"--storage.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                              "--cluster.listen-address="], tmp / "alertmanager.log")
+        wait_until("Alertmanager ready", lambda: ready(f"{self.url}/-/ready"), 30, self.daemon.output)
+
+    def post(self, *alerts: dict[str, Any]) -> None:
+        answer = httpx.post(f"{self.url}/api/v2/alerts", json=list(alerts), timeout=10)
+        assert answer.status_code == 200, answer.text
+
+
+@pytest.fixture(scope="module")
+def delivered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WebhookSink, Alertmanager]]:
+    tmp = tmp_path_factory.mktemp("notifications")
+    with WebhookSink() as sink:
+        manager = Alertmanager(tmp, sink)
+        try:
+            manager.post(
+                alert("ExporterSourceDown", "The exporter cannot read redis",
+                      "The exporter failed to read redis for 2 minutes.", source="redis", instance="exporter:9108"),
+                alert("ExporterSourceDown", "The exporter cannot read postgres",
+                      "The exporter failed to read postgres for 2 minutes.", source="postgres",
+                      instance="exporter:9108"),
+                alert("KeySeriesAbsent", "No pose_queue_depth series in Prometheus", "pose_queue_depth missing.",
+                      metric="pose_queue_depth"),
+                alert("KeySeriesAbsent", "No pose_workers series in Prometheus", "pose_workers missing.",
+                      metric="pose_workers"),
+                alert("QueueDepthHigh", "Queue depth is 100 or more (busy)", "150 jobs are waiting or running.",
+                      instance="exporter:9108"),
+                alert("Watchdog", "The alerting pipeline is alive (this alert always fires)", "Always firing."),
+            )
+            yield sink, manager
+        finally:
+            manager.daemon.stop()
+
+
+def on(sink: WebhookSink, receiver: str, predicate: Any, timeout: float = 30) -> Notification:
+    found = sink.wait_for(lambda notifications: any(n.path == f"/{receiver}" and predicate(n.body)
+                                                    for n in notifications), timeout=timeout)
+    return next(n for n in found if n.path == f"/{receiver}" and predicate(n.body))
+
+
+def test_a_page_names_every_firing_alert_of_its_group(delivered: tuple[WebhookSink, Alertmanager]) -> None:
+    sink, _ = delivered
+    page = on(sink, "pager", lambda body: "ExporterSourceDown" in body.get("payload", {}).get("summary", ""))
+    summary = page.body["payload"]["summary"]
+    assert page.body["event_action"] == "trigger" and page.body["routing_key"] == "test-routing-key"
+    assert "The exporter cannot read redis" in summary and "The exporter cannot read postgres" in summary, summary
+    assert summary.startswith("[FIRING:2] ExporterSourceDown (availability):"), summary
+    details = page.body["payload"]["custom_details"]
+    assert "failed to read redis" in details["firing"] and "failed to read postgres" in details["firing"]
+    assert "alerts/runbooks/ExporterSourceDown.md" in details["runbooks"]
+
+
+def test_a_chat_message_names_every_alert_in_title_and_text(delivered: tuple[WebhookSink, Alertmanager]) -> None:
+    sink, _ = delivered
+    message = on(sink, "chat", lambda body: "KeySeriesAbsent" in body["attachments"][0]["title"])
+    attachment = message.body["attachments"][0]
+    assert "No pose_queue_depth series" in attachment["title"] and "No pose_workers series" in attachment["title"]
+    assert attachment["title"].startswith("[FIRING:2] KeySeriesAbsent (warning, monitoring):"), attachment["title"]
+    assert "pose_queue_depth missing." in attachment["text"] and "pose_workers missing." in attachment["text"]
+    single = on(sink, "chat", lambda body: "QueueDepthHigh" in body["attachments"][0]["title"])
+    assert "Queue depth is 100 or more (busy)" in single.body["attachments"][0]["title"]
+
+
+def test_a_resolved_alert_leaves_the_others_named(delivered: tuple[WebhookSink, Alertmanager]) -> None:
+    sink, manager = delivered
+    on(sink, "pager", lambda body: "ExporterSourceDown" in body.get("payload", {}).get("summary", ""))
+    resolved = alert("ExporterSourceDown", "The exporter cannot read redis",
+                     "The exporter failed to read redis for 2 minutes.", source="redis", instance="exporter:9108")
+    resolved["endsAt"] = datetime.now(UTC).isoformat()
+    manager.post(resolved)
+    page = on(sink, "pager", lambda body: body.get("payload", {}).get("summary", "").startswith(
+        "[FIRING:1] ExporterSourceDown"))
+    assert "The exporter cannot read postgres" in page.body["payload"]["summary"]
+    assert "The exporter cannot read redis" not in page.body["payload"]["summary"]
+    assert "The exporter cannot read redis" in page.body["payload"]["custom_details"]["resolved"]
+
+
+def test_the_watchdog_reaches_the_dead_mans_switch_again_and_again(
+        delivered: tuple[WebhookSink, Alertmanager]) -> None:
+    sink, _ = delivered
+
+    def pings(notifications: list[Notification]) -> list[Notification]:
+        return [n for n in notifications if n.path == "/deadman"]
+
+    found = pings(sink.wait_for(lambda notifications: len(pings(notifications)) >= 3, timeout=30))
+    assert all("Watchdog" in n.body["attachments"][0]["title"] for n in found)
+    assert not any("Watchdog" in str(n.body) for n in sink.notifications() if n.path != "/deadman")
+    gaps = [later.received_at - earlier.received_at for earlier, later in zip(found, found[1:], strict=False)]
+    assert all(gap > 0.5 for gap in gaps), gaps  # repeats, not one burst
