@@ -253,7 +253,8 @@ def worker_panels() -> list[tuple[int, Panel]]:
             8,
             timeseries(
                 "Workers by State",
-                "RQ workers registered on the pose-generation queue. None at all pages (WorkerDowntime).",
+                "RQ workers of the pose-generation queue whose heartbeat is fresh (a killed worker leaves within "
+                "a minute). None at all pages (WorkerDowntime).",
                 [target("sum by (state) (pose_workers)", "{{state}}")],
                 "short",
                 steps(RED, (1, GREEN)),
@@ -264,7 +265,9 @@ def worker_panels() -> list[tuple[int, Panel]]:
             8,
             timeseries(
                 "Queue Jobs by State",
-                "RQ registries of the pose-generation queue. waiting >500 is QueueBacklog.",
+                "Job attempts in RQ's registries of the pose-generation queue (one job per generation attempt; "
+                "active counts live executions only, failed only attempts no later attempt replaced). "
+                "waiting >500 is QueueBacklog.",
                 [target("sum by (state) (pose_queue_jobs)", "{{state}}")],
                 "short",
                 steps(GREEN, (100, ORANGE), (500, RED)),

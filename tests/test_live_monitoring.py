@@ -9,10 +9,12 @@ to a webhook sink. Generations go through the API; the tests then read what on-c
 every dashboard panel query, the HighFailureRate alert in Prometheus, and the page it delivers.
 
 Test-only changes, made to copies in tmp_path, never to the project's files:
-- ``for:`` of HighFailureRate (5m) and SuccessRateDegraded (10m) is cut to ``SHORT_FOR``, so the
-  pending -> firing transition happens within the test; every other alert keeps its own ``for:``.
+- ``for:`` of HighFailureRate (5m), SuccessRateDegraded (10m) and WorkerDowntime (2m) is cut to
+  ``SHORT_FOR``, so the pending -> firing transition happens within the test; every other alert keeps
+  its own ``for:``.
 - Alertmanager receivers post to the webhook sink (``/<receiver name>``) instead of PagerDuty and
-  Slack, and group_wait/group_interval are cut to one second. Routes and inhibit rules are untouched.
+  Slack (tests/test_notifications.py runs the real receivers), group_wait/group_interval are cut to one
+  second and the Watchdog's repeat_interval to two. Routes and inhibit rules are untouched.
 - Scrape targets are the local processes instead of the compose services; scrape and evaluation
   run every second.
 """
@@ -26,6 +28,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,7 +68,7 @@ MIN_FAILED_SHARE = 0.15
 MIN_FAILED = 4
 
 SHORT_FOR = "5s"
-SHORTENED_ALERTS = {"HighFailureRate", "SuccessRateDegraded"}
+SHORTENED_ALERTS = {"HighFailureRate", "SuccessRateDegraded", "WorkerDowntime"}
 FIRING_ALERT = "HighFailureRate"
 INHIBITED_ALERT = "SuccessRateDegraded"
 
@@ -252,6 +255,8 @@ def shorten_route_timings(route: dict[str, Any]) -> None:
     for key in ("group_wait", "group_interval"):
         if key in route:
             route[key] = "1s"
+    if route.get("receiver") == "deadman":
+        route["repeat_interval"] = "2s"  # the dead-man's switch hears from Alertmanager again and again
     for child in route.get("routes", []):
         shorten_route_timings(child)
 
@@ -538,3 +543,43 @@ def test_slo_rules_measure_the_generations(live: Live) -> None:
     wait_until(f"SLO error ratio within 0.05 of {share:.3f}", recorded, 45, live.diagnostics)
     budget = float(live.prom.query(f"posegen_slo:error_budget_remaining:ratio{selector}")[0]["value"][1])
     assert budget < 0, f"{share:.0%} failed against a 5% budget must overspend it (remaining {budget})"
+
+
+def test_watchdog_reaches_the_dead_mans_switch_again_and_again(live: Live) -> None:
+    """Prometheus fires Watchdog, Alertmanager routes it to the dead-man's-switch receiver and repeats it."""
+    assert routed_receiver({"alertname": "Watchdog", **rule(live.rules, alert="Watchdog")["labels"]}) == "deadman"
+
+    def pings(notifications: list[Notification]) -> list[Notification]:
+        return [n for n in notifications if n.receiver == "deadman"
+                and any(a["labels"].get("alertname") == "Watchdog" for a in n.alerts("firing"))]
+
+    found = pings(live.sink.wait_for(lambda notifications: len(pings(notifications)) >= 3, timeout=60))
+    assert found[-1].received_at - found[0].received_at > 1.0, "repeated over time, not one burst"
+    assert not any(n.receiver != "deadman" and any(a["labels"].get("alertname") == "Watchdog" for a in n.alerts())
+                   for n in live.sink.notifications())
+
+
+# Last: it kills the scenario's workers.
+def test_killing_every_worker_empties_pose_workers_and_pages(live: Live) -> None:
+    """SIGKILL of every worker (and work-horse): pose_workers is 0 in Prometheus within 90 s, and the real
+    Alertmanager delivers the WorkerDowntime page within 5 minutes (its ``for:`` cut to SHORT_FOR here)."""
+    assert live.prom.query("sum(pose_workers) > 0"), "the scenario's worker should be counted before the kill"
+    killed_at = time.monotonic()
+    killed_wall = time.time()
+    for worker in live.stack.workers:
+        worker.kill(signal.SIGKILL)
+    wait_until("sum(pose_workers) == 0 in Prometheus", lambda: live.prom.query("sum(pose_workers) == 0"),
+               90 - (time.monotonic() - killed_at), live.diagnostics)
+    gone_after = time.monotonic() - killed_at
+
+    def paged(notification: Notification) -> bool:
+        return notification.receiver == "pager" and any(
+            alert["labels"].get("alertname") == "WorkerDowntime"
+            and datetime.fromisoformat(alert["startsAt"].replace("Z", "+00:00")).timestamp() >= killed_wall - 1
+            for alert in notification.alerts("firing"))
+
+    found = live.sink.wait_for(lambda notifications: any(paged(n) for n in notifications),
+                               timeout=300 - (time.monotonic() - killed_at))
+    page = next(n for n in found if paged(n))
+    assert page.received_at - killed_wall < 300
+    print(f"pose_workers 0 after {gone_after:.0f} s; page after {page.received_at - killed_wall:.0f} s")

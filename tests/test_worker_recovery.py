@@ -6,9 +6,45 @@ import os
 import signal
 import time
 
-from tests.stack import Stack, check_ledger_invariants
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.api.auth import Role
+from tests.stack import Process, Stack, check_ledger_invariants, free_port
 
 POSES = ["pose_standing_confident", "pose_arms_crossed", "pose_waving_hello", "pose_tree_pose"]
+
+
+def scrape_exporter(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    port = free_port()
+    exporter = Process(["exporter", "--port", str(port)], stack.env, stack.tmp / f"exporter-{port}.log")
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+                break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, exporter.output()
+                time.sleep(0.1)
+    finally:
+        exporter.stop()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def assert_no_dead_attempt_counted(stack: Stack) -> None:
+    """The killed attempt of a generation that then completed is neither running nor failed anywhere: the
+    health endpoint, the admin metrics, the exporter."""
+    counts = stack.http.get("/health").json()["checks"]["queue"]["counts"]
+    assert (counts["active"], counts["failed"]) == (0, 0), counts
+    admin = stack.http.get("/metrics", headers=stack.headers("admin", Role.ADMIN)).json()
+    assert (admin["queueActive"], admin["queueFailed"], admin["failedGenerations"]) == (0, 0, 0), admin
+    samples = scrape_exporter(stack)
+    assert samples[("pose_queue_jobs", (("state", "active"),))] == 0
+    assert samples[("pose_queue_jobs", (("state", "failed"),))] == 0
+    assert samples[("pose_queue_depth", ())] == 0
+    assert samples[("pose_generations_total", (("status", "failed"),))] == 0
 
 
 def _wait_status(stack: Stack, generation_id: str, status: str, timeout: float = 20, attempt: int = 1) -> None:
@@ -39,6 +75,7 @@ def test_sigkill_of_worker_mid_generation_is_recovered_by_another(fresh_stack) -
     with stack.db() as conn:
         assert conn.execute("SELECT attempt FROM generations WHERE id = %s", (generation_id,)).fetchone()[0] == 2
         check_ledger_invariants(conn)
+    assert_no_dead_attempt_counted(stack)
 
 
 def test_sigkill_of_the_work_horse_is_retried_by_the_same_worker(fresh_stack) -> None:  # type: ignore[no-untyped-def]
@@ -55,6 +92,7 @@ def test_sigkill_of_the_work_horse_is_retried_by_the_same_worker(fresh_stack) ->
     assert stack.workers[0].alive()
     with stack.db() as conn:
         check_ledger_invariants(conn)
+    assert_no_dead_attempt_counted(stack)
 
 
 def test_generation_abandoned_on_every_attempt_fails_and_is_refunded(fresh_stack) -> None:  # type: ignore[no-untyped-def]
