@@ -54,7 +54,7 @@ class Settings:
     pose_concurrency: int = 8
     lease_seconds: float = 30.0
     reaper_interval_seconds: float = 5.0
-    queued_check_seconds: float = 60.0
+    queued_check_seconds: float = 30.0
     max_attempts: int = 3
     faults: Mapping[ErrorType, float] = field(default_factory=dict)
     local_latency: LatencyRange = LatencyRange()

@@ -21,7 +21,7 @@ from app.errors import ErrorType
 INSUFFICIENT_CREDITS_SQLSTATE = "PG402"
 
 # Default for how long a queued generation sits before the reaper checks that its job still exists.
-QUEUED_CHECK_SECONDS = 60.0
+QUEUED_CHECK_SECONDS = 30.0
 
 
 class UnknownPosesError(ValueError):
