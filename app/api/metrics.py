@@ -120,7 +120,8 @@ class MetricsController(Controller):
          description="Generations created in [startTime, endTime) with endTime = now: their counts by status "
                      "(active = queued or processing now), mean duration of the finished ones (ms), poses per "
                      "generation, completed / total x 100, delivered poses; ledger charges and refunds written "
-                     "in the period; queue counts from RQ's registries now. Exact at any size.",
+                     "in the period; queue counts now, from RQ's registries of job attempts (queueActive: live "
+                     "executions only; queueFailed: failed attempts no later attempt replaced). Exact at any size.",
          responses=error_responses(401, 403, 422, 503))
     async def system_metrics(self, request: Request[Any, Any, Any], db: AsyncConnection,
                      period: Period = MetricsPeriod.DAY) -> SystemMetrics:

@@ -110,6 +110,9 @@ class GrantResult(msgspec.Struct):
 
 
 class QueueCountsView(msgspec.Struct):
+    """Job attempts in RQ's registries: ``active`` counts live executions only (a dead work-horse's is not
+    running), ``failed`` only attempts that no later attempt of their generation replaced."""
+
     waiting: int
     active: int
     completed: int
