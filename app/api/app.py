@@ -38,6 +38,7 @@ from app.api.images import image
 from app.api.metrics import MetricsController
 from app.api.poses import PoseController
 from app.api.rate_limit import STORE_NAME, generation_rate_limit, rate_limit_store
+from app.db.connect import pg_connect_kwargs
 from app.domain.intake import IntakeGate
 from app.observability import tracing
 from app.providers.flux_webhooks import webhook_secret
@@ -64,7 +65,7 @@ def create_app(settings: Settings) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
         pool = AsyncConnectionPool(
             settings.database_url, min_size=1, max_size=settings.db_pool_size, open=False,
-            kwargs={"autocommit": True, "connect_timeout": 2}, timeout=5,
+            kwargs={"autocommit": True, **pg_connect_kwargs(connect_timeout=2)}, timeout=5,
             # A coalesced batch carries many requests: a connection the server has closed must be
             # replaced before it is handed out, not discover it by failing them all.
             check=_check_not_closed_by_server,
