@@ -45,6 +45,7 @@ def upstream(url: str) -> tuple[str, int]:
 class Proxied:
     stack: Stack
     api_redis: TcpProxy
+    api_pg: TcpProxy
     worker_redis: TcpProxy
     worker_pg: TcpProxy
     exporter_redis: TcpProxy
@@ -95,13 +96,14 @@ def proxied(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     tmp = tmp_path_factory.mktemp("silent")
     with running_stack(template_db, tmp / "stack", workers=0, api=False, POSEGEN_LOCAL_LATENCY="2") as stack:
         redis_target, pg_target = upstream(stack.redis_url), upstream(stack.database_url)
-        proxies = [TcpProxy(target).start() for target in (redis_target, redis_target, pg_target, redis_target,
-                                                           pg_target)]
-        api_redis, worker_redis, worker_pg, exporter_redis, exporter_pg = proxies
+        proxies = [TcpProxy(target).start() for target in (redis_target, pg_target, redis_target, pg_target,
+                                                           redis_target, pg_target)]
+        api_redis, api_pg, worker_redis, worker_pg, exporter_redis, exporter_pg = proxies
         exporter: Process | None = None
         redis = Redis.from_url(stack.redis_url)
         try:
-            stack.env = {**stack.env, "REDIS_URL": proxied_url(stack.redis_url, api_redis)}
+            stack.env = {**stack.env, "REDIS_URL": proxied_url(stack.redis_url, api_redis),
+                         "DATABASE_URL": proxied_url(stack.database_url, api_pg)}
             stack.start_api()
             stack.start_worker(REDIS_URL=proxied_url(stack.redis_url, worker_redis),
                                DATABASE_URL=proxied_url(stack.database_url, worker_pg),
@@ -112,7 +114,8 @@ def proxied(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
                                {**stack.env, "REDIS_URL": proxied_url(stack.redis_url, exporter_redis),
                                 "DATABASE_URL": proxied_url(stack.database_url, exporter_pg)},
                                tmp / "exporter.log")
-            yield Proxied(stack, api_redis, worker_redis, worker_pg, exporter_redis, exporter_pg, exporter_port, redis)
+            yield Proxied(stack, api_redis, api_pg, worker_redis, worker_pg, exporter_redis, exporter_pg, exporter_port,
+                          redis)
         finally:
             if exporter is not None:
                 exporter.stop()
@@ -179,6 +182,35 @@ def test_api_redis_silent_at_enqueue(proxied: Proxied) -> None:
     assert proxied.api_redis.silence() > 0
     silenced_at = time.monotonic()
     generation_id = proxied.generation(user)
+    proxied.assert_completed_once(user, generation_id, silenced_at, 1000)
+
+
+def test_api_database_silent(proxied: Proxied) -> None:
+    """The API pool's connections go silent: a request on one is answered 503 within the API's database bound
+    (the connection is closed and dropped from the pool), and the client's retry with the same
+    Idempotency-Key is served on a fresh connection: one generation, charged once."""
+    stack = proxied.stack
+    user = stack.new_user(credits=1000)
+    assert proxied.api_pg.silence() > 0
+    silenced_at = time.monotonic()
+    key = {"Idempotency-Key": f"silent-{user}"}
+    while True:
+        began = time.monotonic()
+        answer = stack.create_generation(user, POSES, headers=key)
+        assert time.monotonic() - began < 15, "a request hung on a silent database connection"
+        if answer.status_code == 202:
+            break
+        assert answer.status_code == 503, answer.text
+        assert time.monotonic() - silenced_at < SILENCE_BUDGET_SECONDS, "never accepted"
+        time.sleep(0.5)
+    generation_id = str(answer.json()["generationId"])
+    deadline = time.monotonic() + SILENCE_BUDGET_SECONDS
+    while True:  # polls may meet a silenced pooled connection too: 503, then served
+        poll = stack.http.get(f"/generations/{generation_id}", headers=stack.headers(user))
+        assert poll.status_code in (200, 503), poll.text
+        if poll.status_code == 200:
+            break
+        assert time.monotonic() < deadline
     proxied.assert_completed_once(user, generation_id, silenced_at, 1000)
 
 

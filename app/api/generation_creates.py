@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from psycopg_pool import AsyncConnectionPool
 
 from app.api.coalesce import Coalescer
+from app.db.connect import API_DB_SECONDS, bounded
 from app.domain.generations import CreatedGeneration, GenerationRequest, create_generations
 
 
@@ -35,6 +36,6 @@ class GenerationCreator(Coalescer[GenerationRequest, CreatedGeneration]):
         return await self.submit(request)
 
     async def _process(self, items: Sequence[GenerationRequest]) -> Sequence[CreatedGeneration | BaseException]:
-        async with self._pool.connection() as conn:
+        async with bounded(API_DB_SECONDS), self._pool.connection() as conn:
             return await create_generations(conn, list(items), price_per_pose=self._price_per_pose,
                                             queued_check_seconds=self._queued_check_seconds)

@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 from app.api.coalesce import Coalescer
 from app.api.schemas import GenerationView, PoseResult
 from app.api.timefmt import iso_or_none
+from app.db.connect import API_DB_SECONDS, bounded
 from app.domain.generations import get_generations
 
 _encode = msgspec.json.Encoder().encode
@@ -43,7 +44,7 @@ class GenerationReader(Coalescer[str, "GenerationRecord | None"]):
         return await self.submit(generation_id)
 
     async def _process(self, items: Sequence[str]) -> Sequence[GenerationRecord | None]:
-        async with self._pool.connection() as conn:
+        async with bounded(API_DB_SECONDS), self._pool.connection() as conn:
             rows = await get_generations(conn, list(set(items)))
         found = {row["generationId"]: self._record(row) for row in rows}
         return [found.get(generation_id) for generation_id in items]

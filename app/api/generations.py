@@ -24,6 +24,7 @@ from app.api.schemas import (
     GenerationView,
 )
 from app.api.timefmt import iso_or_none
+from app.db.connect import API_DB_SECONDS, bounded
 from app.domain.credits import InsufficientCreditsError
 from app.domain.error_events import record_error_event
 from app.domain.generations import (
@@ -115,7 +116,7 @@ class GenerationController(Controller):
                 await asyncio.to_thread(enqueue_generation, request.app.state.queue, generation_id, attempt)
         except Exception as exc:
             log.error("Queue unreachable; generation refunded", exc_info=exc, generationId=generation_id)
-            async with request.app.state.pool.connection() as db:
+            async with bounded(API_DB_SECONDS), request.app.state.pool.connection() as db:
                 await abandon_unqueued_generation(db, generation_id, f"queue unreachable: {type(exc).__name__}")
             raise HTTPException(
                 status_code=HTTP_503_SERVICE_UNAVAILABLE,

@@ -6,18 +6,26 @@ NAT entry, a failed-over load balancer) breaks within about 25 s instead of the 
 and ``tcp_user_timeout``, so data the peer never acknowledges fails the connection within 30 s.
 
 A peer that acknowledges but never answers (a hung proxy) is beyond TCP: callers bound their
-statements themselves (``asyncio.timeout`` around async work — psycopg then cancels the query and
-closes the connection — or ``statement_timeout`` on the server).
+statements themselves with :func:`bounded` (psycopg then cancels the query and closes the connection,
+so a pool discards it) or with ``statement_timeout`` on the server.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
+
+import psycopg
 
 KEEPALIVE_IDLE_SECONDS = 10
 KEEPALIVE_INTERVAL_SECONDS = 5
 KEEPALIVE_COUNT = 3
 TCP_USER_TIMEOUT_MS = 30_000
+# The API's database work per batch (a coalesced create or read takes milliseconds): past this the
+# connection is treated as dead and the request answered 503, instead of hanging on a silent peer.
+API_DB_SECONDS = 5.0
 
 
 def pg_connect_kwargs(connect_timeout: int = 5, tcp_user_timeout_ms: int = TCP_USER_TIMEOUT_MS) -> dict[str, Any]:
@@ -30,3 +38,17 @@ def pg_connect_kwargs(connect_timeout: int = 5, tcp_user_timeout_ms: int = TCP_U
         "keepalives_count": KEEPALIVE_COUNT,
         "tcp_user_timeout": tcp_user_timeout_ms,
     }
+
+
+class DatabaseSilentError(psycopg.OperationalError):
+    """PostgreSQL gave no answer within the bound: the connection is treated as dead (and closed)."""
+
+
+@asynccontextmanager
+async def bounded(seconds: float) -> AsyncIterator[None]:
+    """Database work of the block must end within ``seconds``; raises :class:`DatabaseSilentError` otherwise."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError as exc:
+        raise DatabaseSilentError(f"PostgreSQL gave no answer within {seconds:g} s") from exc

@@ -18,7 +18,7 @@ from app.providers.factory import build_provider
 from app.settings import Settings
 from app.storage.factory import build_storage
 from app.worker.limiter import ProviderSlots, retry_slot_limit
-from app.worker.pipeline import DatabaseSilentError, GenerationPipeline
+from app.worker.pipeline import GenerationPipeline
 from app.worker.queue import redis_options
 
 log = get_logger("Worker")
@@ -61,7 +61,7 @@ async def run_generation(settings: Settings, generation_id: str, attempt: int) -
                                                      **pg_connect_kwargs()) as conn:
                 pipeline = GenerationPipeline(settings, conn, provider, storage, slots)
                 return await pipeline.run(generation_id, attempt)
-        except (DatabaseSilentError, psycopg.OperationalError) as exc:
+        except psycopg.OperationalError as exc:  # DatabaseSilentError among them
             # The database went silent or away: the attempt is abandoned, not failed. Its lease lapses and
             # the reaper re-queues the generation; ending the job normally keeps this attempt out of RQ's
             # failed registry (what a generation's outcome is, the database says).

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 from psycopg import AsyncConnection
 
+from app.db.connect import bounded
 from app.domain.processing import (
     ClaimedGeneration,
     PendingPose,
@@ -55,9 +56,6 @@ log = get_logger("Worker")
 # lapses, instead of the work-horse waiting until the job timeout.
 DB_STEP_SECONDS = 10.0
 
-
-class DatabaseSilentError(TimeoutError):
-    """The job's PostgreSQL connection gave no answer within DB_STEP_SECONDS: the attempt is abandoned."""
 
 
 class GenerationPipeline:
@@ -198,13 +196,8 @@ class GenerationPipeline:
     @contextlib.asynccontextmanager
     async def _database(self) -> AsyncIterator[None]:
         """The job's connection, for one step bounded by DB_STEP_SECONDS; raises DatabaseSilentError."""
-        try:
-            async with asyncio.timeout(DB_STEP_SECONDS), self._db:
-                yield
-        except TimeoutError as exc:
-            if isinstance(exc, DatabaseSilentError):
-                raise
-            raise DatabaseSilentError(f"PostgreSQL gave no answer within {DB_STEP_SECONDS:g} s") from exc
+        async with bounded(DB_STEP_SECONDS), self._db:
+            yield
 
     def _pose_deadline(self) -> float:
         # The provider enforces its own deadline; this bounds everything else around it.
