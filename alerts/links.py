@@ -43,6 +43,9 @@ PANELS: dict[str, tuple[tuple[str, str], str]] = {
     "ApiServerErrors": (OVERVIEW, "API 5xx Ratio"),
     "ExporterSourceDown": (OVERVIEW, "Exporter Sources"),
     "ExporterTargetDown": (OVERVIEW, "Exporter Scrape Duration"),
+    "Watchdog": (OVERVIEW, "Exporter Sources"),
+    "ScrapeJobAbsent": (OVERVIEW, "Exporter Sources"),
+    "KeySeriesAbsent": (OVERVIEW, "Exporter Sources"),
     "ProviderSaturated": (OVERVIEW, "Provider Slots: In Use vs Cap"),
     "GenerationStuck": (OVERVIEW, "Oldest Running Generation"),
 }

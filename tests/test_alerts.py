@@ -189,8 +189,8 @@ def reads_an_instant_series(expr: str) -> bool:
     text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
     for match in re.finditer(r"(?<![\w.:])([a-zA-Z_:][\w:]*)\s*(\{[^}]*\})?\s*(\[)?", text):
         name, _, ranged = match.groups()
-        if text[match.end(1):].lstrip().startswith("(") or name in PROMQL_KEYWORDS or name.startswith("posegen:"):
-            continue  # a function, a keyword, a recording rule (fed by ranges)
+        if text[match.end(1):].lstrip().startswith("(") or name in PROMQL_KEYWORDS or ":" in name:
+            continue  # a function, a keyword, a recording rule (level:metric:operations, fed by ranges)
         if re.fullmatch(r"\d.*|Inf|NaN", name) or ranged:
             continue
         return True
