@@ -66,6 +66,8 @@ CONTRACT_METRICS = {
     "pose_generation_oldest_running_age_seconds",
     "pose_generation_time_limit_seconds",
     "pose_build_info",
+    # A drill (POSEGEN_FAULTS) on: failures are injected.
+    "pose_fault_drill_active",
 } | {f"{name}_{suffix}" for name in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 
 PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring"}
