@@ -145,9 +145,7 @@ def _environment_reads(path: Path) -> list[str]:
 
 
 def test_only_the_settings_object_reads_the_environment() -> None:
-    # app/devservices.py is the `make test` wrapper that starts PostgreSQL/Redis before any process has
-    # settings; it is the one other reader (of DATABASE_URL, REDIS_URL, POSEGEN_DATA_DIR).
     sources = [p for folder in ("app", "exporter", "dashboards") for p in (ROOT / folder).rglob("*.py")
-               if p.name not in ("settings.py", "devservices.py")]
+               if p.name != "settings.py"]
     reads = [line for path in sources for line in _environment_reads(path)]
     assert reads == [], reads
