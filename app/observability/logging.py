@@ -13,8 +13,8 @@ import json
 import logging
 import sys
 import traceback
-from datetime import UTC, datetime
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
