@@ -15,10 +15,15 @@ from app.settings import Settings, SettingsError
 
 def _settings() -> Settings:
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if settings.jwt_secret_warning:
+        # Said once here; PyJWT's own warning on every signature is silenced (app.api.auth).
+        print(f"warning: {settings.jwt_secret_warning} (would be refused with POSEGEN_ENV=production)",
+              file=sys.stderr)
+    return settings
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -56,6 +61,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     sentry.init_sentry(settings, process="worker")
     tracing.init_tracing(settings)
     _configure_logging(settings)
+    from app.observability.logging import announce_fault_drill
+
+    announce_fault_drill({t.value: share for t, share in settings.faults.items()}, "Worker")
     from app.worker.main import run_worker
 
     run_worker(settings, name=args.name, burst=args.burst, metrics_host=args.metrics_host,

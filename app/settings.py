@@ -6,12 +6,19 @@ start-up can stop with one clear line.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.errors import ErrorType
+
+# The built-in development signing key: long enough for HS256, refused when POSEGEN_ENV=production.
+DEV_JWT_SECRET = "dev-secret-change-me-not-for-production"
+# RFC 7518 section 3.2: an HS256 key must be at least as long as the hash output, 256 bits.
+MIN_JWT_SECRET_BYTES = 32
+PRODUCTION = "production"
 
 
 class SettingsError(ValueError):
@@ -30,7 +37,8 @@ class LatencyRange:
 class Settings:
     database_url: str = "postgresql://postgres@127.0.0.1:5432/posegen"
     redis_url: str = "redis://127.0.0.1:6379/0"
-    jwt_secret: str = "dev-secret-change-me"
+    jwt_secret: str = DEV_JWT_SECRET
+    jwt_secret_set: bool = False  # whether JWT_SECRET came from the environment
     provider: str = "local"
     flux_api_key: str = ""
     flux_base_url: str = "https://api.bfl.ai"
@@ -66,7 +74,12 @@ class Settings:
     grafana_url: str = "http://localhost:3000"
     sentry_dsn: str = ""
     sentry_traces_sample_rate: float = 0.0
+    trace_enabled: bool = False
     dd_service: str = "pose-generator"
+    dd_env: str = ""
+    dd_version: str = ""
+    dd_rq_distributed_tracing: bool | None = None
+    dd_httpx_distributed_tracing: bool | None = None
     db_pool_size: int = 10
     rate_limit_per_minute: int = 60
     revision: str = "unknown"
@@ -76,16 +89,42 @@ class Settings:
     retry_slot_share: float = 0.25
     ops_api_url: str = "http://127.0.0.1:8000"
     ops_token: str = ""
+    image_url_ttl_seconds: int = 3600
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment.strip().lower() == PRODUCTION
+
+    @property
+    def jwt_secret_warning(self) -> str | None:
+        """A secret set outside production that production would refuse as too short; None otherwise (the
+        built-in development secret is the development default)."""
+        if not self.jwt_secret_set or self.jwt_secret == DEV_JWT_SECRET:
+            return None
+        return _jwt_secret_problem(self.jwt_secret, self.jwt_secret_set)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-        reader = _Reader(env)
+        """The settings from ``environ`` (default: the process environment); raises :class:`SettingsError`
+        with one line naming the variable when a value is malformed or unsafe."""
+        return cls._load(_Reader(os.environ if environ is None else environ))
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Every environment variable the settings read, with its kind (``number``, ``integer``, ``text``,
+        ``choice``, ``url``, ``flag``, ``faults``, ``latency``), in reading order: for docs and tests."""
+        reader = _Reader({})
+        cls._load(reader)
+        return dict(reader.kinds)
+
+    @classmethod
+    def _load(cls, reader: _Reader) -> Settings:
         provider = reader.choice("POSEGEN_PROVIDER", "local", ("local", "flux"))
         settings = cls(
             database_url=reader.url("DATABASE_URL", cls.database_url, ("postgresql://", "postgres://")),
             redis_url=reader.url("REDIS_URL", cls.redis_url, ("redis://", "rediss://", "unix://")),
             jwt_secret=reader.text("JWT_SECRET", cls.jwt_secret),
+            jwt_secret_set=bool(reader.raw("JWT_SECRET")),
             provider=provider,
             flux_api_key=reader.text("FLUX_API_KEY", ""),
             flux_base_url=reader.url("FLUX_BASE_URL", cls.flux_base_url, ("http://", "https://")),
@@ -127,8 +166,8 @@ class Settings:
                 "POSEGEN_QUEUED_CHECK_SECONDS", cls.queued_check_seconds, minimum=1.0
             ),
             max_attempts=reader.integer("POSEGEN_MAX_ATTEMPTS", cls.max_attempts, minimum=1, maximum=20),
-            faults=parse_faults(env.get("POSEGEN_FAULTS", "")),
-            local_latency=parse_latency(env.get("POSEGEN_LOCAL_LATENCY", "")),
+            faults=parse_faults(reader.raw("POSEGEN_FAULTS", "faults")),
+            local_latency=parse_latency(reader.raw("POSEGEN_LOCAL_LATENCY", "latency")),
             image_size=reader.integer("POSEGEN_IMAGE_SIZE", cls.image_size, minimum=64, maximum=2048),
             log_level=reader.choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARN", "WARNING", "ERROR")),
             environment=reader.text("POSEGEN_ENV", reader.text("NODE_ENV", cls.environment)),
@@ -139,7 +178,12 @@ class Settings:
             sentry_traces_sample_rate=reader.number(
                 "SENTRY_TRACES_SAMPLE_RATE", 0.0, minimum=0.0, maximum=1.0
             ),
+            trace_enabled=reader.flag("DD_TRACE_ENABLED", False) or False,
             dd_service=reader.text("DD_SERVICE", cls.dd_service),
+            dd_env=reader.text("DD_ENV", ""),
+            dd_version=reader.text("DD_VERSION", ""),
+            dd_rq_distributed_tracing=reader.flag("DD_RQ_DISTRIBUTED_TRACING_ENABLED", None),
+            dd_httpx_distributed_tracing=reader.flag("DD_HTTPX_DISTRIBUTED_TRACING", None),
             rate_limit_per_minute=reader.integer(
                 "POSEGEN_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute, minimum=0, maximum=1_000_000
             ),
@@ -151,7 +195,14 @@ class Settings:
             retry_slot_share=reader.number(
                 "POSEGEN_RETRY_SLOT_SHARE", cls.retry_slot_share, minimum=0.01, maximum=1.0
             ),
+            image_url_ttl_seconds=reader.integer(
+                "POSEGEN_IMAGE_URL_TTL_SECONDS", cls.image_url_ttl_seconds, minimum=10, maximum=7 * 24 * 3600
+            ),
         )
+        if settings.is_production:
+            problem = _jwt_secret_problem(settings.jwt_secret, settings.jwt_secret_set)
+            if problem:
+                raise SettingsError(f"{problem} (refused with POSEGEN_ENV=production)")
         if settings.provider == "flux" and not settings.flux_api_key:
             raise SettingsError("FLUX_API_KEY must be set when POSEGEN_PROVIDER=flux")
         if settings.flux_webhooks and not settings.public_base_url.startswith(("http://", "https://")):
@@ -167,33 +218,56 @@ class Settings:
         return settings
 
 
+def _jwt_secret_problem(secret: str, set_explicitly: bool) -> str | None:
+    if not set_explicitly:
+        return "JWT_SECRET is not set; set it to a random secret of at least 32 bytes"
+    if secret == DEV_JWT_SECRET:
+        return "JWT_SECRET is the built-in development secret; set a random secret of at least 32 bytes"
+    if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+        return (f"JWT_SECRET is {len(secret.encode())} bytes; HS256 needs a secret of at least "
+                f"{MIN_JWT_SECRET_BYTES} bytes")
+    return None
+
+
 class _Reader:
+    """Reads variables by kind, and records each name it read with its kind (see :meth:`Settings.variables`)."""
+
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
+        self.kinds: dict[str, str] = {}
+
+    def raw(self, name: str, kind: str = "text") -> str:
+        self.kinds.setdefault(name, kind)
+        return self._env.get(name) or ""
 
     def text(self, name: str, default: str) -> str:
-        value = self._env.get(name)
-        return default if value is None or value == "" else value
+        return self.raw(name) or default
 
     def path(self, name: str) -> Path | None:
         value = self.text(name, "")
         return Path(value) if value else None
 
-    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
-        value = self.text(name, default)
-        if value not in allowed:
-            raise SettingsError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
-        return value
-
-    def flag(self, name: str, default: bool) -> bool:
-        raw = self.text(name, "true" if default else "false").lower()
+    def flag(self, name: str, default: bool | None) -> bool | None:
+        """A switch: ``true``/``1``/``yes``/``on`` or ``false``/``0``/``no``/``off`` (any case); unset gives
+        ``default`` (None: the variable's owner, such as ddtrace, decides)."""
+        raw = self.raw(name, "flag").strip().lower()
+        if not raw:
+            return default
         if raw in ("1", "true", "yes", "on"):
             return True
         if raw in ("0", "false", "no", "off"):
             return False
         raise SettingsError(f"{name}={raw!r} is not a switch: use true or false")
 
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        self.kinds.setdefault(name, "choice")
+        value = self.text(name, default)
+        if value not in allowed:
+            raise SettingsError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
+        return value
+
     def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
+        self.kinds.setdefault(name, "url")
         value = self.text(name, default)
         if not value.startswith(schemes):
             raise SettingsError(f"{name}={value!r} must start with one of: {', '.join(schemes)}")
@@ -202,21 +276,18 @@ class _Reader:
     def number(
         self, name: str, default: float, *, minimum: float | None = None, maximum: float | None = None
     ) -> float:
-        raw = self._env.get(name)
-        if raw is None or raw == "":
+        raw = self.raw(name, "number")
+        if not raw:
             return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not a number") from None
+        value = _finite(name, raw)
         _check_range(name, raw, value, minimum, maximum)
         return value
 
     def integer(
         self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
     ) -> int:
-        raw = self._env.get(name)
-        if raw is None or raw == "":
+        raw = self.raw(name, "integer")
+        if not raw:
             return default
         try:
             value = int(raw)
@@ -224,6 +295,18 @@ class _Reader:
             raise SettingsError(f"{name}={raw!r} is not a whole number") from None
         _check_range(name, raw, value, minimum, maximum)
         return value
+
+
+def _finite(name: str, raw: str) -> float:
+    """``raw`` as a float; nan and the infinities are refused (every comparison with nan is false, so a
+    range check alone would let it through)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name}={raw!r} must be a finite number")
+    return value
 
 
 def _check_range(name: str, raw: str, value: float, minimum: float | None, maximum: float | None) -> None:
@@ -249,10 +332,7 @@ def parse_faults(raw: str) -> dict[ErrorType, float]:
             raise SettingsError(
                 f"POSEGEN_FAULTS names unknown error type {name!r}; use one of {allowed}"
             ) from None
-        try:
-            value = float(fraction)
-        except ValueError:
-            raise SettingsError(f"POSEGEN_FAULTS value for {name} is not a number: {fraction!r}") from None
+        value = _finite(f"POSEGEN_FAULTS {name}", fraction.strip())
         if not 0.0 <= value <= 1.0:
             raise SettingsError(f"POSEGEN_FAULTS value for {name} must be between 0 and 1, got {value}")
         faults[error_type] = value
@@ -274,6 +354,8 @@ def parse_latency(raw: str) -> LatencyRange:
         raise SettingsError(
             f"POSEGEN_LOCAL_LATENCY={raw!r} must be seconds (e.g. 2) or a range (e.g. 0.5-3)"
         ) from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise SettingsError(f"POSEGEN_LOCAL_LATENCY={raw!r} must be finite seconds")
     if low < 0 or high < low:
         raise SettingsError(f"POSEGEN_LOCAL_LATENCY={raw!r} must be non-negative with low <= high")
     return LatencyRange(low, high)

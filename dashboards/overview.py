@@ -248,6 +248,20 @@ def worker_panels() -> list[tuple[int, Panel]]:
         reduceCalc="lastNotNull",
         thresholds=steps(RED, (1, GREEN)),
     )
+    fault_drill = Stat(
+        # A fixed id, far past the others: added later, it moves no panel's automatic id (alert
+        # dashboard_url links open panels by id).
+        id=1000,
+        title="Fault Drill",
+        description="Whether any worker injects failures on purpose (POSEGEN_FAULTS): failures then are a drill.",
+        dataSource=DATASOURCE,
+        targets=[target("max(pose_fault_drill_active)", "fault drill")],
+        format="bool_on_off",
+        colorMode="background",
+        graphMode="none",
+        reduceCalc="lastNotNull",
+        thresholds=steps(GREEN, (1, ORANGE)),
+    )
     return [
         (
             8,
@@ -294,8 +308,9 @@ def worker_panels() -> list[tuple[int, Panel]]:
             ),
         ),
         (4, exporter_up),
+        (4, fault_drill),
         (
-            12,
+            8,
             timeseries(
                 "Exporter Scrape Duration",
                 "Time the exporter spends reading each source at scrape time.",

@@ -71,6 +71,8 @@ CONTRACT_METRICS = {
     "pose_intake_paused",
     "pose_workers_paused",
     "pose_operator_actions_total",
+    # A drill (POSEGEN_FAULTS) on: failures are injected.
+    "pose_fault_drill_active",
 } | {f"{name}_{suffix}" for name in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 
 PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring"}

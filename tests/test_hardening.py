@@ -56,9 +56,11 @@ def test_redis_stopped_and_restarted_while_requests_arrive(
             for i in range(5):
                 answer = stack.create_generation(user, POSES, prompt=f"during {i}")
                 assert answer.status_code == 503, answer.text
+                assert answer.headers["Retry-After"] == "5"
             assert stack.balance(user) == balance_before
             health = stack.http.get("/health")
             assert health.status_code == 503 and health.json()["checks"]["redis"]["status"] == "disconnected"
+            assert health.headers["Retry-After"] == "5"
             redis = start_redis(redis_url, redis_dir).process
             deadline = time.monotonic() + 15
             while stack.http.get("/health").status_code != 200 and time.monotonic() < deadline:

@@ -53,7 +53,8 @@ def test_health_is_503_within_two_seconds_when_postgres_is_down(fresh_stack) -> 
 
 def test_health_shape_matches_the_seed(stack: Stack) -> None:
     body = stack.http.get("/health").json()
-    assert set(body) == {"status", "timestamp", "app", "version", "checks", "phase"}
+    # The seed's fields, plus faultDrill (whether POSEGEN_FAULTS injects failures).
+    assert set(body) == {"status", "timestamp", "app", "version", "checks", "phase", "faultDrill"}
     assert body["status"] == "healthy" and body["app"] == "pose-generator" and body["version"] == "1.0.0"
     assert body["phase"] == "Production Ready" and body["timestamp"].endswith("Z")
     assert body["checks"]["database"] == {"status": "connected"}

@@ -18,11 +18,13 @@ from app.observability.logging import configure_logging
 from app.settings import Settings
 from app.storage.factory import build_storage
 from app.storage.local import LocalStorage
+from app.storage.signed_urls import ImageUrlSigner
 from app.storage.supabase import SupabaseStorage
 from tests.fakes.supabase_server import FakeSupabaseStorage
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
 KEY = "gen_1/0-pose_tree_pose.png"
+SIGNER = ImageUrlSigner("storage-test-secret-long-enough-for-hs256", 3600)
 
 
 @pytest.fixture
@@ -58,15 +60,15 @@ def _failed_put(storage: SupabaseStorage | LocalStorage, key: str = KEY) -> Stor
 
 
 def test_local_round_trip(tmp_path: Path) -> None:
-    storage = LocalStorage(tmp_path / "images", "/api/apps/pose-generator/images")
+    storage = LocalStorage(tmp_path / "images", "/api/apps/pose-generator/images", SIGNER)
     _put(storage)
     assert storage.path_for(KEY).read_bytes() == PNG
     assert storage.path_for(KEY) == (tmp_path / "images" / "gen_1" / "0-pose_tree_pose.png").resolve()
-    assert storage.public_url(KEY) == f"/api/apps/pose-generator/images/{KEY}"
+    assert storage.public_url(KEY).startswith(f"/api/apps/pose-generator/images/{KEY}?expires=")
 
 
 def test_local_overwrite_replaces_the_file_whole(tmp_path: Path) -> None:
-    storage = LocalStorage(tmp_path, "/images")
+    storage = LocalStorage(tmp_path, "/images", SIGNER)
     _put(storage, data=b"old image")
     with storage.path_for(KEY).open("rb") as reader:  # a client streaming the old image meanwhile
         _put(storage, data=b"new image, longer")
@@ -76,7 +78,7 @@ def test_local_overwrite_replaces_the_file_whole(tmp_path: Path) -> None:
 
 
 def test_local_write_failure_is_a_storage_error_and_leaves_no_temp_file(tmp_path: Path) -> None:
-    storage = LocalStorage(tmp_path, "/images")
+    storage = LocalStorage(tmp_path, "/images", SIGNER)
     storage.path_for(KEY).mkdir(parents=True)  # a folder where the file should go: rename fails
     error = _failed_put(storage)
     assert isinstance(error.__cause__, OSError)
@@ -88,7 +90,7 @@ def test_local_write_failure_is_a_storage_error_and_leaves_no_temp_file(tmp_path
 )
 def test_local_rejects_keys_leaving_the_folder(tmp_path: Path, key: str) -> None:
     root = tmp_path / "images"
-    storage = LocalStorage(root, "/images")
+    storage = LocalStorage(root, "/images", SIGNER)
     _failed_put(storage, key)
     with pytest.raises(StorageError):
         storage.path_for(key)
@@ -204,7 +206,7 @@ def test_fake_is_steered_over_http(supabase: FakeSupabaseStorage) -> None:
 
 def test_factory_builds_the_configured_backend(tmp_path: Path) -> None:
     local = build_storage(Settings(data_dir=tmp_path), api_url_prefix="/api/images")
-    assert isinstance(local, LocalStorage) and local.public_url("a/b.png") == "/api/images/a/b.png"
+    assert isinstance(local, LocalStorage) and local.public_url("a/b.png").startswith("/api/images/a/b.png?expires=")
     settings = Settings(storage_backend="supabase", supabase_url="https://ref.supabase.co",
                         supabase_service_key="key", supabase_bucket="poses")
     remote = build_storage(settings, api_url_prefix="/api/images")

@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 from litestar import Litestar, Router
-from litestar.openapi import OpenAPIConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.plugins.problem_details import ProblemDetailsPlugin
 from litestar.template.config import TemplateConfig
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
@@ -36,8 +36,11 @@ from app.api.http_metrics import (
 )
 from app.api.images import image
 from app.api.metrics import MetricsController
+from app.api.negotiation import negotiation_middleware
+from app.api.openapi import SCHEMA_ASSETS_ROUTER, openapi_config
 from app.api.poses import PoseController
 from app.api.rate_limit import STORE_NAME, generation_rate_limit, rate_limit_store
+from app.api.schemas import create_generation_request_type
 from app.db.connect import pg_connect_kwargs
 from app.domain.intake import IntakeGate
 from app.observability import tracing
@@ -101,17 +104,25 @@ def create_app(settings: Settings) -> Litestar:
                            OperatorController, ConsoleController, health, liveness, image, metrics_prometheus]
     if settings.flux_webhooks:
         handlers.append(flux_webhook)
-    router = Router(path=API_PREFIX, route_handlers=handlers, dependencies=DEPENDENCIES)
+    router = Router(
+        path=API_PREFIX, route_handlers=handlers, dependencies=DEPENDENCIES,
+        middleware=[negotiation_middleware],
+        # POST /generations takes at most POSEGEN_MAX_POSES poses: its body type is built from the settings.
+        signature_namespace={
+            "CreateGenerationRequest": create_generation_request_type(settings.max_poses_per_generation),
+        },
+    )
     middleware: list[Any] = [http_metrics_middleware]
     if settings.rate_limit_per_minute:
         middleware.append(generation_rate_limit(settings.rate_limit_per_minute).middleware)
     app = Litestar(
-        route_handlers=[router, metrics_prometheus],
+        route_handlers=[router, metrics_prometheus, SCHEMA_ASSETS_ROUTER],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        plugins=[ProblemDetailsPlugin()],
         middleware=middleware,
         stores={STORE_NAME: rate_limit_store(settings.redis_url)},
-        openapi_config=OpenAPIConfig(title="Pose Generator API", version=__version__, path="/schema"),
+        openapi_config=openapi_config(__version__),
         request_max_body_size=MAX_BODY_BYTES,
         # The operators' console page (app/api/admin_console.py).
         template_config=TemplateConfig(directory=Path(__file__).parent / "templates", engine=JinjaTemplateEngine),
@@ -123,3 +134,50 @@ def create_app(settings: Settings) -> Litestar:
     app.state.metrics_registry = scrape_registry(settings.prometheus_multiproc_dir)
     create_route_series(app)
     return app
+
+
+ASGIApp = Any
+
+
+def answer_head_as_get(app: Litestar) -> ASGIApp:
+    """``app`` with HEAD on every GET route (RFC 9110 9.3.2: the GET's status and headers, without the body),
+    and an ``Allow`` on 405 and OPTIONS answers that lists every method of the resource, HEAD included
+    (Litestar 2's own OPTIONS answer lists the methods of one handler of a path only: litestar#4169)."""
+    allowed: dict[str, bytes] = {}
+    for route in app.routes:
+        methods = set(getattr(route, "methods", ()))
+        if methods:
+            methods |= {"HEAD"} if "GET" in methods else set()
+            allowed[route.path_format] = ", ".join(sorted(methods)).encode()
+
+    async def serve(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        if scope["method"] != "HEAD":
+            options = scope["method"] == "OPTIONS"
+
+            async def send_with_allow(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start" and (options or message["status"] == 405):
+                    # A 405 is raised while routing, before the route's template is known: complete its Allow.
+                    known = allowed.get(scope.get("path_template", ""))
+                    message["headers"] = [
+                        (name, known or (value + b", HEAD" if b"GET" in value else value)) if name == b"allow"
+                        else (name, value)
+                        for name, value in message.get("headers", [])
+                    ]
+                await send(message)
+
+            await app(scope, receive, send_with_allow)
+            return
+
+        async def send_without_body(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body"):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await app({**scope, "method": "GET"}, receive, send_without_body)
+
+    return serve

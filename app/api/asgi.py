@@ -21,16 +21,17 @@ def build_asgi_app(settings: Settings | None = None) -> ASGIApp:
     environment); ``posegen api`` with one process passes the settings it has already checked.
     """
     from app.observability import sentry, tracing
-    from app.observability.logging import configure_logging
+    from app.observability.logging import announce_fault_drill, configure_logging
 
     settings = settings or Settings.from_env()
     # Before the app is built: both integrations patch libraries (Litestar, psycopg, redis, httpx).
     sentry.init_sentry(settings, process="api")
     tracing.init_tracing(settings)
     configure_logging(settings.log_level)
-    from app.api.app import create_app
+    announce_fault_drill({t.value: share for t, share in settings.faults.items()}, "API")
+    from app.api.app import answer_head_as_get, create_app
 
-    app = tracing.instrument_asgi(sentry.instrument_asgi(create_app(settings)))
+    app = tracing.instrument_asgi(sentry.instrument_asgi(answer_head_as_get(create_app(settings))))
     # What startup built lives as long as the process: keep the collector from rescanning it.
     gc.freeze()
     return app

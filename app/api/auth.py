@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -12,6 +13,9 @@ from litestar import Request
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
 _PRINCIPAL_KEY = "posegen.principal"
+# A short JWT_SECRET is refused in production and reported once at start-up elsewhere (app.settings,
+# app.cli); PyJWT would otherwise warn on every token signed or verified.
+warnings.filterwarnings("ignore", category=jwt.InsecureKeyLengthWarning)
 
 
 class Role(StrEnum):

@@ -33,7 +33,7 @@ class CreditController(Controller):
         )
 
     @post("/grants", status_code=HTTP_201_CREATED, summary="Grant credits to a user (ADMIN)",
-          responses=error_responses(401, 403, 422))
+          responses=error_responses(401, 403, 406, 413, 415, 422))
     async def grant(self, data: GrantRequest, db: AsyncConnection, principal: Principal) -> GrantResult:
         require_admin(principal)
         balance = await grant_credits(db, data.userId, data.amount, granted_by=principal.user_id)

@@ -8,6 +8,7 @@ that asked for it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ _encode = msgspec.json.Encoder().encode
 class GenerationRecord:
     user_id: str
     body: bytes  # the GenerationView, encoded
+    etag: str  # a strong entity tag of body, quoted
 
 
 class GenerationReader(Coalescer[str, "GenerationRecord | None"]):
@@ -66,4 +68,5 @@ class GenerationReader(Coalescer[str, "GenerationRecord | None"]):
                 for p in row["poses"]
             ],
         )
-        return GenerationRecord(row["userId"], _encode(view))
+        body = _encode(view)
+        return GenerationRecord(row["userId"], body, '"' + hashlib.blake2b(body, digest_size=12).hexdigest() + '"')

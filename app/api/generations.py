@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from litestar import Controller, MediaType, Request, Response, get, post
+from litestar.datastructures import ResponseHeader
 from litestar.exceptions import HTTPException, NotFoundException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 from litestar.response.base import ASGIResponse
-from litestar.status_codes import HTTP_202_ACCEPTED, HTTP_402_PAYMENT_REQUIRED, HTTP_503_SERVICE_UNAVAILABLE
+from litestar.status_codes import (
+    HTTP_202_ACCEPTED,
+    HTTP_304_NOT_MODIFIED,
+    HTTP_402_PAYMENT_REQUIRED,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
 from psycopg import AsyncConnection
 
+from app import API_PREFIX
 from app.api.auth import Principal, authenticate
-from app.api.errors import ValidationFailed
+from app.api.errors import RETRY_AFTER_UNAVAILABLE, ValidationFailed
 from app.api.openapi import error_responses
 from app.api.schemas import (
-    CreateGenerationRequest,
     GenerationAccepted,
     GenerationPage,
     GenerationSummary,
@@ -29,6 +36,7 @@ from app.domain.credits import InsufficientCreditsError
 from app.domain.error_events import record_error_event
 from app.domain.generations import (
     GenerationRequest,
+    IdempotencyKeyReusedError,
     UnknownPosesError,
     abandon_unqueued_generation,
     list_generations,
@@ -38,7 +46,16 @@ from app.observability import tracing
 from app.observability.logging import get_logger
 from app.worker.queue import enqueue_generation
 
+if TYPE_CHECKING:
+    # Built per app from POSEGEN_MAX_POSES (schemas.create_generation_request_type) and handed to Litestar
+    # through the router's signature namespace, so validation and the OpenAPI schema show the configured limit.
+    from msgspec import Struct as CreateGenerationRequest
+
 log = get_logger("API")
+
+# A poll's answer changes until the generation finishes and its image URLs expire: caches must ask again
+# every time (If-None-Match with the ETag answers 304 when nothing changed).
+POLL_CACHE_CONTROL = "private, no-cache"
 
 IdempotencyKey = Annotated[
     str | None,
@@ -52,7 +69,9 @@ class GenerationController(Controller):
     tags = ["generations"]
 
     @post("/", status_code=HTTP_202_ACCEPTED, summary="Create a generation",
-          responses=error_responses(401, 402, 422, 503))
+          response_headers=[ResponseHeader(name="Location", documentation_only=True,
+                                           description="Where to poll the generation")],
+          responses=error_responses(401, 402, 406, 413, 415, 422, 429, 503))
     async def create(
         self, request: Request, data: CreateGenerationRequest, principal: Principal,
         idempotency_key: IdempotencyKey = None,
@@ -67,8 +86,8 @@ class GenerationController(Controller):
                 headers={"Retry-After": str(pause.retry_after_seconds)},
                 extra={"errorType": ErrorType.NETWORK_ERROR.value, "paused": True},
             )
-        pose_ids = list(data.poseIds)
-        prompt = data.prompt.strip()
+        pose_ids = list(data.poseIds)  # type: ignore[attr-defined]
+        prompt = data.prompt.strip()  # type: ignore[attr-defined]
         if not prompt:
             raise ValidationFailed("prompt", "prompt must not be blank")
         if "\x00" in prompt:
@@ -83,6 +102,12 @@ class GenerationController(Controller):
         except UnknownPosesError as exc:
             await self._record_error(request, ErrorType.VALIDATION_ERROR, str(exc), principal.user_id)
             raise ValidationFailed("poseIds", str(exc)) from None
+        except IdempotencyKeyReusedError as exc:
+            raise HTTPException(
+                status_code=HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc),
+                extra={"errorType": ErrorType.VALIDATION_ERROR.value, "field": "Idempotency-Key",
+                       "fields": ["Idempotency-Key"]},
+            ) from None
         except InsufficientCreditsError as exc:
             await self._record_error(request, ErrorType.CREDIT_ERROR, str(exc), principal.user_id)
             raise HTTPException(
@@ -97,7 +122,9 @@ class GenerationController(Controller):
                      poseCount=len(pose_ids), creditsCharged=created.credits_charged)
         body = GenerationAccepted(created.generation_id, created.status, created.credits_charged,
                                   iso_or_none(created.created_at) or "")
-        headers = {} if created.created else {"Idempotent-Replayed": "true"}
+        headers = {"Location": f"{API_PREFIX}/generations/{created.generation_id}"}
+        if not created.created:
+            headers["Idempotent-Replayed"] = "true"
         return Response(body, status_code=HTTP_202_ACCEPTED, headers=headers)
 
     @staticmethod
@@ -121,12 +148,16 @@ class GenerationController(Controller):
             raise HTTPException(
                 status_code=HTTP_503_SERVICE_UNAVAILABLE,
                 detail="The generation queue is unavailable; nothing was charged. Retry later.",
-                extra={"errorType": ErrorType.NETWORK_ERROR.value},
+                extra={"errorType": ErrorType.NETWORK_ERROR.value}, headers={"Retry-After": RETRY_AFTER_UNAVAILABLE},
             ) from None
 
     @get("/{generation_id:str}", summary="One generation with its per-pose results",
          responses={200: ResponseSpec(data_container=GenerationView, description="The generation",
-                                      generate_examples=False), **error_responses(401, 404)})
+                                      generate_examples=False), **error_responses(401, 404, 406)},
+         response_headers=[ResponseHeader(name="ETag", documentation_only=True,
+                                          description="Send as If-None-Match: 304 while nothing changed"),
+                           ResponseHeader(name="Cache-Control", documentation_only=True,
+                                          description=POLL_CACHE_CONTROL)])
     async def read(self, request: Request, generation_id: str) -> ASGIResponse:
         # The hottest route: the caller is resolved by a plain call rather than by dependency injection,
         # which costs a twentieth of this request's CPU (bench/api_throughput.py).
@@ -136,9 +167,13 @@ class GenerationController(Controller):
             raise NotFoundException(f"generation {generation_id} not found")
         # The body is the GenerationView, encoded once per read batch (see generation_reads), answered as
         # it is: Litestar's Response would only re-check and copy it.
-        return ASGIResponse(body=record.body, media_type=MediaType.JSON)
+        headers = {"ETag": record.etag, "Cache-Control": POLL_CACHE_CONTROL}
+        if_none_match = next((value for name, value in request.scope["headers"] if name == b"if-none-match"), None)
+        if if_none_match is not None and _matches(record.etag, if_none_match.decode("latin-1")):
+            return ASGIResponse(status_code=HTTP_304_NOT_MODIFIED, headers=headers)
+        return ASGIResponse(body=record.body, media_type=MediaType.JSON, headers=headers)
 
-    @get("/", summary="The caller's generations, newest first", responses=error_responses(401, 422))
+    @get("/", summary="The caller's generations, newest first", responses=error_responses(401, 406, 422))
     async def list_own(
         self, db: AsyncConnection, principal: Principal,
         limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
@@ -159,3 +194,9 @@ class GenerationController(Controller):
             total=total, limit=limit, offset=offset,
         )
 
+
+
+def _matches(etag: str, if_none_match: str) -> bool:
+    """Whether an If-None-Match header names ``etag`` or is ``*`` (weak comparison, RFC 9110 13.1.2)."""
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag in tags

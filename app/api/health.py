@@ -1,4 +1,7 @@
-"""``GET /health``: no auth, the seed's shape, 503 when PostgreSQL or Redis is down, answered within 2 s."""
+"""``GET /health``: no auth, the seed's shape, 503 when PostgreSQL or Redis is down, answered within 2 s.
+
+One field more than the seed's: ``faultDrill``, so that a drill (``POSEGEN_FAULTS``) is never mistaken for
+an outage."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from litestar import Request, Response, get
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from app import APP_NAME, __version__
-from app.api.schemas import DependencyCheck, Health, HealthChecks, PausedView, QueueCheck, QueueCountsView
+from app.api.errors import RETRY_AFTER_UNAVAILABLE
+from app.api.schemas import DependencyCheck, FaultDrill, Health, HealthChecks, PausedView, QueueCheck, QueueCountsView
 from app.domain.intake import read_intake_pause, workers_paused
 from app.observability.logging import iso_timestamp
 from app.worker.queue_stats import read_queue_counts
@@ -40,6 +44,11 @@ async def _check_redis_and_queue(request: Request) -> tuple[DependencyCheck, Que
     return DependencyCheck("connected"), QueueCheck("operational", counts=view)
 
 
+def _fault_drill(request: Request) -> FaultDrill:
+    faults = request.app.state.settings.faults
+    return FaultDrill(active=bool(faults), faults={kind.value: fraction for kind, fraction in faults.items()})
+
+
 async def _paused(request: Request) -> PausedView | None:
     """The operators' planned pause, when there is one (None also when Redis cannot say)."""
     redis = request.app.state.redis
@@ -66,8 +75,12 @@ async def health(request: Request) -> Response[Health]:
         status="healthy" if healthy else "unhealthy", timestamp=iso_timestamp(), app=APP_NAME,
         version=__version__, checks=HealthChecks(database=database, redis=redis, queue=queue), phase=PHASE,
         paused=paused,
+        faultDrill=_fault_drill(request),
     )
-    return Response(body, status_code=HTTP_200_OK if healthy else HTTP_503_SERVICE_UNAVAILABLE)
+    # Monitors must see the state now, never a cached copy.
+    headers = {"Cache-Control": "no-store"} | ({} if healthy else {"Retry-After": RETRY_AFTER_UNAVAILABLE})
+    return Response(body, status_code=HTTP_200_OK if healthy else HTTP_503_SERVICE_UNAVAILABLE, headers=headers)
+
 
 
 @get("/health/live", summary="Liveness: the process answers (no dependency checks, no authentication)",

@@ -28,6 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from app.api.openapi import error_responses
 from app.observability import tracing
 from app.observability.build_info import BuildInfoCollector
 
@@ -115,7 +116,8 @@ def scrape_registry(multiprocess_dir: Path | None) -> CollectorRegistry:
 
 
 @get(["/metrics-prometheus"], summary="Prometheus metrics of this API process", tags=["metrics"],
-     media_type="text/plain", sync_to_thread=False)
+     media_type="text/plain", sync_to_thread=False, responses=error_responses(406),
+     opt={"produces": ["text/plain", OPENMETRICS_TYPE.partition(";")[0]]})
 def metrics_prometheus(
     state: State, accept: Annotated[str | None, Parameter(header="Accept", required=False)] = None,
 ) -> Response[bytes]:

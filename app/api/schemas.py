@@ -7,7 +7,6 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-MAX_POSES_PER_GENERATION = 10
 MAX_PROMPT_LENGTH = 1000
 
 # Ids are plain ASCII; anything else is refused at the edge with 422 rather than reaching SQL.
@@ -15,9 +14,15 @@ PoseId = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9
 UserId = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@-]+$")]
 
 
-class CreateGenerationRequest(msgspec.Struct, forbid_unknown_fields=True):
-    poseIds: Annotated[list[PoseId], Meta(min_length=1, max_length=MAX_POSES_PER_GENERATION)]
-    prompt: Annotated[str, Meta(min_length=1, max_length=MAX_PROMPT_LENGTH)]
+def create_generation_request_type(max_poses: int) -> type[msgspec.Struct]:
+    """The body of ``POST /generations`` with at most ``max_poses`` poses (``POSEGEN_MAX_POSES``), so that
+    validation and the OpenAPI schema both state the configured limit. Fields: ``poseIds``, ``prompt``."""
+    return msgspec.defstruct(
+        "CreateGenerationRequest",
+        [("poseIds", Annotated[list[PoseId], Meta(min_length=1, max_length=max_poses)]),
+         ("prompt", Annotated[str, Meta(min_length=1, max_length=MAX_PROMPT_LENGTH)])],
+        forbid_unknown_fields=True, module=__name__,
+    )
 
 
 class GenerationAccepted(msgspec.Struct):
@@ -145,6 +150,13 @@ class PausedView(msgspec.Struct):
     reason: str | None = None
 
 
+class FaultDrill(msgspec.Struct):
+    """Whether this process injects failures (``POSEGEN_FAULTS``), and the fraction of poses per error type."""
+
+    active: bool
+    faults: dict[str, float]
+
+
 class Health(msgspec.Struct, omit_defaults=True):
     status: str
     timestamp: str
@@ -152,12 +164,29 @@ class Health(msgspec.Struct, omit_defaults=True):
     version: str
     checks: HealthChecks
     phase: str
+    faultDrill: FaultDrill
     # Only while an operator has paused intake or workers (the seed's shape otherwise).
     paused: PausedView | None = None
 
 
-class ErrorBody(msgspec.Struct, omit_defaults=True):
-    status_code: int
+class InvalidParam(msgspec.Struct):
+    """One input that failed validation (RFC 9457's "invalid-params" example, camelCase)."""
+
+    name: str
+    reason: str
+    location: str
+
+
+class ProblemDetail(msgspec.Struct, omit_defaults=True):
+    """An error answer, RFC 9457 problem details (``application/problem+json``) with our extension members."""
+
+    type: str
+    title: str
+    status: int
     detail: str
     errorType: str | None = None
     field: str | None = None
+    fields: list[str] | None = None
+    invalidParams: list[InvalidParam] | None = None
+    required: int | None = None
+    balance: int | None = None

@@ -30,6 +30,16 @@ class UnknownPosesError(ValueError):
         self.missing = missing
 
 
+class IdempotencyKeyReusedError(ValueError):
+    """An Idempotency-Key already made a generation from a different request (other poses or prompt)."""
+
+    def __init__(self, key: str, generation_id: str) -> None:
+        super().__init__(f"Idempotency-Key {key!r} was already used for a different request (generation "
+                         f"{generation_id}: other poses or prompt); use a new key for a new request")
+        self.key = key
+        self.generation_id = generation_id
+
+
 @dataclass(frozen=True)
 class CreatedGeneration:
     generation_id: str
@@ -67,10 +77,12 @@ async def create_generations(
     functions ``posegen_create_generations`` of migration 006 and ``posegen_create_generation`` of 004).
 
     Each create succeeds or fails alone, atomically. With an ``idempotency_key`` already used by its
-    user, the result is that first generation (``created=False``), charged nothing; two racing requests
-    with one key serialise on the unique constraint. A failed create is its exception in the result list,
-    with nothing written for it: :class:`~app.domain.credits.InsufficientCreditsError`,
-    :class:`UnknownPosesError`, or the psycopg error the statement would have raised.
+    user for the same request (pose ids in order and prompt), the result is that first generation
+    (``created=False``), charged nothing; two racing requests with one key serialise on the unique
+    constraint. A failed create is its exception in the result list, with nothing written for it:
+    :class:`~app.domain.credits.InsufficientCreditsError`, :class:`UnknownPosesError`,
+    :class:`IdempotencyKeyReusedError` (the key's generation was made from another request), or the
+    psycopg error the statement would have raised.
     """
     items = [
         {"id": new_generation_id(), "userId": r.user_id, "prompt": r.prompt, "poseIds": r.pose_ids,
@@ -100,7 +112,31 @@ async def create_generations(
             except KeyError:
                 error_class = psycopg.DatabaseError
             results[item] = error_class(message)
+    replayed = [(i, r.generation_id) for i, r in enumerate(results)
+                if isinstance(r, CreatedGeneration) and not r.created]
+    if replayed:
+        # The IETF Idempotency-Key draft: a key reused with another request is an error, not a replay.
+        stored = await _request_fingerprints(conn, [generation_id for _, generation_id in replayed])
+        for i, generation_id in replayed:
+            request = requests[i]
+            if stored.get(generation_id) != request_fingerprint(request.pose_ids, request.prompt):
+                results[i] = IdempotencyKeyReusedError(request.idempotency_key or "", generation_id)
     return results
+
+
+def request_fingerprint(pose_ids: list[str], prompt: str) -> tuple[tuple[str, ...], str]:
+    """What makes two creates the same request: the pose ids in order and the prompt."""
+    return tuple(pose_ids), prompt
+
+
+async def _request_fingerprints(conn: AsyncConnection, generation_ids: list[str]) -> dict[str, tuple[Any, str]]:
+    """The request each generation was created from (its stored pose slots and prompt), by id."""
+    cur = await conn.execute(
+        "SELECT g.id, g.prompt, array_agg(p.pose_id ORDER BY p.position) FROM generations g"
+        " JOIN generation_poses p ON p.generation_id = g.id WHERE g.id = ANY(%s) GROUP BY g.id",
+        (generation_ids,),
+    )
+    return {gid: request_fingerprint(list(pose_ids), prompt) for gid, prompt, pose_ids in await cur.fetchall()}
 
 
 async def abandon_unqueued_generation(conn: AsyncConnection, generation_id: str, reason: str) -> None:

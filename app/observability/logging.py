@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import traceback
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -102,3 +103,10 @@ def bind_context(**values: Any) -> None:
 
 def clear_context() -> None:
     structlog.contextvars.clear_contextvars()
+
+
+def announce_fault_drill(faults: Mapping[str, float], component: str) -> None:
+    """A process running with ``POSEGEN_FAULTS`` (``faults``: fraction of poses failed per error type) says so
+    once at start-up, as a warning: its failures are injected, not real."""
+    if any(faults.values()):
+        get_logger(component).warning("Fault drill on: POSEGEN_FAULTS injects failures", faults=dict(faults))

@@ -18,7 +18,7 @@ or ``DD_AGENT_HOST``/``DD_TRACE_AGENT_PORT``, ``DD_TRACE_WRITER_INTERVAL_SECONDS
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,31 +39,28 @@ PATCHED_LIBRARIES = ("psycopg", "redis", "httpx", "rq")
 _tracer: Tracer | None = None
 
 
-def tracing_requested(environ: Mapping[str, str]) -> bool:
-    """``DD_TRACE_ENABLED`` read as ddtrace reads it (``true`` or ``1``); unset means off here."""
-    return environ.get("DD_TRACE_ENABLED", "").strip().lower() in ("true", "1")
-
-
 def init_tracing(settings: Settings) -> bool:
-    """Switch ddtrace on for this process when ``DD_TRACE_ENABLED`` asks for it; returns whether it is on."""
+    """Switch ddtrace on for this process when ``DD_TRACE_ENABLED`` (``settings.trace_enabled``) asks for it;
+    returns whether it is on."""
     global _tracer
-    # ddtrace configures itself from the environment; our settings fill what the operator did not set.
-    env = os.environ
-    if not tracing_requested(env):
+    if not settings.trace_enabled:
         return False
-    env.setdefault("DD_SERVICE", settings.dd_service)
-    env.setdefault("DD_ENV", settings.environment)
-    env.setdefault("DD_VERSION", __version__)
+    # ddtrace configures itself from the environment: hand it the service, env and version the settings
+    # resolved (the operator's DD_* values, else ours) before it is imported.
+    os.environ["DD_TRACE_ENABLED"] = "true"  # ddtrace knows fewer spellings of "on" than the settings
+    os.environ["DD_SERVICE"] = settings.dd_service
+    os.environ["DD_ENV"] = settings.dd_env or settings.environment
+    os.environ["DD_VERSION"] = settings.dd_version or __version__
     import ddtrace
     from ddtrace.trace import tracer
 
     ddtrace.patch(**dict.fromkeys(PATCHED_LIBRARIES, True))
     config: Any = ddtrace.config
-    if "DD_RQ_DISTRIBUTED_TRACING_ENABLED" not in env:
+    if settings.dd_rq_distributed_tracing is None:
         # The worker's job span continues the enqueueing request's trace through the job's meta.
         config.rq.distributed_tracing_enabled = True
         config.rq_worker.distributed_tracing_enabled = True
-    if "DD_HTTPX_DISTRIBUTED_TRACING" not in env:
+    if settings.dd_httpx_distributed_tracing is None:
         # The image provider and Supabase run no Datadog; trace headers would only tell them our ids.
         config.httpx.distributed_tracing = False
     _tracer = tracer

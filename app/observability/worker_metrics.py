@@ -21,10 +21,10 @@ import os
 import socket
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector, start_http_server
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from redis import Redis
@@ -135,9 +135,13 @@ class WorkerMetricsEndpoint:
     port's hash (:func:`use_metrics_group`), so nothing is lost while another worker serves it.
     """
 
-    def __init__(self, redis: Redis, host: str, port: int, revision: str = "unknown") -> None:
+    def __init__(self, redis: Redis, host: str, port: int, revision: str = "unknown",
+                 faults: Mapping[str, float] | None = None) -> None:
+        """``faults``: this worker's ``POSEGEN_FAULTS`` (fraction per error type), served as
+        ``pose_fault_drill_active`` and ``pose_fault_drill_fraction{error_type}`` so dashboards show a drill."""
         self.host = host
         self._revision = revision
+        self._faults = dict(faults or {})
         self.port = port
         self.group = metrics_group(port)
         self._redis = redis
@@ -183,6 +187,12 @@ class WorkerMetricsEndpoint:
         registry.register(OperationStatsCollector(self._redis, self.group))
         registry.register(BuildInfoCollector(self._revision))
         ProcessCollector(registry=registry)
+        Gauge("pose_fault_drill_active", "1 while this worker injects failures (POSEGEN_FAULTS), else 0",
+              registry=registry).set(1 if any(self._faults.values()) else 0)
+        fraction = Gauge("pose_fault_drill_fraction", "Fraction of poses this worker fails on purpose, by error type",
+                         ["error_type"], registry=registry)
+        for error_type, share in self._faults.items():
+            fraction.labels(error_type).set(share)
         try:
             server, _thread = start_http_server(self.port, addr=self.host, registry=registry)
         except OSError as exc:

@@ -1,4 +1,5 @@
-"""``local`` storage: files under a data folder, served by the API at ``/images/{key}``."""
+"""``local`` storage: files under a data folder, served by the API at ``/images/{key}`` to holders of a
+signed, expiring URL (:mod:`app.storage.signed_urls`)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from app.errors import StorageError
+from app.storage.signed_urls import ImageUrlSigner
 
 
 class LocalStorage:
     name = "local"
 
-    def __init__(self, root: Path, url_prefix: str) -> None:
+    def __init__(self, root: Path, url_prefix: str, signer: ImageUrlSigner) -> None:
         self._root = root.resolve()
         self._url_prefix = url_prefix.rstrip("/")
+        self.signer = signer
 
     def path_for(self, key: str) -> Path:
         """The file of ``key``; refuses keys that could leave the storage folder."""
@@ -33,7 +36,8 @@ class LocalStorage:
             raise StorageError(f"could not write {key}: {exc.strerror or exc}") from exc
 
     def public_url(self, key: str) -> str:
-        return f"{self._url_prefix}/{key}"
+        """The API URL of ``key``, signed, valid for the signer's lifetime."""
+        return f"{self._url_prefix}/{key}?{self.signer.query(key)}"
 
     async def aclose(self) -> None:
         return None

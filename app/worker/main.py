@@ -99,7 +99,8 @@ def start_metrics_endpoint(settings: Settings, host: str, port: int) -> WorkerMe
     if not port:
         use_metrics_group(None)
         return None
-    endpoint = WorkerMetricsEndpoint(worker_redis(settings), host, port, settings.revision)
+    endpoint = WorkerMetricsEndpoint(worker_redis(settings), host, port, settings.revision,
+                                     {t.value: share for t, share in settings.faults.items()})
     endpoint.start()
     return endpoint
 

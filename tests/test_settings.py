@@ -1,0 +1,151 @@
+"""Settings say what they do: every variable is documented, numbers are finite, production refuses unsafe keys.
+
+The variables are learned from the settings object itself (:meth:`Settings.variables`), so a setting added
+later is covered by these tests without editing them.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.settings import DEV_JWT_SECRET, Settings, SettingsError
+from tests.stack import ROOT
+
+NUMERIC_KINDS = {"number", "integer", "faults", "latency"}
+NUMERIC = sorted(name for name, kind in Settings.variables().items() if kind in NUMERIC_KINDS)
+NON_FINITE = ("nan", "inf", "-inf", "NaN", "Infinity")
+GOOD_SECRET = "a-production-secret-of-at-least-32-bytes-0123"
+
+
+def _non_finite_value(name: str, text: str) -> str:
+    return f"FLUX_API_ERROR={text}" if Settings.variables()[name] == "faults" else text
+
+
+def _posegen(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``posegen`` as an operator runs it, with only ``env`` (and PATH) set."""
+    return _posegen_all([(list(args), env)])[0]
+
+
+def _posegen_all(runs: list[tuple[list[str], dict[str, str]]]) -> list[subprocess.CompletedProcess[str]]:
+    """Several ``posegen`` commands at once (each a real process start), their results in order."""
+    started = [(argv, subprocess.Popen([sys.executable, "-m", "app.cli", *argv], cwd=ROOT, text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       env={"PATH": os.environ["PATH"], **env}))
+               for argv, env in runs]
+    results = []
+    for argv, process in started:
+        try:
+            stdout, stderr = process.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        results.append(subprocess.CompletedProcess(argv, process.returncode, stdout, stderr))
+    return results
+
+
+def test_numeric_settings_are_found_by_introspection() -> None:
+    # The list the other tests walk: if this shrinks, they test less.
+    assert {"POSEGEN_LEASE_SECONDS", "POSEGEN_MAX_POSES", "POSEGEN_RATE_LIMIT_PER_MINUTE", "FLUX_TIMEOUT_SECONDS",
+            "SENTRY_TRACES_SAMPLE_RATE", "POSEGEN_FAULTS", "POSEGEN_LOCAL_LATENCY"} <= set(NUMERIC)
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+def test_every_numeric_setting_refuses_nan_and_infinities(name: str) -> None:
+    for text in NON_FINITE:
+        with pytest.raises(SettingsError) as refused:
+            Settings.from_env({name: _non_finite_value(name, text)})
+        message = str(refused.value)
+        assert name in message and "\n" not in message, message
+
+
+def test_a_worker_with_any_non_finite_setting_refuses_to_start() -> None:
+    runs = [(["worker", "--metrics-port", "0"], {name: _non_finite_value(name, "nan")}) for name in NUMERIC]
+    for name, result in zip(NUMERIC, _posegen_all(runs), strict=True):
+        assert result.returncode == 2, (name, result.stdout + result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0], (name, result.stderr)
+
+
+def test_production_refuses_to_start_without_a_real_jwt_secret() -> None:
+    cases = [(None, "not set"), ("", "not set"), (DEV_JWT_SECRET, "development secret"), ("short-secret", "12 bytes")]
+    runs = [(command, {"POSEGEN_ENV": "production"} | ({} if secret is None else {"JWT_SECRET": secret}))
+            for command in (["api", "--port", "0"], ["worker", "--metrics-port", "0"]) for secret, _ in cases]
+    for (command, env), result in zip(runs, _posegen_all(runs), strict=True):
+        problem = dict(cases)[env.get("JWT_SECRET")]
+        assert result.returncode == 2, (command, env, result.stdout + result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "JWT_SECRET" in lines[0] and problem in lines[0], (command, result.stderr)
+        assert not env.get("JWT_SECRET") or env["JWT_SECRET"] not in result.stderr
+
+
+def test_production_accepts_a_long_random_secret_and_token_prints_no_warnings() -> None:
+    result = _posegen("token", "--user", "alice", POSEGEN_ENV="production", JWT_SECRET=GOOD_SECRET)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.strip().splitlines()[-1].count(".") == 2
+
+
+def test_development_token_says_once_that_a_short_secret_would_be_refused() -> None:
+    default = _posegen("token", "--user", "alice")
+    assert default.returncode == 0 and default.stderr == "", default.stderr
+    short = _posegen("token", "--user", "alice", JWT_SECRET="short-secret")
+    assert short.returncode == 0
+    assert short.stderr.strip().splitlines() == [
+        "warning: JWT_SECRET is 12 bytes; HS256 needs a secret of at least 32 bytes "
+        "(would be refused with POSEGEN_ENV=production)"
+    ]
+    assert "InsecureKeyLengthWarning" not in short.stderr
+
+
+def test_compose_requires_a_jwt_secret() -> None:
+    compose = (ROOT / "deploy" / "docker-compose.yml").read_text()
+    assert re.search(r"^\s+JWT_SECRET: \$\{JWT_SECRET:\?[^}]+\}\s*$", compose, re.MULTILINE), \
+        "deploy/docker-compose.yml must require JWT_SECRET (${JWT_SECRET:?message})"
+    assert DEV_JWT_SECRET not in compose and "dev-secret-change-me" not in compose
+
+
+def _readme_configuration_variables() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    names: list[str] = []
+    for row in section.splitlines():
+        if row.startswith("| `"):
+            first_cell = row.split("|")[1]
+            names += re.findall(r"`([A-Z][A-Z0-9_]+)`", first_cell)
+    return names
+
+
+def test_readme_configuration_table_lists_exactly_the_settings_read() -> None:
+    documented = _readme_configuration_variables()
+    assert len(documented) == len(set(documented)), "a variable is listed twice"
+    assert set(documented) == set(Settings.variables()), (
+        f"missing from README: {sorted(set(Settings.variables()) - set(documented))}; "
+        f"documented but never read: {sorted(set(documented) - set(Settings.variables()))}"
+    )
+
+
+def _environment_reads(path: Path) -> list[str]:
+    """Lines of ``path`` that read a variable from the environment (writes and whole copies are not reads)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        text = ast.unparse(node)
+        if isinstance(node, ast.Call) and text.startswith(("os.getenv(", "os.environ.get(", "getenv(")):
+            found.append(f"{path.name}:{node.lineno}: {text}")
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and text.startswith("os.environ["):
+            found.append(f"{path.name}:{node.lineno}: {text}")
+        elif isinstance(node, ast.Compare) and "os.environ" in text and "in" in text:
+            found.append(f"{path.name}:{node.lineno}: {text}")
+    return found
+
+
+def test_only_the_settings_object_reads_the_environment() -> None:
+    sources = [p for folder in ("app", "exporter", "dashboards") for p in (ROOT / folder).rglob("*.py")
+               if p.name != "settings.py"]
+    reads = [line for path in sources for line in _environment_reads(path)]
+    assert reads == [], reads
