@@ -106,12 +106,14 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_seed(args: argparse.Namespace) -> int:
     import psycopg
 
+    from app.db.connect import pg_connect_kwargs
     from app.domain.poses import seed_pose_library
 
     settings = _settings()
 
     async def seed() -> int:
-        async with await psycopg.AsyncConnection.connect(settings.database_url, autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(
+                settings.database_url, autocommit=True, **pg_connect_kwargs()) as conn:
             return await seed_pose_library(conn)
 
     try:

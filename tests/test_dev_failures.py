@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import suppress
@@ -116,3 +117,17 @@ def test_migrate_against_a_bad_database_prints_one_line(problem: str) -> None:
     line = _one_error_line(done)
     assert line.startswith("error: posegen migrate: PostgreSQL at ") and expected in line, line
     assert done.stderr.strip() == line
+
+
+def test_migrate_against_a_server_that_never_answers_gives_up_in_seconds() -> None:
+    """A port where something accepts but never speaks PostgreSQL (a black hole): libpq's connect_timeout ends it."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/posegen"
+        began = time.monotonic()
+        done = _run([sys.executable, "-m", "app.cli", "migrate"], DATABASE_URL=url)
+        took = time.monotonic() - began
+    line = _one_error_line(done)
+    assert line.startswith("error: posegen migrate: PostgreSQL at ") and "timeout" in line, line
+    assert took < 30, f"migrate waited {took:.0f} s for a server that never answers"
