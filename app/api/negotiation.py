@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar.datastructures.headers import Accept
+from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_406_NOT_ACCEPTABLE, HTTP_415_UNSUPPORTED_MEDIA_TYPE
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -57,7 +58,10 @@ def negotiation_middleware(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             handler = scope["route_handler"]
-            if "data" in handler.parsed_fn_signature.parameters:
+            data = handler.parsed_fn_signature.parameters.get("data")
+            # A form route (the operators' console) declares its own encoding; JSON routes declare none.
+            declared = getattr(data.kwarg_definition, "media_type", None) if data is not None else "none"
+            if declared in (None, RequestEncodingType.JSON):
                 require_json_body(scope)
             require_acceptable(scope, handler)
         await app(scope, receive, send)
