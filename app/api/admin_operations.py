@@ -126,7 +126,7 @@ class OperatorController(Controller):
           description="Applies to finished generations with failed poses that match `generationId` or "
                       "`filter`. `charge: false` retries on the house (a `waiver` ledger row records it); "
                       "`charge: true` charges like a new generation and refuses users who cannot pay.",
-          responses=error_responses(401, 403, 422))
+          responses=error_responses(401, 403, 415, 422))
     async def retry(
         self, request: Request, db: AsyncConnection, principal: Principal, data: RetryRequest,
         idempotency_key: RetryIdempotencyKey = None,
@@ -145,13 +145,13 @@ class OperatorController(Controller):
 
     @post("/pause", status_code=HTTP_200_OK,
           summary="Pause intake (POST /generations answers 503 with Retry-After) and/or workers (drain) (ADMIN)",
-          responses=error_responses(401, 403, 422))
+          responses=error_responses(401, 403, 415, 422))
     async def pause(self, request: Request, db: AsyncConnection, principal: Principal,
                     data: PauseRequest) -> PauseState:
         return await run_pause(request, db, principal.user_id, data)
 
     @post("/resume", status_code=HTTP_200_OK, summary="Resume intake and/or workers (ADMIN)",
-          responses=error_responses(401, 403, 422))
+          responses=error_responses(401, 403, 415, 422))
     async def resume(self, request: Request, db: AsyncConnection, principal: Principal,
                      data: ResumeRequest) -> PauseState:
         return await run_resume(request, db, principal.user_id, data)
