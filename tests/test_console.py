@@ -45,6 +45,19 @@ def wait_for(browser: webdriver.Chrome, css: str, timeout: float = 60) -> None:
     WebDriverWait(browser, timeout, poll_frequency=0.2).until(lambda b: b.find_elements(By.CSS_SELECTOR, css))
 
 
+def text_of(browser: webdriver.Chrome, element_id: str) -> str | None:
+    """The element's current text, read in one script call: the console re-renders parts of the page while it
+    polls, so a found element can be replaced before its text is read (a stale node)."""
+    return browser.execute_script(  # type: ignore[no-any-return]
+        "const e = document.getElementById(arguments[0]); return e ? e.innerText.trim() : null;", element_id)
+
+
+def texts_of(browser: webdriver.Chrome, css: str) -> list[str]:
+    """The texts of every element matching ``css``, read in one script call (see :func:`text_of`)."""
+    return browser.execute_script(  # type: ignore[no-any-return]
+        "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText.trim());", css)
+
+
 def test_operator_retries_an_outage_from_the_console(fresh_stack, browser: webdriver.Chrome,  # type: ignore[no-untyped-def]
                                                       tmp_path: Path) -> None:
     stack: Stack = fresh_stack(workers=0)
@@ -61,7 +74,7 @@ def test_operator_retries_an_outage_from_the_console(fresh_stack, browser: webdr
     browser.find_element(By.ID, "token").send_keys(stack.token(user))
     browser.find_element(By.ID, "sign-in").click()
     wait_for(browser, "#sign-in-error")
-    assert "ADMIN" in browser.find_element(By.ID, "sign-in-error").text, "a user's token does not sign in"
+    assert "ADMIN" in text_of(browser, "sign-in-error"), "a user's token does not sign in"
     browser.find_element(By.ID, "token").send_keys(stack.token("console-op", Role.ADMIN))
     browser.find_element(By.ID, "sign-in").click()
     wait_for(browser, "#actor")
@@ -71,44 +84,45 @@ def test_operator_retries_an_outage_from_the_console(fresh_stack, browser: webdr
     browser.find_element(By.ID, "f-userId").send_keys(user)
     browser.find_element(By.ID, "find").click()
     wait_for(browser, "tr.generation")
-    rows = browser.find_elements(By.CSS_SELECTOR, "tr.generation")
-    assert sorted(r.get_attribute("data-id") for r in rows) == sorted(failed)
-    assert {r.find_element(By.CLASS_NAME, "status").text for r in rows} == {"failed"}
+    ids = browser.execute_script(
+        "return Array.from(document.querySelectorAll('tr.generation')).map(r => r.dataset.id);")
+    assert sorted(ids) == sorted(failed)
+    assert set(texts_of(browser, "tr.generation .status")) == {"failed"}
 
     # One generation's attempts.
     browser.find_element(By.LINK_TEXT, failed[0]).click()
     wait_for(browser, "#attempts")
-    assert [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#attempts .outcome")] == ["failed"]
+    assert texts_of(browser, "#attempts .outcome") == ["failed"]
 
     # Dry run, then retry; the page follows the batch until it is done.
     browser.find_element(By.ID, "dry-run").click()
     wait_for(browser, "#dry-run-result")
-    assert browser.find_element(By.ID, "dry-run-counts").text == (
+    assert text_of(browser, "dry-run-counts") == (
         "2 generation(s), 4 pose(s), 1 user(s), 120 credits on the house")
     browser.find_element(By.ID, "retry").click()
     wait_for(browser, "#retry-done", timeout=90)
-    assert browser.find_element(By.ID, "progress-text").text.startswith("2 completed, 0 failed")
+    assert (text_of(browser, "progress-text") or "").startswith("2 completed, 0 failed")
     for generation_id in failed:
         assert stack.wait_finished(user, generation_id)["status"] == "completed"
     assert stack.balance(user) == 300
 
     browser.get(f"{console}?status=completed&userId={user}&generation={failed[0]}")
     wait_for(browser, "#attempts")
-    assert [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#attempts .outcome")] == ["failed", "completed"]
+    assert texts_of(browser, "#attempts .outcome") == ["failed", "completed"]
     browser.save_screenshot(str(tmp_path / "console-after-retry.png"))
 
     # Pause and resume intake.
     browser.find_element(By.ID, "pause-reason").send_keys("console drill")
     browser.find_element(By.ID, "pause").click()
     wait_for(browser, "#intake-state")
-    assert browser.find_element(By.ID, "intake-state").text == "paused"
+    assert text_of(browser, "intake-state") == "paused"
     assert stack.create_generation(user, POSES).status_code == 503
     browser.find_element(By.ID, "resume").click()
     deadline = time.monotonic() + 10
-    while browser.find_element(By.ID, "intake-state").text != "open":
+    while text_of(browser, "intake-state") != "open":
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    actions = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "#audit .action")]
+    actions = texts_of(browser, "#audit .action")
     assert actions[:5] == ["resume_workers", "resume_intake", "pause_intake", "retry", "retry_dry_run"], actions
     browser.save_screenshot(str(tmp_path / "console.png"))
     assert (tmp_path / "console.png").stat().st_size > 10_000
