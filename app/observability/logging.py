@@ -79,7 +79,49 @@ def add_processor(processor: Any) -> None:
     _extra_processors.append(processor)
 
 
+# Standard-library loggers of the libraries we run (RQ's worker loop, the ASGI server) and the component their
+# lines belong to; any other library's lines are the API's.
+_LIBRARY_COMPONENTS = (("rq", "Worker"), ("httpx", "FLUX"), ("httpcore", "FLUX"))
+
+
+class LibraryLogHandler(logging.Handler):
+    """Writes standard-library log records (RQ's "could not connect to Redis", a library's warning) as
+    entries of the seed's shape, so every line a process prints is one JSON object."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            component = next((c for prefix, c in _LIBRARY_COMPONENTS
+                              if record.name == prefix or record.name.startswith(prefix + ".")), "API")
+            entry: dict[str, Any] = {
+                "timestamp": iso_timestamp(datetime.fromtimestamp(record.created, UTC)),
+                "level": _LEVELS.get(record.levelname.lower(), record.levelname),
+                "component": component,
+                "message": record.getMessage(),
+                "metadata": {"logger": record.name},
+            }
+            error = _error_of(record.exc_info)
+            if error is not None:
+                entry["error"] = error
+            stream = self._stream or sys.stdout
+            stream.write(_render(None, "", entry) + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 - logging must never take the process down
+            self.handleError(record)
+
+
 def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
+    """JSON entries of the seed's shape on ``stream`` (stdout) at ``level`` and above, for our loggers and
+    for the standard-library loggers of the libraries we use (see :class:`LibraryLogHandler`)."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, LibraryLogHandler)]:
+        root.removeHandler(handler)
+    root.addHandler(LibraryLogHandler(stream))
+    if root.level == logging.WARNING:  # the default: libraries' own INFO chatter stays out unless asked for
+        root.setLevel(max(_NUMERIC[level.upper()], logging.WARNING))
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *_extra_processors, _seed_shape, _render],
         wrapper_class=structlog.make_filtering_bound_logger(_NUMERIC[level.upper()]),

@@ -6,7 +6,8 @@ under one command (:mod:`app.worker.pool`).
 
 from __future__ import annotations
 
-import time
+import signal
+import threading
 from typing import Any
 
 import psycopg
@@ -53,6 +54,15 @@ class PoseWorker(CountingWorker):
         kwargs.setdefault("worker_ttl", WORKER_TTL_SECONDS)
         kwargs.setdefault("job_monitoring_interval", JOB_MONITORING_INTERVAL_SECONDS)
         super().__init__(*args, **kwargs)
+
+    #: Set by SIGTERM/SIGINT (or a pool's stop request). RQ's own ``_stop_requested`` stays False when the
+    #: signal comes while the worker is idle (it raises StopRequested instead), so the caller cannot tell
+    #: a requested stop from a loop that ended on a Redis timeout by that flag alone.
+    stop_signalled = False
+
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        self.stop_signalled = True
+        super().request_stop(signum, frame)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Seconds until this execution's started-registry entry expires without a new heartbeat."""
@@ -105,6 +115,28 @@ def start_metrics_endpoint(settings: Settings, host: str, port: int) -> WorkerMe
     return endpoint
 
 
+RESTART_PAUSE_SECONDS = 1.0
+
+
+def _stop_was_requested(worker: PoseWorker | None) -> bool:
+    return worker is not None and (worker.stop_signalled or worker._stop_requested)
+
+
+def _wait_unless_stopped(seconds: float) -> bool:
+    """Sleep ``seconds`` between restarts; False (at once) if SIGTERM/SIGINT arrives meanwhile.
+
+    RQ's handlers from the last ``work()`` are still installed and would call into a worker whose loop has
+    ended, so ours stand in until the next ``work()`` installs RQ's again."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handler)
+    return not stop.wait(seconds)
+
+
 def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, in_pool: bool = False,
                        metrics_port: int = 0, serving: bool = False) -> None:
     """Run one RQ worker (and this process's reaper) until SIGTERM/SIGINT, or an empty queue with ``burst``.
@@ -119,6 +151,7 @@ def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, in_
     reaper.start()
     restarts = 0
     advertised = False
+    worker: PoseWorker | None = None
     try:
         while True:
             try:
@@ -133,18 +166,22 @@ def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, in_
                     log.info("Worker starting", queue=queue.name, worker=worker.name, provider=settings.provider,
                              metricsPort=metrics_port or None, servingMetrics=serving, inPool=in_pool)
                 worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
-                if burst or worker._stop_requested:
+                if burst or _stop_was_requested(worker):
                     return
                 # RQ ends its loop on a Redis timeout outside the dequeue (a heartbeat on a connection that
                 # went silent): this process is fine, so it registers again on a fresh connection.
                 log.error("Worker loop ended without a stop request; restarting it", worker=worker.name)
-                restarts += 1
-                time.sleep(1.0)
             except (RedisConnectionError, RedisTimeoutError) as exc:
+                if _stop_was_requested(worker):  # asked to stop while Redis was away: nothing left to unregister
+                    log.warning("Worker stopping without Redis", error=str(exc))
+                    return
                 # Redis went away: wait for it rather than exit, so a Redis restart needs no worker restart.
                 log.error("Redis unreachable; worker waiting to reconnect", error=str(exc))
-                restarts += 1
-                time.sleep(1.0)
+            except StopRequested:  # a signal while registering, before RQ's loop caught it
+                return
+            restarts += 1
+            if not _wait_unless_stopped(RESTART_PAUSE_SECONDS):
+                return
     finally:
         reaper.stop()
 
