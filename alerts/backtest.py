@@ -2,7 +2,8 @@
 
 ``posegen alerts backtest --prometheus URL --since 7d [--override ALERT=THRESHOLD]`` evaluates each
 alert's expression with the HTTP API's ``query_range`` (one point per ``--step``, the evaluation
-interval), emulates ``for`` and ``keep_firing_for`` the way the rule manager does, and prints when each
+interval) from the first point where Prometheus holds any history, emulates ``for`` and
+``keep_firing_for`` the way the rule manager does, and prints when each
 alert would have fired and its firings per day (pages per day for critical ones) — and, for an
 override, the same before and after the new threshold, so a change is judged on real traffic.
 
@@ -171,6 +172,21 @@ class Prometheus:
         return list(merged.values())
 
 
+# A scrape happened (any target's ``up``), or, in a backfilled history without scrapes, the seed's counter.
+HISTORY_PROBES = ("count(up)", "count(pose_generations_total)")
+
+
+def history_start(prom: Prometheus, start: float, end: float, step: int) -> float | None:
+    """The first evaluation time in [start, end] at which Prometheus holds any history (see
+    :data:`HISTORY_PROBES`), or None when it holds none. Before it, every absent-series alert would "fire"
+    on a TSDB that simply did not exist yet, so the replay starts there."""
+    for probe in HISTORY_PROBES:
+        times = [float(t) for series in prom.query_range(probe, start, end, step) for t, _ in series["values"]]
+        if times:
+            return min(times)
+    return None
+
+
 @dataclass
 class Result:
     rule: AlertRule
@@ -237,10 +253,15 @@ def run_backtest(args: argparse.Namespace) -> int:
         since, step = seconds(args.since), seconds(args.step)
         overrides = parse_overrides(args.override, alerts)
         end = float(int(time.time()) // step * step)
-        start = end - since
-        days = since / 86400
         prom = Prometheus(args.prometheus)
-        header = (f"over {args.since} ({_when(start)} .. {_when(end)}), step {args.step}, "
+        first = history_start(prom, end - since, end, step)
+        if first is None:
+            raise BacktestError(f"Prometheus at {args.prometheus} holds no history in the last {args.since} "
+                                f"(no {' and no '.join(HISTORY_PROBES)})")
+        start = max(end - since, first)
+        days = (end - start) / 86400
+        clipped = f"; history begins {_when(start)}" if start > end - since else ""
+        header = (f"over {args.since} ({_when(start)} .. {_when(end)}{clipped}), step {args.step}, "
                   f"from {args.prometheus}")
         before = backtest(prom, alerts, records, start, end, step)
         print("\n".join(report(before, days, f"Backtest of {len(alerts)} alert rules {header}")))
