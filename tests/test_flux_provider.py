@@ -279,3 +279,30 @@ def test_task_durations_are_learned_in_redis_and_shared() -> None:
         assert polls_per_task < 12
     finally:
         release_redis_db(index)
+
+
+def test_the_task_is_reported_done_when_ready_before_the_download() -> None:
+    """The worker's provider slot counts FLUX's tasks in flight: it is handed back when the task is Ready,
+    not after the sample's download from the delivery host."""
+    downloads_when_done: list[int] = []
+
+    async def task_done() -> None:
+        downloads_when_done.append(flux.downloads)
+
+    async def scenario(settings: Settings) -> bytes:
+        provider = FluxProvider(settings)
+        try:
+            return await provider.generate(_request(), task_done=task_done)
+        finally:
+            await provider.aclose()
+
+    with FakeFlux(latency=0.2) as flux:
+        image = asyncio.run(scenario(_settings(flux)))
+        assert image == flux.sample_png
+        assert downloads_when_done == [0] and flux.downloads == 1
+        # A task that fails never reports done (the caller's block releases the slot as it ends).
+        flux.fail_next("moderated")
+        downloads_when_done.clear()
+        with pytest.raises(PoseGenerationError):
+            asyncio.run(scenario(_settings(flux)))
+        assert downloads_when_done == []

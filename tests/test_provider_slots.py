@@ -111,3 +111,22 @@ def test_a_deadline_while_waiting_for_a_slot_always_ends_the_wait(slots_redis: s
     runner.join(60)
     assert not runner.is_alive(), f"a wait ignored its deadline after {len(outcomes)} waits"
     assert outcomes == ["timed out"] * 200
+
+
+def test_a_slot_released_early_is_free_before_the_block_ends(slots_redis: str) -> None:
+    """The pipeline gives a slot back when the provider's task is done (the download follows): another pose
+    takes it at once, and the block's own release at its end does not free a second slot."""
+    async def scenario() -> tuple[int, int, int]:
+        redis = AsyncRedis.from_url(slots_redis)
+        slots = ProviderSlots(redis, 1, LEASE)
+        async with slots.slot() as held:
+            await held.release()
+            after_release = await redis.zcard("posegen:provider-slots")
+            async with slots.slot():  # the cap is 1: this would wait for ever without the early release
+                in_second = await redis.zcard("posegen:provider-slots")
+                await held.release()  # idempotent: does not free the second holder's slot
+                still = await redis.zcard("posegen:provider-slots")
+        await redis.aclose()
+        return after_release, in_second, still
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 5)) == (0, 1, 1)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+#: Called once the provider has finished the task (its concurrency allowance is free again), before the
+#: image is fetched: the worker gives the provider slot back then.
+TaskDone = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -22,8 +27,10 @@ class ImageRequest:
 class ImageProvider(Protocol):
     name: str
 
-    async def generate(self, request: ImageRequest) -> bytes:
-        """Return the image bytes (PNG or JPEG); raise a :class:`app.errors.PoseGenerationError`."""
+    async def generate(self, request: ImageRequest, task_done: TaskDone | None = None) -> bytes:
+        """Return the image bytes (PNG or JPEG); raise a :class:`app.errors.PoseGenerationError`.
+
+        ``task_done`` is awaited when the provider's task has finished and only the delivery is left."""
         ...
 
     async def aclose(self) -> None: ...

@@ -22,7 +22,7 @@ import httpx
 
 from app.errors import FluxApiError, PoseGenerationError, ProviderNetworkError, ProviderTimeoutError
 from app.observability.logging import get_logger
-from app.providers.base import ImageRequest
+from app.providers.base import ImageRequest, TaskDone
 from app.providers.call_metrics import ProviderCallMetrics
 from app.providers.flux_webhooks import TaskWakeups, webhook_secret, webhook_url
 from app.providers.task_durations import TaskDurations
@@ -80,14 +80,17 @@ class FluxProvider:
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(timeout=self._timeout)
 
-    async def generate(self, request: ImageRequest) -> bytes:
-        """Return the image bytes; raise FluxApiError, ProviderTimeoutError or ProviderNetworkError."""
+    async def generate(self, request: ImageRequest, task_done: TaskDone | None = None) -> bytes:
+        """Return the image bytes; raise FluxApiError, ProviderTimeoutError or ProviderNetworkError.
+
+        ``task_done`` is awaited as soon as FLUX reports the task Ready (it no longer counts against the
+        account's concurrent tasks), before the sample is downloaded from the delivery host."""
         budget = self._settings.flux_deadline_seconds
         meta = {"generationId": request.generation_id, "poseId": request.pose_id}
         deadline = asyncio.get_running_loop().time() + budget
         try:
             async with asyncio.timeout_at(deadline):
-                return await self._generate(request, deadline, meta)
+                return await self._generate(request, deadline, meta, task_done)
         except TimeoutError:
             raise ProviderTimeoutError(f"FLUX did not deliver the image within {budget:g}s") from None
 
@@ -95,7 +98,8 @@ class FluxProvider:
         if self._owns_client:
             await self._client.aclose()
 
-    async def _generate(self, request: ImageRequest, deadline: float, meta: dict[str, str]) -> bytes:
+    async def _generate(self, request: ImageRequest, deadline: float, meta: dict[str, str],
+                        task_done: TaskDone | None) -> bytes:
         model = self._settings.flux_model
         log.info("Calling FLUX API", model=model, width=request.width, height=request.height, **meta)
         payload = {
@@ -118,6 +122,8 @@ class FluxProvider:
         task_id = str(submitted.get("id", ""))
         log.debug("FLUX task submitted", taskId=task_id, **meta)
         sample_url = await self._poll(self._base.join(polling_url), task_id, deadline, meta, submitted_at)
+        if task_done is not None:
+            await task_done()
         # The sample is a signed delivery URL on another host: the key is not sent there.
         image = (await self._call("GET", sample_url, "download", deadline, meta, auth=False)).content
         if not image.startswith(_IMAGE_SIGNATURES):

@@ -14,7 +14,7 @@ import time
 
 from PIL import Image, ImageDraw
 
-from app.providers.base import ImageRequest
+from app.providers.base import ImageRequest, TaskDone
 from app.providers.call_metrics import ProviderCallMetrics
 from app.providers.skeleton import encode_png
 from app.settings import LatencyRange
@@ -27,7 +27,8 @@ class LocalProvider:
         self._latency = latency or LatencyRange()
         self._call_metrics = call_metrics
 
-    async def generate(self, request: ImageRequest) -> bytes:
+    async def generate(self, request: ImageRequest, task_done: TaskDone | None = None) -> bytes:
+        """The local render; the whole call is the task, so ``task_done`` is left to the caller's block."""
         began = time.perf_counter()
         delay = self._delay(request)
         if delay > 0:

@@ -103,6 +103,24 @@ def retry_slot_limit(limit: int, share: float) -> int:
     return max(1, int(limit * share))
 
 
+class HeldSlot:
+    """One provider slot held by a pose: :meth:`release` gives it back early (once the provider says the task
+    is done, before the image is downloaded); the ``slot()`` block releases it otherwise. Idempotent."""
+
+    def __init__(self, slots: ProviderSlots, token: str, renewer: asyncio.Task[None]) -> None:
+        self._slots = slots
+        self._token = token
+        self._renewer = renewer
+        self.released = False
+
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self._renewer.cancel()
+        await self._slots.release(self._token)
+
+
 class ProviderSlots:
     def __init__(
         self, redis: Redis, limit: int, lease_seconds: float = SLOT_LEASE_SECONDS, key: str = PROVIDER_SLOTS_KEY,
@@ -167,7 +185,8 @@ class ProviderSlots:
             _honour_cancellation()
 
     @asynccontextmanager
-    async def slot(self, retry: bool = False) -> AsyncIterator[None]:
+    async def slot(self, retry: bool = False) -> AsyncIterator[HeldSlot]:
+        """Hold one slot for the block (waiting for one first); the block may release it earlier."""
         waiting_since = time.perf_counter()
         token = await self.acquire(retry)
         await self._record_wait(time.perf_counter() - waiting_since)
@@ -176,12 +195,11 @@ class ProviderSlots:
         except asyncio.CancelledError:
             await self.release(token)
             raise
-        renewer = asyncio.create_task(self.keep_alive(token))
+        held = HeldSlot(self, token, asyncio.create_task(self.keep_alive(token)))
         try:
-            yield
+            yield held
         finally:
-            renewer.cancel()
-            await self.release(token)
+            await held.release()
 
 
 def advertise_limit(redis: SyncRedis, limit: int) -> None:

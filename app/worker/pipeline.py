@@ -181,10 +181,11 @@ class GenerationPipeline:
             seed=_seed(claimed.generation_id, pose.position), generation_id=claimed.generation_id,
             pose_id=pose.pose_id,
         )
-        async with self._slots.slot(retry=claimed.is_retry):
+        async with self._slots.slot(retry=claimed.is_retry) as held:
             async with performance_tracker.measure(FLUX_API_CALL, **meta) as step:
                 raise_if_due(fault, "provider")
-                image = await self._provider.generate(request)
+                # The slot counts the provider's tasks in flight: a finished task's download does not hold it.
+                image = await self._provider.generate(request, task_done=held.release)
         stages["provider"] = int(step.duration_ms)
         key = f"{claimed.generation_id}/{pose.position}-{pose.pose_id}.png"
         async with performance_tracker.measure(IMAGE_UPLOAD, **meta) as step:
