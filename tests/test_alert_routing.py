@@ -7,6 +7,7 @@ alerts to its API as Prometheus would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -73,8 +74,13 @@ class Alertmanager:
 
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alertmanager]:
+    with _running_alertmanager(tmp_path_factory.mktemp("routing")) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _running_alertmanager(tmp: Path) -> Iterator[Alertmanager]:
     require_tool("amtool", "prometheus-alertmanager")
-    tmp: Path = tmp_path_factory.mktemp("routing")
     with WebhookSink() as sink:
         port = free_port()
         daemon = start_alertmanager(tmp, alertmanager_config(sink), port)
@@ -105,6 +111,31 @@ def test_an_slo_page_alone_pages_once_for_both_page_tiers(alertmanager: Alertman
     pages = [n for n in alertmanager.sink.notifications() if n.receiver == "pager"
              and n.body["groupLabels"].get("alertname") == "PoseLatencyBudgetBurn"]
     assert {a["labels"]["burn_window"] for a in pages[0].alerts("firing")} == {"1h", "6h"}
+
+
+def test_a_dependency_down_pages_once_for_the_symptoms_of_every_area(tmp_path: Path) -> None:
+    """Redis down: creates are refused and refunded, requests answer 503, burn rates climb. One page names
+    the cause (ExporterSourceDown); the symptoms of the other areas are held back while it fires, and an
+    independent cause (the API target down) still pages."""
+    cause = {"alertname": "ExporterSourceDown", "severity": "critical", "area": "availability",
+             "source": "redis"}
+    symptoms = [THRESHOLD, SLO_PAGE, {"alertname": "CreditRefundSpike", "severity": "critical", "area": "credits"},
+                {"alertname": "ApiServerErrors", "severity": "warning", "area": "availability"},
+                {"alertname": "ApiAvailabilityBudgetBurn", "severity": "critical", "area": "availability",
+                 "slo": "api-availability", "tier": "page", "burn_window": "1h"},
+                {"alertname": "QueueOverloaded", "severity": "critical", "area": "queue"}]
+    other_cause = {"alertname": "ApiTargetDown", "severity": "critical", "area": "availability"}
+    with _running_alertmanager(tmp_path) as manager:
+        manager.post(cause, *symptoms, other_cause)
+        for symptom in symptoms:
+            name = symptom["alertname"]
+            state = wait_until(f"{name} inhibited", lambda n=name: (s := manager.state(n)).get("inhibitedBy") and s,
+                               30, manager.daemon.output)
+            assert state["state"] == "suppressed", (name, state)
+        manager.sink.wait_for(lambda found: {"ExporterSourceDown", "ApiTargetDown"} <= manager.paged(), timeout=30)
+        time.sleep(3)  # a few group intervals: no symptom's page follows
+        assert manager.paged() == {"ExporterSourceDown", "ApiTargetDown"}
+        assert not [n for n in manager.sink.notifications() if n.receiver == "chat"]
 
 
 # --- what the pager and chat receive ---------------------------------------------------------------
