@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from app.errors import ErrorType
 
@@ -144,8 +145,9 @@ class Settings:
             ),
             storage_backend=reader.choice("STORAGE_BACKEND", "local", ("local", "supabase")),
             data_dir=Path(reader.text("POSEGEN_DATA_DIR", str(cls.data_dir))),
-            public_base_url=reader.text("POSEGEN_PUBLIC_BASE_URL", "").rstrip("/"),
-            supabase_url=reader.text("SUPABASE_URL", "").rstrip("/"),
+            public_base_url=reader.url("POSEGEN_PUBLIC_BASE_URL", "", ("http://", "https://"),
+                                       optional=True).rstrip("/"),
+            supabase_url=reader.url("SUPABASE_URL", "", ("http://", "https://"), optional=True).rstrip("/"),
             supabase_service_key=reader.text("SUPABASE_SERVICE_KEY", ""),
             supabase_bucket=reader.text("SUPABASE_BUCKET", cls.supabase_bucket),
             price_per_pose=reader.integer("POSEGEN_PRICE_PER_POSE", cls.price_per_pose, minimum=1),
@@ -266,11 +268,30 @@ class _Reader:
             raise SettingsError(f"{name}={value!r} is not one of: {', '.join(allowed)}")
         return value
 
-    def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
+    def url(self, name: str, default: str, schemes: tuple[str, ...], *, optional: bool = False) -> str:
+        """A URL of one of ``schemes`` with a host (a path for ``unix://``) and, if given, a valid port;
+        no whitespace. A Redis URL's path is empty or a database number (``/0``). ``optional``: unset is ""."""
         self.kinds.setdefault(name, "url")
         value = self.text(name, default)
+        if optional and not value:
+            return ""
         if not value.startswith(schemes):
             raise SettingsError(f"{name}={value!r} must start with one of: {', '.join(schemes)}")
+        if any(c.isspace() for c in value):
+            raise SettingsError(f"{name}={value!r} contains whitespace")
+        parts = urlsplit(value)
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise SettingsError(f"{name}={value!r} names no socket path")
+            return value
+        try:
+            parts.port  # noqa: B018 - parsing it is the check
+        except ValueError:
+            raise SettingsError(f"{name}={value!r} has an invalid port") from None
+        if not parts.hostname:
+            raise SettingsError(f"{name}={value!r} names no host")
+        if parts.scheme in ("redis", "rediss") and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+            raise SettingsError(f"{name}={value!r}: the path must be a Redis database number, such as /0")
         return value
 
     def number(

@@ -149,3 +149,42 @@ def test_only_the_settings_object_reads_the_environment() -> None:
                if p.name != "settings.py"]
     reads = [line for path in sources for line in _environment_reads(path)]
     assert reads == [], reads
+
+
+BAD_URLS = [
+    ("REDIS_URL", "redis://127.0.0.1:6379/abc", "database number"),
+    ("REDIS_URL", "redis://127.0.0.1:6379/0 ", "whitespace"),
+    ("REDIS_URL", "redis://127.0.0.1:99999/0", "invalid port"),
+    ("REDIS_URL", "redis://:6379/0", "no host"),
+    ("DATABASE_URL", "postgresql://postgres@127.0.0.1:54x32/posegen", "invalid port"),
+    ("DATABASE_URL", " postgresql://postgres@127.0.0.1/posegen", "must start with"),
+    ("FLUX_BASE_URL", "https://", "no host"),
+    ("POSEGEN_PUBLIC_BASE_URL", "https://posegen.example.com ", "whitespace"),
+    ("POSEGEN_PUBLIC_BASE_URL", "posegen.example.com", "must start with"),
+    ("SUPABASE_URL", "https://project.supabase.co\t", "whitespace"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "reason"), BAD_URLS, ids=[f"{n}={v!r}" for n, v, _ in BAD_URLS])
+def test_a_malformed_url_is_refused_in_one_line_naming_it(name: str, value: str, reason: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({name: value})
+    message = str(refused.value)
+    assert message.startswith(f"{name}=") and reason in message and "\n" not in message, message
+
+
+def test_the_usual_url_forms_are_accepted() -> None:
+    settings = Settings.from_env({
+        "REDIS_URL": "rediss://:secret@redis.internal:6380/2", "DATABASE_URL":
+        "postgresql://app:pw@db.internal:5433/posegen?sslmode=require", "POSEGEN_PUBLIC_BASE_URL":
+        "https://posegen.example.com/", "SUPABASE_URL": "https://project.supabase.co"})
+    assert settings.redis_url.endswith("/2") and settings.public_base_url == "https://posegen.example.com"
+    assert Settings.from_env({"REDIS_URL": "unix:///run/redis/redis.sock?db=1"}).redis_url.startswith("unix://")
+    assert Settings.from_env({"REDIS_URL": "redis://127.0.0.1"}).redis_url == "redis://127.0.0.1"
+
+
+def test_a_worker_with_a_malformed_redis_url_refuses_to_start_in_one_line() -> None:
+    (result,) = _posegen_all([(["worker", "--metrics-port", "0"], {"REDIS_URL": "redis://127.0.0.1:6379/abc"})])
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: REDIS_URL="), result.stderr
