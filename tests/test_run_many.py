@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -299,4 +300,32 @@ def test_a_worker_waiting_out_a_redis_outage_leaves_when_asked(api_stack: Stack)
             assert json.loads(line).keys() >= {"timestamp", "level", "component", "message", "metadata"}, line
     finally:
         proxy.stop()
+        _stop_all(stack, [worker])
+
+
+def test_a_foreign_program_on_the_metrics_port_is_named_and_the_port_taken_over(api_stack: Stack) -> None:
+    """Something that is not a posegen worker holds the metrics port: the worker says so in one line (not
+    "served there by another worker"), keeps working, and serves the port once it frees."""
+    stack = api_stack
+    port = free_port()
+    squatter = socket.create_server(("127.0.0.1", port))  # accepts, never answers HTTP
+    worker = stack.start_worker(metrics_port=port)
+    try:
+        stack.wait_workers_ready(1)
+        told = [json.loads(line) for line in worker.output().splitlines() if f"Metrics port {port}" in line]
+        assert len(told) == 1 and "not a posegen worker" in told[0]["message"], worker.output()
+        assert told[0]["level"] == "ERROR"
+        _run_generations(stack, 1)
+        squatter.close()
+        deadline = time.monotonic() + 30  # taken over within a takeover interval
+        counts: dict[str, float] = {}
+        while time.monotonic() < deadline and counts.get("pose_total") != 2:
+            try:
+                counts = worker_operation_counts(port)
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        assert counts.get("pose_total") == 2, (counts, worker.output())
+        assert f"Took over metrics port {port}" in worker.output()
+    finally:
+        squatter.close()
         _stop_all(stack, [worker])

@@ -20,6 +20,7 @@ import math
 import os
 import socket
 import threading
+import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from wsgiref.simple_server import WSGIServer
@@ -127,6 +128,18 @@ def _le(bound: float) -> str:
     return "+Inf" if math.isinf(bound) else repr(bound)
 
 
+def holder_is_worker_endpoint(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether what answers on ``host:port`` is a posegen worker metrics endpoint (its ``/metrics`` serves
+    ``pose_operation_duration_seconds``); False for another program, or none answering within ``timeout`` s."""
+    probe_host = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    url = f"http://{f'[{probe_host}]' if ':' in probe_host else probe_host}:{port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 - a local http URL
+            return answer.status == 200 and b"pose_operation_duration_seconds" in answer.read(1 << 20)
+    except (OSError, ValueError):
+        return False
+
+
 class WorkerMetricsEndpoint:
     """``http://host:port/metrics`` for every worker of this host reporting to ``port``.
 
@@ -172,13 +185,21 @@ class WorkerMetricsEndpoint:
                         f"working without a metrics endpoint. Choose one with --metrics-host and --metrics-port "
                         f"(0: none).", metricsPort=self.port)
             return False
-        log.warning(
-            f"Metrics port {self.port} is in use; this worker keeps working and its timings are served there "
-            f"if another posegen worker holds it (workers on one host given the same port share one endpoint), "
-            f"and it takes the port over when it frees. Use --metrics-port N for an endpoint of its own, "
-            f"or --metrics-port 0 for none.",
-            metricsPort=self.port, metricsGroup=self.group,
-        )
+        if holder_is_worker_endpoint(self.host, self.port):
+            log.warning(
+                f"Metrics port {self.port} is in use; this worker keeps working and its timings are served there "
+                f"if another posegen worker holds it (workers on one host given the same port share one "
+                f"endpoint), and it takes the port over when it frees. Use --metrics-port N for an endpoint of "
+                f"its own, or --metrics-port 0 for none.",
+                metricsPort=self.port, metricsGroup=self.group,
+            )
+        else:
+            log.error(
+                f"Metrics port {self.port} is held by a program that is not a posegen worker: this worker keeps "
+                f"working, but its timings are not served until the port frees (it takes it over then). Use "
+                f"--metrics-port N with a free port, or --metrics-port 0 for none.",
+                metricsPort=self.port, metricsGroup=self.group,
+            )
         threading.Thread(target=self._take_over, name="posegen-metrics-takeover", daemon=True).start()
         return False
 
