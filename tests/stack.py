@@ -182,6 +182,7 @@ class Process:
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
         self.args = args
         self.metrics_port = 0
+        self.worker_name = ""  # the --name of a worker the stack started
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
@@ -248,6 +249,7 @@ class Stack:
         }
         self.api: Process | None = None
         self.workers: list[Process] = []
+        self._started_workers = 0
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.http = httpx.Client(base_url=f"{self.base_url}{API_PREFIX}", timeout=30)
 
@@ -267,28 +269,36 @@ class Stack:
 
     def start_worker(self, *args: str, metrics_port: int | None = None, **env: str) -> Process:
         """``posegen worker`` with extra ``args`` (``"--processes", "3"``), on a free metrics port unless given."""
-        index = len(self.workers) + 1
+        self._started_workers += 1  # not len(self.workers): stopped ones leave it, and logs must not be shared
+        index = self._started_workers
         metrics_port = metrics_port or free_port()
-        process = Process(["worker", "--name", f"{self.name}-w{index}-{uuid.uuid4().hex[:6]}",
-                           "--metrics-port", str(metrics_port), *args],
+        name = f"{self.name}-w{index}-{uuid.uuid4().hex[:6]}"
+        process = Process(["worker", "--name", name, "--metrics-port", str(metrics_port), *args],
                           {**self.env, **env}, self.tmp / f"worker-{index}.log")
         process.metrics_port = metrics_port
+        process.worker_name = name  # a pool's members and a restarted worker register under names starting so
         self.workers.append(process)
         return process
 
     def wait_workers_ready(self, count: int, timeout: float = 60) -> None:
-        """Until ``count`` workers are registered on the queue (started, cache warm, listening)."""
+        """Until ``count`` workers of the processes this stack runs are registered on the queue (started, cache
+        warm, listening). The registration of a killed worker lingers until its TTL, so only the names of
+        running processes count."""
         from rq import Worker
 
         from app import QUEUE_NAME
 
         client = Redis.from_url(self.redis_url)
         deadline = time.monotonic() + timeout
+
+        def ready() -> int:
+            names = tuple(w.worker_name for w in self.workers if w.worker_name and w.alive())
+            return sum(1 for worker in Worker.all(connection=client) if names and worker.name.startswith(names))
+
         try:
-            while Worker.count(connection=client, queue=None) < count:
+            while ready() < count:
                 if time.monotonic() > deadline:
-                    ready = Worker.count(connection=client)
-                    raise RuntimeError(f"only {ready} of {count} workers ready on {QUEUE_NAME}")
+                    raise RuntimeError(f"only {ready()} of {count} workers ready on {QUEUE_NAME}")
                 time.sleep(0.1)
         finally:
             client.close()

@@ -311,7 +311,9 @@ def test_a_foreign_program_on_the_metrics_port_is_named_and_the_port_taken_over(
     squatter = socket.create_server(("127.0.0.1", port))  # accepts, never answers HTTP
     worker = stack.start_worker(metrics_port=port)
     try:
-        stack.wait_workers_ready(1)
+        deadline = time.monotonic() + 30
+        while f"Metrics port {port}" not in worker.output() and time.monotonic() < deadline:
+            time.sleep(0.2)
         told = [json.loads(line) for line in worker.output().splitlines() if f"Metrics port {port}" in line]
         assert len(told) == 1 and "not a posegen worker" in told[0]["message"], worker.output()
         assert told[0]["level"] == "ERROR"
