@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from app import API_PREFIX, __version__
+from app.domain.thresholds import MetricsPeriod
 from app.settings import Settings, SettingsError
 
 
@@ -331,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--role", choices=("USER", "ADMIN"), default="USER")
     token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
     status = add("status", cmd_status, "Print the health indicators (exit 1 when one is critical, 2 when unreadable).")
-    status.add_argument("--period", choices=("1h", "24h", "7d", "30d"), default="24h")
+    status.add_argument("--period", choices=[period.value for period in MetricsPeriod], default=MetricsPeriod.DAY.value)
     status.add_argument("--url", default="http://127.0.0.1:8000", help="the API's base URL")
     status.add_argument("--token", default=None, help="a JWT (default: an ADMIN token minted from JWT_SECRET)")
     from app.ops_cli import add_ops_parser

@@ -6,7 +6,8 @@ limit?", "is work stuck or retried?", "which release runs?", "which stage is slo
 failing?"). A "Deploys" annotation marks every new version of every job. Every
 panel reads the Prometheus data source chosen in the ``datasource`` variable, and every threshold
 mirrors an alert in ``alerts/rules/pose-generator.rules.yml`` or a level of the seed's threshold
-tables, so the colours on screen and the pages agree.
+tables (whose colours are built from :mod:`app.domain.thresholds`, the alerts' levels held to it by a
+test), so the colours on screen and the pages agree.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from grafanalib.core import (
     TimeSeries,
 )
 
+from app.domain.thresholds import AVG_TIME_PER_POSE, QUEUE_DEPTH, REFUND_RATE, SUCCESS_RATE, ThresholdTable
+
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # Per-process panels follow the job and instance variables: from the fleet down to one worker.
 PROCESS_SELECTOR = 'job=~"$job", instance=~"$instance"'
@@ -51,6 +54,14 @@ def steps(base: str, *levels: tuple[float, str]) -> Steps:
     the base step's value as the string ``"null"`` rather than JSON ``null``.
     """
     return [{"color": base, "value": None}, *({"color": colour, "value": value} for value, colour in levels)]
+
+
+def table_steps(table: ThresholdTable) -> Steps:
+    """The colours of one of the seed's threshold tables (:mod:`app.domain.thresholds`): green while good,
+    orange from its good level, red from its critical level."""
+    if table.higher_is_better:
+        return steps(RED, (table.critical, ORANGE), (table.good, GREEN))
+    return steps(GREEN, (table.good, ORANGE), (table.critical, RED))
 
 
 def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False) -> Target:
@@ -136,7 +147,7 @@ def seed_panels() -> list[tuple[int, Panel]]:
         min=0,
         max=100,
         decimals=1,
-        thresholds=steps(RED, (90, ORANGE), (95, GREEN)),
+        thresholds=table_steps(SUCCESS_RATE),
         extraJson={"options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}},
     )
     queue_depth = timeseries(
@@ -145,7 +156,7 @@ def seed_panels() -> list[tuple[int, Panel]]:
         "(alerts QueueDepthHigh, QueueOverloaded).",
         [target("pose_queue_depth", "waiting + active")],
         "short",
-        steps(GREEN, (100, ORANGE), (500, RED)),
+        table_steps(QUEUE_DEPTH),
     )
     average_duration = timeseries(
         "Average Duration",
@@ -165,7 +176,7 @@ def seed_panels() -> list[tuple[int, Panel]]:
             ),
         ],
         "s",
-        steps(GREEN, (30, ORANGE), (60, RED)),
+        table_steps(AVG_TIME_PER_POSE),
     )
     errors_by_type = BarChart(
         title="Error Rate by Type",
@@ -230,7 +241,7 @@ def credit_panels() -> list[tuple[int, Panel]]:
                     )
                 ],
                 "percent",
-                steps(GREEN, (5, ORANGE), (10, RED)),
+                table_steps(REFUND_RATE),
             ),
         ),
     ]
@@ -284,7 +295,7 @@ def worker_panels() -> list[tuple[int, Panel]]:
                 "waiting >500 is QueueBacklog.",
                 [target("sum by (state) (pose_queue_jobs)", "{{state}}")],
                 "short",
-                steps(GREEN, (100, ORANGE), (500, RED)),
+                table_steps(QUEUE_DEPTH),
             ),
         ),
         (
@@ -349,7 +360,7 @@ def latency_panels() -> list[tuple[int, Panel]]:
             "Pose Total",
             "Whole time of one pose: the seed's per-pose table, <30 s good, 30-60 s slow, >60 s critical.",
             quantiles("pose_pose_duration_seconds"),
-            steps(GREEN, (30, ORANGE), (60, RED)),
+            table_steps(AVG_TIME_PER_POSE),
         ),
         panel(
             "Generation Total",
@@ -359,7 +370,8 @@ def latency_panels() -> list[tuple[int, Panel]]:
         ),
         panel(
             "Worker Operations (p95)",
-            "The performance tracker's measured operations in the workers (FLUX call, upload, DB query...).",
+            "The performance tracker's measured operations in the workers (ControlNet render, provider call, "
+            "upload, pose total, queue wait).",
             quantiles(f"pose_operation_duration_seconds{{{PROCESS_SELECTOR}}}", by="operation", levels=(95,)),
             steps(GREEN, (30, ORANGE), (60, RED)),
         ),

@@ -27,7 +27,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import API_PREFIX
-from app.api.http_metrics import ZERO_STATUS_CODES
+from app.api.prometheus_metrics import ZERO_STATUS_CODES
 from app.errors import ErrorType
 from app.observability.performance import JOB_OPERATIONS
 from app.worker.queue_stats import WORKER_STATES

@@ -29,12 +29,6 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from app import QUEUE_NAME
 from app.api.auth import Role
 from app.domain.metrics import (
-    AVG_TIME_PER_POSE,
-    QUEUE_DEPTH,
-    REFUND_RATE,
-    SUCCESS_RATE,
-    HealthStatus,
-    ThresholdTable,
     Window,
     WindowTotals,
     error_counts,
@@ -44,7 +38,15 @@ from app.domain.metrics import (
     top_users,
     window_totals,
 )
-from app.observability.logging import iso_timestamp
+from app.domain.thresholds import (
+    AVG_TIME_PER_POSE,
+    QUEUE_DEPTH,
+    REFUND_RATE,
+    SUCCESS_RATE,
+    HealthStatus,
+    ThresholdTable,
+)
+from app.timestamps import iso_timestamp
 from tests.stack import ROOT, Stack
 
 StackFactory = Callable[..., Stack]

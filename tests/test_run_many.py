@@ -87,7 +87,7 @@ def test_workers_on_one_host_share_the_metrics_port(api_stack: Stack) -> None:
         assert all("Traceback" not in w.output() for w in workers)
         _run_generations(stack, 9)
         counts = _settled_counts(port, 18)
-        assert counts["pose_total"] == 18 and counts["flux_api_call"] == 18 and counts["queue_wait"] == 9, counts
+        assert counts["pose_total"] == 18 and counts["provider_call"] == 18 and counts["queue_wait"] == 9, counts
         assert sum(1 for done in _jobs_done_by_worker(stack).values() if done) >= 2, _jobs_done_by_worker(stack)
         # The holder stops: another takes the port over and the totals carry on from the shared hash.
         holder = next(w for w in workers if w not in told)

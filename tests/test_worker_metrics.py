@@ -23,7 +23,7 @@ def test_worker_metrics_count_every_pose_operation(fresh_stack) -> None:  # type
     while time.monotonic() < deadline and worker_operation_counts(port).get("pose_total", 0) < 6:
         time.sleep(0.1)
     counts = worker_operation_counts(port)
-    assert counts["pose_total"] == 6 and counts["flux_api_call"] == 6 and counts["image_upload"] == 6
+    assert counts["pose_total"] == 6 and counts["provider_call"] == 6 and counts["image_upload"] == 6
     assert counts["controlnet_render"] == 6 and counts["queue_wait"] == 3
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert "process_resident_memory_bytes" in text

@@ -39,7 +39,7 @@ from app.api.admin_schemas import (
     RetryRequest,
 )
 from app.api.auth import Principal, authenticate, require_admin
-from app.api.errors import ValidationFailed
+from app.api.error_responses import ValidationFailed
 from app.api.openapi import error_responses
 from app.api.schemas import UserId
 from app.domain import intake

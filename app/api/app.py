@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import select
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -18,32 +18,33 @@ from psycopg_pool import AsyncConnectionPool
 
 from app import API_PREFIX, __version__
 from app.api.admin_console import ConsoleController
+from app.api.admin_metrics import MetricsController
 from app.api.admin_operations import OperatorController
 from app.api.credits import CreditController
 from app.api.deps import DEPENDENCIES
-from app.api.errors import EXCEPTION_HANDLERS
+from app.api.error_responses import EXCEPTION_HANDLERS
 from app.api.flux_webhooks import flux_webhook
 from app.api.generation_creates import GenerationCreator
 from app.api.generation_reads import GenerationReader
 from app.api.generations import GenerationController
 from app.api.health import health, liveness
-from app.api.http_metrics import (
+from app.api.images import image
+from app.api.negotiation import negotiation_middleware
+from app.api.openapi import SCHEMA_ASSETS_ROUTER, openapi_config
+from app.api.poses import PoseController
+from app.api.prometheus_metrics import (
     BUILD_INFO,
     create_route_series,
     http_metrics_middleware,
     metrics_prometheus,
     scrape_registry,
 )
-from app.api.images import image
-from app.api.metrics import MetricsController
-from app.api.negotiation import negotiation_middleware
-from app.api.openapi import SCHEMA_ASSETS_ROUTER, openapi_config
-from app.api.poses import PoseController
 from app.api.rate_limit import STORE_NAME, generation_rate_limit, rate_limit_store
 from app.api.schemas import create_generation_request_type
 from app.db.connect import pg_connect_kwargs
 from app.domain.intake import IntakeGate
 from app.observability import tracing
+from app.observability.asgi import instrument_asgi
 from app.providers.flux_webhooks import webhook_secret
 from app.settings import Settings
 from app.storage.factory import build_storage
@@ -63,7 +64,7 @@ async def _check_not_closed_by_server(conn: AsyncConnection[Any]) -> None:
     raise psycopg.OperationalError("connection closed by the server")
 
 
-def create_app(settings: Settings) -> Litestar:
+def create_app(settings: Settings) -> PoseGeneratorApp:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
         pool = AsyncConnectionPool(
@@ -115,7 +116,7 @@ def create_app(settings: Settings) -> Litestar:
     middleware: list[Any] = [http_metrics_middleware]
     if settings.rate_limit_per_minute:
         middleware.append(generation_rate_limit(settings.rate_limit_per_minute).middleware)
-    app = Litestar(
+    app = PoseGeneratorApp(
         route_handlers=[router, metrics_prometheus, SCHEMA_ASSETS_ROUTER],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
@@ -133,16 +134,34 @@ def create_app(settings: Settings) -> Litestar:
     app.state.flux_webhook_secret = webhook_secret(settings)
     app.state.metrics_registry = scrape_registry(settings.prometheus_multiproc_dir)
     create_route_series(app)
+    # Here, so the app a test builds is the one uvicorn serves: HEAD answered as GET, then the optional
+    # integrations' wrappers, each seeing the request before Litestar does.
+    app.wrap(lambda litestar: instrument_asgi(answer_head_as_get(app, litestar)))
     return app
+
+
+class PoseGeneratorApp(Litestar):
+    """The Litestar app served through ASGI wrappers of its own (:meth:`wrap`), outside Litestar's handling:
+    ddtrace's middleware, for one, must run before Litestar puts itself into the request's scope."""
+
+    __slots__ = ("_outer",)
+
+    def wrap(self, wrapper: Callable[[ASGIApp], ASGIApp]) -> None:
+        """Serve every ASGI event (requests and lifespan) with ``wrapper`` applied to Litestar's own handling."""
+        self._outer = wrapper(super().__call__)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self._outer(scope, receive, send)
 
 
 ASGIApp = Any
 
 
-def answer_head_as_get(app: Litestar) -> ASGIApp:
-    """``app`` with HEAD on every GET route (RFC 9110 9.3.2: the GET's status and headers, without the body),
-    and an ``Allow`` on 405 and OPTIONS answers that lists every method of the resource, HEAD included
-    (Litestar 2's own OPTIONS answer lists the methods of one handler of a path only: litestar#4169)."""
+def answer_head_as_get(app: Litestar, handler: ASGIApp) -> ASGIApp:
+    """``handler`` (``app``'s own handling) with HEAD on every GET route (RFC 9110 9.3.2: the GET's status and
+    headers, without the body), and an ``Allow`` on 405 and OPTIONS answers that lists every method of the
+    resource, HEAD included (Litestar 2's own OPTIONS answer lists the methods of one handler of a path only:
+    litestar#4169)."""
     allowed: dict[str, bytes] = {}
     for route in app.routes:
         methods = set(getattr(route, "methods", ()))
@@ -152,7 +171,7 @@ def answer_head_as_get(app: Litestar) -> ASGIApp:
 
     async def serve(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
-            await app(scope, receive, send)
+            await handler(scope, receive, send)
             return
         if scope["method"] != "HEAD":
             options = scope["method"] == "OPTIONS"
@@ -168,7 +187,7 @@ def answer_head_as_get(app: Litestar) -> ASGIApp:
                     ]
                 await send(message)
 
-            await app(scope, receive, send_with_allow)
+            await handler(scope, receive, send_with_allow)
             return
 
         async def send_without_body(message: dict[str, Any]) -> None:
@@ -178,6 +197,6 @@ def answer_head_as_get(app: Litestar) -> ASGIApp:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await app({**scope, "method": "GET"}, receive, send_without_body)
+        await handler({**scope, "method": "GET"}, receive, send_without_body)
 
     return serve

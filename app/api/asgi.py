@@ -15,7 +15,7 @@ from app.settings import Settings
 
 
 def build_asgi_app(settings: Settings | None = None) -> ASGIApp:
-    """Sentry and APM set up, JSON logs configured, the Litestar app wrapped by both.
+    """Sentry and APM set up, JSON logs configured, the Litestar app built (wrapped by both when they are on).
 
     uvicorn calls it with no argument in each of ``--workers N`` processes (each reads the same
     environment); ``posegen api`` with one process passes the settings it has already checked.
@@ -29,9 +29,9 @@ def build_asgi_app(settings: Settings | None = None) -> ASGIApp:
     tracing.init_tracing(settings)
     configure_logging(settings.log_level)
     announce_fault_drill({t.value: share for t, share in settings.faults.items()}, "API")
-    from app.api.app import answer_head_as_get, create_app
+    from app.api.app import create_app
 
-    app = tracing.instrument_asgi(sentry.instrument_asgi(answer_head_as_get(create_app(settings))))
+    app = create_app(settings)
     # What startup built lives as long as the process: keep the collector from rescanning it.
     gc.freeze()
     return app

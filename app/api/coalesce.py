@@ -12,15 +12,10 @@ import asyncio
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
-from prometheus_client import Histogram
+from app.api.prometheus_metrics import BATCH_SIZE
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
-
-BATCH_SIZE = Histogram(
-    "pose_api_batch_size", "Requests served per coalesced database call, by kind of call", ["kind"],
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-)
 
 
 class Coalescer(Generic[Item, Result]):

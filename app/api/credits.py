@@ -9,9 +9,9 @@ from psycopg import AsyncConnection
 from app.api.auth import Principal, require_admin
 from app.api.openapi import error_responses
 from app.api.schemas import CreditAccount, GrantRequest, GrantResult, LedgerEntry
-from app.api.timefmt import iso_or_none
 from app.domain.credits import account_summary, grant_credits
 from app.observability.logging import get_logger
+from app.timestamps import iso_or_none
 
 log = get_logger("API")
 

@@ -18,9 +18,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from app.api.coalesce import Coalescer
 from app.api.schemas import GenerationView, PoseResult
-from app.api.timefmt import iso_or_none
 from app.db.connect import API_DB_SECONDS, bounded
 from app.domain.generations import get_generations
+from app.timestamps import iso_or_none
 
 _encode = msgspec.json.Encoder().encode
 

@@ -22,7 +22,7 @@ from psycopg import AsyncConnection
 
 from app import API_PREFIX
 from app.api.auth import Principal, authenticate
-from app.api.errors import RETRY_AFTER_UNAVAILABLE, ValidationFailed
+from app.api.error_responses import RETRY_AFTER_UNAVAILABLE, ValidationFailed
 from app.api.openapi import error_responses
 from app.api.schemas import (
     GenerationAccepted,
@@ -30,7 +30,6 @@ from app.api.schemas import (
     GenerationSummary,
     GenerationView,
 )
-from app.api.timefmt import iso_or_none
 from app.db.connect import API_DB_SECONDS, bounded
 from app.domain.credits import InsufficientCreditsError
 from app.domain.error_events import record_error_event
@@ -44,6 +43,7 @@ from app.domain.generations import (
 from app.errors import ErrorType
 from app.observability import tracing
 from app.observability.logging import get_logger
+from app.timestamps import iso_or_none
 from app.worker.queue import enqueue_generation
 
 if TYPE_CHECKING:

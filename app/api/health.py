@@ -11,10 +11,10 @@ from litestar import Request, Response, get
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from app import APP_NAME, __version__
-from app.api.errors import RETRY_AFTER_UNAVAILABLE
+from app.api.error_responses import RETRY_AFTER_UNAVAILABLE
 from app.api.schemas import DependencyCheck, FaultDrill, Health, HealthChecks, PausedView, QueueCheck, QueueCountsView
 from app.domain.intake import read_intake_pause, workers_paused
-from app.observability.logging import iso_timestamp
+from app.timestamps import iso_timestamp
 from app.worker.queue_stats import read_queue_counts
 
 CHECK_TIMEOUT_SECONDS = 1.5

@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_406_NOT_ACCEPTABLE, HTTP_415_UNSUPPORTED_MEDIA_TYPE
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from app.api.errors import PROBLEM_JSON
+from app.api.error_responses import PROBLEM_JSON
 
 JSON = "application/json"
 

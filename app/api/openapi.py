@@ -12,7 +12,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.static_files import create_static_files_router
 
-from app.api.errors import PROBLEM_JSON
+from app.api.error_responses import PROBLEM_JSON
 from app.api.schemas import ProblemDetail
 
 _DESCRIPTIONS = {

@@ -17,7 +17,7 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
-from app.observability.logging import iso_timestamp
+from app.timestamps import iso_timestamp
 
 STATUSES = ("queued", "processing", "completed", "failed")
 

@@ -1,4 +1,5 @@
-"""Admin metrics: exact aggregates over generations, credits and errors, and the seed's health indicators.
+"""Admin metrics: exact aggregates over generations, credits and errors in a window, and the seed's health
+indicators judged on them (the thresholds are :mod:`app.domain.thresholds`).
 
 Reads combine the rollups of migration 003 (kept by triggers) with the deltas not folded into them
 yet and, for a rolling window, the raw rows of its two partial edge hours, all in one statement (one
@@ -10,27 +11,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from enum import StrEnum
 
 from psycopg import AsyncConnection
+
+from app.domain.thresholds import (
+    AVG_TIME_PER_POSE,
+    QUEUE_DEPTH,
+    REFUND_RATE,
+    SUCCESS_RATE,
+    HealthStatus,
+    MetricsPeriod,
+    ThresholdTable,
+)
 
 HOUR = timedelta(hours=1)
 # Most deltas a reader folds before reading; the rest are read as deltas, so the answer stays exact.
 READER_FOLD_ROWS = 20_000
-
-
-class MetricsPeriod(StrEnum):
-    """The seed's ``period`` values: a rolling window ending now."""
-
-    HOUR = "1h"
-    DAY = "24h"
-    WEEK = "7d"
-    MONTH = "30d"
-
-    @property
-    def length(self) -> timedelta:
-        return {"1h": timedelta(hours=1), "24h": timedelta(days=1), "7d": timedelta(days=7),
-                "30d": timedelta(days=30)}[self.value]
 
 
 @dataclass(frozen=True)
@@ -302,61 +298,7 @@ async def error_counts(conn: AsyncConnection, window: Window | None) -> list[Err
     return [ErrorCount(r[0], int(r[1]), r[2]) for r in await cur.fetchall()]
 
 
-# --- Health indicators: the seed's four threshold tables ---------------------------------------
-
-
-class HealthStatus(StrEnum):
-    GOOD = "good"
-    WARNING = "warning"
-    CRITICAL = "critical"
-
-    @property
-    def severity(self) -> int:
-        return {"good": 0, "warning": 1, "critical": 2}[self.value]
-
-
-@dataclass(frozen=True)
-class ThresholdTable:
-    """One seed table: good beyond ``good``, critical beyond ``critical``, warning in between (inclusive)."""
-
-    key: str
-    name: str
-    unit: str
-    higher_is_better: bool
-    good: float
-    critical: float
-    labels: tuple[str, str, str]
-    actions: tuple[str, str, str]
-
-    def status(self, value: float) -> HealthStatus:
-        if self.higher_is_better:
-            return (HealthStatus.GOOD if value > self.good
-                    else HealthStatus.CRITICAL if value < self.critical else HealthStatus.WARNING)
-        return (HealthStatus.GOOD if value < self.good
-                else HealthStatus.CRITICAL if value > self.critical else HealthStatus.WARNING)
-
-    @property
-    def thresholds(self) -> str:
-        """The seed's table in one line, e.g. ``good > 95%, warning 90-95%, critical < 90%``."""
-        good, bad = (">", "<") if self.higher_is_better else ("<", ">")
-        low, high = sorted((self.good, self.critical))
-        unit = self.unit if self.unit in ("%", "s") else f" {self.unit}"
-        return (f"good {good} {self.good:g}{unit}, warning {low:g}-{high:g}{unit}, "
-                f"critical {bad} {self.critical:g}{unit}")
-
-
-SUCCESS_RATE = ThresholdTable(
-    "successRate", "Success Rate", "%", True, 95, 90, ("Good", "Warning", "Critical"),
-    ("Normal operation", "Investigate errors", "Immediate action required"))
-AVG_TIME_PER_POSE = ThresholdTable(
-    "avgTimePerPose", "Avg Time per Pose", "s", False, 30, 60, ("Good", "Slow", "Critical"),
-    ("Optimal performance", "Check FLUX API latency", "Investigate bottlenecks"))
-QUEUE_DEPTH = ThresholdTable(
-    "queueDepth", "Queue Depth", "jobs", False, 100, 500, ("Healthy", "Busy", "Overloaded"),
-    ("Normal load", "Monitor closely", "Scale workers"))
-REFUND_RATE = ThresholdTable(
-    "refundRate", "Refund Rate", "%", False, 5, 10, ("Good", "Warning", "Critical"),
-    ("Stable system", "Check failures", "System issues"))
+# --- Health indicators: the seed's four threshold tables (app.domain.thresholds) judged on a window ---
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from app.timestamps import iso_timestamp
+
 COMPONENTS = ("Worker", "Storage", "FLUX", "Metrics", "API")
 _LEVELS = {"debug": "DEBUG", "info": "INFO", "warning": "WARN", "warn": "WARN", "error": "ERROR",
            "critical": "ERROR", "exception": "ERROR"}
@@ -26,12 +28,6 @@ _NUMERIC = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNIN
             "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 # Processors that other modules (tracing) add to every entry's metadata, e.g. trace ids.
 _extra_processors: list[Any] = []
-
-
-def iso_timestamp(moment: datetime | None = None) -> str:
-    """UTC time as ISO-8601 with milliseconds and ``Z``, as every timestamp in the API and logs."""
-    moment = moment or datetime.now(UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _seed_shape(_: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:

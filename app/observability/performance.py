@@ -18,21 +18,21 @@ from prometheus_client import Histogram
 
 from app.observability.logging import get_logger
 
-# Operations measured across the service; names are label values of the histogram.
-FLUX_API_CALL = "flux_api_call"
+# Operations measured across the service; names are label values of the histogram. The image provider's
+# call is one operation whichever provider (local, flux) makes it; its log entries name the provider.
+PROVIDER_CALL = "provider_call"
 IMAGE_UPLOAD = "image_upload"
 POSE_TOTAL = "pose_total"
 QUEUE_WAIT = "queue_wait"
-DB_QUERY = "db_query"
 CONTROLNET_RENDER = "controlnet_render"
 
 # The operations of a generation job, which a worker's /metrics shows at 0 before the first job.
-JOB_OPERATIONS = (CONTROLNET_RENDER, FLUX_API_CALL, IMAGE_UPLOAD, POSE_TOTAL, QUEUE_WAIT)
+JOB_OPERATIONS = (CONTROLNET_RENDER, PROVIDER_CALL, IMAGE_UPLOAD, POSE_TOTAL, QUEUE_WAIT)
 OPERATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 OPERATION_SECONDS = Histogram(
     "pose_operation_duration_seconds",
-    "Duration of measured operations (FLUX call, upload, pose total, queue wait, DB query)",
+    "Duration of measured operations (ControlNet render, provider call, upload, pose total, queue wait)",
     ["operation"],
     buckets=OPERATION_BUCKETS,
 )

@@ -2,8 +2,8 @@
 
 :func:`init_sentry` is called once per process (API, worker) before the app or
 the worker is built: the Litestar integration reports unhandled API errors (tagged
-with their route by :func:`instrument_asgi`), the RQ integration reports failed
-jobs, and :mod:`app.observability.errors` reports every failed pose and generation.
+with their route by :func:`with_request_scope`), the RQ integration reports failed
+jobs, and :mod:`app.observability.error_reports` reports every failed pose and generation.
 
 Secrets never leave the process: ``send_default_pii=False``, no stack-frame
 variables, Sentry's own key scrubber with our header names added, and
@@ -15,12 +15,15 @@ removes ``Bearer`` credentials, JWT-shaped strings and the configured keys
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app import __version__
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.observability.asgi import ASGIApp, Receive, Scope, Send
 
 SENTRY_COMPONENT = "pose-generator"
 FILTERED = "[Filtered]"
@@ -36,9 +39,6 @@ _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){0,2}")
 # Shorter configured values would match innocent text; real keys are much longer.
 _MIN_SECRET_LENGTH = 8
 _MAX_DEPTH = 40
-
-ASGIApp = Callable[[MutableMapping[str, Any], Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]],
-                   Awaitable[None]]
 
 _enabled = False
 # The ASGI scope of the request being served; Litestar writes the matched route template into it.
@@ -141,18 +141,11 @@ def _tag_route(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def instrument_asgi(app: ASGIApp) -> ASGIApp:
-    """Wrap the API so its Sentry events carry the route template; the app itself when Sentry is off."""
-    if not _enabled:
-        return app
+def with_request_scope(app: ASGIApp) -> ASGIApp:
+    """Serve one HTTP request with ``app``, remembering its scope so its Sentry events carry the route
+    template (applied by :func:`app.observability.asgi.instrument_asgi` when Sentry is on)."""
 
-    async def remember_request_scope(
-        scope: MutableMapping[str, Any], receive: Callable[..., Awaitable[Any]],
-        send: Callable[..., Awaitable[Any]],
-    ) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
+    async def remember_request_scope(scope: Scope, receive: Receive, send: Send) -> None:
         token = _request_scope.set(scope)
         try:
             await app(scope, receive, send)

@@ -3,8 +3,8 @@
 :func:`init_tracing` runs once per process before the app or the worker is built.
 It patches the libraries whose calls we want as spans (psycopg, redis, httpx, rq),
 names service, env and version, and adds ``dd.trace_id``/``dd.span_id`` to every
-log entry's metadata. :func:`instrument_asgi` wraps the API in ddtrace's ASGI
-middleware (there is no Litestar integration) and names request spans by route.
+log entry's metadata. :func:`trace_requests` wraps the API in ddtrace's ASGI
+middleware (there is no Litestar integration) and :func:`with_route_span_name` names request spans by route.
 
 One trace follows a generation from the request that created it to the worker
 that ran it: the API stores the request's context with the generation
@@ -18,7 +18,7 @@ or ``DD_AGENT_HOST``/``DD_TRACE_AGENT_PORT``, ``DD_TRACE_WRITER_INTERVAL_SECONDS
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,11 +29,9 @@ from app.settings import Settings
 if TYPE_CHECKING:
     from ddtrace.trace import Tracer
 
-    from app.domain.processing import ClaimedGeneration, PendingPose
+    from app.observability.asgi import ASGIApp, Receive, Scope, Send
 
 T = TypeVar("T")
-ASGIApp = Callable[[MutableMapping[str, Any], Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]],
-                   Awaitable[None]]
 PATCHED_LIBRARIES = ("psycopg", "redis", "httpx", "rq")
 
 _tracer: Tracer | None = None
@@ -78,20 +76,11 @@ def _add_trace_ids(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any
     return event_dict
 
 
-def instrument_asgi(app: ASGIApp) -> ASGIApp:
-    """Trace every HTTP request of ``app``, resource ``METHOD /route/{template}``; ``app`` itself when off."""
-    if _tracer is None:
-        return app
-    from ddtrace.contrib.asgi import TraceMiddleware, span_from_scope
+def with_route_span_name(app: ASGIApp) -> ASGIApp:
+    """Serve one HTTP request with ``app``, naming its request span ``METHOD /route/{template}``."""
+    from ddtrace.contrib.asgi import span_from_scope
 
-    async def name_span_by_route(
-        scope: MutableMapping[str, Any], receive: Callable[..., Awaitable[Any]],
-        send: Callable[..., Awaitable[Any]],
-    ) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-
+    async def name_span_by_route(scope: Scope, receive: Receive, send: Send) -> None:
         async def send_naming_span(message: MutableMapping[str, Any]) -> None:
             # Litestar has written the matched route template into the scope by the time it answers;
             # the middleware finishes the span with the response's last byte, so name it before.
@@ -104,7 +93,15 @@ def instrument_asgi(app: ASGIApp) -> ASGIApp:
 
         await app(scope, receive, send_naming_span)
 
-    return TraceMiddleware(name_span_by_route)
+    return name_span_by_route
+
+
+def trace_requests(app: ASGIApp) -> ASGIApp:
+    """``app`` in ddtrace's ASGI middleware: a span per request (applied by
+    :func:`app.observability.asgi.instrument_asgi` when tracing is on)."""
+    from ddtrace.contrib.asgi import TraceMiddleware
+
+    return TraceMiddleware(app)  # type: ignore[no-any-return]
 
 
 def enabled() -> bool:
@@ -143,24 +140,29 @@ def exemplar_labels(generation_id: str | None = None) -> dict[str, str] | None:
 
 
 @contextmanager
-def generation_span(claimed: ClaimedGeneration) -> Iterator[None]:
-    """The span of one generation's processing, in the trace of the request that created it."""
+def generation_span(
+    generation_id: str, user_id: str, attempt: int, pose_count: int, trace_context: dict[str, str] | None
+) -> Iterator[None]:
+    """The span of one generation's processing, in the trace of the request that created it.
+
+    ``trace_context``: the propagation headers stored with the generation (:func:`current_trace_context`).
+    """
     if _tracer is None:
         yield
         return
     from ddtrace.propagation.http import HTTPPropagator
 
     parent: Any = _tracer.current_trace_context()
-    stored = HTTPPropagator.extract(claimed.trace_context) if claimed.trace_context else None
+    stored = HTTPPropagator.extract(trace_context) if trace_context else None
     if stored is not None and stored.trace_id and (parent is None or parent.trace_id != stored.trace_id):
         # A job the reaper re-enqueued arrives in a trace of its own: go back to the request's.
         parent = stored
     span = _tracer.start_span("posegen.generation", child_of=parent, resource="process_generation",
                               span_type="worker", activate=True)
-    span.set_tag("generation.id", claimed.generation_id)
-    span.set_tag("generation.attempt", str(claimed.attempt))
-    span.set_tag("usr.id", claimed.user_id)
-    span.set_metric("generation.poses", len(claimed.poses))
+    span.set_tag("generation.id", generation_id)
+    span.set_tag("generation.attempt", str(attempt))
+    span.set_tag("usr.id", user_id)
+    span.set_metric("generation.poses", pose_count)
     try:
         yield
     except BaseException as exc:
@@ -170,18 +172,18 @@ def generation_span(claimed: ClaimedGeneration) -> Iterator[None]:
         span.finish()
 
 
-def trace_pose(work: Awaitable[T], claimed: ClaimedGeneration, pose: PendingPose) -> Awaitable[T]:
+def trace_pose(work: Awaitable[T], generation_id: str, pose_id: str, position: int) -> Awaitable[T]:
     """One pose's work in a span of its own (a child of the generation's); the work itself when off."""
     if _tracer is None:
         return work
-    return _traced_pose(_tracer, work, claimed, pose)
+    return _traced_pose(_tracer, work, generation_id, pose_id, position)
 
 
-async def _traced_pose(tracer: Tracer, work: Awaitable[T], claimed: ClaimedGeneration, pose: PendingPose) -> T:
-    with tracer.trace("posegen.pose", resource=pose.pose_id, span_type="worker") as span:
-        span.set_tag("generation.id", claimed.generation_id)
-        span.set_tag("pose.id", pose.pose_id)
-        span.set_metric("pose.position", pose.position)
+async def _traced_pose(tracer: Tracer, work: Awaitable[T], generation_id: str, pose_id: str, position: int) -> T:
+    with tracer.trace("posegen.pose", resource=pose_id, span_type="worker") as span:
+        span.set_tag("generation.id", generation_id)
+        span.set_tag("pose.id", pose_id)
+        span.set_metric("pose.position", position)
         return await work
 
 

@@ -92,8 +92,8 @@ class OperationStatsCollector(Collector):
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(
             "pose_operation_duration_seconds",
-            "Duration of measured operations in the jobs of the workers reporting here (FLUX call, upload, "
-            "pose total, queue wait)",
+            "Duration of measured operations in the jobs of the workers reporting here (ControlNet render, "
+            "provider call, upload, pose total, queue wait)",
             labels=["operation"],
         )
         try:

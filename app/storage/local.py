@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from app.errors import StorageError
+from app.storage.base import check_storage_key
 from app.storage.signed_urls import ImageUrlSigner
 
 
@@ -22,11 +23,7 @@ class LocalStorage:
 
     def path_for(self, key: str) -> Path:
         """The file of ``key``; refuses keys that could leave the storage folder."""
-        parts = PurePosixPath(key).parts
-        unsafe = "\\" in key or "\x00" in key or key.startswith("/") or any(p in ("..", ".") for p in parts)
-        if not key or unsafe:
-            raise StorageError(f"invalid storage key {key!r}")
-        return self._root.joinpath(*parts)
+        return self._root.joinpath(*check_storage_key(key))
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self.path_for(key)

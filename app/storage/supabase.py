@@ -8,7 +8,6 @@ fetch images from the bucket's public URL; the bucket must exist and be public.
 from __future__ import annotations
 
 import asyncio
-from pathlib import PurePosixPath
 from urllib.parse import quote
 
 import httpx
@@ -16,6 +15,7 @@ import httpx
 from app.errors import StorageError
 from app.observability.logging import get_logger
 from app.observability.performance import performance_tracker
+from app.storage.base import check_storage_key
 
 # One label value per HTTP attempt, so retries show in the histogram. The pipeline
 # already measures the whole upload as ``image_upload``; measuring it here too would count it twice.
@@ -97,10 +97,7 @@ class SupabaseStorage:
 
 
 def _quoted_key(key: str) -> str:
-    # HTTP clients resolve "." and ".." in URL paths, so such a key could write into another bucket.
-    parts = PurePosixPath(key).parts
-    if not key or "\\" in key or key.startswith("/") or "\x00" in key or any(p in (".", "..") for p in parts):
-        raise StorageError("invalid storage key")
+    check_storage_key(key)
     return quote(key, safe="/")
 
 

@@ -10,13 +10,13 @@ import hashlib
 from collections.abc import Mapping
 
 from app.errors import ErrorType, PoseGenerationError
+from app.worker.stages import PipelineStage
 
-# The pipeline stage at which each injected fault strikes.
+# The pipeline stage at which each injected fault strikes; every other error type strikes the provider call.
 STAGE_OF = {
-    ErrorType.CONTROLNET_ERROR: "controlnet",
-    ErrorType.STORAGE_ERROR: "upload",
+    ErrorType.CONTROLNET_ERROR: PipelineStage.CONTROLNET,
+    ErrorType.STORAGE_ERROR: PipelineStage.UPLOAD,
 }
-PROVIDER_STAGE = "provider"
 
 
 class FaultPlan:
@@ -36,6 +36,6 @@ class FaultPlan:
         return None
 
 
-def raise_if_due(fault: ErrorType | None, stage: str) -> None:
-    if fault is not None and STAGE_OF.get(fault, PROVIDER_STAGE) == stage:
+def raise_if_due(fault: ErrorType | None, stage: PipelineStage) -> None:
+    if fault is not None and STAGE_OF.get(fault, PipelineStage.PROVIDER) == stage:
         raise PoseGenerationError(f"injected fault {fault.value} (POSEGEN_FAULTS)", error_type=fault)

@@ -30,14 +30,13 @@ from app.domain.processing import (
     record_pose_success,
 )
 from app.errors import ErrorType, ProviderTimeoutError, classify
-from app.observability import errors as error_tracking
-from app.observability import tracing
+from app.observability import error_reports, tracing
 from app.observability.logging import bind_context, get_logger
 from app.observability.performance import (
     CONTROLNET_RENDER,
-    FLUX_API_CALL,
     IMAGE_UPLOAD,
     POSE_TOTAL,
+    PROVIDER_CALL,
     QUEUE_WAIT,
     performance_tracker,
 )
@@ -47,6 +46,7 @@ from app.settings import Settings
 from app.storage.base import ImageStorage
 from app.worker.faults import FaultPlan, raise_if_due
 from app.worker.limiter import ProviderSlots
+from app.worker.stages import PipelineStage
 
 log = get_logger("Worker")
 
@@ -85,8 +85,9 @@ class GenerationPipeline:
             log.warning("Generation not claimable; skipping job", generationId=generation_id, attempt=attempt)
             return None
         bind_context(generationId=generation_id)
-        error_tracking.tag_generation_job(claimed)
-        with tracing.generation_span(claimed):
+        error_reports.tag_generation_job(claimed.generation_id, claimed.user_id)
+        with tracing.generation_span(claimed.generation_id, claimed.user_id, claimed.attempt, len(claimed.poses),
+                                     claimed.trace_context):
             return await self._process(claimed)
 
     async def _process(self, claimed: ClaimedGeneration) -> str | None:
@@ -96,8 +97,10 @@ class GenerationPipeline:
         log.info("Processing generation job", generationId=generation_id, poseCount=len(claimed.poses),
                  attempt=attempt, userId=claimed.user_id)
         heartbeat = asyncio.create_task(self._heartbeat(claimed))
-        poses = asyncio.gather(*(tracing.trace_pose(self._run_pose(claimed, pose), claimed, pose)
-                                 for pose in claimed.poses))
+        poses = asyncio.gather(*(
+            tracing.trace_pose(self._run_pose(claimed, pose), generation_id, pose.pose_id, pose.position)
+            for pose in claimed.poses
+        ))
         try:
             await asyncio.wait({heartbeat, poses}, return_when=asyncio.FIRST_COMPLETED)
             if heartbeat.done() and heartbeat.exception() is not None:
@@ -120,7 +123,9 @@ class GenerationPipeline:
         level("Generation finished", generationId=generation_id, status=status, duration=duration_ms,
               errorType=error_type)
         if status == "failed":
-            error_tracking.capture_generation_failure(claimed, error_type)
+            error_reports.capture_generation_failure(
+                generation_id, claimed.user_id, attempt, len(claimed.poses), error_type
+            )
         return status
 
     async def _heartbeat(self, claimed: ClaimedGeneration) -> None:
@@ -139,7 +144,7 @@ class GenerationPipeline:
         async with self._pose_gate:
             began = time.perf_counter()
             queue_wait_ms = int((datetime.now(UTC) - claimed.created_at).total_seconds() * 1000)
-            stages: dict[str, int] = {}
+            stages: dict[PipelineStage, int] = {}
             fault = self._faults.pick(claimed.generation_id, pose.position, claimed.attempt)
             meta = {"generationId": claimed.generation_id, "poseId": pose.pose_id}
             try:
@@ -155,7 +160,9 @@ class GenerationPipeline:
                     )
                 log.error("Pose generation failed", exc_info=exc, errorType=error_type.value,
                           refunded=recorded, duration=timings.duration_ms, **meta)
-                error_tracking.capture_pose_failure(exc, claimed, pose.pose_id, error_type)
+                error_reports.capture_pose_failure(
+                    exc, claimed.generation_id, claimed.user_id, pose.pose_id, error_type
+                )
                 return
             timings = self._timings(queue_wait_ms, stages, began)
             async with self._database():
@@ -168,30 +175,30 @@ class GenerationPipeline:
         claimed: ClaimedGeneration,
         pose: PendingPose,
         fault: ErrorType | None,
-        stages: dict[str, int],
+        stages: dict[PipelineStage, int],
         meta: dict[str, str],
     ) -> str:
         size = self._settings.image_size
         async with performance_tracker.measure(CONTROLNET_RENDER, **meta) as step:
-            raise_if_due(fault, "controlnet")
+            raise_if_due(fault, PipelineStage.CONTROLNET)
             control = await asyncio.to_thread(render_pose_skeleton, pose.keypoints, size)
-        stages["controlnet"] = int(step.duration_ms)
+        stages[PipelineStage.CONTROLNET] = int(step.duration_ms)
         request = ImageRequest(
             prompt=claimed.prompt, control_image=control, width=size, height=size,
             seed=_seed(claimed.generation_id, pose.position), generation_id=claimed.generation_id,
             pose_id=pose.pose_id,
         )
         async with self._slots.slot(retry=claimed.is_retry) as held:
-            async with performance_tracker.measure(FLUX_API_CALL, **meta) as step:
-                raise_if_due(fault, "provider")
+            async with performance_tracker.measure(PROVIDER_CALL, provider=self._provider.name, **meta) as step:
+                raise_if_due(fault, PipelineStage.PROVIDER)
                 # The slot counts the provider's tasks in flight: a finished task's download does not hold it.
                 image = await self._provider.generate(request, task_done=held.release)
-        stages["provider"] = int(step.duration_ms)
+        stages[PipelineStage.PROVIDER] = int(step.duration_ms)
         key = f"{claimed.generation_id}/{pose.position}-{pose.pose_id}.png"
         async with performance_tracker.measure(IMAGE_UPLOAD, **meta) as step:
-            raise_if_due(fault, "upload")
+            raise_if_due(fault, PipelineStage.UPLOAD)
             await self._storage.put(key, image, "image/png")
-        stages["upload"] = int(step.duration_ms)
+        stages[PipelineStage.UPLOAD] = int(step.duration_ms)
         return key
 
     @contextlib.asynccontextmanager
@@ -205,12 +212,12 @@ class GenerationPipeline:
         return pose_deadline_seconds(self._settings.flux_deadline_seconds)
 
     @staticmethod
-    def _timings(queue_wait_ms: int, stages: dict[str, int], began: float) -> PoseTimings:
+    def _timings(queue_wait_ms: int, stages: dict[PipelineStage, int], began: float) -> PoseTimings:
         return PoseTimings(
             queue_wait_ms=queue_wait_ms,
-            controlnet_ms=stages.get("controlnet"),
-            provider_ms=stages.get("provider"),
-            upload_ms=stages.get("upload"),
+            controlnet_ms=stages.get(PipelineStage.CONTROLNET),
+            provider_ms=stages.get(PipelineStage.PROVIDER),
+            upload_ms=stages.get(PipelineStage.UPLOAD),
             duration_ms=int((time.perf_counter() - began) * 1000),
         )
 

@@ -17,9 +17,7 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_503_SERVICE_UNAVAILABLE
 from psycopg import AsyncConnection
 
-from app.api.auth import authenticate, require_admin
-from app.api.errors import EXCEPTION_HANDLERS
-from app.api.metrics_schemas import (
+from app.api.admin_metrics_schemas import (
     ErrorAnalysis,
     ErrorTypeCount,
     HealthIndicatorsView,
@@ -30,10 +28,10 @@ from app.api.metrics_schemas import (
     TopUser,
     TopUsers,
 )
+from app.api.auth import authenticate, require_admin
+from app.api.error_responses import EXCEPTION_HANDLERS
 from app.api.openapi import error_responses
-from app.api.timefmt import iso_or_none
 from app.domain.metrics import (
-    MetricsPeriod,
     Window,
     WindowTotals,
     error_counts,
@@ -44,8 +42,10 @@ from app.domain.metrics import (
     top_users,
     window_totals,
 )
+from app.domain.thresholds import MetricsPeriod
 from app.errors import ErrorType
 from app.observability.logging import get_logger
+from app.timestamps import iso_or_none
 from app.worker.queue_stats import QueueCounts, read_queue_counts
 
 log = get_logger("Metrics")

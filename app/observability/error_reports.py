@@ -16,11 +16,9 @@ from app.observability.sentry import SENTRY_COMPONENT, sentry_enabled
 if TYPE_CHECKING:
     from sentry_sdk import Scope
 
-    from app.domain.processing import ClaimedGeneration
-
 
 def capture_pose_failure(
-    exc: BaseException, claimed: ClaimedGeneration, pose_id: str, error_type: ErrorType
+    exc: BaseException, generation_id: str, user_id: str, pose_id: str, error_type: ErrorType
 ) -> None:
     """One failed pose: a Sentry event of its exception, and its trace span marked as an error."""
     tracing.mark_error(exc, error_type.value)
@@ -29,13 +27,15 @@ def capture_pose_failure(
     import sentry_sdk
 
     with sentry_sdk.new_scope() as scope:
-        _tag_generation(scope, claimed)
+        _tag_generation(scope, generation_id, user_id)
         scope.set_tag("errorType", error_type.value)
         scope.set_tag("poseId", pose_id)
         sentry_sdk.capture_exception(exc)
 
 
-def capture_generation_failure(claimed: ClaimedGeneration, error_type: str | None) -> None:
+def capture_generation_failure(
+    generation_id: str, user_id: str, attempt: int, pose_count: int, error_type: str | None
+) -> None:
     """A generation that delivered no pose: one Sentry event per error type, besides its poses' events."""
     if not sentry_enabled():
         return
@@ -43,24 +43,24 @@ def capture_generation_failure(claimed: ClaimedGeneration, error_type: str | Non
 
     kind = error_type or ErrorType.UNKNOWN_ERROR.value
     with sentry_sdk.new_scope() as scope:
-        _tag_generation(scope, claimed)
+        _tag_generation(scope, generation_id, user_id)
         scope.set_tag("errorType", kind)
-        scope.set_context("generation", {"attempt": claimed.attempt, "poses": len(claimed.poses)})
+        scope.set_context("generation", {"attempt": attempt, "poses": pose_count})
         scope.fingerprint = ["generation-failed", kind]
         sentry_sdk.capture_message(f"Generation failed: {kind}", level="error")
 
 
-def tag_generation_job(claimed: ClaimedGeneration) -> None:
+def tag_generation_job(generation_id: str, user_id: str) -> None:
     """Tag the job's scope, so an exception escaping the job (reported by the RQ integration) names it too."""
     if not sentry_enabled():
         return
     import sentry_sdk
 
-    _tag_generation(sentry_sdk.get_current_scope(), claimed)
+    _tag_generation(sentry_sdk.get_current_scope(), generation_id, user_id)
 
 
-def _tag_generation(scope: Scope, claimed: ClaimedGeneration) -> None:
+def _tag_generation(scope: Scope, generation_id: str, user_id: str) -> None:
     scope.set_tag("component", SENTRY_COMPONENT)
-    scope.set_tag("generationId", claimed.generation_id)
-    scope.set_tag("userId", claimed.user_id)
-    scope.set_user({"id": claimed.user_id})
+    scope.set_tag("generationId", generation_id)
+    scope.set_tag("userId", user_id)
+    scope.set_user({"id": user_id})

@@ -1,7 +1,7 @@
-"""The API's own Prometheus metrics, served at ``/metrics-prometheus`` (the seed's path).
+"""The API's own Prometheus metrics, all of them, served at ``/metrics-prometheus`` (the seed's path).
 
-Labels are the route template (``/generations/{generation_id:str}``), never the
-raw path, so their number stays bounded.
+Request counts and latency by route, and the sizes of coalesced database calls. Labels are the
+route template (``/generations/{generation_id:str}``), never the raw path, so their number stays bounded.
 
 With several server processes (``posegen api --workers N``) prometheus-client's
 multiprocess mode is on: each process writes its values to files in
@@ -38,6 +38,11 @@ REQUESTS = Counter(
 LATENCY = Histogram(
     "pose_http_request_duration_seconds", "HTTP request latency of the API", ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+# Observed by app.api.coalesce, one observation per coalesced database call.
+BATCH_SIZE = Histogram(
+    "pose_api_batch_size", "Requests served per coalesced database call, by kind of call", ["kind"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
 # Registered once per process; the app factory sets the revision from its settings.
 BUILD_INFO = BuildInfoCollector("unknown")
