@@ -132,6 +132,7 @@ class ProviderSlots:
         self._lease_ms = int(lease_seconds * 1000)
         self._key = key
         self._retry_key = f"{key}:retries"
+        self._freed_key = f"{key}:freed"
         self._acquire = redis.register_script(_ACQUIRE)
         self._acquire_for_retry = redis.register_script(_ACQUIRE_FOR_RETRY)
         self._renew = redis.register_script(_RENEW)
@@ -152,13 +153,15 @@ class ProviderSlots:
             try:
                 if await self._try_acquire(token, retry):
                     return token
-                # Polling with jitter: slot turnover is seconds (a provider call), so a few ms of lag is noise.
-                pause = delay * random.uniform(0.5, 1.5)
+                # Wait for a release (each pushes a wake-up that one waiter pops, so a freed slot is taken
+                # within a Redis round trip), or try again after a short, growing pause: a slot freed by a
+                # lapsed lease, or a wake-up taken by a waiter that then lost the race, pushes nothing.
+                await self._redis.blpop([self._freed_key], timeout=max(0.005, delay * random.uniform(0.5, 1.5)))
                 delay = min(delay * 2, 0.05)
             except (RedisConnectionError, RedisTimeoutError):
-                pause = 0.5
+                _honour_cancellation()
+                await asyncio.sleep(0.5)
             _honour_cancellation()  # or a timed-out pose would go on waiting for a slot forever
-            await asyncio.sleep(pause)
 
     async def _record_wait(self, seconds: float) -> None:
         try:
@@ -171,7 +174,10 @@ class ProviderSlots:
     async def release(self, token: str) -> None:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                await pipe.zrem(self._key, token).zrem(self._retry_key, token).execute()
+                pipe.zrem(self._key, token).zrem(self._retry_key, token)
+                # Wake one waiter; no more wake-ups are kept than there are slots, and none for long.
+                pipe.rpush(self._freed_key, 1).ltrim(self._freed_key, -self._limit, -1)
+                await pipe.pexpire(self._freed_key, self._lease_ms).execute()
         except (RedisConnectionError, RedisTimeoutError):
             pass  # the slot's lease frees it when Redis is back
 

@@ -19,6 +19,7 @@ from rq.job import Job
 
 from app.db.connect import pg_connect_kwargs
 from app.errors import ControlNetError
+from app.http_client import warm_tls
 from app.observability.logging import get_logger
 from app.observability.worker_metrics import WorkerMetricsEndpoint, use_metrics_group
 from app.providers.skeleton import render_pose_skeleton
@@ -193,6 +194,7 @@ def run_worker(
     """``posegen worker``: one worker here, or a pool of ``processes`` with one metrics endpoint."""
     use_settings(settings)
     warm_skeleton_cache(settings)
+    warm_tls()
     endpoint = start_metrics_endpoint(settings, metrics_host, metrics_port)
     try:
         if processes > 1:
