@@ -46,7 +46,7 @@ from app.domain.metrics import (
 )
 from app.errors import ErrorType
 from app.observability.logging import get_logger
-from app.worker.queue_stats import QueueCounts, read_queue_counts
+from app.queue import QueueCounts, read_queue_counts
 
 log = get_logger("Metrics")
 

@@ -6,7 +6,7 @@ from importlib import resources
 
 import psycopg
 
-from app.db.connect import pg_connect_kwargs
+from app.connections import pg_connect
 
 # One advisory lock id, so two processes migrating at once apply each file once.
 _MIGRATION_LOCK = 7_402_511
@@ -21,7 +21,7 @@ def migration_files() -> list[tuple[str, str]]:
 def migrate(database_url: str) -> list[str]:
     """Apply pending migrations; returns the versions applied now (empty when up to date)."""
     applied: list[str] = []
-    with psycopg.connect(database_url, autocommit=True, **pg_connect_kwargs()) as conn:
+    with pg_connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
         try:
             conn.execute(
@@ -46,7 +46,7 @@ def ensure_database(database_url: str) -> bool:
     info = psycopg.conninfo.conninfo_to_dict(database_url)
     name = info.get("dbname") or "postgres"
     admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True, **pg_connect_kwargs()) as conn:
+    with pg_connect(admin, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if exists:
             return False
