@@ -70,7 +70,7 @@ async def create_generations(
     queued_check_seconds: float,
 ) -> list[CreatedGeneration | Exception]:
     """Charge and insert generations with their pose slots, in one transaction and one round trip (SQL
-    functions ``posegen_create_generations`` of migration 006 and ``posegen_create_generation`` of 004).
+    functions ``posegen_create_generations`` and ``posegen_create_generation`` in ``app/db/functions/``).
 
     Each create succeeds or fails alone, atomically. With an ``idempotency_key`` already used by its
     user for the same request (pose ids in order and prompt), the result is that first generation
