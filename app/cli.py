@@ -107,14 +107,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_seed(args: argparse.Namespace) -> int:
     import psycopg
 
-    from app.db.connect import pg_connect_kwargs
+    from app.connections import pg_connect_async
     from app.domain.poses import seed_pose_library
 
     settings = _settings()
 
     async def seed() -> int:
-        async with await psycopg.AsyncConnection.connect(
-                settings.database_url, autocommit=True, **pg_connect_kwargs()) as conn:
+        async with await pg_connect_async(settings.database_url) as conn:
             return await seed_pose_library(conn)
 
     try:
@@ -188,10 +187,10 @@ def _worker_capacity(settings: Settings, args: argparse.Namespace, token: str) -
     """One line: worker processes the provider cap needs (from the period's poses per generation) and how many
     are registered now."""
     import httpx
-    from redis import Redis
     from redis.exceptions import RedisError
     from rq import Worker
 
+    from app.connections import redis_client
     from app.worker.pool import processes_for_cap
 
     cap, pose_concurrency = settings.provider_concurrency, settings.pose_concurrency
@@ -205,7 +204,7 @@ def _worker_capacity(settings: Settings, args: argparse.Namespace, token: str) -
         f"no generations in {args.period}, so full ones of {settings.max_poses_per_generation} poses"
     needed = processes_for_cap(cap, poses or settings.max_poses_per_generation, pose_concurrency)
     try:
-        client = Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
+        client = redis_client(settings.redis_url)
         registered = f"{Worker.count(connection=client)} registered now"
         client.close()
     except RedisError:

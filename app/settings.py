@@ -63,6 +63,7 @@ class Settings:
     pose_concurrency: int = 8
     lease_seconds: float = 30.0
     reaper_interval_seconds: float = 5.0
+    # How long a queued generation sits before the reaper checks that its job still exists.
     queued_check_seconds: float = 30.0
     max_attempts: int = 3
     faults: Mapping[ErrorType, float] = field(default_factory=dict)

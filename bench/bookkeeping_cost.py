@@ -6,8 +6,8 @@ ample credits. pgbench runs one script from C clients for D seconds: each call c
 
 - ``none``: every bookkeeping trigger disabled (the cost of the create itself: the baseline);
 - ``rollups`` (with ``--variants``): ``before`` with 002's triggers disabled, the admin rollups alone;
-- ``before``: migrations up to 007 (the exporter's counter triggers of 002, the admin rollup deltas of
-  003/005), as main had them;
+- ``before``: migrations up to 007 as they stood at :data:`BEFORE_REVISION` (the exporter's counter
+  triggers of 002, the admin rollup deltas of 003/005);
 - ``after``: all migrations (008: one family of insert-only deltas, shared by the exporter and the admin
   metrics, written once per statement).
 
@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from app.db.migrate import migration_files
+from app.db.migrate import migrate
 from app.domain.poses import seed_pose_library
 from tests.stack import create_database, drop_database
 
@@ -48,17 +48,29 @@ SELECT count(*) FROM posegen_create_generations(
 """
 
 
+# The last revision whose migrations carried the function bodies of their day: the ``before`` variants run
+# migrations 001-007 as they stood there (the triggers 008 replaced are in no current file).
+BEFORE_REVISION = "da94e54"
+
+
+def migrations_before() -> list[tuple[str, str]]:
+    """``(version, sql)`` of migrations 001-007 at :data:`BEFORE_REVISION` (read with git)."""
+    root = Path(__file__).resolve().parent.parent
+    names = subprocess.run(["git", "ls-tree", "--name-only", BEFORE_REVISION, "app/db/migrations/"], cwd=root,
+                           capture_output=True, text=True, check=True).stdout.split()
+    files = [(Path(path).stem, path) for path in sorted(names) if path.endswith(".sql") and Path(path).stem < "008"]
+    return [(version, subprocess.run(["git", "show", f"{BEFORE_REVISION}:{path}"], cwd=root, capture_output=True,
+                                     text=True, check=True).stdout) for version, path in files]
+
+
 def prepare(name: str, variant: str) -> str:
     url = create_database(name)
+    if variant not in ("before", "rollups"):
+        migrate(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz"
-                     " NOT NULL DEFAULT now())")
-        for version, sql in migration_files():
-            if variant in ("before", "rollups") and version >= "008":
-                continue
+        for _version, sql in migrations_before() if variant in ("before", "rollups") else []:
             with conn.transaction():
                 conn.execute(sql)
-                conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
         conn.execute("INSERT INTO credit_accounts (user_id, balance) SELECT 'bench_' || i, 1000000000000"
                      " FROM generate_series(0, %s) AS i", (USERS - 1,))
         if variant == "none":

@@ -71,19 +71,19 @@ from prometheus_client.utils import floatToGoString
 from redis import Redis
 
 from app import QUEUE_NAME
-from app.db.connect import pg_connect_kwargs
+from app.connections import pg_connect
 from app.domain.audit import Action
 from app.domain.intake import read_intake_pause, workers_paused
 from app.errors import ErrorType
 from app.observability.logging import get_logger
+from app.queue import WORKER_STATES, QueueKeys, read_queue_counts
 from app.worker.limiter import read_slot_usage
-from app.worker.queue_stats import WORKER_STATES, QueueKeys, read_queue_counts
 
 log = get_logger("Metrics")
 
 
 class QueueCollector(Collector):
-    """The RQ queue and its live workers, from Redis (:func:`app.worker.queue_stats.read_queue_counts`)."""
+    """The RQ queue and its live workers, from Redis (:func:`app.queue.read_queue_counts`)."""
 
     def __init__(self, redis: Redis, queue_name: str = QUEUE_NAME) -> None:
         self._redis = redis
@@ -330,8 +330,8 @@ class DomainCollector(Collector):
 
     def _connect(self) -> psycopg.Connection[Any]:
         # libpq waits at least 2 s to connect; SourcesCollector's deadline bounds the scrape anyway.
-        conn = psycopg.connect(self._database_url, autocommit=True, application_name="posegen-exporter",
-                               **pg_connect_kwargs(connect_timeout=2, tcp_user_timeout_ms=int(self._timeout * 1000)))
+        conn = pg_connect(self._database_url, autocommit=True, connect_timeout=2,
+                          tcp_user_timeout_ms=int(self._timeout * 1000), application_name="posegen-exporter")
         statement_ms = int(self._timeout * 800)
         conn.execute("SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
                      (str(statement_ms), str(statement_ms // 2)))

@@ -16,15 +16,13 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 from redis import Redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from app.connections import redis_client
 from app.domain.processing import generation_time_limit_seconds
 from app.observability.build_info import BuildInfoCollector
 from app.observability.fleet_metrics import FleetMetricsCollector
 from app.observability.logging import get_logger
 from app.settings import Settings
-from app.worker.queue import REDIS_KEEPALIVE_OPTIONS
 from exporter.collectors import (
     CombinedCollector,
     DomainCollector,
@@ -42,9 +40,8 @@ SOURCE_TIMEOUT_SECONDS = 1.0
 
 def make_exporter_redis(redis_url: str, timeout_seconds: float = SOURCE_TIMEOUT_SECONDS) -> Redis:
     """A client that gives up within the deadline: socket timeouts and no retries (redis-py retries by default)."""
-    return Redis.from_url(redis_url, socket_connect_timeout=timeout_seconds, socket_timeout=timeout_seconds,
-                          socket_keepalive=True, socket_keepalive_options=REDIS_KEEPALIVE_OPTIONS,
-                          retry=Retry(NoBackoff(), 0))
+    return redis_client(redis_url, socket_timeout=timeout_seconds, connect_timeout=timeout_seconds, retries=0,
+                        health_check_seconds=0)
 
 
 class Exporter:

@@ -30,7 +30,7 @@ from app import API_PREFIX
 from app.api.prometheus_metrics import ZERO_STATUS_CODES
 from app.errors import ErrorType
 from app.observability.performance import JOB_OPERATIONS
-from app.worker.queue_stats import WORKER_STATES
+from app.queue import WORKER_STATES
 from tests.stack import Process, Stack, free_port
 from tests.test_live_monitoring import RULE_FILES, panel_targets, substitute
 

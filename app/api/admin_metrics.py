@@ -45,8 +45,8 @@ from app.domain.metrics import (
 from app.domain.thresholds import MetricsPeriod
 from app.errors import ErrorType
 from app.observability.logging import get_logger
+from app.queue import QueueCounts, read_queue_counts
 from app.timestamps import iso_or_none
-from app.worker.queue_stats import QueueCounts, read_queue_counts
 
 log = get_logger("Metrics")
 

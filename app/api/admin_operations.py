@@ -47,7 +47,7 @@ from app.domain.audit import Action, find_action, list_actions, record_action
 from app.domain.generation_search import BadCursorError, GenerationFilter, search_generations
 from app.domain.retries import TooManyGenerationsError, execute_retry, plan_retry, retry_progress
 from app.observability.logging import get_logger
-from app.worker.queue import generation_job, make_retry_queue
+from app.queue import generation_job, make_retry_queue
 
 log = get_logger("API")
 

@@ -14,7 +14,6 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.plugins.problem_details import ProblemDetailsPlugin
 from litestar.template.config import TemplateConfig
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
 from app import API_PREFIX, __version__
 from app.api.admin_console import ConsoleController
@@ -22,6 +21,7 @@ from app.api.admin_metrics import MetricsController
 from app.api.admin_operations import OperatorController
 from app.api.credits import CreditController
 from app.api.deps import DEPENDENCIES
+from app.api.enqueuer import BatchEnqueuer
 from app.api.error_responses import EXCEPTION_HANDLERS
 from app.api.flux_webhooks import flux_webhook
 from app.api.generation_creates import GenerationCreator
@@ -41,14 +41,14 @@ from app.api.prometheus_metrics import (
 )
 from app.api.rate_limit import STORE_NAME, generation_rate_limit, rate_limit_store
 from app.api.schemas import create_generation_request_type
-from app.db.connect import pg_connect_kwargs
+from app.connections import pg_pool, redis_client
 from app.domain.intake import IntakeGate
 from app.observability import tracing
 from app.observability.asgi import instrument_asgi
 from app.providers.flux_webhooks import webhook_secret
+from app.queue import make_queue
 from app.settings import Settings
 from app.storage.factory import build_storage
-from app.worker.queue import BatchEnqueuer, make_queue, make_redis
 
 MAX_BODY_BYTES = 64 * 1024
 
@@ -67,16 +67,15 @@ async def _check_not_closed_by_server(conn: AsyncConnection[Any]) -> None:
 def create_app(settings: Settings) -> PoseGeneratorApp:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
-        pool = AsyncConnectionPool(
-            settings.database_url, min_size=1, max_size=settings.db_pool_size, open=False,
-            kwargs={"autocommit": True, **pg_connect_kwargs(connect_timeout=2)}, timeout=5,
+        pool = pg_pool(
+            settings.database_url, min_size=1, max_size=settings.db_pool_size, connect_timeout=2, timeout=5,
             # A coalesced batch carries many requests: a connection the server has closed must be
             # replaced before it is handed out, not discover it by failing them all.
             check=_check_not_closed_by_server,
             max_idle=60,
         )
         await pool.open(wait=False)
-        redis = make_redis(settings.redis_url)
+        redis = redis_client(settings.redis_url)
         storage = build_storage(settings, api_url_prefix=f"{settings.public_base_url}{API_PREFIX}/images")
         app.state.pool = pool
         app.state.redis = redis

@@ -1,6 +1,6 @@
 """Creates, coalesced: concurrent ``POST /generations`` share one transaction, so one commit (the WAL
 flush every writer otherwise queues behind) serves a batch of them (see :mod:`app.api.coalesce` and
-migration 006). Each create still succeeds or fails on its own.
+``app/db/functions/posegen_create_generations.sql``). Each create still succeeds or fails on its own.
 
 Two batches run at once, at most 32 creates each (PostgreSQL keeps 64 subtransaction ids per backend
 before every snapshot gets slower; each create is one subtransaction). Unshared (with APM on), every

@@ -43,8 +43,8 @@ from app.domain.generations import (
 from app.errors import ErrorType
 from app.observability import tracing
 from app.observability.logging import get_logger
+from app.queue import enqueue_generation
 from app.timestamps import iso_or_none
-from app.worker.queue import enqueue_generation
 
 if TYPE_CHECKING:
     # Built per app from POSEGEN_MAX_POSES (schemas.create_generation_request_type) and handed to Litestar

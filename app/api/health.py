@@ -14,8 +14,8 @@ from app import APP_NAME, __version__
 from app.api.error_responses import RETRY_AFTER_UNAVAILABLE
 from app.api.schemas import DependencyCheck, FaultDrill, Health, HealthChecks, PausedView, QueueCheck, QueueCountsView
 from app.domain.intake import read_intake_pause, workers_paused
+from app.queue import read_queue_counts
 from app.timestamps import iso_timestamp
-from app.worker.queue_stats import read_queue_counts
 
 CHECK_TIMEOUT_SECONDS = 1.5
 PHASE = "Production Ready"

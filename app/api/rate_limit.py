@@ -27,11 +27,10 @@ from litestar.serialization import encode_json
 from litestar.stores.base import Store
 from litestar.stores.redis import RedisStore
 from litestar.types import Message, Receive, Scope, Send
-from redis.asyncio import Redis as AsyncRedis
 from redis.exceptions import RedisError
 
 from app.api.auth import decode_token
-from app.worker.queue import redis_options
+from app.connections import async_redis_client
 
 STORE_NAME = "rate_limit"
 # Answers to requests refused before anything was done for them: they do not use up the allowance.
@@ -55,7 +54,7 @@ class FailOpenRedisStore(RedisStore):
 
 
 def rate_limit_store(redis_url: str) -> FailOpenRedisStore:
-    client = AsyncRedis.from_url(redis_url, **redis_options())
+    client = async_redis_client(redis_url)
     return FailOpenRedisStore(client, namespace="posegen-rate-limit")
 
 

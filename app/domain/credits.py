@@ -4,7 +4,7 @@ Every balance change appends its ledger row in the same transaction, and the
 ``balance >= 0`` check plus the guarded ``UPDATE`` keep the balance from going
 negative under any concurrency. Partial unique indexes make a second charge of a
 generation or a second refund of a pose impossible. Grants and refunds are here; the
-charge is part of creating a generation, in the SQL function of migration 004.
+charge is part of creating a generation, in ``app/db/functions/posegen_create_generation.sql``.
 """
 
 from __future__ import annotations

@@ -20,10 +20,6 @@ from app.errors import ErrorType
 # Raised by posegen_create_generation when the balance does not cover the cost (DETAIL: the balance).
 INSUFFICIENT_CREDITS_SQLSTATE = "PG402"
 
-# Default for how long a queued generation sits before the reaper checks that its job still exists.
-QUEUED_CHECK_SECONDS = 30.0
-
-
 class UnknownPosesError(ValueError):
     def __init__(self, missing: list[str]) -> None:
         super().__init__(f"unknown pose ids: {', '.join(missing)}")
@@ -71,10 +67,10 @@ async def create_generations(
     requests: list[GenerationRequest],
     *,
     price_per_pose: int,
-    queued_check_seconds: float = QUEUED_CHECK_SECONDS,
+    queued_check_seconds: float,
 ) -> list[CreatedGeneration | Exception]:
     """Charge and insert generations with their pose slots, in one transaction and one round trip (SQL
-    functions ``posegen_create_generations`` of migration 006 and ``posegen_create_generation`` of 004).
+    functions ``posegen_create_generations`` and ``posegen_create_generation`` in ``app/db/functions/``).
 
     Each create succeeds or fails alone, atomically. With an ``idempotency_key`` already used by its
     user for the same request (pose ids in order and prompt), the result is that first generation

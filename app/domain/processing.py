@@ -17,8 +17,8 @@ from psycopg import AsyncConnection
 
 from app.domain.credits import refund_failed_pose
 from app.domain.error_events import record_error_event
-from app.domain.generations import QUEUED_CHECK_SECONDS
 from app.errors import ErrorType
+from app.queue import job_id_for
 
 
 @dataclass(frozen=True)
@@ -72,10 +72,6 @@ def generation_time_limit_seconds(flux_deadline_seconds: float, max_poses: int, 
     round within the pose deadline, plus slack. An attempt running longer is stuck (alert GenerationStuck)."""
     rounds = -(-max_poses // pose_concurrency)
     return rounds * pose_deadline_seconds(flux_deadline_seconds) + GENERATION_SLACK_SECONDS
-
-
-def job_id_for(generation_id: str, attempt: int) -> str:
-    return f"{generation_id}-a{attempt}"
 
 
 async def claim_generation(
@@ -208,7 +204,7 @@ async def reap_abandoned(
     *,
     max_attempts: int,
     job_pending: Callable[[str], bool],
-    queued_check_seconds: float = QUEUED_CHECK_SECONDS,
+    queued_check_seconds: float,
 ) -> ReapResult:
     """Find generations whose worker died (lease expired) or whose job vanished from the queue.
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import psycopg
-from psycopg import AsyncConnection
-from redis.asyncio import Redis as AsyncRedis
 from rq import get_current_job
 
 from app import API_PREFIX
-from app.db.connect import pg_connect_kwargs
+from app.connections import async_redis_client, pg_connect_async
 from app.observability import tracing
 from app.observability.logging import clear_context, get_logger
 from app.observability.worker_metrics import flush_operation_stats
@@ -19,7 +17,6 @@ from app.settings import Settings
 from app.storage.factory import build_storage
 from app.worker.limiter import ProviderSlots, retry_slot_limit
 from app.worker.pipeline import GenerationPipeline
-from app.worker.queue import redis_options
 
 log = get_logger("Worker")
 
@@ -50,15 +47,14 @@ def process_generation(generation_id: str, attempt: int) -> str | None:
 
 async def run_generation(settings: Settings, generation_id: str, attempt: int) -> str | None:
     # Provider-slot leases: a silent Redis fails a command in seconds, and ProviderSlots retries it.
-    redis = AsyncRedis.from_url(settings.redis_url, **redis_options(socket_timeout=SLOT_REDIS_TIMEOUT_SECONDS))
+    redis = async_redis_client(settings.redis_url, socket_timeout=SLOT_REDIS_TIMEOUT_SECONDS)
     provider = tracing.traced_provider(build_provider(settings, redis))
     storage = tracing.traced_storage(build_storage(settings, api_url_prefix=f"{API_PREFIX}/images"))
     slots = ProviderSlots(redis, settings.provider_concurrency,
                           retry_limit=retry_slot_limit(settings.provider_concurrency, settings.retry_slot_share))
     try:
         try:
-            async with await AsyncConnection.connect(settings.database_url, autocommit=True,
-                                                     **pg_connect_kwargs()) as conn:
+            async with await pg_connect_async(settings.database_url) as conn:
                 pipeline = GenerationPipeline(settings, conn, provider, storage, slots)
                 return await pipeline.run(generation_id, attempt)
         except psycopg.OperationalError as exc:  # DatabaseSilentError among them

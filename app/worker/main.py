@@ -17,18 +17,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.exceptions import StopRequested
 from rq.job import Job
 
-from app.db.connect import pg_connect_kwargs
+from app.connections import pg_connect, redis_client
 from app.errors import ControlNetError
 from app.http_client import warm_tls
 from app.observability.logging import get_logger
 from app.observability.worker_metrics import WorkerMetricsEndpoint, use_metrics_group
 from app.providers.skeleton import render_pose_skeleton
+from app.queue import JOB_MONITORING_INTERVAL_SECONDS, WORKER_TTL_SECONDS, make_queue, make_retry_queue
 from app.settings import Settings
 from app.worker.job_failures import CountingWorker
 from app.worker.jobs import use_settings
 from app.worker.limiter import advertise_limit
-from app.worker.queue import make_queue, make_redis, make_retry_queue
-from app.worker.queue_stats import JOB_MONITORING_INTERVAL_SECONDS, WORKER_TTL_SECONDS
 from app.worker.reaper import Reaper
 
 log = get_logger("Worker")
@@ -49,7 +48,7 @@ class PoseWorker(CountingWorker):
     ``worker_ttl`` sets the socket timeout RQ gives the connection (``worker_ttl - 15 + 10`` s): a Redis that
     goes silent mid-``BLMOVE`` is noticed in 25 s. An idle worker dequeues in slices of a second (checking
     RQ's suspension between them: a drain stops idle workers within a second) and heartbeats with each, so
-    :data:`app.worker.queue_stats.WORKER_STALE_SECONDS` tells a dead worker from a live one."""
+    :data:`app.queue.WORKER_STALE_SECONDS` tells a dead worker from a live one."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("worker_ttl", WORKER_TTL_SECONDS)
@@ -85,7 +84,7 @@ class PoseWorker(CountingWorker):
 def warm_skeleton_cache(settings: Settings) -> None:
     """Render every library pose's skeleton once here, so forked work-horses start with them cached."""
     try:
-        with psycopg.connect(settings.database_url, **pg_connect_kwargs()) as conn:
+        with pg_connect(settings.database_url) as conn:
             rows = conn.execute("SELECT keypoints FROM poses").fetchall()
     except psycopg.Error as exc:
         log.warning("Could not warm the skeleton cache", error=str(exc))
@@ -98,11 +97,9 @@ def warm_skeleton_cache(settings: Settings) -> None:
 
 
 def worker_redis(settings: Settings) -> Redis:
-    redis = make_redis(settings.redis_url)
     # Blocking dequeues wait longer than the fail-fast socket timeout the API uses: PoseWorker sets it
     # just above its dequeue timeout (RQ does so for any timeout below that).
-    redis.connection_pool.connection_kwargs["socket_timeout"] = None
-    return redis
+    return redis_client(settings.redis_url, socket_timeout=None)
 
 
 def start_metrics_endpoint(settings: Settings, host: str, port: int) -> WorkerMetricsEndpoint | None:
@@ -148,7 +145,7 @@ def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, in_
     redis = worker_redis(settings)
     queue = make_queue(redis)
     # The reaper's own client keeps the fail-fast timeouts (the worker's waits out its blocking dequeue).
-    reaper = Reaper(settings, make_redis(settings.redis_url))
+    reaper = Reaper(settings, redis_client(settings.redis_url))
     reaper.start()
     restarts = 0
     advertised = False

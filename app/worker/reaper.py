@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from psycopg import AsyncConnection
 from redis import Redis
 
-from app.db.connect import pg_connect_kwargs
-from app.domain.processing import job_id_for, reap_abandoned
+from app.connections import pg_connect_async
+from app.domain.processing import reap_abandoned
 from app.observability.logging import get_logger
+from app.queue import enqueue_generation, job_id_for, job_pending, make_queue, retire_attempt
 from app.settings import Settings
-from app.worker.queue import enqueue_generation, job_pending, make_queue, retire_attempt
 
 log = get_logger("Worker")
 
@@ -26,8 +25,7 @@ async def reap_once(settings: Settings, redis: Redis) -> int:
     """One pass; returns how many generations it re-queued or finished. Bounded by :func:`pass_deadline`:
     a database that stops answering mid-pass fails the pass (psycopg cancels and closes), never the thread."""
     async with asyncio.timeout(pass_deadline(settings)):
-        async with await AsyncConnection.connect(settings.database_url, autocommit=True,
-                                                 **pg_connect_kwargs()) as conn:
+        async with await pg_connect_async(settings.database_url) as conn:
             result = await reap_abandoned(
                 conn, max_attempts=settings.max_attempts, job_pending=lambda job_id: job_pending(redis, job_id),
                 queued_check_seconds=settings.queued_check_seconds,

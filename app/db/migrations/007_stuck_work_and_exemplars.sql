@@ -11,7 +11,7 @@
 --    exporter's histograms link a slow bucket to its Datadog trace. A generation is traced when the API
 --    stored its trace context; its poses' spans are in the same trace. Writers never wait for one
 --    another here: a bucket's row held by another transaction is skipped (an exemplar is any recent
---    observation, not every one).
+--    observation, not every one). The exemplar functions and triggers are in app/db/functions/.
 
 ALTER TABLE generations ADD COLUMN attempt_started_at timestamptz;
 -- Attempts running while this migrates: their first start is the best figure there is.
@@ -28,56 +28,3 @@ CREATE TABLE exporter_histogram_exemplars (
     PRIMARY KEY (metric, le)
 );
 
-CREATE FUNCTION exporter_note_exemplar(p_metric text, p_ms bigint, p_trace_id text, p_generation_id text)
-RETURNS void LANGUAGE plpgsql AS $$
-DECLARE
-    bucket float8;
-BEGIN
-    IF p_ms IS NULL OR p_trace_id IS NULL THEN
-        RETURN;
-    END IF;
-    bucket := exporter_bucket(p_metric, p_ms);
-    PERFORM 1 FROM exporter_histogram_exemplars WHERE metric = p_metric AND le = bucket FOR UPDATE SKIP LOCKED;
-    IF FOUND THEN
-        UPDATE exporter_histogram_exemplars
-           SET trace_id = p_trace_id, generation_id = p_generation_id, value_ms = p_ms, observed_at = now()
-         WHERE metric = p_metric AND le = bucket;
-    ELSE
-        INSERT INTO exporter_histogram_exemplars (metric, le, trace_id, generation_id, value_ms)
-        VALUES (p_metric, bucket, p_trace_id, p_generation_id, p_ms)
-        ON CONFLICT DO NOTHING;
-    END IF;
-END;
-$$;
-
-CREATE FUNCTION exporter_generation_exemplar() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM exporter_note_exemplar('generation_duration', NEW.duration_ms,
-                                   NEW.trace_context ->> 'x-datadog-trace-id', NEW.id);
-    RETURN NULL;
-END;
-$$;
-
-CREATE TRIGGER exporter_generations_exemplar AFTER UPDATE OF status ON generations
-    FOR EACH ROW
-    WHEN (NEW.status IN ('completed', 'failed') AND OLD.status NOT IN ('completed', 'failed')
-          AND NEW.trace_context IS NOT NULL)
-    EXECUTE FUNCTION exporter_generation_exemplar();
-
-CREATE FUNCTION exporter_generation_pose_exemplar() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    trace text;
-BEGIN
-    SELECT trace_context ->> 'x-datadog-trace-id' INTO trace FROM generations WHERE id = NEW.generation_id;
-    IF trace IS NOT NULL THEN
-        PERFORM exporter_note_exemplar('provider_call', NEW.provider_ms, trace, NEW.generation_id);
-        PERFORM exporter_note_exemplar('pose_duration', NEW.duration_ms, trace, NEW.generation_id);
-    END IF;
-    RETURN NULL;
-END;
-$$;
-
-CREATE TRIGGER exporter_generation_poses_exemplar AFTER UPDATE OF status ON generation_poses
-    FOR EACH ROW
-    WHEN (NEW.status IN ('completed', 'failed') AND OLD.status = 'pending')
-    EXECUTE FUNCTION exporter_generation_pose_exemplar();

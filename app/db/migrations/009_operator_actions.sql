@@ -47,16 +47,6 @@ CREATE TABLE operator_audit (
 );
 CREATE INDEX operator_audit_at ON operator_audit (at DESC, id DESC);
 
-CREATE FUNCTION operator_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION 'operator_audit is append-only' USING ERRCODE = 'insufficient_privilege';
-END;
-$$;
-CREATE TRIGGER operator_audit_no_update_or_delete BEFORE UPDATE OR DELETE ON operator_audit
-    FOR EACH ROW EXECUTE FUNCTION operator_audit_append_only();
-CREATE TRIGGER operator_audit_no_truncate BEFORE TRUNCATE ON operator_audit
-    FOR EACH STATEMENT EXECUTE FUNCTION operator_audit_append_only();
-
 -- Runs after the first: who asked for the retry, when, and how it was paid.
 CREATE TABLE generation_runs (
     generation_id  text NOT NULL REFERENCES generations (id),

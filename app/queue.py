@@ -1,7 +1,9 @@
-"""Job and worker counts of the ``pose-generation`` queue, read in pipelined round trips at constant cost.
+"""The ``pose-generation`` RQ queues, one home for what the API, the worker and the exporter share: job
+naming, enqueueing, whether a job will still run, and the registries' keys and counts.
 
-RQ's own ``registry.count`` runs a cleanup first (work that grows with the registry); these read
-``LLEN``/``ZCOUNT``/``ZCARD`` only. Two rules keep the counts true when a process dies without a word:
+Counts are read in pipelined round trips at constant cost. RQ's own ``registry.count`` runs a cleanup
+first (work that grows with the registry); these read ``LLEN``/``ZCOUNT``/``ZCARD`` only. Two rules keep
+the counts true when a process dies without a word:
 
 - **Live executions only.** An entry of RQ's started registry is scored with its heartbeat expiry; one
   whose expiry is in the past belongs to a work-horse that stopped heartbeating (SIGKILLed, its host
@@ -18,10 +20,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis import Redis
 from rq import Queue
-from rq.job import Job
+from rq.exceptions import NoSuchJobError
+from rq.executions import ExecutionRegistry
+from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job, JobStatus
 from rq.registry import (
     DeferredJobRegistry,
     FailedJobRegistry,
@@ -33,7 +39,89 @@ from rq.utils import str_to_date
 from rq.worker import WorkerStatus
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
-from app import QUEUE_NAME
+from app import QUEUE_NAME, RETRY_QUEUE_NAME
+
+# A generation's poses run concurrently; even a full one waiting for provider slots ends well within this.
+JOB_TIMEOUT_SECONDS = 3600
+
+
+def job_id_for(generation_id: str, attempt: int) -> str:
+    """The RQ job id of one attempt of a generation: ``<generation id>-a<attempt>``."""
+    return f"{generation_id}-a{attempt}"
+
+
+def make_queue(connection: Redis) -> Queue:
+    return Queue(QUEUE_NAME, connection=connection)
+
+
+def make_retry_queue(connection: Redis) -> Queue:
+    """The queue of retried generations; workers listen to it after the main one, so new work goes first."""
+    return Queue(RETRY_QUEUE_NAME, connection=connection)
+
+
+def generation_job(generation_id: str, attempt: int) -> Any:
+    """The RQ job data of one generation attempt (for :meth:`rq.Queue.enqueue_many`)."""
+    return Queue.prepare_data(
+        "app.worker.jobs.process_generation",
+        (generation_id, attempt),
+        job_id=job_id_for(generation_id, attempt),
+        timeout=JOB_TIMEOUT_SECONDS,
+        result_ttl=3600,
+        failure_ttl=7 * 24 * 3600,
+        description=f"generation {generation_id} attempt {attempt}",
+    )
+
+
+def enqueue_generation(queue: Queue, generation_id: str, attempt: int) -> Job:
+    """Enqueue one attempt now (a traced call: with APM on, the job carries the caller's trace)."""
+    job = generation_job(generation_id, attempt)
+    return queue.enqueue(
+        job.func, *job.args, job_id=job.job_id, job_timeout=job.timeout, result_ttl=job.result_ttl,
+        failure_ttl=job.failure_ttl, description=job.description,
+    )
+
+
+def job_pending(connection: Redis, job_id: str, now: float | None = None) -> bool:
+    """True while the job will still run: it waits in the queue's list, is deferred or scheduled, or a live
+    execution runs it (its heartbeat has not expired).
+
+    False when it is gone, ended, or held by nobody: a job RQ still calls ``queued`` that sits in no list
+    was handed to a worker whose blocking dequeue never got the answer (the connection went silent), and
+    an execution whose heartbeat expired belongs to a dead work-horse.
+    """
+    now = time.time() if now is None else now
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.hmget(Job.key_for(job_id), "status", "origin")
+        pipe.zcount(ExecutionRegistry(job_id, connection).key, f"({now}", "+inf")
+        (status, origin), live_executions = pipe.execute()
+    if status is None:
+        return False
+    state = status.decode()
+    if state in (JobStatus.DEFERRED, JobStatus.SCHEDULED):
+        return True
+    if state == JobStatus.QUEUED:  # in the list of the queue it was enqueued on (new work or retries)
+        queue = Queue(origin.decode(), connection=connection) if origin else make_queue(connection)
+        return connection.lpos(queue.key, job_id) is not None
+    if state == JobStatus.STARTED:
+        return int(live_executions) > 0
+    return False
+
+
+def retire_attempt(connection: Redis, job_id: str) -> None:
+    """Remove an abandoned attempt's job from every RQ list and registry (queue, intermediate list of a lost
+    dequeue, started, failed) and delete it, so a re-queued generation's earlier attempt is never counted as
+    running or failed, and RQ's maintenance never turns it into a failure. Idempotent."""
+    queue = make_queue(connection)
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        job = None
+    with connection.pipeline() as pipe:
+        pipe.lrem(IntermediateQueue.get_intermediate_queue_key(queue.key), 0, job_id)
+        if job is not None:
+            job.delete(pipeline=pipe)
+        pipe.execute()
+
 
 # RQ worker settings (app/worker/main.py): an idle worker heartbeats every WORKER_TTL_SECONDS - 15 s
 # (its blocking dequeue's timeout), a busy one every JOB_MONITORING_INTERVAL_SECONDS.

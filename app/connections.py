@@ -1,0 +1,104 @@
+"""How the project opens PostgreSQL connections and Redis clients: a bounded connect, and a dead peer noticed
+in bounded time. Every process (API, worker, reaper, exporter, ``posegen migrate``/``seed``) opens its
+connections here; a caller states only what is its own (a timeout, an application name).
+
+PostgreSQL, with libpq's own mechanisms: ``connect_timeout``; TCP keepalives (a probe after 10 s of silence,
+every 5 s, three missed = dead), so an idle connection whose route died (a dropped NAT entry, a failed-over
+load balancer) breaks within about 25 s instead of the kernel's two hours; and ``tcp_user_timeout``, so data
+the peer never acknowledges fails the connection within 30 s. A peer that acknowledges but never answers (a
+hung proxy) is beyond TCP: callers bound their statements themselves with :func:`app.db.connect.bounded`
+or with ``statement_timeout`` on the server.
+
+Redis, with redis-py's: bounded connect and reads, the same TCP keepalives, and a health check (a ``PING``)
+of a pooled connection that sat idle, so a silently dead one is replaced, not used.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
+
+KEEPALIVE_IDLE_SECONDS = 10
+KEEPALIVE_INTERVAL_SECONDS = 5
+KEEPALIVE_COUNT = 3
+TCP_USER_TIMEOUT_MS = 30_000
+
+
+def pg_connect_kwargs(connect_timeout: int = 5, tcp_user_timeout_ms: int = TCP_USER_TIMEOUT_MS) -> dict[str, Any]:
+    """Keyword arguments for ``psycopg.connect``/``AsyncConnection.connect``/pool ``kwargs`` (libpq parameters)."""
+    return {
+        "connect_timeout": connect_timeout,
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVE_IDLE_SECONDS,
+        "keepalives_interval": KEEPALIVE_INTERVAL_SECONDS,
+        "keepalives_count": KEEPALIVE_COUNT,
+        "tcp_user_timeout": tcp_user_timeout_ms,
+    }
+
+
+def pg_connect(database_url: str, *, autocommit: bool = False, connect_timeout: int = 5,
+               tcp_user_timeout_ms: int = TCP_USER_TIMEOUT_MS, **libpq: Any) -> psycopg.Connection[Any]:
+    """A synchronous connection (seconds for ``connect_timeout``; ``libpq``: more connection parameters,
+    e.g. ``application_name``). Raises :class:`psycopg.OperationalError` when the server cannot be reached."""
+    return psycopg.connect(database_url, autocommit=autocommit,
+                           **pg_connect_kwargs(connect_timeout, tcp_user_timeout_ms), **libpq)
+
+
+async def pg_connect_async(database_url: str, *, autocommit: bool = True,
+                           connect_timeout: int = 5) -> AsyncConnection[Any]:
+    """An asyncio connection, autocommit unless told otherwise (use as ``async with await pg_connect_async(...)``).
+    Raises :class:`psycopg.OperationalError` when the server cannot be reached."""
+    return await AsyncConnection.connect(database_url, autocommit=autocommit, **pg_connect_kwargs(connect_timeout))
+
+
+def pg_pool(database_url: str, *, min_size: int, max_size: int, connect_timeout: int = 2,
+            **pool: Any) -> AsyncConnectionPool:
+    """An asyncio pool of autocommit connections, not opened yet (``pool``: more
+    :class:`psycopg_pool.AsyncConnectionPool` arguments, e.g. ``timeout``, ``check``, ``max_idle``)."""
+    return AsyncConnectionPool(database_url, min_size=min_size, max_size=max_size, open=False,
+                               kwargs={"autocommit": True, **pg_connect_kwargs(connect_timeout=connect_timeout)},
+                               **pool)
+
+
+# TCP keepalive probes after 10 s idle, every 5 s, 3 missed: a connection whose route died breaks in ~25 s.
+REDIS_KEEPALIVE_OPTIONS = {socket.TCP_KEEPIDLE: 10, socket.TCP_KEEPINTVL: 5, socket.TCP_KEEPCNT: 3}
+# A pooled connection idle this long is PINGed before use, so a silently dead one is replaced, not used.
+REDIS_HEALTH_CHECK_SECONDS = 10
+
+
+def redis_options(socket_timeout: float | None = 2.0, *, connect_timeout: float = 1.0,
+                  health_check_seconds: int = REDIS_HEALTH_CHECK_SECONDS) -> dict[str, Any]:
+    """redis-py client options shared by every long-lived client (sync and asyncio): bounded connect and
+    reads (``socket_timeout`` in seconds: a peer that stops answering fails the command instead of hanging
+    it; None waits for ever, for blocking commands), TCP keepalives and a health check of connections that
+    sat idle longer than ``health_check_seconds`` (0: none)."""
+    return {
+        "socket_connect_timeout": connect_timeout, "socket_timeout": socket_timeout, "socket_keepalive": True,
+        "socket_keepalive_options": REDIS_KEEPALIVE_OPTIONS, "health_check_interval": health_check_seconds,
+    }
+
+
+def redis_client(redis_url: str, *, socket_timeout: float | None = 2.0, connect_timeout: float = 1.0,
+                 retries: int = 2, health_check_seconds: int = REDIS_HEALTH_CHECK_SECONDS) -> Redis:
+    """A client that fails fast when Redis is unreachable or silent, so the API can answer 503 quickly.
+
+    A command whose connection failed or timed out is retried ``retries`` times on a fresh connection (a
+    connection that went silent is replaced, not waited on), with a short backoff; ``retries=0`` gives up
+    at once. The queue's commands are safe to repeat: an enqueue whose answer was lost may deliver its job
+    twice, and the second delivery finds the generation already claimed and skips it."""
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries) if retries else Retry(NoBackoff(), 0)
+    return Redis.from_url(redis_url, retry=retry, **redis_options(
+        socket_timeout, connect_timeout=connect_timeout, health_check_seconds=health_check_seconds))
+
+
+def async_redis_client(redis_url: str, *, socket_timeout: float | None = 2.0) -> AsyncRedis:
+    """An asyncio client with the same options (redis-py's own retries)."""
+    return AsyncRedis.from_url(redis_url, **redis_options(socket_timeout))

@@ -1,0 +1,73 @@
+-- Admin rollup deltas (tables of migrations 003 and 008). Each trigger adds the new row's contribution and
+-- subtracts the old one's, so inserts, status transitions (either way, e.g. the reaper's re-queue),
+-- rewrites and deletes all stay exact; plain inserts (every create) take a short path with no old-row
+-- arithmetic. The rows also carry what the exporter counts (see 008).
+-- Generations: inserts, deletes, and updates of the columns the figures depend on.
+CREATE OR REPLACE FUNCTION metrics_generation_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    moved_delivered integer := 0;
+    moved_pose_ms bigint := 0;
+    moved_pose_n integer := 0;
+    entered boolean;  -- the row enters completed or failed with this write
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        entered := NEW.status IN ('completed', 'failed');
+        INSERT INTO metrics_generation_deltas (hour, user_id, generations, queued, processing, completed, failed,
+                                               poses_requested, duration_sum_ms, duration_count, created_total,
+                                               completed_total, failed_total, last_finished_ms)
+        VALUES (date_trunc('hour', NEW.created_at, 'UTC'), NEW.user_id, 1, (NEW.status = 'queued')::int,
+                (NEW.status = 'processing')::int, (NEW.status = 'completed')::int, (NEW.status = 'failed')::int,
+                NEW.poses_count, coalesce(NEW.duration_ms, 0), (NEW.duration_ms IS NOT NULL)::int, 1,
+                (NEW.status = 'completed')::int, (NEW.status = 'failed')::int,
+                CASE WHEN entered THEN (extract(epoch FROM NEW.finished_at) * 1000)::bigint END);
+        IF entered THEN
+            PERFORM metrics_observe('{generation_duration}', ARRAY[NEW.duration_ms]);
+        END IF;
+        RETURN NULL;
+    END IF;
+    entered := TG_OP = 'UPDATE' AND NEW.status IN ('completed', 'failed')
+               AND OLD.status NOT IN ('completed', 'failed');
+    IF TG_OP = 'UPDATE' AND (date_trunc('hour', OLD.created_at, 'UTC') <> date_trunc('hour', NEW.created_at, 'UTC')
+                             OR OLD.user_id <> NEW.user_id) THEN
+        -- The generation moves to another hour or user: its poses' contributions move with it.
+        SELECT count(*) FILTER (WHERE status = 'completed'), coalesce(sum(duration_ms), 0), count(duration_ms)
+          INTO moved_delivered, moved_pose_ms, moved_pose_n
+          FROM generation_poses WHERE generation_id = NEW.id;
+    END IF;
+    INSERT INTO metrics_generation_deltas (hour, user_id, generations, queued, processing, completed, failed,
+                                           poses_requested, poses_delivered, duration_sum_ms, duration_count,
+                                           pose_duration_sum_ms, pose_duration_count, completed_total, failed_total,
+                                           last_finished_ms)
+    SELECT date_trunc('hour', c.created_at, 'UTC'), c.user_id, sum(c.sign),
+           sum(c.sign * (c.status = 'queued')::int), sum(c.sign * (c.status = 'processing')::int),
+           sum(c.sign * (c.status = 'completed')::int), sum(c.sign * (c.status = 'failed')::int),
+           sum(c.sign * c.poses_count), sum(c.sign * moved_delivered),
+           sum(c.sign * coalesce(c.duration_ms, 0)), sum(c.sign * (c.duration_ms IS NOT NULL)::int),
+           sum(c.sign * moved_pose_ms), sum(c.sign * moved_pose_n),
+           count(*) FILTER (WHERE c.sign = 1 AND entered AND c.status = 'completed'),
+           count(*) FILTER (WHERE c.sign = 1 AND entered AND c.status = 'failed'),
+           max(c.finished_ms) FILTER (WHERE c.sign = 1 AND entered)
+      FROM (SELECT -1 AS sign, OLD.created_at, OLD.user_id, OLD.status, OLD.poses_count, OLD.duration_ms,
+                   NULL::bigint AS finished_ms
+             WHERE TG_OP <> 'INSERT'
+            UNION ALL
+            SELECT 1, NEW.created_at, NEW.user_id, NEW.status, NEW.poses_count, NEW.duration_ms,
+                   (extract(epoch FROM NEW.finished_at) * 1000)::bigint
+             WHERE TG_OP <> 'DELETE') c
+     GROUP BY 1, 2;
+    IF entered THEN
+        PERFORM metrics_observe('{generation_duration}', ARRAY[NEW.duration_ms]);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE OR REPLACE TRIGGER metrics_generations_insert_delete AFTER INSERT OR DELETE ON generations
+    FOR EACH ROW EXECUTE FUNCTION metrics_generation_changed();
+
+CREATE OR REPLACE TRIGGER metrics_generations_update AFTER UPDATE OF status, poses_count, duration_ms, created_at, user_id
+    ON generations FOR EACH ROW
+    WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.poses_count IS DISTINCT FROM NEW.poses_count
+          OR OLD.duration_ms IS DISTINCT FROM NEW.duration_ms OR OLD.created_at IS DISTINCT FROM NEW.created_at
+          OR OLD.user_id IS DISTINCT FROM NEW.user_id)
+    EXECUTE FUNCTION metrics_generation_changed();
