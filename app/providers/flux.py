@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
+from app.connections import http_client
 from app.errors import FluxApiError, PoseGenerationError, ProviderNetworkError, ProviderTimeoutError
-from app.http_client import async_client
 from app.observability.logging import get_logger
 from app.providers.base import ImageRequest, TaskDone
 from app.providers.call_metrics import ProviderCallMetrics
@@ -79,7 +79,7 @@ class FluxProvider:
         self._base = httpx.URL(settings.flux_base_url.rstrip("/") + "/")
         self._timeout = httpx.Timeout(settings.flux_timeout_seconds)
         self._owns_client = client is None
-        self._client = client if client is not None else async_client(self._timeout)
+        self._client = client if client is not None else http_client(self._timeout)
 
     async def generate(self, request: ImageRequest, task_done: TaskDone | None = None) -> bytes:
         """Return the image bytes; raise FluxApiError, ProviderTimeoutError or ProviderNetworkError.

@@ -12,8 +12,8 @@ from urllib.parse import quote
 
 import httpx
 
+from app.connections import http_client
 from app.errors import StorageError
-from app.http_client import async_client
 from app.observability.logging import get_logger
 from app.observability.performance import performance_tracker
 from app.storage.base import check_storage_key
@@ -49,7 +49,7 @@ class SupabaseStorage:
         self._max_retries = max_retries
         self._backoff_seconds = backoff_seconds
         self._owns_client = client is None
-        self._client = client if client is not None else async_client(self._timeout)
+        self._client = client if client is not None else http_client(self._timeout)
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         """Upload ``data`` to ``key``, retrying 429/5xx and transport errors; raise :class:`StorageError`."""

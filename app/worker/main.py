@@ -17,9 +17,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.exceptions import StopRequested
 from rq.job import Job
 
-from app.connections import pg_connect, redis_client
+from app.connections import pg_connect, redis_client, warm_tls
 from app.errors import ControlNetError
-from app.http_client import warm_tls
 from app.observability.logging import get_logger
 from app.observability.worker_metrics import WorkerMetricsEndpoint, use_metrics_group
 from app.providers.skeleton import render_pose_skeleton
