@@ -4,7 +4,7 @@
 (``LLEN``/``ZCARD``/``LINDEX`` and the queue's worker set, then each worker's ``state`` and the head job's
 ``enqueued_at``): whatever the queue length, the cost is the same.
 
-``pose_queue_depth``                              gauge  waiting + active jobs
+``pose_queue_depth``                              gauge  waiting + active jobs, of the queue and its retry queue
 ``pose_queue_jobs{state}``                        gauge  job attempts: waiting, active (live executions only),
                                                          scheduled, deferred, failed, finished
 ``pose_workers{state}``                           gauge  RQ workers with a fresh heartbeat: idle, busy, started...

@@ -18,7 +18,7 @@ from rq import Queue, Worker
 from rq.job import Job
 from rq.utils import utcformat
 
-from app import QUEUE_NAME
+from app import QUEUE_NAME, RETRY_QUEUE_NAME
 from app.errors import ErrorType
 from tests.stack import Process, Stack, free_port
 
@@ -290,3 +290,22 @@ def test_queue_metrics_count_jobs_by_state_and_the_oldest_wait(
     redis.delete(queue.key)
     assert value(parse(scrape(port).text), "pose_queue_oldest_waiting_job_age_seconds") == 0
 
+
+
+def test_retried_generations_waiting_and_running_count_in_the_queue_depth(
+        fresh_stack: StartStack, start_exporter: StartExporter) -> None:
+    """An operator's retry batch waits on the retry queue (behind new work): it is backlog all the same, for the
+    QueueBacklog alerts and for whatever scales workers on pose_queue_depth."""
+    stack = fresh_stack(workers=0, api=False)
+    redis = Redis.from_url(stack.redis_url)
+    main, retries = Queue(QUEUE_NAME, connection=redis), Queue(RETRY_QUEUE_NAME, connection=redis)
+    main.enqueue("app.worker.jobs.process_generation", "gen_new", 1)
+    for i in range(3):
+        retries.enqueue("app.worker.jobs.process_generation", f"gen_retry_{i}", 2)
+    # A live execution of a retried job: RQ keeps "job id:execution id" scored by its heartbeat's expiry.
+    redis.zadd(retries.started_job_registry.key, {"job-retried:execution-1": time.time() + 600})
+    _, port = start_exporter(stack)
+    samples = parse(scrape(port).text)
+    assert value(samples, "pose_queue_jobs", state="waiting") == 4
+    assert value(samples, "pose_queue_jobs", state="active") == 1
+    assert value(samples, "pose_queue_depth") == 5
