@@ -12,8 +12,10 @@ from typing import Any
 
 import psycopg
 from redis import Redis
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 from rq.exceptions import StopRequested
 from rq.job import Job
 
@@ -33,6 +35,8 @@ log = get_logger("Worker")
 
 # How often an idle worker looks at RQ's suspension flag (``posegen ops pause --scope workers``, ``rq suspend``).
 SUSPENSION_CHECK_SECONDS = 1
+# How long a worker leaving on request waits for Redis to take its unregistration.
+STOP_REDIS_TIMEOUT_SECONDS = 2.0
 
 # How long past its last heartbeat a running execution stays in RQ's started registry. RQ adds 60 s to
 # the monitoring interval; half a minute is margin enough for a heartbeat every 10 s, and a
@@ -62,6 +66,26 @@ class PoseWorker(CountingWorker):
     def request_stop(self, signum: Any, frame: Any) -> None:
         self.stop_signalled = True
         super().request_stop(signum, frame)
+
+    def register_death(self) -> None:
+        """RQ's unregistration, bounded when leaving on request: the worker's client waits out blocking
+        dequeues (a 25 s read timeout, retried), so a Redis gone silent would hold a stopping worker for
+        minutes. A short-lived client with :data:`STOP_REDIS_TIMEOUT_SECONDS` and no retries does it instead;
+        if Redis does not answer, the registration lapses with its TTL."""
+        if not self.stop_signalled:
+            super().register_death()
+            return
+        pool = self.connection.connection_pool
+        kwargs = {**pool.connection_kwargs, "socket_timeout": STOP_REDIS_TIMEOUT_SECONDS,
+                  "socket_connect_timeout": STOP_REDIS_TIMEOUT_SECONDS, "retry": Retry(NoBackoff(), 0),
+                  "retry_on_timeout": False, "health_check_interval": 0}
+        short = Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
+        lasting, self.connection = self.connection, short
+        try:
+            super().register_death()
+        finally:
+            self.connection = lasting
+            short.close()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Seconds until this execution's started-registry entry expires without a new heartbeat."""
