@@ -177,7 +177,7 @@ class Settings:
             runbook_base_url=reader.url("POSEGEN_RUNBOOK_BASE_URL", cls.runbook_base_url,
                                         ("http://", "https://")).rstrip("/"),
             grafana_url=reader.url("POSEGEN_GRAFANA_URL", cls.grafana_url, ("http://", "https://")).rstrip("/"),
-            sentry_dsn=reader.text("SENTRY_DSN", ""),
+            sentry_dsn=reader.url("SENTRY_DSN", "", ("http://", "https://"), optional=True),
             sentry_traces_sample_rate=reader.number(
                 "SENTRY_TRACES_SAMPLE_RATE", 0.0, minimum=0.0, maximum=1.0
             ),
@@ -219,6 +219,42 @@ class Settings:
                 "SUPABASE_URL and SUPABASE_SERVICE_KEY must be set when STORAGE_BACKEND=supabase"
             )
         return settings
+
+
+def _check_port(port: int | str | None) -> None:
+    if port is not None and not (str(port).isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"invalid port {port}")
+
+
+def _check_postgres_url(value: str) -> None:
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(value)
+    except ProgrammingError as exc:
+        raise ValueError(str(exc).strip().splitlines()[0]) from None
+    for port in str(params.get("port") or "").split(","):
+        _check_port(port or None)
+
+
+def _check_redis_url(value: str) -> None:
+    from redis.connection import parse_url
+
+    options = parse_url(value)  # ValueError for a bad db/socket_timeout/... query value
+    if value.startswith("unix://"):
+        if not options.get("path"):
+            raise ValueError("names no socket path")
+        return
+    parts = urlsplit(value)
+    try:
+        _check_port(parts.port)
+    except ValueError:
+        raise
+    if not parts.hostname:
+        raise ValueError("names no host")
+    if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ValueError("the path must be a Redis database number, such as /0")
 
 
 def _jwt_secret_problem(secret: str, set_explicitly: bool) -> str | None:
@@ -270,8 +306,10 @@ class _Reader:
         return value
 
     def url(self, name: str, default: str, schemes: tuple[str, ...], *, optional: bool = False) -> str:
-        """A URL of one of ``schemes`` with a host (a path for ``unix://``) and, if given, a valid port;
-        no whitespace. A Redis URL's path is empty or a database number (``/0``). ``optional``: unset is ""."""
+        """A URL of one of ``schemes``, no whitespace, parsed as its client parses it: PostgreSQL URLs by libpq's
+        rules (psycopg's ``conninfo_to_dict``: a unix-socket ``host=`` query or several hosts are fine),
+        Redis URLs by redis-py's ``parse_url`` (``db``, ``socket_timeout`` query values; the path a database
+        number), others with a host. Ports are 1-65535. ``optional``: unset is ""."""
         self.kinds.setdefault(name, "url")
         value = self.text(name, default)
         if optional and not value:
@@ -280,19 +318,20 @@ class _Reader:
             raise SettingsError(f"{name}={value!r} must start with one of: {', '.join(schemes)}")
         if any(c.isspace() for c in value):
             raise SettingsError(f"{name}={value!r} contains whitespace")
-        parts = urlsplit(value)
-        if parts.scheme == "unix":
-            if not parts.path:
-                raise SettingsError(f"{name}={value!r} names no socket path")
+        if value == default:
             return value
         try:
-            parts.port  # noqa: B018 - parsing it is the check
-        except ValueError:
-            raise SettingsError(f"{name}={value!r} has an invalid port") from None
-        if not parts.hostname:
-            raise SettingsError(f"{name}={value!r} names no host")
-        if parts.scheme in ("redis", "rediss") and parts.path.strip("/") and not parts.path.strip("/").isdigit():
-            raise SettingsError(f"{name}={value!r}: the path must be a Redis database number, such as /0")
+            if value.startswith(("postgresql://", "postgres://")):
+                _check_postgres_url(value)
+            elif value.startswith(("redis://", "rediss://", "unix://")):
+                _check_redis_url(value)
+            else:
+                parts = urlsplit(value)
+                _check_port(parts.port)
+                if not parts.hostname:
+                    raise ValueError("names no host")
+        except ValueError as exc:
+            raise SettingsError(f"{name}={value!r}: {exc}") from None
         return value
 
     def number(

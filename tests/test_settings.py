@@ -154,7 +154,12 @@ def test_only_the_settings_object_reads_the_environment() -> None:
 BAD_URLS = [
     ("REDIS_URL", "redis://127.0.0.1:6379/abc", "database number"),
     ("REDIS_URL", "redis://127.0.0.1:6379/0 ", "whitespace"),
-    ("REDIS_URL", "redis://127.0.0.1:99999/0", "invalid port"),
+    ("REDIS_URL", "redis://127.0.0.1:99999/0", "ort out of range"),
+    ("REDIS_URL", "redis://127.0.0.1:0/0", "invalid port 0"),
+    ("REDIS_URL", "redis://[::1/0", "Invalid IPv6 URL"),
+    ("REDIS_URL", "redis://127.0.0.1:6379/0?db=x", "Invalid value for 'db'"),
+    ("REDIS_URL", "redis://127.0.0.1:6379/0?socket_timeout=abc", "Invalid value for 'socket_timeout'"),
+    ("DATABASE_URL", "postgresql://postgres@[::1/posegen", "IPv6"),
     ("REDIS_URL", "redis://:6379/0", "no host"),
     ("DATABASE_URL", "postgresql://postgres@127.0.0.1:54x32/posegen", "invalid port"),
     ("DATABASE_URL", " postgresql://postgres@127.0.0.1/posegen", "must start with"),
@@ -162,6 +167,8 @@ BAD_URLS = [
     ("POSEGEN_PUBLIC_BASE_URL", "https://posegen.example.com ", "whitespace"),
     ("POSEGEN_PUBLIC_BASE_URL", "posegen.example.com", "must start with"),
     ("SUPABASE_URL", "https://project.supabase.co\t", "whitespace"),
+    ("POSEGEN_GRAFANA_URL", "https://grafana.example.com:0", "invalid port 0"),
+    ("SENTRY_DSN", "key@o1.ingest.sentry.io/2", "must start with"),
 ]
 
 
@@ -181,6 +188,11 @@ def test_the_usual_url_forms_are_accepted() -> None:
     assert settings.redis_url.endswith("/2") and settings.public_base_url == "https://posegen.example.com"
     assert Settings.from_env({"REDIS_URL": "unix:///run/redis/redis.sock?db=1"}).redis_url.startswith("unix://")
     assert Settings.from_env({"REDIS_URL": "redis://127.0.0.1"}).redis_url == "redis://127.0.0.1"
+    assert Settings.from_env({"REDIS_URL": "redis://[::1]:6379/0"}).redis_url == "redis://[::1]:6379/0"
+    # libpq's own forms: a unix socket directory as host= (or no host at all), several hosts.
+    for url in ("postgresql:///posegen?host=/var/run/postgresql", "postgresql://postgres@/posegen",
+                "postgresql://h1:5432,h2:5433/posegen?target_session_attrs=read-write"):
+        assert Settings.from_env({"DATABASE_URL": url}).database_url == url
 
 
 def test_a_worker_with_a_malformed_redis_url_refuses_to_start_in_one_line() -> None:
