@@ -16,6 +16,7 @@ alert already pending then starts its ``for`` at the first point) and annotation
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import time
@@ -28,6 +29,8 @@ import httpx
 import yaml
 
 RULES_DIR = Path(__file__).resolve().parent / "rules"
+# Longer than any retention worth replaying (Prometheus keeps 15 days by default).
+MAX_SINCE_SECONDS = 400 * 86400
 # Prometheus refuses a range query of more than 11,000 points per series.
 MAX_POINTS = 10_000
 _DURATION = re.compile(r"(\d+)([smhdw])")
@@ -43,7 +46,8 @@ class BacktestError(ValueError):
 def seconds(duration: str) -> int:
     """A Prometheus duration (``90s``, ``5m``, ``7d``, ``1h30m``) in seconds."""
     parts = _DURATION.findall(duration)
-    if not parts or "".join(n + u for n, u in parts) != duration:
+    order = [_UNIT_SECONDS[u] for _, u in parts]
+    if not parts or "".join(n + u for n, u in parts) != duration or order != sorted(set(order), reverse=True):
         raise BacktestError(f"duration {duration!r}: expected e.g. 30m, 6h, 7d")
     return sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)
 
@@ -243,6 +247,11 @@ def parse_overrides(items: list[str], alerts: list[AlertRule]) -> dict[str, floa
             overrides[name] = float(value)
         except ValueError:
             raise BacktestError(f"--override {item!r}: expected ALERT=THRESHOLD with a number") from None
+        if not math.isfinite(overrides[name]):
+            raise BacktestError(f"--override {item!r}: the threshold must be a finite number")
+        rule = next(r for r in alerts if r.name == name)
+        if not _THRESHOLD.search(rule.expr):
+            raise BacktestError(f"--override {item!r}: {name} has no numeric threshold to override")
     return overrides
 
 
@@ -251,6 +260,13 @@ def run_backtest(args: argparse.Namespace) -> int:
     try:
         alerts, records = load_rules()
         since, step = seconds(args.since), seconds(args.step)
+        if step <= 0:
+            raise BacktestError(f"--step {args.step}: must be at least 1s")
+        if since > MAX_SINCE_SECONDS:
+            raise BacktestError(f"--since {args.since}: at most {MAX_SINCE_SECONDS // 86400}d (Prometheus keeps "
+                                f"15d by default)")
+        if step > since:
+            raise BacktestError(f"--step {args.step} is longer than --since {args.since}")
         overrides = parse_overrides(args.override, alerts)
         end = float(int(time.time()) // step * step)
         prom = Prometheus(args.prometheus)

@@ -175,3 +175,22 @@ def test_recorded_series_are_replayed_from_their_rules() -> None:
     assert inline('slo:err{slo="y"} * 20 > 14.4', records) == "(sum(d)) * 20 > 14.4"
     overridden = override_threshold('slo:err{slo="y"} * 20 > 14.4 and on () n >= 10', 6)
     assert overridden == 'slo:err{slo="y"} * 20 > 6 and on () n >= 10'
+
+
+@pytest.mark.parametrize(("argv", "problem"), [
+    (["--step", "0s"], "--step 0s: must be at least 1s"),
+    (["--since", "99999999d"], "--since 99999999d: at most 400d"),
+    (["--since", "7d7d"], "duration '7d7d'"),
+    (["--since", "1h", "--step", "2h"], "--step 2h is longer than --since 1h"),
+    (["--override", "Watchdog=1"], "Watchdog has no numeric threshold to override"),
+    (["--override", "HighFailureRate=nan"], "the threshold must be a finite number"),
+    (["--override", "HighFailureRate=1e400"], "the threshold must be a finite number"),
+])
+def test_bad_ranges_and_overrides_are_refused_before_any_query(argv: list[str], problem: str) -> None:
+    # No Prometheus answers at this address: each is refused before the first query.
+    answer = subprocess.run([sys.executable, "-m", "app.cli", "alerts", "backtest", "--prometheus",
+                             f"http://127.0.0.1:{free_port()}", *argv], capture_output=True, text=True, timeout=60,
+                            cwd=ROOT)
+    assert answer.returncode == 2 and answer.stdout == "", answer.stdout + answer.stderr
+    lines = answer.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and problem in lines[0], answer.stderr
