@@ -321,7 +321,7 @@ def test_a_foreign_program_on_the_metrics_port_is_named_and_the_port_taken_over(
         while f"Metrics port {port}" not in worker.output() and time.monotonic() < deadline:
             time.sleep(0.2)
         told = [json.loads(line) for line in worker.output().splitlines() if f"Metrics port {port}" in line]
-        assert len(told) == 1 and "not a posegen worker" in told[0]["message"], worker.output()
+        assert len(told) == 1 and "does not answer as a posegen worker" in told[0]["message"], worker.output()
         assert told[0]["level"] == "ERROR"
         _run_generations(stack, 1)
         squatter.close()

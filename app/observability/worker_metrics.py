@@ -195,9 +195,10 @@ class WorkerMetricsEndpoint:
             )
         else:
             log.error(
-                f"Metrics port {self.port} is held by a program that is not a posegen worker: this worker keeps "
-                f"working, but its timings are not served until the port frees (it takes it over then). Use "
-                f"--metrics-port N with a free port, or --metrics-port 0 for none.",
+                f"Metrics port {self.port} is held by a program that does not answer as a posegen worker "
+                f"(not a posegen worker, or one that is stuck): this worker keeps working, but its timings are "
+                f"not served until the port frees (it takes it over then). Use --metrics-port N with a free "
+                f"port, or --metrics-port 0 for none.",
                 metricsPort=self.port, metricsGroup=self.group,
             )
         threading.Thread(target=self._take_over, name="posegen-metrics-takeover", daemon=True).start()
