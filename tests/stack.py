@@ -119,12 +119,16 @@ class PrivateRedis:
             return self._free.pop(0)
 
     def release(self, index: int) -> None:
-        # This server was started empty by this run: every key in it is ours to delete.
+        # This server was started empty by this run: every key in it is ours to delete. The server answering
+        # on the port must be that process (its pid), never another Redis that took the port.
         with self._lock:
             if self._process is not None and self._process.poll() is None:
-                client = Redis(port=self.port, db=index)
-                client.flushdb()
-                client.close()
+                client = Redis(host="127.0.0.1", port=self.port, db=index)
+                try:
+                    if client.info("server").get("process_id") == self._process.pid:
+                        client.flushdb()
+                finally:
+                    client.close()
             self._free.append(index)
 
     def url(self, index: int) -> str:
