@@ -156,8 +156,8 @@ class QueueCounts:
 
 @dataclass(frozen=True)
 class QueueKeys:
-    """The Redis keys of one queue's list and registries, plus those of its retry queue: a retried
-    generation waits there (behind new work) and runs there, and it is waiting or running all the same."""
+    """The Redis keys of one queue's list and registries; for the main queue, also its retry queue's: a
+    retried generation waits there (behind new work) and runs there, and it is waiting or running all the same."""
 
     queue: str
     started: str
@@ -166,15 +166,11 @@ class QueueKeys:
     scheduled: str
     deferred: str
     workers: str
-    retry_queue: str | None = None
-    retry_started: str | None = None
-    retry_finished: str | None = None
-    retry_failed: str | None = None
+    retry: QueueKeys | None = None
 
     @classmethod
     def of(cls, connection: Redis, queue_name: str = QUEUE_NAME) -> QueueKeys:
         queue = Queue(queue_name, connection=connection)
-        retry = Queue(RETRY_QUEUE_NAME, connection=connection) if queue_name == QUEUE_NAME else None
         return cls(
             queue=queue.key,
             started=StartedJobRegistry(queue=queue).key,
@@ -183,10 +179,7 @@ class QueueKeys:
             scheduled=ScheduledJobRegistry(queue=queue).key,
             deferred=DeferredJobRegistry(queue=queue).key,
             workers=WORKERS_BY_QUEUE_KEY % queue_name,
-            retry_queue=retry.key if retry else None,
-            retry_started=StartedJobRegistry(queue=retry).key if retry else None,
-            retry_finished=FinishedJobRegistry(queue=retry).key if retry else None,
-            retry_failed=FailedJobRegistry(queue=retry).key if retry else None,
+            retry=cls.of(connection, RETRY_QUEUE_NAME) if queue_name == QUEUE_NAME else None,
         )
 
 
@@ -197,28 +190,23 @@ def read_queue_counts(connection: Redis, keys: QueueKeys | None = None, *, with_
     heartbeat, and the head job's enqueue time). Raises redis-py's errors when Redis does not answer."""
     keys = keys or QueueKeys.of(connection)
     now = time.time() if now is None else now
+    queues = [keys, *([keys.retry] if keys.retry else [])]
     with connection.pipeline(transaction=False) as pipe:
-        pipe.llen(keys.queue)
-        pipe.zcount(keys.started, f"({now}", "+inf")  # executions whose heartbeat has not expired
-        for key in (keys.finished, keys.failed, keys.scheduled, keys.deferred):
-            pipe.zcard(key)
-        if keys.retry_queue and keys.retry_started and keys.retry_finished and keys.retry_failed:
-            pipe.llen(keys.retry_queue)
-            pipe.zcount(keys.retry_started, f"({now}", "+inf")
-            pipe.zcard(keys.retry_finished)
-            pipe.zcard(keys.retry_failed)
+        for queue in queues:
+            pipe.llen(queue.queue)
+            pipe.zcount(queue.started, f"({now}", "+inf")  # executions whose heartbeat has not expired
+            pipe.zcard(queue.finished)
+            pipe.zcard(queue.failed)
+        pipe.zcard(keys.scheduled)
+        pipe.zcard(keys.deferred)
         if with_workers:
             pipe.smembers(keys.workers)
             pipe.lindex(keys.queue, 0)
         replies = pipe.execute()
-    waiting, active, completed, failed, scheduled, deferred = (int(v) for v in replies[:6])
-    rest = replies[6:]
-    if keys.retry_queue:
-        retry_waiting, retry_active, retry_completed, retry_failed = (int(v) for v in rest[:4])
-        waiting, active = waiting + retry_waiting, active + retry_active
-        completed, failed = completed + retry_completed, failed + retry_failed
-        rest = rest[4:]
-    counts = (waiting, active, completed, failed, scheduled, deferred)
+    per_queue = [replies[i:i + 4] for i in range(0, 4 * len(queues), 4)]
+    waiting, active, completed, failed = (sum(int(counts[k]) for counts in per_queue) for k in range(4))
+    scheduled, deferred, *rest = replies[4 * len(queues):]
+    counts = (waiting, active, completed, failed, int(scheduled), int(deferred))
     if not with_workers:
         return QueueCounts(*counts)
     worker_keys, head_job_id = rest

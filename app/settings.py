@@ -247,10 +247,7 @@ def _check_redis_url(value: str) -> None:
             raise ValueError("names no socket path")
         return
     parts = urlsplit(value)
-    try:
-        _check_port(parts.port)
-    except ValueError:
-        raise
+    _check_port(parts.port)
     if not parts.hostname:
         raise ValueError("names no host")
     if parts.path.strip("/") and not parts.path.strip("/").isdigit():

@@ -14,7 +14,6 @@ import logging
 import sys
 import traceback
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import structlog
@@ -92,16 +91,9 @@ class LibraryLogHandler(logging.Handler):
         try:
             component = next((c for prefix, c in _LIBRARY_COMPONENTS
                               if record.name == prefix or record.name.startswith(prefix + ".")), "API")
-            entry: dict[str, Any] = {
-                "timestamp": iso_timestamp(datetime.fromtimestamp(record.created, UTC)),
-                "level": _LEVELS.get(record.levelname.lower(), record.levelname),
-                "component": component,
-                "message": record.getMessage(),
-                "metadata": {"logger": record.name},
-            }
-            error = _error_of(record.exc_info)
-            if error is not None:
-                entry["error"] = error
+            entry = _seed_shape(None, record.levelname.lower(), {
+                "event": record.getMessage(), "component": component, "logger": record.name,
+                "exc_info": record.exc_info})
             stream = self._stream or sys.stdout
             stream.write(_render(None, "", entry) + "\n")
             stream.flush()
