@@ -4,12 +4,14 @@ Setup: one fresh database per variant, migrated, seeded with the pose library an
 ample credits. pgbench runs one script from C clients for D seconds: each call creates 16 generations of
 4 poses (random users) in one transaction, as the API's shared creates do. Variants:
 
-- ``none``: every bookkeeping trigger disabled (the cost of the create itself: the baseline);
+- ``none``: every bookkeeping trigger disabled and the batch's own counting a no-op (the cost of the
+  create itself: the baseline);
+- ``before``: the exporter's counter triggers of 002 and the admin rollup deltas of 003/005 (from git);
 - ``rollups`` (with ``--variants``): ``before`` with 002's triggers disabled, the admin rollups alone;
-- ``before``: migrations up to 007 as they stood at :data:`BEFORE_REVISION` (the exporter's counter
-  triggers of 002, the admin rollup deltas of 003/005);
-- ``after``: all migrations (008: one family of insert-only deltas, shared by the exporter and the admin
-  metrics, written once per statement).
+- ``shared``: 008's one family of insert-only deltas for the exporter and the admin metrics, written by
+  row triggers, folded at commit in one transaction of 16 (from git, see :data:`REVISIONS`);
+- ``after``: the current design (010): inserts counted per statement, the batch's creates counted once
+  at its end, folding done by the workers' timer and the readers, not at commit.
 
 Reports calls/s (each 16 creates) and the cost relative to ``none`` (none's rate / the variant's rate);
 variants take turns round by round, each database vacuumed before its round (as autovacuum would). On a
@@ -32,7 +34,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from app.db.migrate import migrate
+from app.db.migrate import AFTER_FUNCTIONS, migrate
 from app.domain.poses import seed_pose_library
 from tests.stack import create_database, drop_database
 
@@ -48,34 +50,57 @@ SELECT count(*) FROM posegen_create_generations(
 """
 
 
-# The last revision whose migrations carried the function bodies of their day: the ``before`` variants run
-# migrations 001-007 as they stood there (the triggers 008 replaced are in no current file).
-BEFORE_REVISION = "da94e54"
+# Earlier designs, applied from git history (their triggers are in no current file):
+# - ``before``: migrations 001-007 as they stood at the last revision whose migrations carried the function
+#   bodies of their day (the exporter's counter triggers of 002, the admin rollup deltas of 003/005);
+# - ``shared``: migrations and function files as they stood before migration 010 (008's one family of
+#   insert-only deltas, written by a row trigger per create and folded inside one commit in 16).
+REVISIONS = {"before": ("da94e54", "008"), "rollups": ("da94e54", "008"), "shared": ("cf3c178", "010")}
 
 
-def migrations_before() -> list[tuple[str, str]]:
-    """``(version, sql)`` of migrations 001-007 at :data:`BEFORE_REVISION` (read with git)."""
+def files_at(revision: str, folder: str, below: str) -> list[tuple[str, str]]:
+    """``(name, sql)`` of ``app/db/<folder>/*.sql`` at ``revision`` whose names sort below ``below`` (git)."""
     root = Path(__file__).resolve().parent.parent
-    names = subprocess.run(["git", "ls-tree", "--name-only", BEFORE_REVISION, "app/db/migrations/"], cwd=root,
+    names = subprocess.run(["git", "ls-tree", "--name-only", revision, f"app/db/{folder}/"], cwd=root,
                            capture_output=True, text=True, check=True).stdout.split()
-    files = [(Path(path).stem, path) for path in sorted(names) if path.endswith(".sql") and Path(path).stem < "008"]
-    return [(version, subprocess.run(["git", "show", f"{BEFORE_REVISION}:{path}"], cwd=root, capture_output=True,
-                                     text=True, check=True).stdout) for version, path in files]
+    files = [(Path(path).stem, path) for path in sorted(names) if path.endswith(".sql") and Path(path).stem < below]
+    return [(name, subprocess.run(["git", "show", f"{revision}:{path}"], cwd=root, capture_output=True,
+                                  text=True, check=True).stdout) for name, path in files]
+
+
+def migrate_at(url: str, revision: str, below: str) -> None:
+    """Migrate as ``posegen migrate`` did at ``revision``: schema, then function files, then data steps."""
+    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+        conn.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY,"
+                     " applied_at timestamptz NOT NULL DEFAULT now())")
+        steps = []
+        for version, sql in files_at(revision, "migrations", below):
+            schema, _, after_functions = sql.partition(AFTER_FUNCTIONS)
+            conn.execute(schema)
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+            steps.append(after_functions)
+        for _name, sql in files_at(revision, "functions", "~"):
+            conn.execute(sql)
+        for step in steps:
+            if step.strip():
+                conn.execute(step)
 
 
 def prepare(name: str, variant: str) -> str:
     url = create_database(name)
-    if variant not in ("before", "rollups"):
+    if variant in REVISIONS:
+        migrate_at(url, *REVISIONS[variant])
+    else:
         migrate(url)
     with psycopg.connect(url, autocommit=True) as conn:
-        for _version, sql in migrations_before() if variant in ("before", "rollups") else []:
-            with conn.transaction():
-                conn.execute(sql)
         conn.execute("INSERT INTO credit_accounts (user_id, balance) SELECT 'bench_' || i, 1000000000000"
                      " FROM generate_series(0, %s) AS i", (USERS - 1,))
         if variant == "none":
             for table in BOOKKEEPING_TABLES:
                 conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+            # The batch's own counting (010) becomes a no-op: what is left is the create itself.
+            conn.execute("CREATE OR REPLACE FUNCTION metrics_generations_created(p_ids text[]) RETURNS void"
+                         " LANGUAGE plpgsql AS $$ BEGIN RETURN; END; $$")
         if variant == "rollups":
             for table, trigger in conn.execute("SELECT tgrelid::regclass::text, tgname FROM pg_trigger"
                                                " WHERE tgname LIKE 'exporter\\_%'").fetchall():
@@ -86,7 +111,27 @@ def prepare(name: str, variant: str) -> str:
             await seed_pose_library(aconn)
 
     asyncio.run(seed())
+    warm_up(url)
     return url
+
+
+def warm_up(url: str, calls: int = 320) -> None:
+    """Create ``calls`` × 16 generations and ANALYZE, so rounds run against tables with rows and statistics.
+
+    On a table the planner last saw empty, each backend's cached plan for the foreign-key checks
+    (``SELECT 1 FROM generations WHERE id = $1``) is a sequential scan, kept while the table grows: the
+    first round of a fresh database measured 5-8× slower than the next, whatever the variant. Production
+    tables have rows and autovacuum's statistics; this gives the bench the same.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        for i in range(calls):
+            conn.execute(_single_call_sql(), (i % USERS,)).fetchall()
+        conn.execute("VACUUM (ANALYZE)")
+
+
+def _single_call_sql() -> str:
+    """The pgbench script's call as one psycopg statement, the user number a ``%s`` parameter."""
+    return SCRIPT.format(users=USERS, last_user=USERS - 1).split("\n", 1)[1].replace("%", "%%").replace(":u", "%s")
 
 
 def pgbench(url: str, clients: int, seconds: int) -> float:
@@ -115,7 +160,7 @@ def pgbench(url: str, clients: int, seconds: int) -> float:
 def interleaved_calls(urls: dict[str, str], calls: int) -> dict[str, float]:
     """Seconds per call at the first quartile, one call per variant in turn: a noisy neighbour slows the
     variants alike, and the quartile keeps the calls it slowed least."""
-    sql = SCRIPT.format(users=USERS, last_user=USERS - 1).split("\n", 1)[1].replace("%", "%%").replace(":u", "%s")
+    sql = _single_call_sql()
     conns = {variant: psycopg.connect(url, autocommit=True) for variant, url in urls.items()}
     times: dict[str, list[float]] = {variant: [] for variant in urls}
     try:
@@ -137,7 +182,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2, help="variants take turns; the best round counts")
-    parser.add_argument("--variants", default="none,before,rollups,after")
+    parser.add_argument("--variants", default="none,before,shared,after")
     parser.add_argument("--calls", type=int, default=200, help="interleaved single-client calls per variant")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -157,10 +202,11 @@ def main() -> None:
           f"{args.clients} clients, {args.seconds} s x {args.rounds} rounds (best round)")
     print(f"{'variant':<52}{'calls/s':>10}{'creates/s':>11}{'cost x none':>13}{'target':>9}"
           f"{'1 client p25 ms':>17}{'x none':>8}")
-    labels = {"none": "none (bookkeeping triggers disabled)",
+    labels = {"none": "none (no bookkeeping)",
               "before": "before (002 exporter counters + 003/005 rollups)",
               "rollups": "003/005 admin rollups alone (002 disabled)",
-              "after": "after (008 shared insert-only deltas)"}
+              "shared": "008 (shared deltas per row, fold at commit)",
+              "after": "after (010: per statement/transaction)"}
     targets = {"none": "1.00", "before": "", "after": "<= 1.30"}
     print("all rounds, calls/s: " + " | ".join(f"{v} " + " ".join(f"{r:.1f}" for r in rates[v]) for v in variants))
     for variant in variants:

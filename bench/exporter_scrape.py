@@ -171,8 +171,8 @@ def load(url: str, seeder: Seeder, first: int, count: int, *, triggers: bool) ->
             conn.execute("SELECT metrics_rebuild()")
             rebuild = time.perf_counter() - rebuild_began
         else:
-            # Caught up, as a running system is: the deltas of the load folded (creates' commits, admin reads
-            # and scrapes fold as they go; this load's few large transactions gave them little chance).
+            # Caught up, as a running system is: the deltas of the load folded (the workers' timer, admin
+            # reads and scrapes fold as they go; none ran during this load).
             conn.execute("SELECT metrics_fold(100000000)")
         conn.execute("VACUUM ANALYZE")
     return time.perf_counter() - began, rebuild

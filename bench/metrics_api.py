@@ -7,7 +7,7 @@ API as a subprocess (``python -m app.cli api``). Generations are spread over the
 so some are much busier than others.
 
 * 10,000: loaded by COPY with the triggers on, so the rollups are built by the triggers themselves
-  (deltas, folded at commit and by the first reads).
+  (deltas, folded by the first reads).
 * 1,000,000: the next 990,000 loaded by COPY with triggers off (``session_replication_role = replica``),
   then ``metrics_rebuild()`` - the migration's backfill - builds the rollups.
 

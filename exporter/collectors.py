@@ -318,9 +318,9 @@ class DomainCollector(Collector):
             watchdog.cancel()
 
     def _fold(self) -> None:
-        """Fold a bounded batch of deltas first, as the admin readers do, so a burst of writes that no
-        create's commit folded yet (the worker's outcomes, a bulk load) does not slow every scrape; a
-        busy or failing fold is skipped (the read adds unfolded deltas anyway, and stays exact)."""
+        """Fold a bounded batch of deltas first, as the admin readers and the workers' timer do, so a
+        burst of writes not folded yet (a bulk load, a deployment without workers) does not slow every
+        scrape; a busy or failing fold is skipped (the read adds unfolded deltas anyway, and stays exact)."""
         assert self._conn is not None
         try:
             self._conn.execute("SELECT metrics_fold(%s)", (SCRAPE_FOLD_ROWS,))

@@ -36,7 +36,7 @@ def test_migrations_create_no_function_or_trigger() -> None:
 def test_migrate_applies_every_function_file_idempotently() -> None:
     bodies, triggers = declared()
     assert {"metrics_fold", "metrics_rebuild", "posegen_create_generations"} <= set(bodies)
-    assert ("metrics_fold_after_generation", "generations") in triggers
+    assert ("metrics_generations_insert", "generations") in triggers
     name = "posegen_functions_" + os.urandom(4).hex()
     url = create_database(name)
     try:

@@ -1,8 +1,8 @@
 -- Admin rollup deltas (tables of migrations 003 and 008). Each trigger adds the new row's contribution and
--- subtracts the old one's, so inserts, status transitions (either way, e.g. the reaper's re-queue),
--- rewrites and deletes all stay exact; plain inserts (every create) take a short path with no old-row
--- arithmetic. The rows also carry what the exporter counts (see 008).
--- Generations: inserts, deletes, and updates of the columns the figures depend on.
+-- subtracts the old one's, so status transitions (either way, e.g. the reaper's re-queue), rewrites and
+-- deletes all stay exact. The rows also carry what the exporter counts (see 008). Inserts are counted
+-- per statement or per transaction instead (metrics_rows_inserted.sql).
+-- Generations: deletes, and updates of the columns the figures depend on.
 CREATE OR REPLACE FUNCTION metrics_generation_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     moved_delivered integer := 0;
@@ -10,21 +10,6 @@ DECLARE
     moved_pose_n integer := 0;
     entered boolean;  -- the row enters completed or failed with this write
 BEGIN
-    IF TG_OP = 'INSERT' THEN
-        entered := NEW.status IN ('completed', 'failed');
-        INSERT INTO metrics_generation_deltas (hour, user_id, generations, queued, processing, completed, failed,
-                                               poses_requested, duration_sum_ms, duration_count, created_total,
-                                               completed_total, failed_total, last_finished_ms)
-        VALUES (date_trunc('hour', NEW.created_at, 'UTC'), NEW.user_id, 1, (NEW.status = 'queued')::int,
-                (NEW.status = 'processing')::int, (NEW.status = 'completed')::int, (NEW.status = 'failed')::int,
-                NEW.poses_count, coalesce(NEW.duration_ms, 0), (NEW.duration_ms IS NOT NULL)::int, 1,
-                (NEW.status = 'completed')::int, (NEW.status = 'failed')::int,
-                CASE WHEN entered THEN (extract(epoch FROM NEW.finished_at) * 1000)::bigint END);
-        IF entered THEN
-            PERFORM metrics_observe('{generation_duration}', ARRAY[NEW.duration_ms]);
-        END IF;
-        RETURN NULL;
-    END IF;
     entered := TG_OP = 'UPDATE' AND NEW.status IN ('completed', 'failed')
                AND OLD.status NOT IN ('completed', 'failed');
     IF TG_OP = 'UPDATE' AND (date_trunc('hour', OLD.created_at, 'UTC') <> date_trunc('hour', NEW.created_at, 'UTC')
@@ -49,7 +34,6 @@ BEGIN
            max(c.finished_ms) FILTER (WHERE c.sign = 1 AND entered)
       FROM (SELECT -1 AS sign, OLD.created_at, OLD.user_id, OLD.status, OLD.poses_count, OLD.duration_ms,
                    NULL::bigint AS finished_ms
-             WHERE TG_OP <> 'INSERT'
             UNION ALL
             SELECT 1, NEW.created_at, NEW.user_id, NEW.status, NEW.poses_count, NEW.duration_ms,
                    (extract(epoch FROM NEW.finished_at) * 1000)::bigint
@@ -62,7 +46,7 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE TRIGGER metrics_generations_insert_delete AFTER INSERT OR DELETE ON generations
+CREATE OR REPLACE TRIGGER metrics_generations_delete AFTER DELETE ON generations
     FOR EACH ROW EXECUTE FUNCTION metrics_generation_changed();
 
 CREATE OR REPLACE TRIGGER metrics_generations_update AFTER UPDATE OF status, poses_count, duration_ms, created_at, user_id
