@@ -62,9 +62,11 @@ BENCHMARKS: list[tuple[str, list[str], list[str], list[tuple[str, str, str]]]] =
         (r"create\s+\d+\s+[\d.]+\s+([\d.]+)", "mixed load: create p99 ms", ""),
     ]),
     ("bench.bookkeeping_cost", [], ["--seconds", "10"], [
-        (r"none \(bookkeeping triggers disabled\)\s+([\d.]+)", "bookkeeping pgbench: calls/s, none", ""),
-        (r"(?m)before \(002[^\n]*?([\d.]+)\s*$", "bookkeeping pgbench: cost x none, before", ""),
-        (r"after \(008[^\n]*?([\d.]+)\s+<= 1.30", "bookkeeping pgbench: cost x none, after", "<= 1.30"),
+        (r"none \(no bookkeeping\)\s+([\d.]+)", "bookkeeping pgbench: calls/s, none", ""),
+        (r"before \(002.*?\)\s+[\d.]+\s+\d+\s+([\d.]+)", "bookkeeping pgbench: cost x none, before (002)", ""),
+        (r"008 \(shared.*?\)\s+[\d.]+\s+\d+\s+([\d.]+)", "bookkeeping pgbench: cost x none, 008", ""),
+        (r"after \(010.*?\)\s+[\d.]+\s+\d+\s+([\d.]+)\s+<= 1.30", "bookkeeping pgbench: cost x none, after",
+         "<= 1.30"),
     ]),
     ("bench.generation_cost", [], ["--one", "10", "--many", "80"], [
         (r"total\s+([\d.]+)", "cost per generation: CPU ms, one at a time", ""),
