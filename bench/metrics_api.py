@@ -294,7 +294,7 @@ def main(small: int = 10_000, large: int = 1_000_000) -> None:
                                    " + (SELECT count(*) FROM metrics_pose_deltas)"
                                    " + (SELECT count(*) FROM metrics_credit_deltas)"
                                    " + (SELECT count(*) FROM metrics_error_deltas)").fetchone()
-        notes.append(f"{small:,}: COPY with all triggers on (003 metrics + 002 exporter), 1,000 generations per"
+        notes.append(f"{small:,}: COPY with all triggers on (the bookkeeping of 003-010), 1,000 generations per"
                      f" transaction, {seconds:.1f} s; {pending[0] if pending else 0} metric deltas left unfolded"
                      " (the first reads fold them; answers are exact either way)")
         for size in (small, large):
