@@ -65,8 +65,12 @@ REVISIONS = {"before": ("da94e54", "008"), "rollups": ("da94e54", "008"), "share
 def files_at(revision: str, folder: str, below: str) -> list[tuple[str, str]]:
     """``(name, sql)`` of ``app/db/<folder>/*.sql`` at ``revision`` whose names sort below ``below`` (git)."""
     root = Path(__file__).resolve().parent.parent
-    names = subprocess.run(["git", "ls-tree", "--name-only", revision, f"app/db/{folder}/"], cwd=root,
-                           capture_output=True, text=True, check=True).stdout.split()
+    listing = subprocess.run(["git", "ls-tree", "--name-only", revision, f"app/db/{folder}/"], cwd=root,
+                             capture_output=True, text=True)
+    if listing.returncode != 0:
+        raise SystemExit(f"bookkeeping_cost: revision {revision} is not in this checkout's git history (a shallow"
+                         " or exported copy?); fetch the history, or run with --variants none,after")
+    names = listing.stdout.split()
     files = [(Path(path).stem, path) for path in sorted(names) if path.endswith(".sql") and Path(path).stem < below]
     return [(name, subprocess.run(["git", "show", f"{revision}:{path}"], cwd=root, capture_output=True,
                                   text=True, check=True).stdout) for name, path in files]
@@ -208,6 +212,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="interleaved single-client calls per variant")
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for variant in variants:
+        if variant in REVISIONS:
+            files_at(REVISIONS[variant][0], "migrations", "001")  # refused at once when history is missing
     names = {variant: f"posegen_bookkeeping_{variant}_{uuid.uuid4().hex[:6]}" for variant in variants}
     rates: dict[str, list[float]] = {variant: [] for variant in variants}
     try:
