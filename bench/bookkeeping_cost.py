@@ -241,7 +241,6 @@ def main() -> None:
               "shared": "008 (shared deltas per row, fold at commit)",
               "after": "after (010: per statement/transaction)"}
     targets = {"none": "1.00", "before": "", "after": "<= 1.30"}
-    print("all rounds, calls/s: " + " | ".join(f"{v} " + " ".join(f"{r:.1f}" for r in rates[v]) for v in variants))
     for variant in variants:
         cost = best["none"] / best[variant] if "none" in best else float("nan")
         median_cost = median["none"] / median[variant] if "none" in median else float("nan")
@@ -249,6 +248,7 @@ def main() -> None:
               f"{targets.get(variant, ''):>9}{median_cost:>22.2f}"
               f"{quartile[variant] * 1000:>17.2f}"
               f"{quartile[variant] / quartile.get('none', float('nan')):>8.2f}")
+    print("all rounds, calls/s: " + " | ".join(f"{v} " + " ".join(f"{r:.1f}" for r in rates[v]) for v in variants))
 
 
 if __name__ == "__main__":

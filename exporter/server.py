@@ -31,6 +31,7 @@ from exporter.collectors import (
     QueueCollector,
     SourcesCollector,
 )
+from exporter.folding import DeltaFolder
 
 log = get_logger("Metrics")
 
@@ -93,6 +94,8 @@ class _QuietHandler(WSGIRequestHandler):
 def run_exporter(settings: Settings, host: str, port: int) -> None:
     """Serve ``/metrics`` on ``host:port`` until SIGTERM or SIGINT."""
     exporter = Exporter(settings)
+    folder = DeltaFolder(settings.database_url)
+    folder.start()
     server = make_server(host, port, metrics_app(exporter.registry), ThreadingWSGIServer,
                          handler_class=_QuietHandler)
 
@@ -107,5 +110,6 @@ def run_exporter(settings: Settings, host: str, port: int) -> None:
         server.serve_forever()
     finally:
         server.server_close()
+        folder.stop()
         exporter.close()
         log.info("Exporter stopped")

@@ -17,7 +17,13 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.collectors import DomainCollector
 from tests.stack import Stack
-from tests.test_exporter import assert_exporter_matches_database, parse
+from tests.test_exporter import (
+    assert_exporter_matches_database,
+    parse,
+    start_exporter,  # noqa: F401 - a fixture
+    value,
+)
+from tests.test_exporter import scrape as scrape_exporter
 
 POSES = ["pose_standing_confident", "pose_arms_crossed", "pose_waving_hello", "pose_tree_pose"]
 
@@ -165,3 +171,28 @@ def test_workers_fold_the_deltas_on_their_timer_with_no_reader(fresh_stack) -> N
         (created,) = conn.execute("SELECT value FROM metrics_exporter_totals"
                                   " WHERE metric = 'generations' AND label = 'created'").fetchone()
         assert created == conn.execute("SELECT count(*) FROM generations").fetchone()[0] >= 6
+
+
+def test_the_exporter_folds_the_deltas_when_no_worker_runs(fresh_stack, start_exporter) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """With no worker (an outage, scale to zero), creates still add deltas; the exporter's folder thread keeps
+    them folded, so a scrape's read does not grow with the time since the last worker."""
+    stack: Stack = fresh_stack(workers=0, api=False)
+    _process, port = start_exporter(stack)
+    with stack.db() as conn:
+        conn.execute("INSERT INTO credit_accounts (user_id, balance)"
+                     " SELECT 'fold_' || i, 1000000 FROM generate_series(0, 47) AS i")
+        for batch in range(3):
+            items = [{"id": f"f{batch}_{i}", "userId": f"fold_{batch * 16 + i}", "prompt": "p", "poseIds": POSES}
+                     for i in range(16)]
+            conn.execute("SELECT count(*) FROM posegen_create_generations(%s::jsonb, 30, 60)", (json.dumps(items),))
+        assert conn.execute("SELECT count(*) FROM metrics_generation_deltas").fetchone()[0] == 48
+        deadline = time.monotonic() + 15  # the folder runs every 5 s
+        while True:
+            left = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in DELTA_TABLES}
+            if not any(left.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert not any(left.values()), f"deltas not folded 15 s after the writes, no worker running: {left}"
+        samples = parse(scrape_exporter(port).text)
+        assert value(samples, "pose_generations_total", status="created") == 48
+        assert value(samples, "pose_poses_pending") == 48 * len(POSES)

@@ -8,11 +8,13 @@ snapshot). So the numbers are exact at any window, and their cost does not grow 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, Connection
 
 from app.domain.thresholds import (
     AVG_TIME_PER_POSE,
@@ -105,6 +107,39 @@ class WindowTotals:
 
 def _half_up_int(total: int, count: int) -> int:
     return int((Decimal(total) / count).quantize(Decimal(1), rounding=ROUND_HALF_UP)) if count else 0
+
+
+# Background folding (the workers' reaper pass, the exporter's folder): batches of this many rows of each
+# kind, repeated while a batch comes back full, for at most this long per pass. A backlog left by hours
+# without a folder (hundreds of thousands of rows) drains in a few passes.
+BACKGROUND_FOLD_ROWS = 50_000
+BACKGROUND_FOLD_SECONDS = 2.0
+
+
+def fold_backlog(conn: Connection[Any], max_rows: int = BACKGROUND_FOLD_ROWS,
+                 budget_seconds: float = BACKGROUND_FOLD_SECONDS) -> int:
+    """Fold batches of ``max_rows`` per kind until one moves fewer rows or ``budget_seconds`` are spent;
+    returns rows moved (0 when another fold holds the lock). Raises psycopg's errors."""
+    moved = 0
+    deadline = time.monotonic() + budget_seconds
+    while True:
+        row = conn.execute("SELECT metrics_fold(%s)", (max_rows,)).fetchone()
+        batch = int(row[0]) if row else 0
+        moved += batch
+        if batch < max_rows or time.monotonic() >= deadline:
+            return moved
+
+
+async def fold_backlog_async(conn: AsyncConnection[Any], max_rows: int = BACKGROUND_FOLD_ROWS,
+                             budget_seconds: float = BACKGROUND_FOLD_SECONDS) -> int:
+    """:func:`fold_backlog` on an asyncio connection."""
+    moved = 0
+    deadline = time.monotonic() + budget_seconds
+    while True:
+        batch = await fold_pending_deltas(conn, max_rows)
+        moved += batch
+        if batch < max_rows or time.monotonic() >= deadline:
+            return moved
 
 
 async def fold_pending_deltas(conn: AsyncConnection, max_rows: int = READER_FOLD_ROWS) -> int:

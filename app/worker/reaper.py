@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import threading
 
-import psycopg
 from redis import Redis
 
 from app.connections import pg_connect_async
-from app.domain.metrics import fold_pending_deltas
+from app.domain.metrics import fold_backlog_async
 from app.domain.processing import reap_abandoned
 from app.observability.logging import get_logger
 from app.queue import enqueue_generation, job_id_for, job_pending, make_queue, retire_attempt
@@ -24,16 +23,11 @@ from app.settings import Settings
 
 log = get_logger("Worker")
 
-# Rows of each delta kind one pass folds (one fold at a time; a busy fold is skipped): tens of ms at most.
-# A batch of 16 creates writes up to 16 + 4 + 1 delta rows, so this keeps up with thousands of creates
-# a second from one worker at the default interval.
-BACKGROUND_FOLD_ROWS = 50_000
 
 
 async def reap_once(settings: Settings, redis: Redis) -> int:
     """One pass; returns how many generations it re-queued or finished. Bounded by :func:`pass_deadline`:
-    a database that stops answering mid-pass fails the pass (psycopg cancels and closes), never the thread.
-    The pass then folds deltas (:data:`BACKGROUND_FOLD_ROWS`); a failed fold is logged and left to the next."""
+    a database that stops answering mid-pass fails the pass (psycopg cancels and closes), never the thread."""
     async with asyncio.timeout(pass_deadline(settings)):
         async with await pg_connect_async(settings.database_url) as conn:
             result = await reap_abandoned(
@@ -47,11 +41,15 @@ async def reap_once(settings: Settings, redis: Redis) -> int:
                 log.warning("Re-queued abandoned generation", generationId=generation_id, attempt=attempt)
             for generation_id in result.failed:
                 log.error("Abandoned generation failed after its last attempt", generationId=generation_id)
-            try:
-                await fold_pending_deltas(conn, BACKGROUND_FOLD_ROWS)
-            except psycopg.Error as exc:
-                log.warning("Folding the bookkeeping deltas failed", error=str(exc))
     return len(result.requeue) + len(result.failed)
+
+
+async def fold_once(settings: Settings) -> int:
+    """Fold the bookkeeping deltas (:func:`app.domain.metrics.fold_backlog_async`); returns rows moved.
+    Bounded by :func:`pass_deadline` like a reaper pass."""
+    async with asyncio.timeout(pass_deadline(settings)):
+        async with await pg_connect_async(settings.database_url) as conn:
+            return await fold_backlog_async(conn)
 
 
 def pass_deadline(settings: Settings) -> float:
@@ -72,6 +70,10 @@ class Reaper(threading.Thread):
                 asyncio.run(reap_once(self._settings, self._redis))
             except Exception as exc:  # a database or Redis outage: try again next tick
                 log.warning("Reaper pass failed", error=str(exc))
+            try:  # apart from the reaping: a Redis outage must not stop the folding
+                asyncio.run(fold_once(self._settings))
+            except Exception as exc:
+                log.warning("Folding the bookkeeping deltas failed", error=str(exc))
 
     def stop(self) -> None:
         self._stop_event.set()

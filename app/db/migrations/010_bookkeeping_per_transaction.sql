@@ -7,8 +7,9 @@
 -- 1. Inserts are counted per statement (metrics_rows_inserted, from transition tables), and a caller
 --    that inserts row after row in one transaction may count them itself, once, at the end: the batch
 --    create counts its 16 creates in three statements (posegen.metrics_counted_by_caller).
--- 2. Nothing folds at commit any more: the workers fold on a timer (app/worker/reaper.py), and every
---    reader (exporter scrape, admin metrics) folds before it reads and adds what is left, as before.
+-- 2. Nothing folds at commit any more: the workers (app/worker/reaper.py) and the exporter
+--    (exporter/folding.py) fold on a timer, and every reader (exporter scrape, admin metrics) folds
+--    before it reads and adds what is left, as before.
 -- Updates and deletes keep their row triggers.
 
 -- Replaced by the statement-level metrics_*_insert triggers (in a database migrated from 001 none of
