@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 
-from app.db.migrate import AFTER_FUNCTIONS, migrate
+from app.db.migrate import migrate
 from app.domain.poses import seed_pose_library
 from tests.stack import create_database, drop_database
 
@@ -77,21 +77,8 @@ def files_at(revision: str, folder: str, below: str) -> list[tuple[str, str]]:
 
 
 def migrate_at(url: str, revision: str, below: str) -> None:
-    """Migrate as ``posegen migrate`` did at ``revision``: schema, then function files, then data steps."""
-    with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
-        conn.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY,"
-                     " applied_at timestamptz NOT NULL DEFAULT now())")
-        steps = []
-        for version, sql in files_at(revision, "migrations", below):
-            schema, _, after_functions = sql.partition(AFTER_FUNCTIONS)
-            conn.execute(schema)
-            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
-            steps.append(after_functions)
-        for _name, sql in files_at(revision, "functions", "~"):
-            conn.execute(sql)
-        for step in steps:
-            if step.strip():
-                conn.execute(step)
+    """Migrate with the migrations (those below ``below``) and function files as they stood at ``revision``."""
+    migrate(url, files_at(revision, "migrations", below), files_at(revision, "functions", "~"))
 
 
 def prepare(name: str, variant: str) -> str:

@@ -152,6 +152,16 @@ DELTA_TABLES = ["metrics_generation_deltas", "metrics_pose_deltas", "metrics_cre
                 "metrics_histogram_deltas", "metrics_exporter_deltas"]
 
 
+def wait_deltas_folded(conn, seconds: float) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Rows left in each delta table once all are empty, or after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in DELTA_TABLES}
+        if not any(left.values()) or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
 def test_workers_fold_the_deltas_on_their_timer_with_no_reader(fresh_stack) -> None:  # type: ignore[no-untyped-def]
     """Nothing folds at commit: with no exporter and no admin read, the workers' timer (the reaper's pass,
     every 0.5 s here) still moves every delta into the rollups, which then hold the figures."""
@@ -160,13 +170,8 @@ def test_workers_fold_the_deltas_on_their_timer_with_no_reader(fresh_stack) -> N
     ids = [stack.create_generation(user, POSES[:2]).json()["generationId"] for _ in range(6)]
     for generation_id in ids:
         stack.wait_finished(user, generation_id)
-    deadline = time.monotonic() + 20
     with stack.db() as conn:
-        while True:
-            left = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in DELTA_TABLES}
-            if not any(left.values()) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        left = wait_deltas_folded(conn, 20)
         assert not any(left.values()), f"deltas not folded 20 s after the last write: {left}"
         (created,) = conn.execute("SELECT value FROM metrics_exporter_totals"
                                   " WHERE metric = 'generations' AND label = 'created'").fetchone()
@@ -186,12 +191,7 @@ def test_the_exporter_folds_the_deltas_when_no_worker_runs(fresh_stack, start_ex
                      for i in range(16)]
             conn.execute("SELECT count(*) FROM posegen_create_generations(%s::jsonb, 30, 60)", (json.dumps(items),))
         assert conn.execute("SELECT count(*) FROM metrics_generation_deltas").fetchone()[0] == 48
-        deadline = time.monotonic() + 15  # the folder runs every 5 s
-        while True:
-            left = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in DELTA_TABLES}
-            if not any(left.values()) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        left = wait_deltas_folded(conn, 15)  # the folder runs every 5 s
         assert not any(left.values()), f"deltas not folded 15 s after the writes, no worker running: {left}"
         samples = parse(scrape_exporter(port).text)
         assert value(samples, "pose_generations_total", status="created") == 48

@@ -38,9 +38,12 @@ def function_files() -> list[tuple[str, str]]:
     return sql_files("functions")
 
 
-def migrate(database_url: str) -> list[str]:
+def migrate(database_url: str, migrations: list[tuple[str, str]] | None = None,
+            functions: list[tuple[str, str]] | None = None) -> list[str]:
     """Apply pending migrations, then every function file; returns the migration versions applied now (empty
-    when up to date). Raises psycopg's errors, with nothing of this run committed."""
+    when up to date). Raises psycopg's errors, with nothing of this run committed. ``migrations`` and
+    ``functions`` (``(name, sql)`` in order) replace this package's files: a benchmark builds an earlier
+    design from git history with them."""
     applied: list[str] = []
     with pg_connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
@@ -52,7 +55,7 @@ def migrate(database_url: str) -> list[str]:
             done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
             with conn.transaction():
                 data_steps: list[str] = []
-                for version, sql in migration_files():
+                for version, sql in migration_files() if migrations is None else migrations:
                     if version in done:
                         continue
                     schema, _, after_functions = sql.partition(AFTER_FUNCTIONS)
@@ -60,7 +63,7 @@ def migrate(database_url: str) -> list[str]:
                     conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
                     applied.append(version)
                     data_steps.append(after_functions)
-                for _, sql in function_files():
+                for _, sql in function_files() if functions is None else functions:
                     conn.execute(sql)
                 for step in data_steps:
                     if step.strip():
