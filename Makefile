@@ -5,12 +5,16 @@ BIN := $(VENV)/bin
 # Debian packages the tests and the dev stack use: {binary: package}.
 TOOLS := {'promtool': 'prometheus', 'prometheus': 'prometheus', 'amtool': 'prometheus-alertmanager', 'prometheus-alertmanager': 'prometheus-alertmanager', 'redis-server': 'redis-server', 'kubectl': 'kubectl', 'chromium': 'chromium', 'chromedriver': 'chromium-driver'}
 
-.PHONY: install tools dev test bench lint clean
+LOCK := requirements.lock
 
-$(BIN)/.installed: pyproject.toml
+.PHONY: install tools dev test bench lint lock clean
+
+# Everything from the lock, build tools first: the package builds with the venv's locked setuptools
+# (--no-build-isolation), not with whatever release an isolated build would fetch.
+$(BIN)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -c $(LOCK) pip setuptools wheel
+	$(BIN)/python -m pip install -q -c $(LOCK) --no-build-isolation -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -37,7 +41,15 @@ bench: install
 lint: install
 	$(BIN)/ruff check .
 
+# A new lock: the newest releases within pyproject.toml's ranges, resolved in a fresh venv (then run make test).
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+	.lock-venv/bin/python -m pip install -q '.[test]'
+	{ sed -n '/^#/p' $(LOCK); .lock-venv/bin/python -m pip freeze --all --exclude posegen | LC_ALL=C sort -f; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf .lock-venv build
+
 # Root's PostgreSQL cluster may live outside the clone (app/devservices.py): /var/tmp/posegen-<sha256 of .data>.
 clean:
 	rm -rf /var/tmp/posegen-$$(printf %s "$$(realpath -m .data)" | sha256sum | cut -c1-12)
-	rm -rf $(VENV) .data .pytest_cache
+	rm -rf $(VENV) .data .pytest_cache .lock-venv

@@ -337,7 +337,19 @@ class Stack:
                 return body
             time.sleep(0.1)
         raise AssertionError(f"generation {generation_id} not finished within {timeout} s: {body}\n"
-                             + self.logs())
+                             + self.logs() + self.worker_stacks())
+
+    def worker_stacks(self) -> str:
+        """py-spy dumps of every running worker process and its children (work-horses, pool members)."""
+        parts = []
+        for process in self.workers:
+            if not process.alive():
+                continue
+            for pid in [process.popen.pid, *child_pids(process.popen.pid)]:
+                dump = subprocess.run([str(Path(sys.executable).parent / "py-spy"), "dump", "--pid", str(pid)],
+                                      capture_output=True, text=True, timeout=30)
+                parts.append(f"--- py-spy dump of {pid} ({process.log_path.name}) ---\n{dump.stdout}{dump.stderr}")
+        return "\n".join(parts)
 
     def balance(self, user_id: str) -> int:
         answer = self.http.get("/credits", headers=self.headers(user_id))

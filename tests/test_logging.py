@@ -89,3 +89,60 @@ def test_performance_tracker_start_end_measure_and_decorator() -> None:
     logged = [e for e in _entries(stream.getvalue()) if e["message"] == "Performance measured"]
     assert [e["metadata"]["operation"] for e in logged] == ["pose_total", "db_query", "flux_api_call"]
     assert all(e["component"] == "Metrics" for e in logged)
+
+
+# A process whose threads log without pause forks children that each log one line: with a write lock left
+# held by a thread that does not exist in the child, the child blocks on its first line forever.
+_FORKING_WHILE_LOGGING = r"""
+import logging, os, signal, sys, threading, time
+from app.observability.logging import configure_logging, get_logger
+
+configure_logging("INFO")
+log, library = get_logger("Worker"), logging.getLogger("rq.worker")
+stop = threading.Event()
+
+def chatter(n):
+    while not stop.is_set():
+        log.info("Reaper chatter", thread=n, padding="x" * 2000)
+        library.warning("Library chatter %s", n)
+
+threads = [threading.Thread(target=chatter, args=(n,), daemon=True) for n in range(3)]
+for t in threads:
+    t.start()
+hung = 0
+for _ in range(int(sys.argv[1])):
+    pid = os.fork()
+    if pid == 0:
+        log.info("Work-horse line")
+        os._exit(0)
+    deadline = time.monotonic() + 5
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            hung += 1
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.001)
+    if hung:
+        break
+stop.set()
+print("HUNG", hung, file=sys.stderr)
+"""
+
+
+def test_a_child_forked_while_threads_log_can_log(tmp_path) -> None:
+    """A worker forks its work-horse while its reaper thread may be logging: the child must not inherit a
+    held write lock (a work-horse blocked on its first log line left generations queued for an hour)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "out.log"
+    with out.open("w") as sink:
+        done = subprocess.run([sys.executable, "-c", _FORKING_WHILE_LOGGING, "300"], stdout=sink,
+                              stderr=subprocess.PIPE, text=True, timeout=240, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
+    assert "HUNG 0" in done.stderr, "a forked child blocked on its first log line"
+    lines = out.read_text().splitlines()
+    assert sum(1 for line in lines if '"Work-horse line"' in line) == 300
+    assert all(line.startswith("{") and line.endswith("}") for line in lines), "every line one whole JSON entry"

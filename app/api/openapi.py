@@ -4,9 +4,9 @@ page works offline."""
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 
-import swagger_ui_bundle
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
@@ -43,8 +43,18 @@ def error_responses(*codes: int) -> dict[int, ResponseSpec]:
 
 SCHEMA_PATH = "/schema"
 _ASSETS = f"{SCHEMA_PATH}/assets"
-# Swagger UI's distribution files, as the swagger-ui-bundle package ships them.
-SCHEMA_ASSETS_ROUTER = create_static_files_router(path=_ASSETS, directories=[Path(swagger_ui_bundle.swagger_ui_path)],
+
+
+def swagger_ui_dist() -> Path:
+    """The folder of Swagger UI's distribution files (5.x, which reads OpenAPI 3.1) as the swagger-ui-py
+    package ships them; found without importing the package (it would import its framework adapters)."""
+    spec = find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the swagger-ui-py package is not installed: pip install -e . installs it")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+SCHEMA_ASSETS_ROUTER = create_static_files_router(path=_ASSETS, directories=[swagger_ui_dist()],
                                                   name="schema-assets")
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import threading
 import traceback
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -79,6 +81,39 @@ def add_processor(processor: Any) -> None:
 _LIBRARY_COMPONENTS = (("rq", "Worker"), ("httpx", "FLUX"), ("httpcore", "FLUX"))
 
 
+# Every line any thread of this process writes goes out under this lock, one whole line at a time. It is held
+# across fork(): a worker forks a work-horse while its reaper thread may be logging, and a lock (ours, or the
+# stream's own buffer lock) held by a thread that does not exist in the child would block the child's first
+# log line forever (a generation then stays unfinished, its job alive, until the job timeout). The standard
+# library's logging module takes its lock around fork() for the same reason.
+_WRITE_LOCK = threading.Lock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_WRITE_LOCK.acquire, after_in_parent=_WRITE_LOCK.release,
+                        after_in_child=_WRITE_LOCK.release)
+
+
+def write_line(stream: TextIO, line: str) -> None:
+    """Write ``line`` and a newline to ``stream`` and flush, as one unit among this process's threads and
+    never interrupted by a fork."""
+    with _WRITE_LOCK:
+        stream.write(line + "\n")
+        stream.flush()
+
+
+class LineLogger:
+    """structlog's logger for this process: each rendered entry is one line, written by :func:`write_line`
+    (structlog's own ``PrintLogger`` takes a lock that a fork can leave held in the child)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        write_line(self._stream or sys.stdout, message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
 class LibraryLogHandler(logging.Handler):
     """Writes standard-library log records (RQ's "could not connect to Redis", a library's warning) as
     entries of the seed's shape, so every line a process prints is one JSON object."""
@@ -94,9 +129,7 @@ class LibraryLogHandler(logging.Handler):
             entry = _seed_shape(None, record.levelname.lower(), {
                 "event": record.getMessage(), "component": component, "logger": record.name,
                 "exc_info": record.exc_info})
-            stream = self._stream or sys.stdout
-            stream.write(_render(None, "", entry) + "\n")
-            stream.flush()
+            write_line(self._stream or sys.stdout, _render(None, "", entry))
         except Exception:  # noqa: BLE001 - logging must never take the process down
             self.handleError(record)
 
@@ -113,7 +146,7 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *_extra_processors, _seed_shape, _render],
         wrapper_class=structlog.make_filtering_bound_logger(_NUMERIC[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        logger_factory=lambda *_: LineLogger(stream),
         cache_logger_on_first_use=False,
     )
 

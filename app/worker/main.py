@@ -87,6 +87,26 @@ class PoseWorker(CountingWorker):
             self.connection = lasting
             short.close()
 
+    def unsubscribe(self) -> None:
+        """RQ's unsubscription, bounded: RQ sends UNSUBSCRIBE and then stops the pub/sub thread, whose
+        ``stop()`` (redis-py 8) joins it without a timeout. When the UNSUBSCRIBE reply wakes the thread before
+        its running flag is cleared, it goes back to a 60 s ``get_message`` and the stopping worker waits
+        that long. Clearing the flag first (``stop(timeout=0)``) makes the reply end the thread's loop; the
+        join is bounded by :data:`STOP_REDIS_TIMEOUT_SECONDS` (the thread is a daemon: a silent Redis
+        cannot hold the process either)."""
+        thread, pubsub = self.pubsub_thread, self.pubsub
+        if thread is None or pubsub is None:
+            return
+        thread.stop(timeout=0)
+        try:
+            pubsub.unsubscribe()
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            log.warning("Could not unsubscribe from the worker's command channel", error=str(exc))
+        thread.join(timeout=STOP_REDIS_TIMEOUT_SECONDS)
+        if not thread.is_alive():
+            pubsub.close()  # else the thread closes it when its read ends
+        self.pubsub_thread = None
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Seconds until this execution's started-registry entry expires without a new heartbeat."""
         remaining = (job.timeout - working_time) if job.timeout and job.timeout > 0 else self.job_monitoring_interval
