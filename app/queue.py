@@ -41,6 +41,8 @@ from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
 from app import QUEUE_NAME, RETRY_QUEUE_NAME
 
+# The job function of a generation attempt; its arguments are ``(generation id, attempt)``.
+GENERATION_JOB = "app.worker.jobs.process_generation"
 # A generation's poses run concurrently; even a full one waiting for provider slots ends well within this.
 JOB_TIMEOUT_SECONDS = 3600
 
@@ -62,7 +64,7 @@ def make_retry_queue(connection: Redis) -> Queue:
 def generation_job(generation_id: str, attempt: int) -> Any:
     """The RQ job data of one generation attempt (for :meth:`rq.Queue.enqueue_many`)."""
     return Queue.prepare_data(
-        "app.worker.jobs.process_generation",
+        GENERATION_JOB,
         (generation_id, attempt),
         job_id=job_id_for(generation_id, attempt),
         timeout=JOB_TIMEOUT_SECONDS,

@@ -110,3 +110,27 @@ def test_generation_abandoned_on_every_attempt_fails_and_is_refunded(fresh_stack
     assert stack.balance(user) == 1000
     with stack.db() as conn:
         check_ledger_invariants(conn)
+
+
+def test_a_work_horse_that_stops_renewing_its_lease_is_stopped_and_its_work_rerun(fresh_stack) -> None:  # type: ignore[no-untyped-def]
+    """A work-horse that hangs (here SIGSTOPped: alive, but neither working nor renewing its lease) while its
+    worker still heartbeats the job: the reaper re-queues the generation as attempt 2, and the worker, seeing
+    its horse's attempt fenced, kills it instead of waiting out the job timeout (an hour) with attempt 2
+    queued behind it."""
+    stack: Stack = fresh_stack(workers=1, POSEGEN_LOCAL_LATENCY="1")
+    user = stack.new_user(credits=1000)
+    generation_id = stack.create_generation(user, POSES[:2]).json()["generationId"]
+    _wait_status(stack, generation_id, "processing")
+    horses = stack.workers[0].children()
+    assert horses, "the worker should have forked a work-horse"
+    for pid in horses:
+        os.kill(pid, signal.SIGSTOP)
+    done = stack.wait_finished(user, generation_id, timeout=45)
+    assert done["status"] == "completed" and all(p["status"] == "completed" for p in done["poses"])
+    assert stack.workers[0].alive()
+    assert not [pid for pid in horses if os.path.exists(f"/proc/{pid}")], "the hung horse was stopped"
+    assert "stopping the work-horse" in stack.workers[0].output()
+    with stack.db() as conn:
+        assert conn.execute("SELECT attempt FROM generations WHERE id = %s", (generation_id,)).fetchone()[0] == 2
+        check_ledger_invariants(conn)
+    assert_no_dead_attempt_counted(stack)

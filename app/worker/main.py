@@ -24,7 +24,13 @@ from app.errors import ControlNetError
 from app.observability.logging import get_logger
 from app.observability.worker_metrics import WorkerMetricsEndpoint, use_metrics_group
 from app.providers.skeleton import render_pose_skeleton
-from app.queue import JOB_MONITORING_INTERVAL_SECONDS, WORKER_TTL_SECONDS, make_queue, make_retry_queue
+from app.queue import (
+    GENERATION_JOB,
+    JOB_MONITORING_INTERVAL_SECONDS,
+    WORKER_TTL_SECONDS,
+    make_queue,
+    make_retry_queue,
+)
 from app.settings import Settings
 from app.worker.job_failures import CountingWorker
 from app.worker.jobs import use_settings
@@ -53,10 +59,11 @@ class PoseWorker(CountingWorker):
     RQ's suspension between them: a drain stops idle workers within a second) and heartbeats with each, so
     :data:`app.queue.WORKER_STALE_SECONDS` tells a dead worker from a live one."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, database_url: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("worker_ttl", WORKER_TTL_SECONDS)
         kwargs.setdefault("job_monitoring_interval", JOB_MONITORING_INTERVAL_SECONDS)
         super().__init__(*args, **kwargs)
+        self.database_url = database_url
 
     #: Set by SIGTERM/SIGINT (or a pool's stop request). RQ's own ``_stop_requested`` stays False when the
     #: signal comes while the worker is idle (it raises StopRequested instead), so the caller cannot tell
@@ -107,6 +114,20 @@ class PoseWorker(CountingWorker):
             pubsub.close()  # else the thread closes it when its read ends
         self.pubsub_thread = None
 
+    def maintain_heartbeats(self, job: Job, execution: Any) -> None:
+        """RQ's heartbeat of a running job (every ``job_monitoring_interval``), unless the work-horse's attempt
+        is fenced: the reaper re-queued its generation under a later attempt because the horse stopped
+        renewing the lease (stopped, hung, cut off from the database). Such a horse can no longer write
+        anything (every write checks the attempt), yet RQ would keep its job alive and this worker busy until
+        the job timeout, with the new attempt waiting behind it. It is killed instead."""
+        superseded_by = attempt_superseded(self.database_url, job)
+        if superseded_by is not None:
+            log.error("Work-horse's attempt was re-queued after its lease lapsed; stopping the work-horse",
+                      jobId=job.id, attempt=job.args[1], currentAttempt=superseded_by)
+            self.kill_horse()
+            return
+        super().maintain_heartbeats(job, execution)
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Seconds until this execution's started-registry entry expires without a new heartbeat."""
         remaining = (job.timeout - working_time) if job.timeout and job.timeout > 0 else self.job_monitoring_interval
@@ -122,6 +143,22 @@ class PoseWorker(CountingWorker):
             self.check_for_suspension(burst=False)
             if self._stop_requested:
                 raise StopRequested
+
+
+def attempt_superseded(database_url: str | None, job: Job) -> int | None:
+    """The generation's current attempt when it is later than the one ``job`` runs (the job's attempt is
+    fenced); None when the job still owns its attempt, is not a generation job, or the database does not
+    answer within a few seconds (a horse is never stopped on a guess)."""
+    if database_url is None or job.func_name != GENERATION_JOB or len(job.args) != 2:
+        return None
+    generation_id, attempt = job.args
+    try:
+        with pg_connect(database_url, autocommit=True, connect_timeout=3) as conn:
+            row = conn.execute("SELECT attempt FROM generations WHERE id = %s", (generation_id,)).fetchone()
+    except psycopg.Error as exc:
+        log.warning("Could not check the running attempt's lease", jobId=job.id, error=str(exc))
+        return None
+    return int(row[0]) if row is not None and int(row[0]) > int(attempt) else None
 
 
 def warm_skeleton_cache(settings: Settings) -> None:
@@ -199,7 +236,8 @@ def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, in_
                 # After an outage the old registration may still be live in Redis: register under a new name.
                 worker_name = f"{name}-r{restarts}" if name and restarts else name
                 # Queue order is priority: retries run only while no new generation waits.
-                worker = PoseWorker([queue, make_retry_queue(redis)], connection=redis, name=worker_name)
+                worker = PoseWorker([queue, make_retry_queue(redis)], connection=redis, name=worker_name,
+                                    database_url=settings.database_url)
                 if not advertised:
                     advertise_limit(redis, settings.provider_concurrency)
                     advertised = True
