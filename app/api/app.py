@@ -34,8 +34,8 @@ from app.api.openapi import SCHEMA_ASSETS_ROUTER, openapi_config
 from app.api.poses import PoseController
 from app.api.prometheus_metrics import (
     BUILD_INFO,
+    count_requests,
     create_route_series,
-    http_metrics_middleware,
     metrics_prometheus,
     scrape_registry,
 )
@@ -112,7 +112,7 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
             "CreateGenerationRequest": create_generation_request_type(settings.max_poses_per_generation),
         },
     )
-    middleware: list[Any] = [http_metrics_middleware]
+    middleware: list[Any] = []
     if settings.rate_limit_per_minute:
         middleware.append(generation_rate_limit(settings.rate_limit_per_minute).middleware)
     app = PoseGeneratorApp(
@@ -133,9 +133,9 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
     app.state.flux_webhook_secret = webhook_secret(settings)
     app.state.metrics_registry = scrape_registry(settings.prometheus_multiproc_dir)
     create_route_series(app)
-    # Here, so the app a test builds is the one uvicorn serves: HEAD answered as GET, then the optional
-    # integrations' wrappers, each seeing the request before Litestar does.
-    app.wrap(lambda litestar: instrument_asgi(answer_head_as_get(app, litestar)))
+    # Here, so the app a test builds is the one uvicorn serves: every request counted as answered, HEAD answered
+    # as GET, then the optional integrations' wrappers, each seeing the request before Litestar does.
+    app.wrap(lambda litestar: instrument_asgi(answer_head_as_get(app, count_requests(litestar))))
     return app
 
 

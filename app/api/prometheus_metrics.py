@@ -57,13 +57,13 @@ _children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 # its first increment hides that increment from rate()/increase(): the first burst of 503s on a route
 # would read as a 0% error ratio. These are the codes the API answers with (successes, the client errors
 # it raises, the server errors of a bug or a dependency down).
-ZERO_STATUS_CODES = ("200", "201", "202", "400", "401", "403", "404", "409", "422", "429", "500", "503")
+ZERO_STATUS_CODES = ("200", "201", "202", "400", "401", "403", "404", "409", "422", "429", "499", "500", "503")
 _PRECREATED_METHODS = _METHODS - {"HEAD", "OPTIONS"}
 
 
 def create_route_series(app: Litestar) -> None:
     """Create every route's request counters (methods x :data:`ZERO_STATUS_CODES`) and latency histograms
-    at 0, plus unmatched 404s."""
+    at 0, plus the 404s and 405s of requests that match no route."""
     for route in app.routes:
         if not isinstance(route, HTTPRoute):
             continue
@@ -71,42 +71,82 @@ def create_route_series(app: Litestar) -> None:
             LATENCY.labels(method, route.path_format)
             for code in ZERO_STATUS_CODES:
                 REQUESTS.labels(method, route.path_format, code)
-    REQUESTS.labels("GET", "unmatched", "404")
+    for method in sorted(_PRECREATED_METHODS):
+        LATENCY.labels(method, "unmatched")
+        for code in ("404", "405"):
+            REQUESTS.labels(method, "unmatched", code)
 
 
-def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+# What a request the client abandoned (hung up before the whole answer was sent) is counted as: nginx's "client
+# closed request". A 4xx, so it stays out of every 5xx ratio and SLI: the server did not fail, the client left.
+CLIENT_CLOSED_REQUEST = 499
+
+
+def count_requests(app: ASGIApp) -> ASGIApp:
+    """``app`` (Litestar's own handling) with every HTTP request counted and timed by the status the client got.
+
+    An ASGI wrapper outside Litestar, not a Litestar middleware: answers Litestar gives further out (the rate
+    limiter's 429, the 404/405 of a request that matches no route or method, a 500 of an unhandled error) are
+    counted as sent, and requests that match no route are counted under ``route="unmatched"`` (methods outside
+    :data:`_METHODS` as ``OTHER``), so scans are seen and the label sets stay bounded. A request whose client
+    disconnected before the last byte of the answer is counted as :data:`CLIENT_CLOSED_REQUEST`, whatever the
+    server would have answered."""
+
+    async def counted(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
         began = time.perf_counter()
-        status = 500
+        status: int | None = None
+        answered = abandoned = False
         exemplar: dict[str, str] | None = None
 
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status, exemplar
+        async def receive_watching() -> Message:
+            nonlocal abandoned
+            message = await receive()
+            if message["type"] == "http.disconnect" and not answered:
+                abandoned = True  # whatever is sent from now on reaches nobody
+            return message
+
+        async def send_watching(message: Message) -> None:
+            nonlocal status, exemplar, answered, abandoned
             if message["type"] == "http.response.start":
                 status = message["status"]
                 # With tracing on, the request's trace (and the generation it reads, if any) becomes the
                 # bucket's exemplar in OpenMetrics scrapes. Read now: the request span ends with the last byte.
                 if tracing.enabled():
                     exemplar = tracing.exemplar_labels((scope.get("path_params") or {}).get("generation_id"))
-            await send(message)
+            try:
+                await send(message)
+            except OSError:
+                abandoned = not answered
+                raise
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                answered = True
 
         try:
-            await app(scope, receive, send_wrapper)
+            await app(scope, receive_watching, send_watching)
+        except BaseException:
+            if status is None:
+                status = 500  # the server answers an error that escaped the app with a 500
+            raise
         finally:
-            route = scope.get("path_template") or "unmatched"  # type: ignore[typeddict-item]
-            method = scope["method"] if scope["method"] in _METHODS else "OTHER"
-            key = (method, route, status)
-            children = _children.get(key)
-            if children is None:
-                children = _children[key] = (REQUESTS.labels(method, route, str(status)),
-                                              LATENCY.labels(method, route))
-            children[0].inc()
-            children[1].observe(time.perf_counter() - began, exemplar)
+            if abandoned:
+                status = CLIENT_CLOSED_REQUEST
+            _observe(scope, status or CLIENT_CLOSED_REQUEST, time.perf_counter() - began, exemplar)
 
-    return middleware
+    return counted
+
+
+def _observe(scope: Scope, status: int, seconds: float, exemplar: dict[str, str] | None) -> None:
+    route = scope.get("path_template") or "unmatched"  # type: ignore[typeddict-item]
+    method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+    key = (method, route, status)
+    children = _children.get(key)
+    if children is None:
+        children = _children[key] = (REQUESTS.labels(method, route, str(status)), LATENCY.labels(method, route))
+    children[0].inc()
+    children[1].observe(seconds, exemplar)
 
 
 def scrape_registry(multiprocess_dir: Path | None) -> CollectorRegistry:

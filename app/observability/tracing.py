@@ -123,10 +123,16 @@ def current_trace_context() -> dict[str, str] | None:
     return headers
 
 
+# OpenMetrics: an exemplar's label names and values together are at most 128 UTF-8 characters.
+EXEMPLAR_LABELS_MAX_CHARS = 128
+
+
 def exemplar_labels(generation_id: str | None = None) -> dict[str, str] | None:
     """Exemplar labels of an observation made now: ``{"trace_id", "generation_id"}``; None when not traced.
 
-    ``trace_id`` is the lower 64 bits in decimal, the id Datadog's trace URLs and logs use.
+    ``trace_id`` is the lower 64 bits in decimal, the id Datadog's trace URLs and logs use. ``generation_id``
+    (which may come from a client's path) is left out when it would take the labels past OpenMetrics'
+    :data:`EXEMPLAR_LABELS_MAX_CHARS`: prometheus-client raises on such an exemplar.
     """
     if _tracer is None:
         return None
@@ -135,7 +141,9 @@ def exemplar_labels(generation_id: str | None = None) -> dict[str, str] | None:
         return None
     labels = {"trace_id": str(context.trace_id & 0xFFFFFFFFFFFFFFFF)}
     if generation_id:
-        labels["generation_id"] = generation_id
+        with_generation = {**labels, "generation_id": generation_id}
+        if sum(len(k) + len(v) for k, v in with_generation.items()) <= EXEMPLAR_LABELS_MAX_CHARS:
+            labels = with_generation
     return labels
 
 

@@ -44,7 +44,8 @@ class ImageUrlSigner:
             deadline = int(expires)
         except ValueError:
             raise ImageUrlRefused("the image URL's signature does not match") from None
-        if not hmac.compare_digest(signature, self._sign(key, deadline)):
+        # compare_digest takes ASCII strings only; a signature is hex, so anything else is simply wrong.
+        if not signature.isascii() or not hmac.compare_digest(signature, self._sign(key, deadline)):
             raise ImageUrlRefused("the image URL's signature does not match")
         remaining = deadline - int(self._clock())
         if remaining <= 0:

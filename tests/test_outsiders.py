@@ -1,0 +1,97 @@
+"""Outsiders cannot move on-call's signals: the API counts the status each client got (a 429 as a 429, a
+hang-up as 499 "client closed request", a scan of unknown routes under ``route="unmatched"``), and hostile
+input gets a 4xx, never a 5xx nor a traceback."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import API_PREFIX
+from app.api.auth import Role, mint_token
+from tests.fakes.datadog_agent import FakeDatadogAgent
+from tests.stack import Stack
+from tests.test_tracing import tracing_env
+
+RATE_LIMIT = 5
+
+
+@pytest.fixture
+def agent() -> Iterator[FakeDatadogAgent]:
+    with FakeDatadogAgent() as running:
+        yield running
+
+
+def request_counts(stack: Stack) -> Counter[tuple[str, str, str]]:
+    """``pose_http_requests_total`` of the API now: ``{(method, route, status code): count}``."""
+    text = httpx.get(f"{stack.base_url}{API_PREFIX}/metrics-prometheus", timeout=10).text
+    return Counter({(s.labels["method"], s.labels["route"], s.labels["status_code"]): int(s.value)
+                    for family in text_string_to_metric_families(text) if family.name == "pose_http_requests"
+                    for s in family.samples if s.name == "pose_http_requests_total"})
+
+
+def hang_up_mid_body(stack: Stack, path: str, token: str) -> None:
+    """Send a request's headers and the first bytes of its declared body, then close the connection."""
+    with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as conn:
+        conn.sendall((f"POST {API_PREFIX}{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      f"Authorization: Bearer {token}\r\nContent-Length: 1000\r\n\r\n").encode() + b'{"userId": ')
+        time.sleep(0.05)
+
+
+def server_errors(counts: Counter[tuple[str, str, str]]) -> int:
+    return sum(n for (_, _, code), n in counts.items() if code.startswith("5"))
+
+
+def test_the_api_counts_the_status_each_client_got(fresh_stack, agent: FakeDatadogAgent) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = fresh_stack(workers=0, POSEGEN_RATE_LIMIT_PER_MINUTE=str(RATE_LIMIT), **tracing_env(agent))
+    before = request_counts(stack)
+    got: Counter[tuple[str, str, str]] = Counter()
+    creates = f"{API_PREFIX}/generations"
+    forged = mint_token("not-our-secret-" + "x" * 32, "mallory", Role.USER, 3600)
+    with httpx.Client(base_url=f"{stack.base_url}{API_PREFIX}", timeout=10) as client:
+        for token in [None, forged] * 10:  # past the limit: 401 first, then 429 from the limiter
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            answer = client.post("/generations", json={"poseIds": ["pose_tree_pose"], "prompt": "x"}, headers=headers)
+            got["POST", creates, str(answer.status_code)] += 1
+        for i in range(7):  # a scan of paths that match no route, and a method no route takes
+            got["GET", "unmatched", str(client.get(f"/wp-admin-{i}.php").status_code)] += 1
+        for _ in range(3):
+            got["DELETE", "unmatched", str(client.delete("/health").status_code)] += 1
+        for _ in range(4):  # a generation id far longer than any: a 404, and no exemplar past OpenMetrics' limit
+            answer = client.get(f"/generations/gen_{'a' * 100}", headers=stack.headers("alice"))
+            got["GET", f"{creates}/{{generation_id}}", str(answer.status_code)] += 1
+    admin = stack.token("admin", Role.ADMIN)
+    for _ in range(5):
+        hang_up_mid_body(stack, "/credits/grants", admin)
+        got["POST", f"{API_PREFIX}/credits/grants", "499"] += 1
+
+    assert {code for (_, route, code) in got if route == creates} == {"401", "429"}, got
+    assert got["GET", "unmatched", "404"] == 7 and got["DELETE", "unmatched", "405"] == 3, got
+    deadline = time.monotonic() + 10
+    while True:  # a hang-up is counted when the server notices it
+        delta = request_counts(stack) - before
+        delta = Counter({key: n for key, n in delta.items() if "metrics-prometheus" not in key[1]})
+        if delta == got or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert delta == got
+    assert server_errors(request_counts(stack)) == server_errors(before) == 0
+    log = stack.api.output() if stack.api else ""
+    assert "Traceback" not in log and "Exemplar" not in log, log[-3000:]
+    assert all(line.startswith("{") for line in log.splitlines() if line.strip()), log[-3000:]
+
+
+@pytest.mark.parametrize("query", ["expires=1&signature=%C3%A9", "expires=99999999999&signature=%C3%A9%00",
+                                   "expires=" + "9" * 5000 + "&signature=ab", "expires=nan&signature=ab",
+                                   "expires=1&expires=2&signature=ab&signature=cd"])
+def test_a_hostile_image_url_is_refused_with_403(stack: Stack, query: str) -> None:
+    before = server_errors(request_counts(stack))
+    answer = httpx.get(f"{stack.base_url}{API_PREFIX}/images/any-key?{query}", timeout=10)
+    assert answer.status_code == 403, answer.text
+    assert server_errors(request_counts(stack)) == before
