@@ -39,8 +39,10 @@ def cmd_api(args: argparse.Namespace) -> int:
     from app.api.asgi import build_asgi_app, fresh_multiprocess_dir
 
     settings = _settings()
+    # uvicorn's own lines ("Invalid HTTP request received") go through our JSON logging, not its text handlers.
+    _configure_logging(settings)
     served = {"host": args.host, "port": args.port, "access_log": False, "log_level": "warning",
-              "timeout_graceful_shutdown": 5}
+              "log_config": None, "timeout_graceful_shutdown": 5}
     if args.workers == 1 and settings.prometheus_multiproc_dir is None:
         uvicorn.run(build_asgi_app(settings), **served)  # type: ignore[arg-type]
         return 0

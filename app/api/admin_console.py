@@ -9,8 +9,9 @@ console itself: a POST whose Origin is another site is refused (with the SameSit
 
 from __future__ import annotations
 
+import re
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 import msgspec
@@ -59,12 +60,24 @@ def _same_origin(request: Request) -> None:
         raise PermissionDeniedException("console forms post only from the console itself")
 
 
-def _filter_body(values: dict[str, str]) -> GenerationFilterBody:
-    given = {k: v.strip() for k, v in values.items() if k in FILTER_FIELDS and v and v.strip()}
+T = TypeVar("T")
+
+
+def _form_as(type_: type[T], values: dict[str, Any]) -> T:
+    """A form's values as ``type_``; a value of the wrong shape is a 422 naming the field."""
     try:
-        return msgspec.convert(given, type=GenerationFilterBody, strict=False)
+        return msgspec.convert(values, type=type_, strict=False)
     except msgspec.ValidationError as exc:
         raise HTTPException(status_code=422, detail=f"Validation failed: {exc}") from None
+
+
+def _filter_body(values: dict[str, str]) -> GenerationFilterBody:
+    given = {k: v.strip() for k, v in values.items() if k in FILTER_FIELDS and v and v.strip()}
+    return _form_as(GenerationFilterBody, given)
+
+
+# An id of the audit log is a PostgreSQL bigint: at most 19 digits, and only ASCII ones ("²".isdigit() is True).
+_AUDIT_ID = re.compile(r"[0-9]{1,18}")
 
 
 class ConsoleController(Controller):
@@ -93,7 +106,7 @@ class ConsoleController(Controller):
                                                limit=1, cursor=None)
                 detail = msgspec.to_builtins(found.generations[0]) if found.generations else None
             progress = None
-            if query.get("retry", "").isdigit():
+            if _AUDIT_ID.fullmatch(query.get("retry", "")):
                 progress = msgspec.to_builtins(await find_retry_progress(db, int(query["retry"])))
             audit = await list_actions(db, limit=20)
         state = await pause_state(request)
@@ -142,9 +155,8 @@ class ConsoleController(Controller):
     @post("/pause", status_code=303)
     async def pause(self, request: Request, data: Form) -> Response[Any]:
         principal = self._require(request)
-        wanted = msgspec.convert({"scope": data.get("scope", "intake"), "reason": data.get("reason", ""),
-                                  "retryAfterSeconds": data.get("retryAfterSeconds") or 300},
-                                 type=PauseRequest, strict=False)
+        wanted = _form_as(PauseRequest, {"scope": data.get("scope", "intake"), "reason": data.get("reason", ""),
+                                         "retryAfterSeconds": data.get("retryAfterSeconds") or 300})
         async with request.app.state.pool.connection() as db:
             await run_pause(request, db, principal.user_id, wanted)
         return Redirect(f"{CONSOLE_PATH}/")
@@ -152,7 +164,7 @@ class ConsoleController(Controller):
     @post("/resume", status_code=303)
     async def resume(self, request: Request, data: Form) -> Response[Any]:
         principal = self._require(request)
-        wanted = msgspec.convert({"scope": data.get("scope", "all")}, type=ResumeRequest)
+        wanted = _form_as(ResumeRequest, {"scope": data.get("scope", "all")})
         async with request.app.state.pool.connection() as db:
             await run_resume(request, db, principal.user_id, wanted)
         return Redirect(f"{CONSOLE_PATH}/")

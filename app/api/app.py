@@ -127,6 +127,8 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
         # The operators' console page (app/api/admin_console.py).
         template_config=TemplateConfig(directory=Path(__file__).parent / "templates", engine=JinjaTemplateEngine),
         debug=False,
+        # Logging is ours (app/observability/logging.py): Litestar's default config would add a plain-text handler.
+        logging_config=None,
     )
     app.state.settings = settings
     BUILD_INFO.revision = settings.revision
