@@ -187,12 +187,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _worker_capacity(settings: Settings, args: argparse.Namespace, token: str) -> str:
     """One line: worker processes the provider cap needs (from the period's poses per generation) and how many
-    are registered now."""
+    are registered now in the Redis at this shell's ``REDIS_URL``, which it names: a count of 0 while workers
+    run usually means the stack uses another Redis."""
     import httpx
     from redis.exceptions import RedisError
     from rq import Worker
 
-    from app.connections import redis_client
+    from app.connections import describe_redis_url, redis_client
     from app.worker.pool import processes_for_cap
 
     cap, pose_concurrency = settings.provider_concurrency, settings.pose_concurrency
@@ -205,12 +206,13 @@ def _worker_capacity(settings: Settings, args: argparse.Namespace, token: str) -
     basis = f"{poses:.1f} poses per generation" if poses else \
         f"no generations in {args.period}, so full ones of {settings.max_poses_per_generation} poses"
     needed = processes_for_cap(cap, poses or settings.max_poses_per_generation, pose_concurrency)
+    read = f"REDIS_URL={describe_redis_url(settings.redis_url)}"
     try:
         client = redis_client(settings.redis_url)
-        registered = f"{Worker.count(connection=client)} registered now"
+        registered = f"{Worker.count(connection=client)} registered now in the Redis this command read, {read}"
         client.close()
     except RedisError:
-        registered = "registered now: unknown (Redis unreachable from here)"
+        registered = f"registered now: unknown ({read} is unreachable from here)"
     return (f"workers: provider cap {cap} / min({basis}, POSEGEN_POSE_CONCURRENCY {pose_concurrency}) = "
             f"at least {needed} worker processes to keep it full; {registered}")
 

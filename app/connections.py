@@ -23,6 +23,7 @@ import functools
 import socket
 import ssl
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -104,6 +105,28 @@ def redis_client(redis_url: str, *, socket_timeout: float | None = 2.0, connect_
     retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries) if retries else Retry(NoBackoff(), 0)
     return Redis.from_url(redis_url, retry=retry, **redis_options(
         socket_timeout, connect_timeout=connect_timeout, health_check_seconds=health_check_seconds))
+
+
+def describe_redis_url(redis_url: str) -> str:
+    """Which Redis ``redis_url`` names, for messages: ``redis://host:port/db`` with the port and database
+    spelled out (``unix://path?db=N`` for a socket) and any password shown as ``***``, so an operator can
+    compare it with the Redis a stack uses without the secret landing in a terminal or a log."""
+    from redis.connection import parse_url
+
+    try:
+        options = parse_url(redis_url)
+        parts = urlsplit(redis_url)
+    except ValueError:
+        return "REDIS_URL (unparsable)"
+    credentials = ""
+    if parts.username or parts.password:
+        credentials = f"{parts.username or ''}{':***' if parts.password else ''}@"
+    database = options.get("db", 0)
+    if "path" in options:
+        return f"unix://{credentials}{options['path']}?db={database}"
+    host = parts.hostname or "localhost"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{credentials}{host}:{parts.port or 6379}/{database}"
 
 
 def async_redis_client(redis_url: str, *, socket_timeout: float | None = 2.0) -> AsyncRedis:

@@ -171,16 +171,21 @@ def _run_step(posegen: list[str], step: str, env: dict[str, str], stop: threadin
 
 def banner(settings: Settings, host: str, ports: DevPorts, started: list[str], admin_token: str,
            with_exporter: bool) -> str:
-    """What a new user needs: every URL the stack serves (API, schema, health, metrics) and an admin token."""
+    """What a new user needs: every URL the stack serves (API, schema, health, console, metrics), each one that
+    answers a browser or curl as printed, and an admin token.
+
+    The API's prefix answers nothing itself, so the API line is the schema viewer, which lists every route."""
+    from app.api.admin_console import CONSOLE_PATH
+
     base = f"http://{host}:{ports.api}"
     api = f"{base}{API_PREFIX}"
     lines = [
         f"Pose Generator {__version__} is up (provider: {settings.provider}; started here: "
         f"{', '.join(started) or 'nothing, PostgreSQL and Redis were running'})",
-        f"  API:               {api}",
+        f"  API:               {base}/schema  (OpenAPI viewer: every route, all under {API_PREFIX}/)",
         f"  OpenAPI schema:    {base}/schema/openapi.json",
-        f"  OpenAPI viewer:    {base}/schema",
         f"  Health:            {api}/health",
+        f"  Operator console:  {base}{CONSOLE_PATH}/  (sign in with the admin token below)",
         "  Admin metrics (header  Authorization: Bearer <admin token below>):",
         f"                     {api}/metrics?period=24h",
         f"                     {api}/metrics/health-indicators?period=24h",

@@ -7,6 +7,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 import pytest
@@ -14,6 +15,9 @@ from redis import ConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from tests.stack import Stack, build_template, create_database, database_url, drop_database, running_stack
+
+if TYPE_CHECKING:
+    from selenium import webdriver
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +32,15 @@ def stack(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     """The shared default stack: local provider, no faults, one API and two workers."""
     with running_stack(template_db, tmp_path_factory.mktemp("stack"), workers=2) as running:
         yield running
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    """A headless Chromium (tests/browser.py) for one test."""
+    from tests.browser import headless_chromium
+
+    with headless_chromium() as session:
+        yield session
 
 
 @pytest.fixture

@@ -4,58 +4,19 @@ sees them complete, pauses and resumes intake. A screenshot lands in the test's 
 
 from __future__ import annotations
 
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import Select, WebDriverWait
+from selenium.webdriver.support.ui import Select
 
 from app import API_PREFIX
 from app.api.auth import Role
+from tests.browser import text_of, texts_of, wait_for
 from tests.stack import Stack
 
 POSES = ["pose_standing_confident", "pose_arms_crossed"]
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--window-size=1400,1600")
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.fail("chromium / chromedriver missing: apt-get install -y chromium chromium-driver (make tools does)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    session = webdriver.Chrome(options=options, service=Service(executable_path=driver))
-    session.implicitly_wait(0)
-    try:
-        yield session
-    finally:
-        session.quit()
-
-
-def wait_for(browser: webdriver.Chrome, css: str, timeout: float = 60) -> None:
-    WebDriverWait(browser, timeout, poll_frequency=0.2).until(lambda b: b.find_elements(By.CSS_SELECTOR, css))
-
-
-def text_of(browser: webdriver.Chrome, element_id: str) -> str | None:
-    """The element's current text, read in one script call: the console re-renders parts of the page while it
-    polls, so a found element can be replaced before its text is read (a stale node)."""
-    return browser.execute_script(  # type: ignore[no-any-return]
-        "const e = document.getElementById(arguments[0]); return e ? e.innerText.trim() : null;", element_id)
-
-
-def texts_of(browser: webdriver.Chrome, css: str) -> list[str]:
-    """The texts of every element matching ``css``, read in one script call (see :func:`text_of`)."""
-    return browser.execute_script(  # type: ignore[no-any-return]
-        "return Array.from(document.querySelectorAll(arguments[0])).map(e => e.innerText.trim());", css)
 
 
 def test_operator_retries_an_outage_from_the_console(fresh_stack, browser: webdriver.Chrome,  # type: ignore[no-untyped-def]

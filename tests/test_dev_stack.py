@@ -83,17 +83,22 @@ def test_make_dev_from_a_0700_folder_starts_its_own_services_and_serves_a_four_p
             admin = admin_token(output)
             base, api = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}{API}"
             banner = "\n".join(banner_lines(output))
-            expected = [f"{base}/schema/openapi.json", f"{base}/schema\n", f"{api}/health", f"{api}/metrics-prometheus",
+            expected = [f"API:               {base}/schema ", f"{base}/schema/openapi.json", f"{api}/health",
+                        f"Operator console:  {api}/admin/console/ ", f"{api}/metrics-prometheus",
                         f"{api}/metrics?period=24h", f"{api}/metrics/health-indicators?period=24h",
                         f"{api}/metrics/errors?period=24h", f"{api}/metrics/top-users?limit=10",
                         f"{api}/metrics/popular-poses?limit=20",
                         f"http://127.0.0.1:{exporter_port}/metrics", f"http://127.0.0.1:{metrics_port}/metrics"]
             for url in expected:
                 assert url in banner, f"{url} missing from the banner:\n{banner}"
-            # Every URL the banner shows answers (the API line is the prefix), the admin ones with its token.
-            for url in re.findall(r"http://\S+", banner.replace(f"API:               {api}\n", "")):
+            # Every URL the banner shows answers as printed: without a token 200, or 401 for the admin metrics;
+            # with the banner's admin token, 200.
+            for url in re.findall(r"http://\S+", banner):
+                anonymous = httpx.get(url, timeout=10)
+                assert anonymous.status_code in (200, 401), f"{url}: {anonymous.status_code} {anonymous.text[:300]}"
                 answer = httpx.get(url, headers={"Authorization": f"Bearer {admin}"}, timeout=10)
                 assert answer.status_code == 200, f"{url}: {answer.status_code} {answer.text[:300]}"
+            assert 'id="sign-in"' in httpx.get(f"{api}/admin/console/", timeout=10).text
             assert httpx.get(f"{base}/schema/openapi.json", timeout=10).json()["paths"]
             four_pose_generation_completes(api, admin, port)
         finally:

@@ -47,7 +47,7 @@ from app.domain.thresholds import (
     ThresholdTable,
 )
 from app.timestamps import iso_timestamp
-from tests.stack import ROOT, Stack
+from tests.stack import ROOT, Stack, claim_redis_db, free_port, redis_url, release_redis_db
 
 StackFactory = Callable[..., Stack]
 ADMIN_ROUTES = ["/metrics", "/metrics/top-users", "/metrics/errors", "/metrics/health-indicators"]
@@ -107,9 +107,9 @@ def get(stack: Stack, path: str, role: Role = Role.ADMIN, **params: Any) -> dict
     return answer.json()  # type: ignore[no-any-return]
 
 
-def posegen_status(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+def posegen_status(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "app.cli", "status", "--url", stack.base_url, *args], cwd=ROOT,
-                          env=stack.env, capture_output=True, text=True, timeout=60)
+                          env={**stack.env, **env}, capture_output=True, text=True, timeout=60)
 
 
 def run(coroutine_factory: Callable[[psycopg.AsyncConnection[Any]], Any], database_url: str) -> Any:
@@ -535,6 +535,30 @@ def test_health_indicators_and_status_command_report_critical(fresh_stack: Stack
     # A USER token cannot read them: the command says so and exits 2 (unknown, not "healthy").
     denied = posegen_status(stack, "--token", stack.token("someone", Role.USER))
     assert denied.returncode == 2 and "403" in denied.stderr
+
+
+def test_status_names_the_redis_it_counted_workers_in(fresh_stack: StackFactory) -> None:
+    """An operator whose shell's REDIS_URL is not the stack's sees "0 registered" while workers run: the line
+    names the Redis it read, so the mismatch shows. A password in the URL is never printed."""
+    stack = fresh_stack(workers=1)
+    stack.wait_workers_ready(1)
+    same = posegen_status(stack)
+    assert f"1 registered now in the Redis this command read, REDIS_URL={stack.redis_url}\n" in same.stdout, (
+        same.stdout + same.stderr)
+
+    other_index = claim_redis_db()
+    try:
+        other = posegen_status(stack, REDIS_URL=redis_url(other_index))
+    finally:
+        release_redis_db(other_index)
+    assert f"0 registered now in the Redis this command read, REDIS_URL={redis_url(other_index)}\n" in other.stdout, (
+        other.stdout + other.stderr)
+
+    secret, port = f"pw-{os.getpid()}-{time.monotonic_ns()}", free_port()
+    locked = posegen_status(stack, REDIS_URL=f"redis://ops:{secret}@127.0.0.1:{port}/5")
+    assert (f"registered now: unknown (REDIS_URL=redis://ops:***@127.0.0.1:{port}/5 is unreachable from here)"
+            in locked.stdout), locked.stdout + locked.stderr
+    assert secret not in locked.stdout + locked.stderr
 
 
 def test_queue_depth_indicator_counts_waiting_and_active_jobs(fresh_stack: StackFactory) -> None:
