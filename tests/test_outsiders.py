@@ -95,3 +95,71 @@ def test_a_hostile_image_url_is_refused_with_403(stack: Stack, query: str) -> No
     answer = httpx.get(f"{stack.base_url}{API_PREFIX}/images/any-key?{query}", timeout=10)
     assert answer.status_code == 403, answer.text
     assert server_errors(request_counts(stack)) == before
+
+
+# --- A replay: what the outsider's workload does to on-call's rules -------------------------------------------------
+API_ALERTS = ("ApiServerErrors", "ApiAvailabilityBudgetBurn", "ApiTargetDown")
+
+
+def api_samples(stack: Stack) -> dict[str, float]:
+    from tests.test_idle_expressions import samples, scrape
+
+    return samples(scrape(f"{stack.base_url}{API_PREFIX}/metrics-prometheus"), "posegen-api", "api:8000")
+
+
+def hostile_workload(stack: Stack) -> None:
+    """A mixed workload no valid client sends: no token, forged and expired tokens, hang-ups, a scan, hostile
+    image URLs, hostile parameters and invalid creates."""
+    forged = mint_token("not-our-secret-" + "x" * 32, "mallory", Role.ADMIN, 3600)
+    expired = mint_token("unused", "alice", Role.USER, -60)
+    user = stack.headers(stack.new_user(credits=0))
+    with httpx.Client(base_url=f"{stack.base_url}{API_PREFIX}", timeout=10) as client:
+        for token in (None, forged, expired, "not.a.jwt"):
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            client.post("/generations", json={"poseIds": ["pose_tree_pose"], "prompt": "x"}, headers=headers)
+            client.get("/metrics?period=30d", headers=headers)
+            client.post("/admin/retries", json={"charge": True}, headers=headers)
+        for i in range(10):
+            client.get(f"/.env{i}")
+            client.request("PROPFIND", "/generations")
+            client.get(f"/images/k{i}?expires=1&signature=%C3%A9")
+            client.get(f"/generations/gen_{'z' * 100}", headers=user)
+            client.post("/generations", json={"poseIds": ["no_such_pose"], "prompt": "x"}, headers=user)
+            client.post("/generations", json={"poseIds": [], "prompt": "x" * 100_000}, headers=user)
+            client.get("/poses?limit=1e309&offset=-1", headers=user)
+    for _ in range(5):
+        hang_up_mid_body(stack, "/generations", stack.token("alice"))
+
+
+def test_an_outsiders_workload_pages_nobody_in_a_replay(fresh_stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The series the hostile workload leaves, replayed as if it ran every minute for two hours through the
+    alert rules with promtool: no alert about the API fires; its 5xx series and the SLO's bad events stay 0."""
+    import subprocess
+
+    import yaml
+
+    from tests.test_live_monitoring import RULE_FILES
+
+    stack: Stack = fresh_stack(workers=0, POSEGEN_RATE_LIMIT_PER_MINUTE="30")
+    before = api_samples(stack)
+    hostile_workload(stack)
+    time.sleep(0.5)  # the hang-ups are counted when the server notices them
+    after = api_samples(stack)
+    grew = {key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key, 0.0)}
+    assert any('status_code="401"' in key for key in grew) and any('route="unmatched"' in key for key in grew), grew
+    assert not [key for key in grew if 'status_code="5' in key], grew
+    per_minute = {key: f"{before.get(key, 0.0)!r}+{grew.get(key, 0.0)!r}x120" for key in after
+                  if key.startswith("pose_http_requests_total") or key.startswith("up{")}
+    alerts = [rule["alert"] for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"]
+              for rule in group["rules"] if rule.get("alert") in API_ALERTS]
+    replay = {"rule_files": [str(path) for path in RULE_FILES], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": [{"series": key, "values": values} for key, values in per_minute.items()],
+        "alert_rule_test": [{"eval_time": f"{minute}m", "alertname": name, "exp_alerts": []}
+                            for name in sorted(set(alerts)) for minute in range(10, 121, 10)],
+        "promql_expr_test": [{"expr": 'max(posegen_slo:sli_error:ratio_rate1h{slo="api-availability"}) or vector(0)',
+                              "eval_time": "2h", "exp_samples": [{"labels": "{}", "value": 0}]}],
+    }]}
+    path = tmp_path / "outsider.test.yml"
+    path.write_text(yaml.safe_dump(replay, sort_keys=False))
+    result = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
