@@ -35,6 +35,7 @@ from rq.registry import (
     ScheduledJobRegistry,
     StartedJobRegistry,
 )
+from rq.serializers import JSONSerializer
 from rq.utils import str_to_date
 from rq.worker import WorkerStatus
 from rq.worker_registration import WORKERS_BY_QUEUE_KEY
@@ -43,6 +44,11 @@ from app import QUEUE_NAME, RETRY_QUEUE_NAME
 
 # The job function of a generation attempt; its arguments are ``(generation id, attempt)``.
 GENERATION_JOB = "app.worker.jobs.process_generation"
+# Every job function a worker runs; any other job found in Redis is refused (app/worker/job_failures.py).
+JOB_FUNCTIONS = frozenset({GENERATION_JOB})
+# Jobs are stored as JSON, never pickle: unpickling a job written into Redis by someone else would run their
+# code in the worker before any check could look at it.
+JOB_SERIALIZER = JSONSerializer
 # A generation's poses run concurrently; even a full one waiting for provider slots ends well within this.
 JOB_TIMEOUT_SECONDS = 3600
 
@@ -53,12 +59,12 @@ def job_id_for(generation_id: str, attempt: int) -> str:
 
 
 def make_queue(connection: Redis) -> Queue:
-    return Queue(QUEUE_NAME, connection=connection)
+    return Queue(QUEUE_NAME, connection=connection, serializer=JOB_SERIALIZER)
 
 
 def make_retry_queue(connection: Redis) -> Queue:
     """The queue of retried generations; workers listen to it after the main one, so new work goes first."""
-    return Queue(RETRY_QUEUE_NAME, connection=connection)
+    return Queue(RETRY_QUEUE_NAME, connection=connection, serializer=JOB_SERIALIZER)
 
 
 def generation_job(generation_id: str, attempt: int) -> Any:
@@ -102,7 +108,8 @@ def job_pending(connection: Redis, job_id: str, now: float | None = None) -> boo
     if state in (JobStatus.DEFERRED, JobStatus.SCHEDULED):
         return True
     if state == JobStatus.QUEUED:  # in the list of the queue it was enqueued on (new work or retries)
-        queue = Queue(origin.decode(), connection=connection) if origin else make_queue(connection)
+        queue = Queue(origin.decode(), connection=connection, serializer=JOB_SERIALIZER) if origin \
+            else make_queue(connection)
         return connection.lpos(queue.key, job_id) is not None
     if state == JobStatus.STARTED:
         return int(live_executions) > 0
@@ -115,7 +122,7 @@ def retire_attempt(connection: Redis, job_id: str) -> None:
     running or failed, and RQ's maintenance never turns it into a failure. Idempotent."""
     queue = make_queue(connection)
     try:
-        job = Job.fetch(job_id, connection=connection)
+        job = Job.fetch(job_id, connection=connection, serializer=JOB_SERIALIZER)
     except NoSuchJobError:
         job = None
     with connection.pipeline() as pipe:

@@ -103,7 +103,7 @@ PROVIDER_RETRIES = FleetCounter(
     "pose_provider_retries", "Image provider HTTP calls retried, by reason", "reason", RETRY_REASONS,
 )
 # RQ jobs (attempts of a generation) that ended failed, seen by the worker (app/worker/job_failures.py).
-JOB_FAILURE_REASONS = ("work_horse_died", "timeout", "exception", "stopped")
+JOB_FAILURE_REASONS = ("work_horse_died", "timeout", "exception", "stopped", "refused")
 JOB_FAILURES = FleetCounter(
     "pose_job_failures", "RQ jobs (generation attempts) that failed, by reason", "reason", JOB_FAILURE_REASONS,
 )
