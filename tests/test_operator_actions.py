@@ -335,3 +335,23 @@ def test_sentry_link_searches_the_generation_tag_of_the_dsn_project() -> None:
         "https://us.sentry.io/issues/?project=4507&query=generationId%3Agen_1")
     assert sentry_issues_url("http://key@127.0.0.1:9000/3", "gen_2") == (
         "http://127.0.0.1:9000/issues/?project=3&query=generationId%3Agen_2")
+
+
+def test_one_idempotency_key_answers_only_the_retry_it_made(ops_stack: Stack, flux: FakeFlux) -> None:
+    """``Idempotency-Key: k`` retries G1 on the house; the same key for G2, or for G1 charged, is a 422 naming the
+    earlier retry (it used to answer G1's result and leave G2 unretried); the same request again replays."""
+    stack = ops_stack
+    user = stack.new_user(credits=1000)
+    first, second = outage(stack, flux, {user: 2}, "same key")
+    key = f"retry-{uuid.uuid4().hex}"
+    done = retry(stack, {"generationId": first, "charge": False, "dryRun": False}, key)
+    for body in ({"generationId": second, "charge": True, "dryRun": False},
+                 {"generationId": first, "charge": True, "dryRun": False}):
+        answer = stack.http.post("/admin/retries", json=body, headers={**admin(stack), "Idempotency-Key": key})
+        assert answer.status_code == 422, answer.text
+        assert "already used for a different retry" in answer.json()["detail"], answer.text
+    replay = stack.http.post("/admin/retries", json={"generationId": first, "charge": False, "dryRun": False},
+                             headers={**admin(stack), "Idempotency-Key": key})
+    assert replay.status_code == 200 and replay.json()["audit"] == done["audit"]
+    row = stack.http.get(f"/admin/generations/{second}", headers=admin(stack)).json()
+    assert [a["kind"] for a in row["attempts"]] == ["original"], "the refused request retried nothing"

@@ -200,6 +200,12 @@ async def run_retry(
     except TooManyGenerationsError as exc:
         raise ValidationFailed("filter", str(exc)) from None
     if earlier is not None:
+        asked = {"target": wanted.as_json(), "charge": data.charge}
+        done = {"target": earlier["target"], "charge": bool(earlier["counts"].get("charge"))}
+        if asked != done:  # a replay answers only the request that made it: same generations, same charge
+            raise ValidationFailed("Idempotency-Key", f"Idempotency-Key {idempotency_key!r} was already used for a "
+                                   f"different retry (audit entry {earlier['id']}: {done['target']}, charge "
+                                   f"{str(done['charge']).lower()}); use a new key for a new retry")
         return _retry_answer(False, earlier, replayed=True)
     await _enqueue_retries(request, result.jobs)
     log.info("Retry executed", auditId=result.audit["id"], actor=actor, **{
