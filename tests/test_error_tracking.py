@@ -139,3 +139,16 @@ def test_scrubber_removes_credentials_wherever_they_appear() -> None:
     # Values too short to be keys are left alone rather than cut out of ordinary words.
     assert "jwt_secret='short'" in text
     assert scrubbed["exception"]["values"][0]["stacktrace"]["frames"][0]["vars"]["pose"] == "pose_tree_pose"
+
+
+def test_scrubber_removes_signatures_and_tokens_from_urls_and_query_strings() -> None:
+    """A signed image URL stays fetchable until it expires: its signature must not reach Sentry."""
+    signature = "5f1c0e" * 10
+    event = {"request": {"url": f"http://api/images/gen_1/0.png?expires=99&signature={signature}",
+                         "query_string": f"expires=99&signature={signature}"},
+             "breadcrumbs": {"values": [{"data": {"url": f"https://x/y?token={signature}&page=2"}}]},
+             "message": f"fetching /images/k?SIGNATURE={signature}"}
+    scrubbed = SecretScrubber([]).scrub(event)
+    assert signature not in repr(scrubbed)
+    assert scrubbed["request"]["query_string"] == f"expires=99&signature={FILTERED}"
+    assert scrubbed["breadcrumbs"]["values"][0]["data"]["url"].endswith(f"token={FILTERED}&page=2")

@@ -36,6 +36,9 @@ SENSITIVE_KEYS = frozenset({
 _BEARER = re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]+")
 # Any JWT (three base64url parts, the first an encoded JSON object), or a header part cut short.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){0,2}")
+# Credentials carried in URLs: a signed image URL's signature (valid until it expires), tokens and keys in query
+# strings, wherever they appear (request.query_string, request.url, breadcrumbs' URLs, messages).
+_QUERY_CREDENTIAL = re.compile(r"(?i)(?<![\w-])(signature|sig|token|access_token|api_key|apikey|x-key)=[^&\s#'\"]+")
 # Shorter configured values would match innocent text; real keys are much longer.
 _MIN_SECRET_LENGTH = 8
 _MAX_DEPTH = 40
@@ -86,6 +89,7 @@ class SecretScrubber:
             if secret in text:
                 text = text.replace(secret, FILTERED)
         text = _BEARER.sub(f"Bearer {FILTERED}", text)
+        text = _QUERY_CREDENTIAL.sub(lambda match: f"{match[1]}={FILTERED}", text)
         return _JWT.sub(FILTERED, text)
 
 
