@@ -200,3 +200,20 @@ def test_a_worker_with_a_malformed_redis_url_refuses_to_start_in_one_line() -> N
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: REDIS_URL="), result.stderr
+
+
+def test_compose_publishes_only_the_api_beyond_this_host_and_requires_grafanas_password() -> None:
+    """The exporter, Prometheus and Alertmanager answer without authentication: published on 127.0.0.1 unless
+    POSEGEN_MONITORING_BIND says otherwise; Grafana has no default admin password."""
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    published = {name: service.get("ports", []) for name, service in compose["services"].items()}
+    for name, ports in published.items():
+        for port in ports:
+            if name == "api":
+                continue
+            assert str(port).startswith("${POSEGEN_MONITORING_BIND:-127.0.0.1}:"), (name, port)
+    assert published["api"], "the API is published"
+    password = compose["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert password.startswith("${GRAFANA_ADMIN_PASSWORD:?"), password
