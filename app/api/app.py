@@ -16,7 +16,7 @@ from litestar.template.config import TemplateConfig
 from psycopg import AsyncConnection
 
 from app import API_PREFIX, __version__
-from app.api.admin_console import ConsoleController
+from app.api.admin_console import CONSOLE_PATH, ConsoleController
 from app.api.admin_metrics import MetricsController
 from app.api.admin_operations import OperatorController
 from app.api.credits import CreditController
@@ -41,6 +41,7 @@ from app.api.prometheus_metrics import (
 )
 from app.api.rate_limit import STORE_NAME, generation_rate_limit, rate_limit_store
 from app.api.schemas import create_generation_request_type
+from app.api.security_headers import with_security_headers
 from app.connections import pg_pool, redis_client
 from app.domain.intake import IntakeGate
 from app.observability import tracing
@@ -137,7 +138,8 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
     create_route_series(app)
     # Here, so the app a test builds is the one uvicorn serves: every request counted as answered, HEAD answered
     # as GET, then the optional integrations' wrappers, each seeing the request before Litestar does.
-    app.wrap(lambda litestar: instrument_asgi(answer_head_as_get(app, count_requests(litestar))))
+    app.wrap(lambda litestar: instrument_asgi(with_security_headers(
+        answer_head_as_get(app, count_requests(litestar)), CONSOLE_PATH)))
     return app
 
 
