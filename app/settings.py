@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +207,15 @@ class Settings:
             problem = _jwt_secret_problem(settings.jwt_secret, settings.jwt_secret_set)
             if problem:
                 raise SettingsError(f"{problem} (refused with POSEGEN_ENV=production)")
+            for name, secret in (("FLUX_WEBHOOK_SECRET", settings.flux_webhook_secret),):
+                problem = _placeholder_problem(name, secret) if secret else None
+                if problem:
+                    raise SettingsError(f"{problem} (refused with POSEGEN_ENV=production)")
+            for name, url in (("FLUX_BASE_URL", settings.flux_base_url), ("SUPABASE_URL", settings.supabase_url),
+                              ("POSEGEN_PUBLIC_BASE_URL", settings.public_base_url)):
+                problem = _plain_http_problem(name, url)
+                if problem:
+                    raise SettingsError(problem)
         if settings.provider == "flux" and not settings.flux_api_key:
             raise SettingsError("FLUX_API_KEY must be set when POSEGEN_PROVIDER=flux")
         if settings.flux_webhooks and not settings.public_base_url.startswith(("http://", "https://")):
@@ -262,7 +272,53 @@ def _jwt_secret_problem(secret: str, set_explicitly: bool) -> str | None:
     if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
         return (f"JWT_SECRET is {len(secret.encode())} bytes; HS256 needs a secret of at least "
                 f"{MIN_JWT_SECRET_BYTES} bytes")
+    return _placeholder_problem("JWT_SECRET", secret)
+
+
+# A secret of fewer distinct characters than this is a typed pattern, not a random one: 32 random bytes in
+# hex or base64 show 14 or more (``aaaa...``, ``abab...`` show 1 or 2).
+MIN_SECRET_DISTINCT_CHARACTERS = 10
+# Words of the examples and templates a secret is copied from, never of a random one.
+_PLACEHOLDER_WORDS = ("changeme", "replaceme", "placeholder", "yoursecret", "example", "dontuse", "notforproduction")
+
+
+def _placeholder_problem(name: str, secret: str) -> str | None:
+    """A secret that is long enough but is a placeholder or a pattern; None when it may be random."""
+    letters = "".join(c for c in secret.lower() if c.isalnum())
+    word = next((w for w in _PLACEHOLDER_WORDS if w in letters), None)
+    if word is not None:
+        return f"{name} looks like a placeholder (it contains {word!r}); set a random secret"
+    if len(set(secret)) < MIN_SECRET_DISTINCT_CHARACTERS:
+        return (f"{name} has {len(set(secret))} distinct characters, a pattern rather than a random secret; "
+                "generate one, e.g. openssl rand -hex 32")
     return None
+
+
+_LOOPBACK_HOSTS = ("localhost", "::1")
+
+
+def _is_loopback(host: str | None) -> bool:
+    return bool(host) and (host in _LOOPBACK_HOSTS or str(host).startswith("127."))
+
+
+def _plain_http_problem(name: str, url: str) -> str | None:
+    """An ``http://`` URL to another host, refused in production: what crosses a network goes over TLS (a
+    provider key, users' images and webhook results would travel in the clear)."""
+    if url.startswith("http://") and not _is_loopback(urlsplit(url).hostname):
+        return f"{name}={shown_url(url)!r} is plain http; use https:// (refused with POSEGEN_ENV=production)"
+    return None
+
+
+def shown_url(value: str) -> str:
+    """``value`` fit to print: the password of a URL (``scheme://user:PASSWORD@host``) and ``password=`` values
+    (libpq keyword strings, query strings) replaced by ``***``. Textual, so a URL too broken to parse is
+    redacted too."""
+    value = _URL_PASSWORD.sub(r"\1:***@", value)
+    return _KEYWORD_PASSWORD.sub(r"\1***", value)
+
+
+_URL_PASSWORD = re.compile(r"(://[^/@\s:]*):[^@/\s]*@")
+_KEYWORD_PASSWORD = re.compile(r"(?i)(password\s*=\s*)[^&\s]*")
 
 
 class _Reader:
@@ -312,9 +368,9 @@ class _Reader:
         if optional and not value:
             return ""
         if not value.startswith(schemes):
-            raise SettingsError(f"{name}={value!r} must start with one of: {', '.join(schemes)}")
+            raise SettingsError(f"{name}={shown_url(value)!r} must start with one of: {', '.join(schemes)}")
         if any(c.isspace() for c in value):
-            raise SettingsError(f"{name}={value!r} contains whitespace")
+            raise SettingsError(f"{name}={shown_url(value)!r} contains whitespace")
         if value == default:
             return value
         try:
@@ -328,7 +384,7 @@ class _Reader:
                 if not parts.hostname:
                     raise ValueError("names no host")
         except ValueError as exc:
-            raise SettingsError(f"{name}={value!r}: {exc}") from None
+            raise SettingsError(f"{name}={shown_url(value)!r}: {shown_url(str(exc))}") from None
         return value
 
     def number(

@@ -217,3 +217,41 @@ def test_compose_publishes_only_the_api_beyond_this_host_and_requires_grafanas_p
     assert published["api"], "the API is published"
     password = compose["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
     assert password.startswith("${GRAFANA_ADMIN_PASSWORD:?"), password
+
+
+PRODUCTION = {"POSEGEN_ENV": "production", "JWT_SECRET": GOOD_SECRET}
+
+
+def test_production_refuses_placeholder_secrets_and_plain_http_each_in_one_line() -> None:
+    """Fail closed: a secret that is long enough but a pattern or a template's placeholder, and an http:// URL to
+    another host for the provider, the storage or the public base URL, stop start-up naming the variable."""
+    cases = [
+        ({"JWT_SECRET": "a" * 32}, "JWT_SECRET", "distinct characters"),
+        ({"JWT_SECRET": "ab" * 24}, "JWT_SECRET", "distinct characters"),
+        ({"JWT_SECRET": "CHANGE-ME-CHANGE-ME-CHANGE-ME-CHANGE-ME"}, "JWT_SECRET", "placeholder"),
+        ({"JWT_SECRET": "replace_me_with_a_real_secret_0123456789"}, "JWT_SECRET", "placeholder"),
+        ({"FLUX_BASE_URL": "http://api.bfl.ai"}, "FLUX_BASE_URL", "plain http"),
+        ({"STORAGE_BACKEND": "supabase", "SUPABASE_URL": "http://abc.supabase.co", "SUPABASE_SERVICE_KEY": "k" * 40},
+         "SUPABASE_URL", "plain http"),
+        ({"POSEGEN_PUBLIC_BASE_URL": "http://posegen.example.com"}, "POSEGEN_PUBLIC_BASE_URL", "plain http"),
+    ]
+    runs = [(["worker", "--metrics-port", "0"], {**PRODUCTION, **env}) for env, _, _ in cases]
+    for (env, name, problem), result in zip(cases, _posegen_all(runs), strict=True):
+        assert result.returncode == 2, (env, result.stdout + result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and name in lines[0] and problem in lines[0], (env, result.stderr)
+    for env in ({"FLUX_BASE_URL": "http://127.0.0.1:8099"}, {"POSEGEN_PUBLIC_BASE_URL": "https://posegen.example.com"}):
+        Settings.from_env({**PRODUCTION, **env})  # TLS, or a loopback address nothing can intercept: accepted
+
+
+def test_start_up_errors_never_print_a_password() -> None:
+    cases = [{"DATABASE_URL": "postgresql://u:SuperSecretPW@db.internal:99999/posegen"},
+             {"REDIS_URL": "redis://:SuperSecretPW@cache.internal:0/0"},
+             {"REDIS_URL": "redis://default:SuperSecretPW@cache.internal:6379/not-a-db"},
+             {"DATABASE_URL": "postgresql://db.internal/posegen?password=SuperSecretPW&port=0"},
+             {"SENTRY_DSN": "https://key:SuperSecretPW@sentry.internal:99999/1"}]
+    results = _posegen_all([(["worker", "--metrics-port", "0"], env) for env in cases])
+    for env, result in zip(cases, results, strict=True):
+        assert result.returncode == 2, (env, result.stderr)
+        assert "SuperSecretPW" not in result.stdout + result.stderr and "***" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
