@@ -58,6 +58,13 @@ RetryIdempotencyKey = Annotated[
                     description="Required to execute (dryRun false): the same key answers the first result."),
 ]
 
+HasFailedPoses = Annotated[
+    bool | None,
+    QueryParameter(name="hasFailedPoses",
+                   description="true: finished generations with at least one failed pose, the failed ones and the "
+                               "completed ones some of whose poses failed (what a retry acts on); false: the others."),
+]
+
 
 async def admin_only(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     require_admin(await authenticate(connection))  # type: ignore[arg-type]
@@ -81,7 +88,7 @@ def _filter_from(body: GenerationFilterBody | None, generation_id: str | None = 
     return GenerationFilter(
         generation_id=generation_id, status=body.status, error_type=body.errorType, user_id=body.userId,
         created_from=body.createdFrom, created_to=body.createdTo, finished_from=body.finishedFrom,
-        finished_to=body.finishedTo,
+        finished_to=body.finishedTo, has_failed_poses=body.hasFailedPoses,
     )
 
 
@@ -106,12 +113,14 @@ class OperatorController(Controller):
         created_to: Annotated[datetime | None, QueryParameter(name="createdTo")] = None,
         finished_from: Annotated[datetime | None, QueryParameter(name="finishedFrom")] = None,
         finished_to: Annotated[datetime | None, QueryParameter(name="finishedTo")] = None,
+        has_failed_poses: HasFailedPoses = None,
         cursor: Annotated[str | None, Parameter(max_length=300)] = None,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
     ) -> AdminGenerationPage:
         wanted = GenerationFilter(status=status, error_type=error_type, user_id=user_id,
                                   created_from=created_from, created_to=created_to,
-                                  finished_from=finished_from, finished_to=finished_to)
+                                  finished_from=finished_from, finished_to=finished_to,
+                                  has_failed_poses=has_failed_poses)
         return await find_generations(request, db, wanted, limit=limit, cursor=cursor)
 
     @get("/generations/{generation_id:str}", summary="One generation with its attempts (ADMIN)",
