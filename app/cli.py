@@ -14,23 +14,31 @@ from app.domain.thresholds import MetricsPeriod
 from app.settings import Settings, SettingsError
 
 
-def _settings() -> Settings:
+def _settings(*, service: bool = False) -> Settings:
+    """The settings, or exit 2 with one line naming the bad variable. A tool prints the warning about a short
+    JWT secret here; a ``service`` (api, worker, exporter) logs it as a JSON entry (:func:`_configure_logging`)."""
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    if settings.jwt_secret_warning:
+    if settings.jwt_secret_warning and not service:
         # Said once here; PyJWT's own warning on every signature is silenced (app.api.auth).
-        print(f"warning: {settings.jwt_secret_warning} (would be refused with POSEGEN_ENV=production)",
-              file=sys.stderr)
+        print(f"warning: {_secret_warning(settings)}", file=sys.stderr)
     return settings
 
 
-def _configure_logging(settings: Settings) -> None:
-    from app.observability.logging import configure_logging
+def _secret_warning(settings: Settings) -> str:
+    return f"{settings.jwt_secret_warning} (would be refused with POSEGEN_ENV=production)"
 
-    configure_logging(settings.log_level)
+
+def _configure_logging(settings: Settings, component: str) -> None:
+    """JSON logs for a service's every line, the warning about a short JWT secret among them."""
+    from app.observability.logging import configure_logging, get_logger
+
+    configure_logging(settings.log_level, component=component)
+    if settings.jwt_secret_warning:
+        get_logger(component).warning(_secret_warning(settings))
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -38,11 +46,12 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     from app.api.asgi import build_asgi_app, fresh_multiprocess_dir
 
-    settings = _settings()
-    # uvicorn's own lines ("Invalid HTTP request received") go through our JSON logging, not its text handlers.
-    _configure_logging(settings)
+    settings = _settings(service=True)
+    # Before uvicorn starts: its own lines (a port in use, a server process that died) are JSON entries too.
+    _configure_logging(settings, "API")
+    # log_config=None: uvicorn's loggers keep no plain-text handlers of their own and reach the JSON handler.
     served = {"host": args.host, "port": args.port, "access_log": False, "log_level": "warning",
-              "log_config": None, "timeout_graceful_shutdown": 5}
+              "timeout_graceful_shutdown": 5, "log_config": None}
     if args.workers == 1 and settings.prometheus_multiproc_dir is None:
         uvicorn.run(build_asgi_app(settings), **served)  # type: ignore[arg-type]
         return 0
@@ -60,10 +69,10 @@ def cmd_api(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from app.observability import sentry, tracing
 
-    settings = _settings()
+    settings = _settings(service=True)
     sentry.init_sentry(settings, process="worker")
     tracing.init_tracing(settings)
-    _configure_logging(settings)
+    _configure_logging(settings, "Worker")
     from app.observability.logging import announce_fault_drill
 
     announce_fault_drill({t.value: share for t, share in settings.faults.items()}, "Worker")
@@ -77,8 +86,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_exporter(args: argparse.Namespace) -> int:
     from exporter.server import run_exporter
 
-    settings = _settings()
-    _configure_logging(settings)
+    settings = _settings(service=True)
+    _configure_logging(settings, "Metrics")
     run_exporter(settings, host=args.host, port=args.port)
     return 0
 

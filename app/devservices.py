@@ -263,7 +263,11 @@ def start_postgres(database_url: str, data_dir: Path) -> LocalService:
 
 
 def start_redis(redis_url: str, data_dir: Path) -> LocalService:
-    """Start an empty, non-persistent ``redis-server`` on the URL's port, as our child."""
+    """Start a ``redis-server`` on the URL's port, as our child, keeping its data in ``<data folder>/redis``.
+
+    It persists (an append-only file, synced every second) like the PostgreSQL cluster beside it: what lives
+    in Redis is state too, an operator's intake or worker pause and the queued jobs, and a restart of
+    ``make dev`` must not lift a pause nobody resumed."""
     host, port = _host_port(redis_url, 6379)
     if host not in _LOCAL_HOSTS:
         raise ServiceError(f"Redis at {host}:{port} is unreachable and not local: start it, or fix REDIS_URL")
@@ -275,8 +279,8 @@ def start_redis(redis_url: str, data_dir: Path) -> LocalService:
     offset = log_path.stat().st_size if log_path.exists() else 0
     _say(f"starting Redis on {host}:{port} (log {log_path})")
     process = subprocess.Popen(
-        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", str(folder), "--logfile", str(log_path)],
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "yes",
+         "--appendfsync", "everysec", "--dir", str(folder), "--logfile", str(log_path)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True,
     )
     service = LocalService("Redis", process, log_path, (" # ",), offset)

@@ -28,9 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
+from redis import Redis
+from redis.exceptions import RedisError
 
 from app import API_PREFIX, __version__
 from app.devservices import LocalService, last_problem
+from app.domain.intake import read_intake_pause, workers_paused
 from app.settings import Settings
 
 DEFAULT_EXPORTER_PORT = 9108
@@ -169,10 +172,30 @@ def _run_step(posegen: list[str], step: str, env: dict[str, str], stop: threadin
                          f"{last_problem((done.stderr + done.stdout).splitlines())}")
 
 
+def operator_pauses(redis_url: str) -> list[str]:
+    """One line per pause an operator set and nobody resumed: a pause outlives restarts of the stack, so a
+    stack that starts paused says so (a create would answer 503, or jobs would wait, for no visible reason)."""
+    client = Redis.from_url(redis_url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        intake, workers = read_intake_pause(client), workers_paused(client)
+    except RedisError:
+        return []
+    finally:
+        client.close()
+    lines = []
+    if intake is not None:
+        lines.append(f"  Intake is PAUSED by {intake.paused_by} ({intake.reason or 'no reason given'}): "
+                     "POST /generations answers 503 until `posegen ops resume --scope intake`")
+    if workers:
+        lines.append("  Workers are PAUSED (drained): queued jobs wait until `posegen ops resume --scope workers`")
+    return lines
+
+
 def banner(settings: Settings, host: str, ports: DevPorts, started: list[str], admin_token: str,
-           with_exporter: bool) -> str:
+           with_exporter: bool, pauses: list[str] | None = None) -> str:
     """What a new user needs: every URL the stack serves (API, schema, health, console, metrics), each one that
-    answers a browser or curl as printed, and an admin token.
+    answers a browser or curl as printed, an admin token, and the operators' pauses in force
+    (:func:`operator_pauses`).
 
     The API's prefix answers nothing itself, so the API line is the schema viewer, which lists every route."""
     from app.api.admin_console import CONSOLE_PATH
@@ -182,6 +205,7 @@ def banner(settings: Settings, host: str, ports: DevPorts, started: list[str], a
     lines = [
         f"Pose Generator {__version__} is up (provider: {settings.provider}; started here: "
         f"{', '.join(started) or 'nothing, PostgreSQL and Redis were running'})",
+        *(pauses or []),
         f"  API:               {base}/schema  (OpenAPI viewer: every route, all under {API_PREFIX}/)",
         f"  OpenAPI schema:    {base}/schema/openapi.json",
         f"  Health:            {api}/health",
@@ -273,7 +297,8 @@ def run_dev_stack(settings: Settings, host: str, ports: DevPorts, services: list
                 raise StackError(f"not answering after {READY_TIMEOUT_SECONDS:.0f} s: {late}")
             time.sleep(0.2)
         admin = mint_token(settings.jwt_secret, "admin", Role.ADMIN, 7 * 24 * 3600)
-        print(banner(settings, host, ports, [s.name for s in services], admin, with_exporter), flush=True)
+        print(banner(settings, host, ports, [s.name for s in services], admin, with_exporter,
+                     operator_pauses(settings.redis_url)), flush=True)
         while not stop.wait(0.3):
             _check_alive(parts)
         return 0

@@ -23,6 +23,10 @@ from app.settings import Settings
 
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+# What each scope of a pause holds back; `posegen ops pause` names one, there is no default.
+PAUSE_SCOPES = {"intake": "POST /generations answers 503 with Retry-After",
+                "workers": "drain: running jobs finish, no new one starts",
+                "all": "both"}
 
 
 class OpsError(Exception):
@@ -67,7 +71,8 @@ class OpsClient:
 def _filter(args: argparse.Namespace) -> dict[str, Any]:
     wanted = {"status": args.status, "errorType": args.error_type, "userId": args.user,
               "createdFrom": args.since, "createdTo": args.until,
-              "finishedFrom": args.finished_since, "finishedTo": args.finished_until}
+              "finishedFrom": args.finished_since, "finishedTo": args.finished_until,
+              "hasFailedPoses": args.has_failed_poses}
     return {key: value for key, value in wanted.items() if value is not None}
 
 
@@ -206,8 +211,11 @@ def add_ops_parser(sub: Any) -> argparse.ArgumentParser:
     ops.add_argument("--token", default=None, help="an ADMIN JWT (default POSEGEN_OPS_TOKEN)")
     verbs = ops.add_subparsers(dest="verb", required=True)
 
-    def with_filter(parser: argparse.ArgumentParser, status: str | None) -> None:
-        parser.add_argument("--status", choices=("queued", "processing", "completed", "failed"), default=status)
+    def with_filter(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--status", choices=("queued", "processing", "completed", "failed"), default=None)
+        parser.add_argument("--has-failed-poses", action="store_true", default=None,
+                            help="finished generations with at least one failed pose: failed, or completed with "
+                                 "some poses failed (--status failed alone leaves the completed ones out)")
         parser.add_argument("--error-type", default=None, help="e.g. FLUX_API_ERROR")
         parser.add_argument("--user", default=None, help="a user id")
         parser.add_argument("--since", type=moment, default=None, help="created at or after (ISO time, or 2h)")
@@ -215,11 +223,13 @@ def add_ops_parser(sub: Any) -> argparse.ArgumentParser:
         parser.add_argument("--finished-since", type=moment, default=None)
         parser.add_argument("--finished-until", type=moment, default=None)
 
-    failed = verbs.add_parser("failed", help="List generations (failed ones by default), newest first.")
-    with_filter(failed, "failed")
+    failed = verbs.add_parser("failed", help="List generations with failed poses (failed, or completed with some "
+                                             "poses failed), newest first.")
+    with_filter(failed)
+    failed.set_defaults(has_failed_poses=True)
     failed.add_argument("--limit", type=int, default=50)
     retry = verbs.add_parser("retry", help="Retry failed poses: --dry-run first, then without it.")
-    with_filter(retry, None)
+    with_filter(retry)
     retry.add_argument("--generation", default=None, help="one generation id instead of a filter")
     paid = retry.add_mutually_exclusive_group(required=True)
     paid.add_argument("--charge", dest="charge", action="store_true", help="charge users like a new generation")
@@ -227,8 +237,10 @@ def add_ops_parser(sub: Any) -> argparse.ArgumentParser:
     retry.add_argument("--dry-run", action="store_true", help="only count what would be retried")
     retry.add_argument("--idempotency-key", default=None, help="repeat a retry safely (default: a new key)")
     retry.add_argument("--wait", type=float, default=600, help="seconds to follow the batch (default 600)")
-    pause = verbs.add_parser("pause", help="Pause intake (503 + Retry-After) and/or drain workers.")
-    pause.add_argument("--scope", choices=("intake", "workers", "all"), default="intake")
+    pause = verbs.add_parser("pause", help="Pause intake (503 + Retry-After) and/or drain workers: --scope is "
+                                           "required.")
+    pause.add_argument("--scope", choices=tuple(PAUSE_SCOPES), default=None,
+                       help="; ".join(f"{scope}: {what}" for scope, what in PAUSE_SCOPES.items()))
     pause.add_argument("--reason", default="")
     pause.add_argument("--retry-after", type=int, default=300, help="seconds clients are told to wait")
     resume = verbs.add_parser("resume", help="Resume intake and/or workers.")
@@ -242,6 +254,10 @@ def add_ops_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run_ops(args: argparse.Namespace, settings: Settings) -> int:
+    if args.verb == "pause" and args.scope is None:
+        scopes = ", ".join(f"{scope} ({what})" for scope, what in PAUSE_SCOPES.items())
+        print(f"error: posegen ops pause needs --scope, one of: {scopes}", file=sys.stderr)
+        return 2
     token = args.token or settings.ops_token
     if not token:
         print("error: an ADMIN token is needed: --token or POSEGEN_OPS_TOKEN (posegen token --role ADMIN)",

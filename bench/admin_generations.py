@@ -63,6 +63,8 @@ def queries(now: datetime) -> list[tuple[str, dict[str, Any]]]:
         ("failed, finished in one day", {"status": "failed", "finishedFrom": (now - 10 * day).isoformat(),
                                          "finishedTo": (now - 9 * day).isoformat()}),
         ("failed, page 2 (cursor)", {"status": "failed", "cursor": "page2"}),
+        ("with failed poses", {"hasFailedPoses": "true"}),
+        ("a quiet user, with failed poses", {"userId": "user_19000", "hasFailedPoses": "true"}),
     ]
 
 
@@ -75,6 +77,9 @@ def _expected_ids(conn: psycopg.Connection[Any], query: dict[str, Any], after: t
         if key in query:
             clauses.append(f"{column} {op} %s")
             params.append(query[key])
+    if query.get("hasFailedPoses") == "true":  # finished, with a failed pose: said without error_type
+        clauses.append("status IN ('completed', 'failed')"
+                       " AND id IN (SELECT generation_id FROM generation_poses WHERE status = 'failed')")
     if after is not None:
         clauses.append("(created_at, id) < (%s, %s)")
         params.extend(after)
@@ -86,6 +91,7 @@ def _expected_ids(conn: psycopg.Connection[Any], query: dict[str, Any], after: t
 async def _database_ms(url: str, query: dict[str, Any], after_cursor: str | None) -> float:
     """Median ms of the page's statements (search + attempts) in-process, prepared as the API's are."""
     wanted = GenerationFilter(**{field: (datetime.fromisoformat(query[key]) if "From" in key or "To" in key
+                                         else query[key] == "true" if key == "hasFailedPoses"
                                          else query[key]) for key, field in _FIELDS.items() if key in query})
     async with await AsyncConnection.connect(url, autocommit=True) as conn:
         timings = []
@@ -98,7 +104,8 @@ async def _database_ms(url: str, query: dict[str, Any], after_cursor: str | None
 
 
 _FIELDS = {"status": "status", "errorType": "error_type", "userId": "user_id", "createdFrom": "created_from",
-           "createdTo": "created_to", "finishedFrom": "finished_from", "finishedTo": "finished_to"}
+           "createdTo": "created_to", "finishedFrom": "finished_from", "finishedTo": "finished_to",
+           "hasFailedPoses": "has_failed_poses"}
 
 
 def measure(

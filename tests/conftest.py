@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import threading
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +21,16 @@ from tests.stack import Stack, build_template, create_database, database_url, dr
 
 if TYPE_CHECKING:
     from selenium import webdriver
+
+
+@pytest.fixture(autouse=True)
+def process_wide_logging_restored() -> Iterator[None]:
+    """A test that calls ``configure_logging`` in this process (to read entries from a StringIO) leaves the
+    process-wide hooks it installs as they were: pytest's own thread-exception hook, warnings capture."""
+    hooks = sys.excepthook, threading.excepthook, logging.lastResort, warnings.showwarning
+    yield
+    logging.captureWarnings(False)
+    sys.excepthook, threading.excepthook, logging.lastResort, warnings.showwarning = hooks
 
 
 @pytest.fixture(scope="session")

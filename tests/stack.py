@@ -339,6 +339,19 @@ class Stack:
         raise AssertionError(f"generation {generation_id} not finished within {timeout} s: {body}\n"
                              + self.logs() + self.worker_stacks())
 
+    def create_until_partly_failed(self, user_id: str, pose_ids: list[str], tries: int = 12) -> dict[str, int]:
+        """With a worker injecting failures into some poses (``POSEGEN_FAULTS=FLUX_API_ERROR=0.5``), create
+        generations one at a time until one ends ``completed`` with failed poses; each one's id and how many of
+        its poses failed, the partly failed one last."""
+        failed_poses: dict[str, int] = {}
+        for attempt in range(tries):
+            generation_id = self.create_generation(user_id, pose_ids, prompt=f"flaky {attempt}").json()["generationId"]
+            view = self.wait_finished(user_id, generation_id)
+            failed_poses[generation_id] = sum(pose["status"] == "failed" for pose in view["poses"])
+            if view["status"] == "completed" and failed_poses[generation_id]:
+                return failed_poses
+        raise AssertionError(f"no partly failed generation in {tries}: {failed_poses}")
+
     def worker_stacks(self) -> str:
         """py-spy dumps of every running worker process and its children (work-horses, pool members)."""
         parts = []

@@ -89,3 +89,39 @@ def test_operator_retries_an_outage_from_the_console(fresh_stack, browser: webdr
     assert actions[:5] == ["resume_workers", "resume_intake", "pause_intake", "retry", "retry_dry_run"], actions
     browser.save_screenshot(str(tmp_path / "console.png"))
     assert (tmp_path / "console.png").stat().st_size > 10_000
+
+
+def test_the_console_opens_on_every_generation_with_failed_poses(fresh_stack, browser: webdriver.Chrome) -> None:  # type: ignore[no-untyped-def]
+    """Operators retry failed poses: the default view lists the generations that ended ``completed`` with some
+    poses failed beside the ``failed`` ones, and its dry run counts them all; "Poses: any" shows the rest."""
+    stack: Stack = fresh_stack(workers=0)
+    flaky = stack.start_worker(POSEGEN_FAULTS="FLUX_API_ERROR=0.5")
+    user = stack.new_user(credits=3000)
+    failed_poses = stack.create_until_partly_failed(user, [*POSES, "pose_waving_hello", "pose_tree_pose"])
+    flaky.stop()
+    stack.start_worker()
+    clean = stack.create_generation(user, POSES, prompt="all delivered").json()["generationId"]
+    assert stack.wait_finished(user, clean)["status"] == "completed"
+    with_failures = sorted(g for g, count in failed_poses.items() if count)
+
+    console = f"{stack.base_url}{API_PREFIX}/admin/console/"
+    browser.get(console)
+    browser.find_element(By.ID, "token").send_keys(stack.token("console-op", Role.ADMIN))
+    browser.find_element(By.ID, "sign-in").click()
+    wait_for(browser, "#actor")
+    ids = browser.execute_script(
+        "return Array.from(document.querySelectorAll('tr.generation')).map(r => r.dataset.id);")
+    assert sorted(ids) == with_failures
+    assert "completed" in texts_of(browser, "tr.generation .status"), "a partly failed generation is listed"
+    assert Select(browser.find_element(By.ID, "f-hasFailedPoses")).first_selected_option.text == "some failed"
+
+    browser.find_element(By.ID, "dry-run").click()
+    wait_for(browser, "#dry-run-result")
+    assert text_of(browser, "dry-run-counts") == (
+        f"{len(with_failures)} generation(s), {sum(failed_poses.values())} pose(s), 1 user(s), "
+        f"{30 * sum(failed_poses.values())} credits on the house")
+
+    Select(browser.find_element(By.ID, "f-hasFailedPoses")).select_by_visible_text("any")
+    browser.find_element(By.ID, "find").click()
+    WebDriverWait(browser, 30, poll_frequency=0.2).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, f"tr.generation[data-id='{clean}']"))

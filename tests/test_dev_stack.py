@@ -160,3 +160,51 @@ def test_dev_moves_off_a_busy_default_port_and_stops_when_a_part_is_killed(victi
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {name} (pid {pid}) was killed by SIGKILL; stopped the rest"], output[-3000:]
     assert not answers(port), "the API still answers after a part of the stack died"
+
+
+def test_an_operator_pause_outlives_a_restart_of_the_stack_and_the_banner_says_so(tmp_path: Path) -> None:
+    """`posegen ops pause --scope intake`, Ctrl-C, `posegen dev` again (its own Redis, stopped and started
+    again): intake is still paused, and the banner says so in one line, with the command that ends it."""
+    db_name = f"posegen_dev_{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    env = dev_env(DATABASE_URL=database_url(db_name), REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+                  POSEGEN_DATA_DIR=str(tmp_path / "data"))
+    outputs: list[str] = []
+
+    def run_stack(then: object) -> None:
+        log_path = tmp_path / f"dev-{len(outputs)}.log"
+        with open(log_path, "wb") as log:
+            dev = subprocess.Popen([sys.executable, "-m", "app.cli", "dev", "--port", str(port), "--workers", "1",
+                                    "--exporter-port", str(free_port()), "--worker-metrics-port", str(free_port())],
+                                   cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            output = wait_for_banner(dev, log_path)
+            assert "started here: Redis" in output, output
+            then(output)  # type: ignore[operator]
+        finally:
+            dev.send_signal(signal.SIGINT)
+            dev.wait(timeout=60)
+            outputs.append(log_path.read_text(errors="replace"))
+
+    def pause(output: str) -> None:
+        assert "PAUSED" not in "\n".join(banner_lines(output))
+        paused = subprocess.run([sys.executable, "-m", "app.cli", "ops", "--api", f"http://127.0.0.1:{port}",
+                                 "--token", admin_token(output), "pause", "--scope", "intake", "--reason",
+                                 "provider maintenance", "--retry-after", "60"],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert paused.returncode == 0 and "intake: PAUSED by admin" in paused.stdout, paused.stdout + paused.stderr
+
+    def still_paused(output: str) -> None:
+        said = [line for line in banner_lines(output) if "PAUSED" in line]
+        assert said == ["  Intake is PAUSED by admin (provider maintenance): POST /generations answers 503 until "
+                        "`posegen ops resume --scope intake`"], "\n".join(banner_lines(output))
+        refused = httpx.post(f"http://127.0.0.1:{port}{API}/generations",
+                             json={"poseIds": ["pose_tree_pose"], "prompt": "after the restart"},
+                             headers={"Authorization": f"Bearer {admin_token(output)}"}, timeout=10)
+        assert refused.status_code == 503 and refused.headers["Retry-After"] == "60", refused.text
+
+    try:
+        run_stack(pause)
+        run_stack(still_paused)
+    finally:
+        drop_database(db_name)

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -312,3 +313,15 @@ def test_the_readme_api_tables_list_every_route(stack: Stack) -> None:
               for path, operations in schema["paths"].items() if path.startswith(prefix)
               for method in operations}
     assert documented == served, f"not in README: {served - documented}; not served: {documented - served}"
+
+
+def test_the_app_uses_no_api_litestar_deprecates() -> None:
+    """Building the app and its OpenAPI document warns of nothing Litestar deprecates (inferred dependencies
+    and parameters, untyped request bodies, ``Parameter(header=...)``): those stop working in Litestar 3.
+    pyproject.toml turns such warnings into errors for every test that builds the app."""
+    everything = Settings.from_env({"FLUX_WEBHOOKS": "true", "POSEGEN_PUBLIC_BASE_URL": "https://api.example.com"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        create_app(everything).openapi_schema.to_schema()
+    deprecated = sorted({str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)})
+    assert deprecated == [], f"{len(deprecated)} deprecations, e.g.:\n" + "\n".join(deprecated[:5])

@@ -201,6 +201,45 @@ def test_outage_refunded_then_retried_on_the_house_within_its_slot_share(ops_sta
                                   "createdFrom": audit[1]["target"]["createdFrom"]}
 
 
+def test_generations_with_failed_poses_are_found_and_retried_whatever_their_status(
+        ops_stack: Stack, flux: FakeFlux) -> None:
+    """A generation with some poses failed ends ``completed``: ``status=failed`` misses it, ``hasFailedPoses=true``
+    finds it beside the failed ones (and a retry's filter takes it), ``false`` finds the rest."""
+    stack = ops_stack
+    user = stack.new_user(credits=1000)
+    (failed,) = outage(stack, flux, {user: 1}, "whole")
+    flux.fail_next("status_500", 2, "submit")  # two of the next generation's four poses
+    partly = stack.create_generation(user, POSES, prompt="partly failed").json()["generationId"]
+    view = stack.wait_finished(user, partly)
+    assert view["status"] == "completed" and sorted(p["status"] for p in view["poses"]) == [
+        "completed", "completed", "failed", "failed"], view
+    flux.reset()
+    clean = stack.create_generation(user, POSES, prompt="all delivered").json()["generationId"]
+    assert stack.wait_finished(user, clean)["status"] == "completed"
+
+    def found(**query: Any) -> list[str]:
+        answer = stack.http.get("/admin/generations", params={"userId": user, **query}, headers=admin(stack))
+        assert answer.status_code == 200, answer.text
+        return sorted(g["generationId"] for g in answer.json()["generations"])
+
+    assert found(status="failed") == [failed], "status=failed leaves the partly failed generation out"
+    assert found(hasFailedPoses="true") == sorted([failed, partly])
+    assert found(hasFailedPoses="false") == [clean]
+    assert found(hasFailedPoses="true", status="completed") == [partly]
+    bad = stack.http.get("/admin/generations", params={"hasFailedPoses": "maybe"}, headers=admin(stack))
+    assert bad.status_code == 422 and "bool" in bad.json()["detail"], bad.text
+
+    body = {"filter": {"userId": user, "hasFailedPoses": True}, "charge": False}
+    dry = retry(stack, {**body, "dryRun": True})
+    assert (dry["counts"]["generations"], dry["counts"]["poses"]) == (2, 6)
+    done = retry(stack, {**body, "dryRun": False}, f"retry-{uuid.uuid4().hex}")
+    assert done["audit"]["target"] == {"userId": user, "hasFailedPoses": True}
+    assert wait_retry_done(stack, done["audit"]["id"])["completed"] == 2
+    assert found(hasFailedPoses="true") == []
+    assert found(hasFailedPoses="false") == sorted([failed, partly, clean])
+    assert stack.balance(user) == 1000 - 6 * 30, "the poses delivered at first paid (2 + 4), the retry was free"
+
+
 def test_charged_retry_refuses_users_who_cannot_pay(ops_stack: Stack, flux: FakeFlux) -> None:
     stack = ops_stack
     rich, poor = stack.new_user(credits=1000), stack.new_user(credits=120)

@@ -27,17 +27,26 @@ def test_operator_finds_retries_pauses_and_audits_from_the_command_line(fresh_st
     for generation_id in failed:
         assert stack.wait_finished(user, generation_id)["status"] == "failed"
     broken.stop()
+    flaky = stack.start_worker(POSEGEN_FAULTS="FLUX_API_ERROR=0.5")
+    failed_poses = stack.create_until_partly_failed(stack.new_user(credits=3000),
+                                                    [*POSES, "pose_waving_hello", "pose_tree_pose"])
+    partly = list(failed_poses)[-1]
+    flaky.stop()
     stack.start_worker()  # the provider is back
 
+    # `failed` lists every generation with failed poses: the one that completed with some failed too.
     listed = ops(stack, "failed", "--error-type", "FLUX_API_ERROR", "--since", "10m")
     assert listed.returncode == 0, listed.stderr
-    assert all(g in listed.stdout for g in failed) and "3 generation(s)" in listed.stdout
+    with_failures = [*failed, *(g for g, count in failed_poses.items() if count)]
+    assert all(g in listed.stdout for g in with_failures), listed.stdout
+    assert f"{len(with_failures)} generation(s)" in listed.stdout
+    assert next(line for line in listed.stdout.splitlines() if partly in line).split()[2] == "completed"
 
-    dry = ops(stack, "retry", "--dry-run", "--on-the-house", "--status", "failed", "--user", user)
+    dry = ops(stack, "retry", "--dry-run", "--on-the-house", "--has-failed-poses", "--user", user)
     assert dry.returncode == 0, dry.stderr
     assert "would retry 3 generation(s), 6 pose(s), 1 user(s), 180 credits on the house" in dry.stdout
 
-    done = ops(stack, "retry", "--on-the-house", "--status", "failed", "--user", user)
+    done = ops(stack, "retry", "--on-the-house", "--has-failed-poses", "--user", user)
     assert done.returncode == 0, done.stderr + done.stdout
     assert "[" in done.stdout and "3/3 finished" in done.stdout, "a progress bar while the batch runs"
     assert "summary: 3 completed, 0 failed" in done.stdout
@@ -45,7 +54,13 @@ def test_operator_finds_retries_pauses_and_audits_from_the_command_line(fresh_st
         assert stack.wait_finished(user, generation_id)["status"] == "completed"
     assert stack.balance(user) == 600
 
-    paused = ops(stack, "pause", "--reason", "maintenance", "--retry-after", "30")
+    unscoped = ops(stack, "pause", "--reason", "maintenance")
+    assert unscoped.returncode == 2 and unscoped.stdout == "", unscoped.stdout
+    assert unscoped.stderr.splitlines() == [
+        "error: posegen ops pause needs --scope, one of: intake (POST /generations answers 503 with Retry-After), "
+        "workers (drain: running jobs finish, no new one starts), all (both)"], unscoped.stderr
+    assert stack.create_generation(user, POSES).status_code == 202, "nothing was paused"
+    paused = ops(stack, "pause", "--scope", "intake", "--reason", "maintenance", "--retry-after", "30")
     assert paused.returncode == 0 and "intake: PAUSED by ops-cli (maintenance)" in paused.stdout
     refused = stack.create_generation(user, POSES)
     assert refused.status_code == 503 and refused.headers["Retry-After"] == "30"

@@ -39,7 +39,8 @@ from app.domain.generation_search import GenerationFilter
 
 CONSOLE_PATH = f"{API_PREFIX}/admin/console"
 COOKIE = "posegen_console_token"
-FILTER_FIELDS = ("status", "errorType", "userId", "createdFrom", "createdTo", "finishedFrom", "finishedTo")
+FILTER_FIELDS = ("status", "errorType", "userId", "createdFrom", "createdTo", "finishedFrom", "finishedTo",
+                 "hasFailedPoses")
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 
 
@@ -91,8 +92,10 @@ class ConsoleController(Controller):
             return Template(template_name="console.html", context={"signed_in": False, "base": CONSOLE_PATH,
                                                                    "error": request.query_params.get("error")})
         query = dict(request.query_params)
-        if "status" not in query:
-            query["status"] = "failed"
+        if "hasFailedPoses" not in query:
+            # What operators come for: every generation with failed poses to retry, the completed ones with
+            # some poses failed as well as the failed ones (the form sends the field, "" for any).
+            query["hasFailedPoses"] = "true"
         return Template(template_name="console.html",
                         context=await self._context(request, principal, _listed(query), query))
 
@@ -182,4 +185,5 @@ def _listed(values: dict[str, str]) -> GenerationFilter:
     body = _filter_body(values)
     return GenerationFilter(status=body.status, error_type=body.errorType, user_id=body.userId,
                             created_from=body.createdFrom, created_to=body.createdTo,
-                            finished_from=body.finishedFrom, finished_to=body.finishedTo)
+                            finished_from=body.finishedFrom, finished_to=body.finishedTo,
+                            has_failed_poses=body.hasFailedPoses)

@@ -29,6 +29,7 @@ from app.api.admin_metrics_schemas import (
     TopUsers,
 )
 from app.api.auth import authenticate, require_admin
+from app.api.deps import DatabaseConnection
 from app.api.error_responses import EXCEPTION_HANDLERS
 from app.api.openapi import error_responses
 from app.domain.metrics import (
@@ -123,7 +124,7 @@ class MetricsController(Controller):
                      "in the period; queue counts now, from RQ's registries of job attempts (queueActive: live "
                      "executions only; queueFailed: failed attempts no later attempt replaced). Exact at any size.",
          responses=error_responses(401, 403, 422, 503))
-    async def system_metrics(self, request: Request[Any, Any, Any], db: AsyncConnection,
+    async def system_metrics(self, request: Request[Any, Any, Any], db: DatabaseConnection,
                      period: Period = MetricsPeriod.DAY) -> SystemMetrics:
         window = Window.ending_now(period)
         totals, queue = await _totals_and_queue(request, db, window)
@@ -141,7 +142,7 @@ class MetricsController(Controller):
          description="All time. generationCount = generations created; totalPoses = poses delivered (completed); "
                      "successRate = completed / generationCount x 100. Most generations first, ties by userId.",
          responses=error_responses(401, 403, 422))
-    async def list_top_users(self, db: AsyncConnection, limit: Limit = 10) -> TopUsers:
+    async def list_top_users(self, db: DatabaseConnection, limit: Limit = 10) -> TopUsers:
         await fold_pending_deltas(db)
         users = await top_users(db, limit)
         return TopUsers(users=[
@@ -154,7 +155,7 @@ class MetricsController(Controller):
          description="All time. usageCount = generation pose slots that used the pose, whatever their outcome. "
                      "Most used first, ties by poseId; poses never used are not listed.",
          responses=error_responses(401, 422))
-    async def list_popular_poses(self, db: AsyncConnection, limit: Limit = 20) -> PopularPoses:
+    async def list_popular_poses(self, db: DatabaseConnection, limit: Limit = 20) -> PopularPoses:
         await fold_pending_deltas(db)
         poses = await popular_poses(db, limit)
         return PopularPoses(poses=[
@@ -165,7 +166,7 @@ class MetricsController(Controller):
          description="Every error type recorded, with its count and last occurrence, most frequent first (ties by "
                      "errorType). All time unless a period is given.",
          responses=error_responses(401, 403, 422))
-    async def error_analysis(self, db: AsyncConnection, period: OptionalPeriod = None) -> ErrorAnalysis:
+    async def error_analysis(self, db: DatabaseConnection, period: OptionalPeriod = None) -> ErrorAnalysis:
         await fold_pending_deltas(db)
         counts = await error_counts(db, Window.ending_now(period) if period else None)
         return ErrorAnalysis(errors=[
@@ -178,7 +179,7 @@ class MetricsController(Controller):
                      "threshold tables (good / warning / critical, with the seed's action); status is the worst. "
                      "No traffic is good, with a note saying there was no data.",
          responses=error_responses(401, 403, 422, 503))
-    async def health(self, request: Request[Any, Any, Any], db: AsyncConnection,
+    async def health(self, request: Request[Any, Any, Any], db: DatabaseConnection,
                                 period: Period = MetricsPeriod.DAY) -> HealthIndicatorsView:
         window = Window.ending_now(period)
         totals, queue = await _totals_and_queue(request, db, window)

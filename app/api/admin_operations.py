@@ -17,7 +17,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotFoundException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Parameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 from psycopg import AsyncConnection
 
@@ -38,7 +38,8 @@ from app.api.admin_schemas import (
     RetryProgress,
     RetryRequest,
 )
-from app.api.auth import Principal, authenticate, require_admin
+from app.api.auth import authenticate, require_admin
+from app.api.deps import Caller, DatabaseConnection
 from app.api.error_responses import ValidationFailed
 from app.api.openapi import error_responses
 from app.api.schemas import UserId
@@ -53,8 +54,15 @@ log = get_logger("API")
 
 RetryIdempotencyKey = Annotated[
     str | None,
-    Parameter(header="Idempotency-Key", required=False, min_length=1, max_length=200,
-              description="Required to execute (dryRun false): the same key answers the first result."),
+    HeaderParameter(name="Idempotency-Key", required=False, min_length=1, max_length=200,
+                    description="Required to execute (dryRun false): the same key answers the first result."),
+]
+
+HasFailedPoses = Annotated[
+    bool | None,
+    QueryParameter(name="hasFailedPoses",
+                   description="true: finished generations with at least one failed pose, the failed ones and the "
+                               "completed ones some of whose poses failed (what a retry acts on); false: the others."),
 ]
 
 
@@ -80,7 +88,7 @@ def _filter_from(body: GenerationFilterBody | None, generation_id: str | None = 
     return GenerationFilter(
         generation_id=generation_id, status=body.status, error_type=body.errorType, user_id=body.userId,
         created_from=body.createdFrom, created_to=body.createdTo, finished_from=body.finishedFrom,
-        finished_to=body.finishedTo,
+        finished_to=body.finishedTo, has_failed_poses=body.hasFailedPoses,
     )
 
 
@@ -97,25 +105,28 @@ class OperatorController(Controller):
     @get("/generations", summary="Find generations (ADMIN): filters, newest first, cursor pages",
          responses=error_responses(401, 403, 422))
     async def find(
-        self, request: Request, db: AsyncConnection,
-        status: GenerationStatus | None = None,
-        error_type: Annotated[ErrorTypeName | None, Parameter(query="errorType")] = None,
-        user_id: Annotated[UserId | None, Parameter(query="userId")] = None,
-        created_from: Annotated[datetime | None, Parameter(query="createdFrom")] = None,
-        created_to: Annotated[datetime | None, Parameter(query="createdTo")] = None,
-        finished_from: Annotated[datetime | None, Parameter(query="finishedFrom")] = None,
-        finished_to: Annotated[datetime | None, Parameter(query="finishedTo")] = None,
+        self, request: Request, db: DatabaseConnection,
+        status: FromQuery[GenerationStatus | None] = None,
+        error_type: Annotated[ErrorTypeName | None, QueryParameter(name="errorType")] = None,
+        user_id: Annotated[UserId | None, QueryParameter(name="userId")] = None,
+        created_from: Annotated[datetime | None, QueryParameter(name="createdFrom")] = None,
+        created_to: Annotated[datetime | None, QueryParameter(name="createdTo")] = None,
+        finished_from: Annotated[datetime | None, QueryParameter(name="finishedFrom")] = None,
+        finished_to: Annotated[datetime | None, QueryParameter(name="finishedTo")] = None,
+        has_failed_poses: HasFailedPoses = None,
         cursor: Annotated[str | None, Parameter(max_length=300)] = None,
         limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
     ) -> AdminGenerationPage:
         wanted = GenerationFilter(status=status, error_type=error_type, user_id=user_id,
                                   created_from=created_from, created_to=created_to,
-                                  finished_from=finished_from, finished_to=finished_to)
+                                  finished_from=finished_from, finished_to=finished_to,
+                                  has_failed_poses=has_failed_poses)
         return await find_generations(request, db, wanted, limit=limit, cursor=cursor)
 
     @get("/generations/{generation_id:str}", summary="One generation with its attempts (ADMIN)",
          responses=error_responses(401, 403, 404))
-    async def find_one(self, request: Request, db: AsyncConnection, generation_id: str) -> AdminGenerationRow:
+    async def find_one(self, request: Request, db: DatabaseConnection,
+                       generation_id: FromPath[str]) -> AdminGenerationRow:
         rows, _ = await search_generations(db, GenerationFilter(generation_id=generation_id), limit=1)
         if not rows:
             raise NotFoundException(f"generation {generation_id} not found")
@@ -128,7 +139,7 @@ class OperatorController(Controller):
                       "`charge: true` charges like a new generation and refuses users who cannot pay.",
           responses=error_responses(401, 403, 415, 422))
     async def retry(
-        self, request: Request, db: AsyncConnection, principal: Principal, data: RetryRequest,
+        self, request: Request, db: DatabaseConnection, principal: Caller, data: JSONBody[RetryRequest],
         idempotency_key: RetryIdempotencyKey = None,
     ) -> Response[RetryAnswer]:
         answer = await run_retry(request, db, principal.user_id, data, idempotency_key)
@@ -136,7 +147,7 @@ class OperatorController(Controller):
 
     @get("/retries/{audit_id:int}", summary="Progress of an executed retry (ADMIN)",
          responses=error_responses(401, 403, 404))
-    async def retry_status(self, db: AsyncConnection, audit_id: int) -> RetryProgress:
+    async def retry_status(self, db: DatabaseConnection, audit_id: FromPath[int]) -> RetryProgress:
         return await find_retry_progress(db, audit_id)
 
     @get("/pause", summary="Whether intake and workers are paused (ADMIN)", responses=error_responses(401, 403))
@@ -146,22 +157,22 @@ class OperatorController(Controller):
     @post("/pause", status_code=HTTP_200_OK,
           summary="Pause intake (POST /generations answers 503 with Retry-After) and/or workers (drain) (ADMIN)",
           responses=error_responses(401, 403, 415, 422))
-    async def pause(self, request: Request, db: AsyncConnection, principal: Principal,
-                    data: PauseRequest) -> PauseState:
+    async def pause(self, request: Request, db: DatabaseConnection, principal: Caller,
+                    data: JSONBody[PauseRequest]) -> PauseState:
         return await run_pause(request, db, principal.user_id, data)
 
     @post("/resume", status_code=HTTP_200_OK, summary="Resume intake and/or workers (ADMIN)",
           responses=error_responses(401, 403, 415, 422))
-    async def resume(self, request: Request, db: AsyncConnection, principal: Principal,
-                     data: ResumeRequest) -> PauseState:
+    async def resume(self, request: Request, db: DatabaseConnection, principal: Caller,
+                     data: JSONBody[ResumeRequest]) -> PauseState:
         return await run_resume(request, db, principal.user_id, data)
 
     @get("/audit", summary="The operators' audit log, newest first (ADMIN)", responses=error_responses(401, 403, 422))
     async def audit(
-        self, db: AsyncConnection,
+        self, db: DatabaseConnection,
         limit: Annotated[int, Parameter(ge=1, le=500)] = 50,
         before: Annotated[int | None, Parameter(ge=1, description="Entries with a smaller id (the next page)")] = None,
-        action: Action | None = None,
+        action: FromQuery[Action | None] = None,
     ) -> AuditPage:
         entries = await list_actions(db, limit=limit, before_id=before, action=action)
         next_before = entries[-1]["id"] if len(entries) == limit else None

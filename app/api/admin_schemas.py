@@ -69,6 +69,8 @@ class GenerationFilterBody(msgspec.Struct, forbid_unknown_fields=True):
     createdTo: datetime | None = None
     finishedFrom: datetime | None = None
     finishedTo: datetime | None = None
+    # true: finished generations with at least one failed pose (failed, or completed with some poses failed).
+    hasFailedPoses: bool | None = None
 
 
 class RetryRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -128,7 +128,8 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
         # The operators' console page (app/api/admin_console.py).
         template_config=TemplateConfig(directory=Path(__file__).parent / "templates", engine=JinjaTemplateEngine),
         debug=False,
-        # Logging is ours (app/observability/logging.py): Litestar's default config would add a plain-text handler.
+        # Logs are configured once per process, before the app is built (app.observability.logging); Litestar's
+        # default config would replace the root logger's JSON handler with a plain-text one on stderr.
         logging_config=None,
     )
     app.state.settings = settings

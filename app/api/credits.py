@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from litestar import Controller, get, post
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_201_CREATED
-from psycopg import AsyncConnection
 
-from app.api.auth import Principal, require_admin
+from app.api.auth import require_admin
+from app.api.deps import Caller, DatabaseConnection
 from app.api.openapi import error_responses
 from app.api.schemas import CreditAccount, GrantRequest, GrantResult, LedgerEntry
 from app.domain.credits import account_summary, grant_credits
@@ -21,7 +22,7 @@ class CreditController(Controller):
     tags = ["credits"]
 
     @get("/", summary="The caller's balance and recent ledger entries", responses=error_responses(401))
-    async def own(self, db: AsyncConnection, principal: Principal) -> CreditAccount:
+    async def own(self, db: DatabaseConnection, principal: Caller) -> CreditAccount:
         summary = await account_summary(db, principal.user_id)
         return CreditAccount(
             userId=summary["userId"], balance=summary["balance"],
@@ -34,7 +35,7 @@ class CreditController(Controller):
 
     @post("/grants", status_code=HTTP_201_CREATED, summary="Grant credits to a user (ADMIN)",
           responses=error_responses(401, 403, 406, 413, 415, 422))
-    async def grant(self, data: GrantRequest, db: AsyncConnection, principal: Principal) -> GrantResult:
+    async def grant(self, data: JSONBody[GrantRequest], db: DatabaseConnection, principal: Caller) -> GrantResult:
         require_admin(principal)
         balance = await grant_credits(db, data.userId, data.amount, granted_by=principal.user_id)
         log.info("Credits granted", userId=data.userId, amount=data.amount, grantedBy=principal.user_id)

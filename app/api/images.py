@@ -12,7 +12,7 @@ from typing import Annotated
 
 from litestar import Request, get
 from litestar.exceptions import NotFoundException, PermissionDeniedException
-from litestar.params import Parameter
+from litestar.params import FromPath, Parameter
 from litestar.response import File
 
 from app.api.openapi import error_responses
@@ -23,7 +23,7 @@ from app.storage.signed_urls import ImageUrlRefused
 @get("/images/{key:path}", summary="A generated image (local storage), by its signed URL", tags=["images"],
      media_type="image/png", responses=error_responses(403, 404, 406))
 async def image(
-    request: Request, key: str,
+    request: Request, key: FromPath[str],
     expires: Annotated[str | None, Parameter(description="Unix time the URL expires (from imageUrl)")] = None,
     signature: Annotated[str | None, Parameter(description="HMAC of key and expiry (from imageUrl)")] = None,
 ) -> File:

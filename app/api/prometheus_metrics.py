@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import HeaderParameter
 from litestar.routes import HTTPRoute
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
@@ -164,7 +164,7 @@ def scrape_registry(multiprocess_dir: Path | None) -> CollectorRegistry:
      media_type="text/plain", sync_to_thread=False, responses=error_responses(406),
      opt={"produces": ["text/plain", OPENMETRICS_TYPE.partition(";")[0]]})
 def metrics_prometheus(
-    state: State, accept: Annotated[str | None, Parameter(header="Accept", required=False)] = None,
+    state: State, accept: Annotated[str | None, HeaderParameter(name="Accept", required=False)] = None,
 ) -> Response[bytes]:
     registry = state.metrics_registry
     if accept and "application/openmetrics-text" in accept:

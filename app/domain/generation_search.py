@@ -1,5 +1,6 @@
-"""Finding generations for operators: a filter (status, error type, user, created/finished window), pages
-newest first by an opaque cursor, and each generation's attempts (its original run and every retry).
+"""Finding generations for operators: a filter (status, error type, user, created/finished window, whether
+poses failed), pages newest first by an opaque cursor, and each generation's attempts (its original run and
+every retry).
 
 The filter is also what a retry applies to (:mod:`app.domain.retries`), so "what I see" and "what I
 retry" are the same rows. Each filter has an index (migration 009 and 001); the WHERE clause holds only
@@ -38,12 +39,15 @@ class GenerationFilter:
     created_to: datetime | None = None
     finished_from: datetime | None = None
     finished_to: datetime | None = None
+    # True: finished generations with at least one failed pose, the ``failed`` ones and the ``completed`` ones
+    # some of whose poses failed (what a retry acts on); False: every other generation.
+    has_failed_poses: bool | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The filter as the audit log and API show it (camelCase, only the fields given)."""
         names = {"generation_id": "generationId", "status": "status", "error_type": "errorType",
                  "user_id": "userId", "created_from": "createdFrom", "created_to": "createdTo",
-                 "finished_from": "finishedFrom", "finished_to": "finishedTo"}
+                 "finished_from": "finishedFrom", "finished_to": "finishedTo", "has_failed_poses": "hasFailedPoses"}
         shown: dict[str, Any] = {}
         for field, value in asdict(self).items():
             if value is not None:
@@ -66,9 +70,22 @@ class GenerationFilter:
             if value is not None:
                 parts.append(sql.SQL("{} " + op + " {}").format(sql.Identifier(alias, name), sql.Placeholder(field)))
                 params[field] = value
+        if self.has_failed_poses is not None:
+            failed_poses = _FAILED_POSES.format(error_type=sql.Identifier(alias, "error_type"),
+                                                id=sql.Identifier(alias, "id"))
+            parts.append(failed_poses if self.has_failed_poses else sql.SQL("NOT {}").format(failed_poses))
         if not parts:
             return sql.SQL("TRUE"), params
         return sql.SQL(" AND ").join(parts), params
+
+
+# A finished generation's error_type is its failed poses' most frequent one, NULL when none failed (and while
+# it runs): the condition on it lets the planner skip the others by generations_error_type_created's rows, and
+# the pose check keeps the rows exactly those with a failed pose now.
+_FAILED_POSES = sql.SQL(
+    "({error_type} IS NOT NULL AND EXISTS (SELECT 1 FROM generation_poses failed_pose"
+    " WHERE failed_pose.generation_id = {id} AND failed_pose.status = 'failed'))"
+)
 
 
 def encode_cursor(created_at: datetime, generation_id: str) -> str:

@@ -116,16 +116,18 @@ class LineLogger:
 
 class LibraryLogHandler(logging.Handler):
     """Writes standard-library log records (RQ's "could not connect to Redis", a library's warning) as
-    entries of the seed's shape, so every line a process prints is one JSON object."""
+    entries of the seed's shape, so every line a process prints is one JSON object. A record of a library
+    without a component of its own (psycopg's pool, a Python warning) is the process's ``component``."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, component: str = "API") -> None:
         super().__init__()
         self._stream = stream
+        self._component = component
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             component = next((c for prefix, c in _LIBRARY_COMPONENTS
-                              if record.name == prefix or record.name.startswith(prefix + ".")), "API")
+                              if record.name == prefix or record.name.startswith(prefix + ".")), self._component)
             entry = _seed_shape(None, record.levelname.lower(), {
                 "event": record.getMessage(), "component": component, "logger": record.name,
                 "exc_info": record.exc_info})
@@ -134,21 +136,55 @@ class LibraryLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
+def configure_logging(level: str = "INFO", stream: TextIO | None = None, component: str = "API") -> None:
     """JSON entries of the seed's shape on ``stream`` (stdout) at ``level`` and above, for our loggers and
-    for the standard-library loggers of the libraries we use (see :class:`LibraryLogHandler`)."""
+    for the standard-library loggers of the libraries we use (see :class:`LibraryLogHandler`); ``component``
+    is the process's (API, Worker, Metrics), given to library lines and uncaught exceptions.
+
+    Every way a line reaches the process's output goes through here: the root logger's handler, Python's
+    ``warnings`` (``logging.captureWarnings``), the last-resort handler that writes the records of a logger
+    with no handler, and the hooks that print an uncaught exception of the main thread or another thread.
+    A framework that replaces the root logger's handlers after this (Litestar's default logging config,
+    uvicorn's ``log_config``) must be told not to: the API does so."""
+    if component not in COMPONENTS:
+        raise ValueError(f"unknown log component {component!r}; use one of {COMPONENTS}")
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, LibraryLogHandler)]:
         root.removeHandler(handler)
-    root.addHandler(LibraryLogHandler(stream))
+    root.addHandler(LibraryLogHandler(stream, component))
     if root.level == logging.WARNING:  # the default: libraries' own INFO chatter stays out unless asked for
         root.setLevel(max(_NUMERIC[level.upper()], logging.WARNING))
+    logging.captureWarnings(True)
+    last_resort = LibraryLogHandler(stream, component)
+    last_resort.setLevel(logging.WARNING)  # as the standard library's own last resort
+    logging.lastResort = last_resort
+    sys.excepthook, threading.excepthook = _uncaught_hooks(stream, component)
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *_extra_processors, _seed_shape, _render],
         wrapper_class=structlog.make_filtering_bound_logger(_NUMERIC[level.upper()]),
         logger_factory=lambda *_: LineLogger(stream),
         cache_logger_on_first_use=False,
     )
+
+
+def _uncaught_hooks(stream: TextIO | None, component: str) -> tuple[Any, Any]:
+    """``sys.excepthook`` and ``threading.excepthook`` writing the exception as one ERROR entry (with its
+    stack in ``error``) instead of a plain traceback."""
+
+    def write(message: str, exc: BaseException | None) -> None:
+        entry = _seed_shape(None, "error", {"event": message, "component": component, "exc_info": exc})
+        write_line(stream or sys.stdout, _render(None, "", entry))
+
+    def uncaught(_: type[BaseException], exc: BaseException, __: Any) -> None:
+        write("Uncaught exception", exc)
+
+    def uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:  # as the standard hook: a thread that exits says nothing
+            return
+        name = args.thread.name if args.thread is not None else "unknown"
+        write(f"Uncaught exception in thread {name}", args.exc_value)
+
+    return uncaught, uncaught_in_thread
 
 
 def get_logger(component: str) -> structlog.typing.FilteringBoundLogger:
