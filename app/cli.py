@@ -32,13 +32,31 @@ def _secret_warning(settings: Settings) -> str:
     return f"{settings.jwt_secret_warning} (would be refused with POSEGEN_ENV=production)"
 
 
+BUILTIN_SECRET_WARNING = ("JWT_SECRET is not set: tokens and image URLs are signed with the built-in development "
+                          "key, which anyone can read in app/settings.py; set JWT_SECRET to a random secret")
+
+
 def _configure_logging(settings: Settings, component: str) -> None:
-    """JSON logs for a service's every line, the warning about a short JWT secret among them."""
+    """JSON logs for a service's every line, the warnings about a short or built-in JWT secret among them."""
     from app.observability.logging import configure_logging, get_logger
 
     configure_logging(settings.log_level, component=component)
     if settings.jwt_secret_warning:
         get_logger(component).warning(_secret_warning(settings))
+    if settings.uses_builtin_jwt_secret:
+        get_logger(component).warning(BUILTIN_SECRET_WARNING)
+
+
+def _loopback_only(host: str) -> bool:
+    """Whether an API bound to ``host`` is reachable from this machine only."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to any interface
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -47,6 +65,12 @@ def cmd_api(args: argparse.Namespace) -> int:
     from app.api.asgi import build_asgi_app, fresh_multiprocess_dir
 
     settings = _settings(service=True)
+    if settings.uses_builtin_jwt_secret and not _loopback_only(args.host):
+        # Anyone could sign an ADMIN token with the built-in key: it serves this machine only.
+        print(f"error: the API listens on {args.host}, beyond this machine, but JWT_SECRET is not set (anyone can "
+              "sign tokens with the built-in development key); set JWT_SECRET or listen on 127.0.0.1",
+              file=sys.stderr)
+        return 2
     # Before uvicorn starts: its own lines (a port in use, a server process that died) are JSON entries too.
     _configure_logging(settings, "API")
     # log_config=None: uvicorn's loggers keep no plain-text handlers of their own and reach the JSON handler.

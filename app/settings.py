@@ -99,6 +99,11 @@ class Settings:
         return self.environment.strip().lower() == PRODUCTION
 
     @property
+    def uses_builtin_jwt_secret(self) -> bool:
+        """Tokens and image URLs are signed with :data:`DEV_JWT_SECRET`, which anyone can read in this file."""
+        return not self.jwt_secret_set or self.jwt_secret == DEV_JWT_SECRET
+
+    @property
     def jwt_secret_warning(self) -> str | None:
         """A secret set outside production that production would refuse as too short; None otherwise (the
         built-in development secret is the development default)."""

@@ -7,8 +7,10 @@ later is covered by these tests without editing them.
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -255,3 +257,20 @@ def test_start_up_errors_never_print_a_password() -> None:
         assert result.returncode == 2, (env, result.stderr)
         assert "SuperSecretPW" not in result.stdout + result.stderr and "***" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_the_builtin_key_serves_this_machine_only_and_is_announced_on_every_start(tmp_path: Path) -> None:
+    """Without JWT_SECRET anyone could sign an ADMIN token with the key written in app/settings.py: an API bound
+    beyond loopback refuses to start; every service start that uses the key logs a WARN entry."""
+    wide = _posegen_all([(["api", "--host", host, "--port", "0"], {}) for host in ("0.0.0.0", "::", "example.com")])
+    for result in wide:
+        assert result.returncode == 2, result.stdout + result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "JWT_SECRET is not set" in lines[0] and "beyond this machine" in lines[0], lines
+    with socket.socket() as busy:  # the exporter cannot bind it and exits after its start-up lines
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        exporter = _posegen("exporter", "--port", str(busy.getsockname()[1]))
+    entries = [json.loads(line) for line in exporter.stdout.splitlines() if line.startswith("{")]
+    assert any(e["level"] == "WARN" and "built-in development key" in e["message"] for e in entries), \
+        exporter.stdout + exporter.stderr
