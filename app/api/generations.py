@@ -81,8 +81,9 @@ class GenerationController(Controller):
         if pause is not None:  # a planned pause: refused before anything is charged
             raise HTTPException(
                 status_code=HTTP_503_SERVICE_UNAVAILABLE,
-                detail=f"Intake is paused by an operator ({pause.reason or 'planned pause'}); nothing was charged. "
-                       "Retry later.",
+                # The operator's reason is for operators (admin pause state, console, audit), not for every user.
+                detail="Intake is paused for planned maintenance; nothing was charged. Retry after the "
+                       f"Retry-After seconds ({pause.retry_after_seconds}).",
                 headers={"Retry-After": str(pause.retry_after_seconds)},
                 extra={"errorType": ErrorType.NETWORK_ERROR.value, "paused": True},
             )

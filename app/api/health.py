@@ -57,7 +57,7 @@ async def _paused(request: Request) -> PausedView | None:
         pause, workers = read_intake_pause(redis), workers_paused(redis)
         if pause is None and not workers:
             return None
-        return PausedView(intake=pause is not None, workers=workers, reason=pause.reason if pause else None)
+        return PausedView(intake=pause is not None, workers=workers)
 
     try:
         return await asyncio.wait_for(asyncio.to_thread(read), CHECK_TIMEOUT_SECONDS)

@@ -143,11 +143,11 @@ class HealthChecks(msgspec.Struct):
 
 
 class PausedView(msgspec.Struct):
-    """A planned pause by an operator: not an outage, so health stays 200."""
+    """A planned pause by an operator: not an outage, so health stays 200. Health answers anyone: the operator's
+    reason stays on the admin surfaces (``GET /admin/pause``, the console, the audit log)."""
 
     intake: bool
     workers: bool
-    reason: str | None = None
 
 
 class FaultDrill(msgspec.Struct):
