@@ -43,7 +43,8 @@ def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
 
 def test_kustomization_renders_every_piece() -> None:
     kinds = sorted(doc["kind"] for doc in rendered())
-    assert kinds == sorted(["Namespace", "ConfigMap", "ConfigMap", "Secret", "Secret", "Secret", "Secret", "Job",
+    assert kinds == sorted(["Namespace", "ConfigMap", "ConfigMap", "Secret", "Secret", "Secret", "Secret", "Secret",
+                            "NetworkPolicy", "NetworkPolicy", "Job",
                             "Deployment", "Deployment", "Deployment", "Service", "Service",
                             "HorizontalPodAutoscaler", "ScaledObject", "ServiceMonitor", "ServiceMonitor",
                             "PodMonitor", "PrometheusRule"])
@@ -53,7 +54,7 @@ def test_kustomization_renders_every_piece() -> None:
 
 def test_core_objects_validate_against_the_kubernetes_schemas() -> None:
     core = [doc for doc in rendered() if doc["kind"] not in CRDS]
-    assert len(core) == 14
+    assert len(core) == 17
     errors = []
     for doc in core:
         try:
@@ -69,7 +70,8 @@ def test_every_process_has_probes_requests_and_its_settings() -> None:
             assert "livenessProbe" in container, deployment["metadata"]["name"]
             assert container["resources"]["requests"].keys() >= {"cpu", "memory"}
             refs = {ref.get("secretRef", ref.get("configMapRef"))["name"] for ref in container["envFrom"]}
-            assert refs == {"posegen-config", "posegen-database", "posegen-jwt", "posegen-flux", "posegen-supabase"}
+            assert refs == {"posegen-config", "posegen-database", "posegen-redis", "posegen-jwt", "posegen-flux",
+                            "posegen-supabase"}
     api = containers(one("Deployment", "posegen-api"))[0]
     assert api["readinessProbe"]["httpGet"]["path"] == "/api/apps/pose-generator/health"
     assert api["livenessProbe"]["httpGet"]["path"] == "/api/apps/pose-generator/health/live"
@@ -150,3 +152,36 @@ def test_generated_manifests_are_not_stale() -> None:
     for name, text in build_manifests(ROOT / "alerts" / "rules").items():
         assert (K8S / name).read_text(encoding="utf-8") == text, f"deploy/k8s/{name} is stale: run `posegen k8s build`"
     assert {PROMETHEUS_RULE_FILE, DASHBOARDS_FILE} <= {p.name for p in K8S.iterdir()}
+
+
+APP_PODS = {"posegen-api", "posegen-worker", "posegen-exporter", "posegen-migrate"}
+
+
+def test_only_the_applications_pods_reach_redis_and_postgresql_and_redis_needs_a_password() -> None:
+    """Redis is a trust boundary (a job written into it is work for the workers): its URL, password included,
+    comes from a Secret, and NetworkPolicies admit only the application's pods to Redis and PostgreSQL."""
+    pods = {doc["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+            for doc in [*objects("Deployment"), *objects("Job")]}
+    assert pods == APP_PODS
+    policies = {p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]: p for p in objects("NetworkPolicy")}
+    assert set(policies) == {"redis", "postgresql"}
+    for store, port in (("redis", 6379), ("postgresql", 5432)):
+        policy = policies[store]["spec"]
+        assert policy["policyTypes"] == ["Ingress"] and len(policy["ingress"]) == 1
+        rule = policy["ingress"][0]
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+        [source] = rule["from"]
+        assert set(source) == {"podSelector"}, "no namespace-wide or IP-block sources"
+        [expression] = source["podSelector"]["matchExpressions"]
+        assert expression["key"] == "app.kubernetes.io/name" and set(expression["values"]) == APP_PODS
+    redis_url = one("Secret", "posegen-redis")["stringData"]["REDIS_URL"]
+    assert redis_url.startswith("redis://:") and "@" in redis_url, "a password in the URL"
+    assert "REDIS_URL" not in one("ConfigMap", "posegen-config")["data"]
+
+
+def test_compose_runs_redis_with_a_required_password() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    redis = compose["services"]["redis"]
+    assert redis["command"][:2] == ["redis-server", "--requirepass"]
+    assert redis["command"][2].startswith("${REDIS_PASSWORD:?") and "ports" not in redis
+    assert compose["services"]["api"]["environment"]["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
