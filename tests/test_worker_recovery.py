@@ -78,15 +78,21 @@ def test_sigkill_of_worker_mid_generation_is_recovered_by_another(fresh_stack) -
     assert_no_dead_attempt_counted(stack)
 
 
-def test_sigkill_of_the_work_horse_is_retried_by_the_same_worker(fresh_stack) -> None:  # type: ignore[no-untyped-def]
-    stack: Stack = fresh_stack(workers=1, POSEGEN_LOCAL_LATENCY="3")
+def _signal_the_work_horse(stack: Stack, sig: signal.Signals) -> tuple[str, str, list[int]]:
+    """A new user's 2-pose generation, and ``sig`` sent to the work-horse running it: (user, generation, horses)."""
     user = stack.new_user(credits=1000)
     generation_id = stack.create_generation(user, POSES[:2]).json()["generationId"]
     _wait_status(stack, generation_id, "processing")
     horses = stack.workers[0].children()
     assert horses, "the worker should have forked a work-horse"
     for pid in horses:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, sig)
+    return user, generation_id, horses
+
+
+def test_sigkill_of_the_work_horse_is_retried_by_the_same_worker(fresh_stack) -> None:  # type: ignore[no-untyped-def]
+    stack: Stack = fresh_stack(workers=1, POSEGEN_LOCAL_LATENCY="3")
+    user, generation_id, _ = _signal_the_work_horse(stack, signal.SIGKILL)
     done = stack.wait_finished(user, generation_id, timeout=40)
     assert done["status"] == "completed"
     assert stack.workers[0].alive()
@@ -118,13 +124,7 @@ def test_a_work_horse_that_stops_renewing_its_lease_is_stopped_and_its_work_reru
     its horse's attempt fenced, kills it instead of waiting out the job timeout (an hour) with attempt 2
     queued behind it."""
     stack: Stack = fresh_stack(workers=1, POSEGEN_LOCAL_LATENCY="1")
-    user = stack.new_user(credits=1000)
-    generation_id = stack.create_generation(user, POSES[:2]).json()["generationId"]
-    _wait_status(stack, generation_id, "processing")
-    horses = stack.workers[0].children()
-    assert horses, "the worker should have forked a work-horse"
-    for pid in horses:
-        os.kill(pid, signal.SIGSTOP)
+    user, generation_id, horses = _signal_the_work_horse(stack, signal.SIGSTOP)
     done = stack.wait_finished(user, generation_id, timeout=45)
     assert done["status"] == "completed" and all(p["status"] == "completed" for p in done["poses"])
     assert stack.workers[0].alive()
