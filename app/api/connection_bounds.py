@@ -13,8 +13,10 @@ its connection opened (the first request) or its first byte arrived (later ones)
 way the connection is then closed. The answer is sent before a lingering close (RFC 9112 section 9.6: the
 write side is shut, what the client still sends is read and dropped for up to ``LINGER_SECONDS``), so the
 client reads it instead of a reset. A connection that never sent a byte is closed without an answer.
-:func:`server_options` passes it to uvicorn with the server's own bounds: ``limit_concurrency`` (beyond it,
-requests are answered 503), ``timeout_keep_alive`` and the listen backlog.
+:func:`server_options` passes it to uvicorn with the server's own bounds: ``limit_concurrency``,
+``timeout_keep_alive`` and the listen backlog. uvicorn answers every request 503 while its connections are at
+``limit_concurrency``, idle ones included, so a flood of slow connections would shut everyone out until the
+head timeout; instead a new connection at the cap closes the connection waiting longest for a request.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import weakref
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +34,7 @@ from app.settings import Settings
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
+    from uvicorn.server import ServerState
 
 # How long a refused connection still reads (and drops) what its client sends after the answer, so that the
 # client's kernel does not receive a reset before it has read the answer.
@@ -59,10 +63,17 @@ def _refused_heads() -> Counter:
     from prometheus_client import Counter
 
     counter = Counter("pose_http_request_heads_refused", "Request heads the API refused before reading them "
-                      "whole: too_large (431) or too_slow (408)", ["reason"])
-    for reason in ("too_large", "too_slow"):
+                      "whole: too_large (431), too_slow (408), crowded_out (closed to make room at the cap)",
+                      ["reason"])
+    for reason in ("too_large", "too_slow", "crowded_out"):
         counter.labels(reason)
     return counter
+
+
+# Per server, its connections waiting for a request (new, idle after a response, or still sending a head), the one
+# waiting longest first.
+_waiting_by_server: weakref.WeakKeyDictionary[ServerState, dict[BoundedHttpToolsProtocol, None]] = (
+    weakref.WeakKeyDictionary())
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -80,12 +91,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        self._waiting = _waiting_by_server.setdefault(self.server_state, {})
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_timer = self.loop.call_later(self.head_timeout_seconds, self._head_too_slow)
+        self._waiting[self] = None
+        # At the cap (uvicorn's limit_concurrency, which answers every request 503 while the connections are at
+        # it), the connection waiting longest for a request makes room: a flood of slow or idle connections then
+        # crowds out its own oldest, not every new client. With none waiting, every connection is busy: the 503s
+        # are uvicorn's overload answer.
+        if self.limit_concurrency is not None and len(self.connections) >= self.limit_concurrency:
+            longest = next(iter(self._waiting))
+            if longest is not self:
+                longest._crowd_out()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._waiting.pop(self, None)
         self._stop_head_timer()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
@@ -119,12 +141,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         self._reading_head, self._head_started = False, False
+        self._waiting.pop(self, None)
         self._stop_head_timer()
         # Only a head that may be over the bound is measured: its line (method, target, version) and headers.
         if self._head_bytes + self._feeding > self.max_head_bytes and self._head_size() > self.max_head_bytes:
             self._refuse_too_large()
             return
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.timeout_keep_alive_task is not None:  # idle, waiting for the next request
+            self._waiting[self] = None
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
@@ -152,12 +180,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(HTTPStatus.REQUEST_TIMEOUT, "too_slow",
                      f"The request line and headers did not arrive within {self.head_timeout_seconds:g} s")
 
+    def _crowd_out(self) -> None:
+        self._waiting.pop(self, None)
+        self._stop_head_timer()
+        if self._head_started:
+            self._refused_heads.labels("crowded_out").inc()
+        self.transport.close()
+        # Counted out now, not when the loop reports the close: the request that made room must not be answered
+        # 503 because its head was read first.
+        self.connections.discard(self)
+
     def _refuse_too_large(self) -> None:
         self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "too_large",
                      f"The request line and headers are over {self.max_head_bytes} bytes")
 
     def _refuse(self, status: HTTPStatus, reason: str, detail: str) -> None:
         self._refused = True
+        self._waiting.pop(self, None)
         self._stop_head_timer()
         self._refused_heads.labels(reason).inc()
         if self.cycle is not None and not self.cycle.response_complete:
