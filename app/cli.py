@@ -63,6 +63,7 @@ def cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.api.asgi import build_asgi_app, fresh_multiprocess_dir
+    from app.api.connection_bounds import server_options
 
     settings = _settings(service=True)
     if settings.uses_builtin_jwt_secret and not _loopback_only(args.host):
@@ -77,16 +78,17 @@ def cmd_api(args: argparse.Namespace) -> int:
     served = {"host": args.host, "port": args.port, "access_log": False, "log_level": "warning",
               "timeout_graceful_shutdown": 5, "log_config": None}
     if args.workers == 1 and settings.prometheus_multiproc_dir is None:
-        uvicorn.run(build_asgi_app(settings), **served)  # type: ignore[arg-type]
+        uvicorn.run(build_asgi_app(settings), **served, **server_options(settings))  # type: ignore[arg-type]
         return 0
     # One folder of metric files for this run's processes (prometheus-client reads the variable in each
     # of them); files of an earlier run would add its counts to this one's.
     with fresh_multiprocess_dir(settings.prometheus_multiproc_dir) as metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         if args.workers == 1:
-            uvicorn.run(build_asgi_app(), **served)  # type: ignore[arg-type]
+            uvicorn.run(build_asgi_app(), **served, **server_options(settings))  # type: ignore[arg-type]
         else:
-            uvicorn.run("app.api.asgi:build_asgi_app", factory=True, workers=args.workers, **served)  # type: ignore[arg-type]
+            uvicorn.run("app.api.asgi:build_asgi_app", factory=True, workers=args.workers, **served,  # type: ignore[arg-type]
+                        **server_options(settings))
     return 0
 
 

@@ -84,6 +84,11 @@ class Settings:
     dd_rq_distributed_tracing: bool | None = None
     dd_httpx_distributed_tracing: bool | None = None
     db_pool_size: int = 10
+    # Bounds of one API process's connections (app/api/connection_bounds.py).
+    api_max_header_bytes: int = 32 * 1024
+    api_header_timeout_seconds: float = 10.0
+    api_keep_alive_seconds: int = 5
+    api_max_connections: int = 1000
     rate_limit_per_minute: int = 60
     revision: str = "unknown"
     # prometheus-client's multiprocess folder (it reads the variable itself in every process); set by
@@ -197,6 +202,18 @@ class Settings:
                 "POSEGEN_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute, minimum=0, maximum=1_000_000
             ),
             db_pool_size=reader.integer("POSEGEN_DB_POOL_SIZE", cls.db_pool_size, minimum=1, maximum=200),
+            api_max_header_bytes=reader.integer(
+                "POSEGEN_API_MAX_HEADER_BYTES", cls.api_max_header_bytes, minimum=1024, maximum=1024 * 1024
+            ),
+            api_header_timeout_seconds=reader.number(
+                "POSEGEN_API_HEADER_TIMEOUT_SECONDS", cls.api_header_timeout_seconds, minimum=0.5, maximum=300.0
+            ),
+            api_keep_alive_seconds=reader.integer(
+                "POSEGEN_API_KEEP_ALIVE_SECONDS", cls.api_keep_alive_seconds, minimum=1, maximum=3600
+            ),
+            api_max_connections=reader.integer(
+                "POSEGEN_API_MAX_CONNECTIONS", cls.api_max_connections, minimum=1, maximum=100_000
+            ),
             revision=reader.text("POSEGEN_REVISION", cls.revision),
             prometheus_multiproc_dir=reader.path("PROMETHEUS_MULTIPROC_DIR"),
             ops_api_url=reader.url("POSEGEN_API_URL", cls.ops_api_url, ("http://", "https://")).rstrip("/"),

@@ -1,8 +1,9 @@
 """``posegen exporter``: serves ``/metrics`` from the collectors on a registry of its own.
 
-Text exposition by default, OpenMetrics when the scraper's ``Accept`` header asks for it. Each scrape
-reads Redis and PostgreSQL in parallel with about a second for each, so with either down the scrape
-still answers 200 within that time, with ``pose_exporter_up{source=...} 0``.
+Text exposition by default, OpenMetrics when the scraper's ``Accept`` header prefers it
+(``app.observability.exposition``). Each scrape reads Redis and PostgreSQL in parallel with about a
+second for each, so with either down the scrape still answers 200 within that time, with
+``pose_exporter_up{source=...} 0``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import ThreadingWSGIServer
 from redis import Redis
 
 from app.connections import redis_client
 from app.domain.processing import generation_time_limit_seconds
 from app.observability.build_info import BuildInfoCollector
+from app.observability.exposition import metrics_wsgi_app
 from app.observability.fleet_metrics import FleetMetricsCollector
 from app.observability.logging import get_logger
 from app.settings import Settings
@@ -70,8 +72,9 @@ class Exporter:
 
 
 def metrics_app(registry: CollectorRegistry) -> Callable[..., Iterable[bytes]]:
-    """WSGI app: ``/metrics`` (format chosen from ``Accept``), a pointer at ``/``, 404 elsewhere."""
-    metrics = make_wsgi_app(registry)
+    """WSGI app: ``/metrics`` (format negotiated from ``Accept``, 406 when none is acceptable), a pointer at
+    ``/``, 404 elsewhere."""
+    metrics = metrics_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

@@ -157,8 +157,13 @@ def test_content_negotiation_406_and_415(stack: Stack) -> None:
     headers = stack.headers(user)
     body = _problem(stack.http.get("/poses", headers={**headers, "Accept": "text/html"}), 406)
     assert "application/json" in body["detail"]
-    for accept in ("application/json", "*/*", "application/*", "text/html, application/json;q=0.5"):
+    for accept in ("application/json", "*/*", "application/*", "text/html, application/json;q=0.5",
+                   "application/json; charset=utf-8"):
         assert stack.http.get("/poses", headers={**headers, "Accept": accept}).status_code == 200
+    # RFC 9110: q=0 is "not acceptable", and the most specific range decides.
+    for accept in ("application/json;q=0", "*/*;q=0",
+                   "application/*, application/json;q=0, application/problem+json;q=0"):
+        _problem(stack.http.get("/poses", headers={**headers, "Accept": accept}), 406)
     metrics = stack.http.get("/metrics-prometheus", headers={"Accept": "application/openmetrics-text"})
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("application/openmetrics-text")
     body = _problem(stack.http.post("/generations", content=b'{"poseIds": ["pose_tree_pose"], "prompt": "x"}',

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar.datastructures.headers import Accept
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException
 from litestar.status_codes import HTTP_406_NOT_ACCEPTABLE, HTTP_415_UNSUPPORTED_MEDIA_TYPE
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.api.error_responses import PROBLEM_JSON
+from app.media_ranges import preferred
 
 JSON = "application/json"
 
@@ -36,18 +36,26 @@ def require_json_body(scope: Scope) -> None:
         )
 
 
+def _representations(produces: list[str]) -> tuple[str, ...]:
+    # Every answer of the API is UTF-8 (JSON is by definition, RFC 8259), so a range asking charset=utf-8 matches
+    # a type declared without parameters; a type declared with its own (the Prometheus formats) stays as it is.
+    return tuple(media if ";" in media else f"{media}; charset=utf-8" for media in [*produces, PROBLEM_JSON])
+
+
 def require_acceptable(scope: Scope, handler: Any) -> None:
     """406 when an Accept header allows none of the route's media types (its ``media_type``, or the list in
-    ``opt["produces"]`` for a route that negotiates itself) nor problem details."""
+    ``opt["produces"]`` for a route that negotiates itself) nor problem details, by RFC 9110's rules
+    (:mod:`app.media_ranges`: weights, ``q=0`` refuses, the most specific range decides)."""
     accept = _header(scope, b"accept")
     if not accept:
         return
-    declared = getattr(handler, "media_type", JSON)
+    declared = getattr(handler, "media_type", None) or JSON  # none declared: Litestar answers JSON
     produces = list(handler.opt.get("produces") or [str(getattr(declared, "value", declared))])
-    if Accept(accept).best_match([*produces, PROBLEM_JSON]) is None:
+    if preferred(accept, _representations(produces)) is None:
+        types = dict.fromkeys(media.partition(";")[0] for media in produces)
         raise HTTPException(
             status_code=HTTP_406_NOT_ACCEPTABLE,
-            detail=f"This endpoint answers with {' or '.join(produces)}; the Accept header ({accept}) allows none",
+            detail=f"This endpoint answers with {' or '.join(types)}; the Accept header ({accept}) allows none",
         )
 
 

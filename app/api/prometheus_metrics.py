@@ -20,17 +20,18 @@ from typing import Annotated, Any
 
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
+from litestar.exceptions import HTTPException
 from litestar.params import HeaderParameter
 from litestar.routes import HTTPRoute
+from litestar.status_codes import HTTP_406_NOT_ACCEPTABLE
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from app.api.openapi import error_responses
 from app.observability import tracing
 from app.observability.build_info import BuildInfoCollector
+from app.observability.exposition import EXPOSITIONS, NOT_ACCEPTABLE, choose_exposition
 
 REQUESTS = Counter(
     "pose_http_requests", "HTTP requests answered by the API", ["method", "route", "status_code"]
@@ -162,11 +163,12 @@ def scrape_registry(multiprocess_dir: Path | None) -> CollectorRegistry:
 
 @get(["/metrics-prometheus"], summary="Prometheus metrics of this API process", tags=["metrics"],
      media_type="text/plain", sync_to_thread=False, responses=error_responses(406),
-     opt={"produces": ["text/plain", OPENMETRICS_TYPE.partition(";")[0]]})
+     opt={"produces": list(EXPOSITIONS)})
 def metrics_prometheus(
     state: State, accept: Annotated[str | None, HeaderParameter(name="Accept", required=False)] = None,
 ) -> Response[bytes]:
-    registry = state.metrics_registry
-    if accept and "application/openmetrics-text" in accept:
-        return Response(generate_openmetrics(registry), media_type=OPENMETRICS_TYPE)
-    return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+    chosen = choose_exposition(accept)
+    if chosen is None:
+        raise HTTPException(status_code=HTTP_406_NOT_ACCEPTABLE, detail=f"{NOT_ACCEPTABLE} (Accept: {accept})")
+    encode, content_type = chosen
+    return Response(encode(state.metrics_registry), media_type=content_type)

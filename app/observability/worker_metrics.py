@@ -25,12 +25,13 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from redis import Redis
 
 from app.observability.build_info import BuildInfoCollector
+from app.observability.exposition import serve_metrics
 from app.observability.logging import get_logger
 from app.observability.performance import JOB_OPERATIONS, OPERATION_BUCKETS, OPERATION_SECONDS
 
@@ -216,7 +217,7 @@ class WorkerMetricsEndpoint:
         for error_type, share in self._faults.items():
             fraction.labels(error_type).set(share)
         try:
-            server, _thread = start_http_server(self.port, addr=self.host, registry=registry)
+            server, _thread = serve_metrics(self.host, self.port, registry)
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
