@@ -167,3 +167,23 @@ def test_an_outsiders_workload_pages_nobody_in_a_replay(fresh_stack, tmp_path) -
     path.write_text(yaml.safe_dump(replay, sort_keys=False))
     result = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_bytes_that_are_not_http_get_a_counted_400(stack: Stack) -> None:
+    """A request the server's parser cannot read never reaches the app: it is answered 400 as a problem and
+    counted as a refused head (reason malformed), and the log stays JSON."""
+    def refused() -> float:
+        text = httpx.get(f"{stack.base_url}{API_PREFIX}/metrics-prometheus", timeout=10).text
+        return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                   if s.name == "pose_http_request_heads_refused_total" and s.labels["reason"] == "malformed")
+
+    before = refused()
+    for garbage in (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40, b"GET / HTTP/9.9\r\n\r\n",
+                    b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n", b"NOT HTTP AT ALL\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", stack.port), timeout=5) as conn:
+            conn.sendall(garbage)
+            answer = conn.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 400") and b"application/problem+json" in answer, answer[:200]
+    assert refused() == before + 4
+    log = stack.api.output() if stack.api else ""
+    assert all(line.startswith("{") for line in log.splitlines() if line.strip()), log[-2000:]

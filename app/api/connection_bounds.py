@@ -63,9 +63,9 @@ def _refused_heads() -> Counter:
     from prometheus_client import Counter
 
     counter = Counter("pose_http_request_heads_refused", "Request heads the API refused before reading them "
-                      "whole: too_large (431), too_slow (408), crowded_out (closed to make room at the cap)",
-                      ["reason"])
-    for reason in ("too_large", "too_slow", "crowded_out"):
+                      "whole: too_large (431), too_slow (408), crowded_out (closed to make room at the cap), "
+                      "malformed (400: not HTTP the parser can read)", ["reason"])
+    for reason in ("too_large", "too_slow", "crowded_out", "malformed"):
         counter.labels(reason)
     return counter
 
@@ -189,6 +189,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # Counted out now, not when the loop reports the close: the request that made room must not be answered
         # 503 because its head was read first.
         self.connections.discard(self)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes its parser cannot read (never reaching the app, so never in
+        ``pose_http_requests_total``): the same problem answer and lingering close as the other refusals,
+        counted as ``malformed``."""
+        self._refuse(HTTPStatus.BAD_REQUEST, "malformed", msg)
 
     def _refuse_too_large(self) -> None:
         self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "too_large",
