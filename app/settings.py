@@ -87,6 +87,7 @@ class Settings:
     invalid_create_limit_per_minute: int = 30
     read_limit_per_minute: int = 1200
     caller_error_events_per_minute: int = 10
+    caller_concurrency: int = 8
     revision: str = "unknown"
     # prometheus-client's multiprocess folder (it reads the variable itself in every process); set by
     # `posegen api --workers N` to a fresh folder of its own unless given.
@@ -199,6 +200,9 @@ class Settings:
             ),
             read_limit_per_minute=reader.integer(
                 "POSEGEN_READ_LIMIT_PER_MINUTE", cls.read_limit_per_minute, minimum=0, maximum=100_000_000
+            ),
+            caller_concurrency=reader.integer(
+                "POSEGEN_CALLER_CONCURRENCY", cls.caller_concurrency, minimum=0, maximum=100_000
             ),
             caller_error_events_per_minute=reader.integer(
                 "POSEGEN_CALLER_ERROR_EVENTS_PER_MINUTE", cls.caller_error_events_per_minute, minimum=1,

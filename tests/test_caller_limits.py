@@ -197,3 +197,27 @@ def test_reads_are_limited_per_user_and_other_users_read_on(stack: Stack, second
     for url in urls:
         assert stack.http.get(f"{url}/credits", headers=stack.headers(other)).json()["balance"] == 100
         assert stack.http.get(f"{url}/health").status_code == 200  # no token, no per-user limit
+
+
+def batch_sizes(base_url: str) -> tuple[float, float]:
+    """(polls per query at most 2, all polls per query) observed so far: ``pose_api_batch_size`` of
+    ``generation_read``, the bucket le=2 and the count."""
+    text = httpx.get(f"{base_url}{API_PREFIX}/metrics-prometheus", timeout=10).text
+    samples = {(s.name, s.labels.get("le")): s.value for family in text_string_to_metric_families(text)
+               for s in family.samples if s.labels.get("kind") == "generation_read"}
+    return samples["pose_api_batch_size_bucket", "2.0"], samples["pose_api_batch_size_count", None]
+
+
+def test_one_callers_many_connections_run_two_at_a_time(fresh_stack: Callable[..., Stack]) -> None:
+    """With POSEGEN_CALLER_CONCURRENCY=2, 200 polls from one user over 16 connections all succeed, but never
+    more than two of them run at once: no shared poll query ever serves more than two of them."""
+    stack = fresh_stack(workers=0, POSEGEN_CALLER_CONCURRENCY="2")
+    flooder = stack.new_user(credits=100)
+    generation_id = stack.create_generation(flooder, POSES).json()["generationId"]
+    headers = stack.headers(flooder)
+    small_before, all_before = batch_sizes(stack.base_url)
+    answers = in_parallel([f"{stack.base_url}{API_PREFIX}"], 200,
+                          lambda client, i: client.get(f"/generations/{generation_id}", headers=headers))
+    assert Counter(a.status_code for a in answers) == {200: 200}
+    small, every = batch_sizes(stack.base_url)
+    assert every - all_before > 0 and small - small_before == every - all_before, (small, every)

@@ -145,7 +145,11 @@ class CreateAllowance:
 class Grant:
     granted: int
     used: int  # counted in the window after this grant
-    reset_seconds: int  # until the window ends
+    reset_ms: int  # until the window ends
+
+    @property
+    def reset_seconds(self) -> int:
+        return _seconds(self.reset_ms)
 
 
 class CountedAllowance:
@@ -161,5 +165,5 @@ class CountedAllowance:
         callers = list(wanted)
         flat = await self._take(keys=[caller_key(caller, self.name) for caller in callers],
                                 args=[self.limit, _WINDOW_MS, *(wanted[caller] for caller in callers)])
-        return {caller: Grant(int(flat[3 * i]), int(flat[3 * i + 1]), _seconds(int(flat[3 * i + 2])))
+        return {caller: Grant(int(flat[3 * i]), int(flat[3 * i + 1]), int(flat[3 * i + 2]))
                 for i, caller in enumerate(callers)}

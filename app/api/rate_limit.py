@@ -12,7 +12,11 @@ cannot be read, requests pass (fail open: the create's enqueue then answers 503 
   creates answer 429 until the oldest is a minute old. A refusal the handler marks free
   (:func:`refusal_is_free`: the 503 of a planned pause) gives its place back and counts as nothing.
 - ``GET`` (and ``HEAD``) with a bearer token: at most ``POSEGEN_READ_LIMIT_PER_MINUTE`` per 60 s window,
-  then 429 with ``Retry-After``. Concurrent reads of one process share one Redis call.
+  then 429 with ``Retry-After``. A process takes reads from Redis in leases (:mod:`app.api.read_leases`), so
+  most reads cost no Redis call.
+- Every request with credentials (and every create): at most ``POSEGEN_CALLER_CONCURRENCY`` of one caller run
+  at once in a process, the others wait their turn (:mod:`app.api.caller_concurrency`), so a caller that
+  ignores 429 cannot crowd the others out of the event loop.
 - Error events the API writes for a caller (``VALIDATION_ERROR``, ``CREDIT_ERROR``): at most
   ``POSEGEN_CALLER_ERROR_EVENTS_PER_MINUTE`` per window; the rest are counted in
   ``pose_api_error_events_unrecorded_total``, not written.
@@ -20,8 +24,6 @@ cannot be read, requests pass (fail open: the create's enqueue then answers 503 
 
 from __future__ import annotations
 
-from collections import Counter as Tally
-from collections.abc import Sequence
 from typing import Any
 
 from litestar import Request
@@ -32,9 +34,10 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.api.allowances import WINDOW_SECONDS, CountedAllowance, CreateAllowance, Grant
+from app.api.allowances import WINDOW_SECONDS, CountedAllowance, CreateAllowance
 from app.api.auth import decode_token
-from app.api.coalesce import Coalescer
+from app.api.caller_concurrency import CallerConcurrency
+from app.api.read_leases import ReadLeases
 from app.errors import ErrorType
 from app.settings import Settings
 
@@ -63,30 +66,6 @@ def _policy_headers(limit: int, remaining: int, reset_seconds: int) -> dict[str,
             "RateLimit-Remaining": str(max(0, remaining)), "RateLimit-Reset": str(reset_seconds)}
 
 
-class ReadAdmission(Coalescer[str, Grant | None]):
-    """Reads of concurrent requests, counted in one Redis call per batch: each caller's reads in a batch
-    are granted in arrival order while their allowance lasts. None: the allowance could not be read."""
-
-    kind = "read_allowance"
-
-    def __init__(self, allowance: CountedAllowance) -> None:
-        super().__init__(max_in_flight=2, max_batch=256)
-        self._allowance = allowance
-
-    async def _process(self, items: Sequence[str]) -> Sequence[Grant | None]:
-        try:
-            grants = await self._allowance.take(Tally(items))
-        except RedisError:
-            return [None] * len(items)
-        left = {caller: grant.granted for caller, grant in grants.items()}
-        answers: list[Grant | None] = []
-        for caller in items:
-            grant = grants[caller]
-            answers.append(Grant(1 if left[caller] > 0 else 0, grant.used, grant.reset_seconds))
-            left[caller] -= 1
-        return answers
-
-
 class CallerLimits:
     """The per-caller allowances of one API process, all in the one Redis (see the module docstring)."""
 
@@ -98,8 +77,9 @@ class CallerLimits:
                         if settings.rate_limit_per_minute or settings.invalid_create_limit_per_minute else None)
         self.reads = (CountedAllowance(redis, "reads", limit=settings.read_limit_per_minute)
                       if settings.read_limit_per_minute else None)
-        self._read_admission = ReadAdmission(self.reads) if self.reads is not None else None
+        self._read_leases = ReadLeases(self.reads) if self.reads is not None else None
         self._error_events = CountedAllowance(redis, "error-events", limit=settings.caller_error_events_per_minute)
+        self.concurrency = CallerConcurrency(settings.caller_concurrency) if settings.caller_concurrency else None
 
     def caller(self, scope: Scope) -> str:
         header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
@@ -112,9 +92,10 @@ class CallerLimits:
         client = scope.get("client")
         return "address:" + (client[0] if client else "unknown")
 
-    async def admit_read(self, caller: str) -> Grant | None:
-        assert self._read_admission is not None
-        return await self._read_admission.submit(caller)
+    async def admit_read(self, caller: str) -> int:
+        """0 when the caller may read now, else the seconds until it may (see :mod:`app.api.read_leases`)."""
+        assert self._read_leases is not None
+        return await self._read_leases.admit(caller)
 
     async def may_record_error_event(self, user_id: str, error_type: ErrorType) -> bool:
         """Whether an error event of ``user_id``'s request may be written; if not, it is counted in
@@ -129,8 +110,8 @@ class CallerLimits:
         return False
 
     async def aclose(self) -> None:
-        if self._read_admission is not None:
-            await self._read_admission.aclose()
+        if self._read_leases is not None:
+            await self._read_leases.aclose()
         await self._redis.aclose()
 
 
@@ -150,29 +131,39 @@ class CallerLimitMiddleware:
         self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            if self.limits.creates is not None and _is_create(scope):
-                await self._limit_create(scope, receive, send)
+        limits = self.limits
+        create = scope["type"] == "http" and limits.creates is not None and _is_create(scope)
+        if not create and (scope["type"] != "http" or not _has_credentials(scope)):
+            await self.app(scope, receive, send)
+            return
+        caller = limits.caller(scope)
+        if limits.concurrency is not None:
+            await limits.concurrency.acquire(caller)
+        try:
+            if create:
+                await self._limit_create(caller, scope, receive, send)
                 return
-            if self.limits.reads is not None and scope["method"] == "GET" and _has_credentials(scope):
-                await self._limit_read(scope)
-        await self.app(scope, receive, send)
+            if limits.reads is not None and scope["method"] == "GET":
+                await self._limit_read(caller)
+            await self.app(scope, receive, send)
+        finally:
+            if limits.concurrency is not None:
+                limits.concurrency.release(caller)
 
-    async def _limit_read(self, scope: Scope) -> None:
+    async def _limit_read(self, caller: str) -> None:
         assert self.limits.reads is not None
-        grant = await self.limits.admit_read(self.limits.caller(scope))
-        if grant is None or grant.granted:
+        wait = await self.limits.admit_read(caller)
+        if not wait:
             return
         limit = self.limits.reads.limit
         raise TooManyRequestsException(
-            detail=f"Rate limit exceeded: at most {limit} reads per minute; retry in {grant.reset_seconds} s",
-            headers={**_policy_headers(limit, 0, grant.reset_seconds), "Retry-After": str(grant.reset_seconds)},
+            detail=f"Rate limit exceeded: at most {limit} reads per minute; retry in {wait} s",
+            headers={**_policy_headers(limit, 0, wait), "Retry-After": str(wait)},
         )
 
-    async def _limit_create(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _limit_create(self, caller: str, scope: Scope, receive: Receive, send: Send) -> None:
         allowance = self.limits.creates
         assert allowance is not None
-        caller = self.limits.caller(scope)
         try:
             take = await allowance.take(caller)
         except RedisError:
