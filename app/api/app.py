@@ -40,7 +40,7 @@ from app.api.prometheus_metrics import (
     metrics_prometheus,
     scrape_registry,
 )
-from app.api.rate_limit import CallerLimitMiddleware, CallerLimits
+from app.api.rate_limit import CallerLimitMiddleware, CallerLimits, document_read_limit
 from app.api.schemas import create_generation_request_type
 from app.connections import async_redis_client, pg_pool, redis_client
 from app.domain.intake import IntakeGate
@@ -135,6 +135,8 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
     app.state.flux_webhook_secret = webhook_secret(settings)
     app.state.metrics_registry = scrape_registry(settings.prometheus_multiproc_dir)
     create_route_series(app)
+    if settings.read_limit_per_minute:
+        document_read_limit(app)
     # Here, so the app a test builds is the one uvicorn serves: every request counted as answered, HEAD answered
     # as GET, then the optional integrations' wrappers, each seeing the request before Litestar does.
     app.wrap(lambda litestar: instrument_asgi(answer_head_as_get(app, count_requests(litestar))))

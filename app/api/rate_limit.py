@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request
+from litestar import Litestar, Request
 from litestar.datastructures import MutableScopeHeaders
 from litestar.exceptions import HTTPException, NotAuthorizedException, TooManyRequestsException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from app.api.allowances import WINDOW_SECONDS, CountedAllowance, CreateAllowance
 from app.api.auth import decode_token
 from app.api.caller_concurrency import CallerConcurrency
+from app.api.openapi import error_responses
 from app.api.read_leases import ReadLeases
 from app.errors import ErrorType
 from app.settings import Settings
@@ -113,6 +114,15 @@ class CallerLimits:
         if self._read_leases is not None:
             await self._read_leases.aclose()
         await self._redis.aclose()
+
+
+def document_read_limit(app: Litestar) -> None:
+    """Add the read limit's 429 to the OpenAPI answers of every read that takes a token (documents a 401)."""
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", ()):
+            responses = getattr(handler, "responses", None) or {}
+            if "GET" in getattr(handler, "http_methods", ()) and 401 in responses and 429 not in responses:
+                handler.responses = {**responses, 429: error_responses(429)[429]}
 
 
 def _is_create(scope: Scope) -> bool:

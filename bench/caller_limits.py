@@ -1,16 +1,19 @@
-"""Per-user read limits: what one user's flood of polls does to another user, and what the limit costs.
+"""Per-caller limits: what one user's flood of polls does to another user, and what the limits cost.
 
 Setup: one stack (database, Redis db, no worker); one API process (`posegen api`) started per configuration
-on a port of its own: limits off (`POSEGEN_READ_LIMIT_PER_MINUTE=0`, `POSEGEN_CALLER_CONCURRENCY=0`), the read
-limit alone (1,200 a minute, the default), or the read limit and the per-caller concurrency (8, the default).
+on a port of its own: limits off (every `POSEGEN_*_LIMIT_PER_MINUTE` and `POSEGEN_CALLER_CONCURRENCY` 0), the
+read limit alone (1,200 a minute, the default; creates limited but never reached), or every limit on (reads
+1,200 a minute and 8 requests of a caller at once, the defaults; creates 1,000,000 a minute, never reached,
+refused creates 30).
 - Flood: a victim reads `GET /credits` about 15 times a second (its own keep-alive connection) while a
   flooder polls `GET /generations/{id}` as one user for FLOOD seconds over 200 connections (wrk). The
   baseline is the victim alone, in the same run. Shown: the victim's median and p95 latency, and the flood's
   answers.
-- Cost: wrk -t2 -c32 on `GET /generations/{id}` in each configuration, read by READERS admins taking turns
-  (each far under its allowance, so every read is admitted and counted); the baseline is limits off.
+- Cost: wrk -t2 -c32 for DURATION s on `GET /generations/{id}`, read by READERS admins taking turns (each far
+  under its allowance, so every read is admitted and counted), and on `POST /generations` by 64 users taking
+  turns; the baseline is limits off.
 Configurations alternate for ROUNDS rounds; each figure is its best round (the machine is shared).
-Run: ``.venv/bin/python -m bench.read_limits [--flood 6] [--duration 10] [--rounds 2]``
+Run: ``.venv/bin/python -m bench.caller_limits [--flood 6] [--duration 10] [--rounds 2]``
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 import httpx
 
 from app.api.auth import Role
-from bench.api_throughput import GET_SCRIPT, wrk
+from bench.api_throughput import GET_SCRIPT, POST_SCRIPT, wrk
 from tests.stack import Process, Stack, build_template, drop_database, free_port, running_stack
 
 READERS = 400
@@ -41,13 +44,19 @@ end
 """
 # The victim reads at most this often: well under the default limit, as a client polling would.
 VICTIM_INTERVAL_SECONDS = 0.06
-DEFAULT_LIMIT = "1200"
+CONFIGS = {
+    "limits off": {"POSEGEN_READ_LIMIT_PER_MINUTE": "0", "POSEGEN_CALLER_CONCURRENCY": "0",
+                   "POSEGEN_RATE_LIMIT_PER_MINUTE": "0", "POSEGEN_INVALID_CREATE_LIMIT_PER_MINUTE": "0"},
+    "read limit": {"POSEGEN_READ_LIMIT_PER_MINUTE": "1200", "POSEGEN_CALLER_CONCURRENCY": "0",
+                   "POSEGEN_RATE_LIMIT_PER_MINUTE": "1000000", "POSEGEN_INVALID_CREATE_LIMIT_PER_MINUTE": "30"},
+    "all limits": {"POSEGEN_READ_LIMIT_PER_MINUTE": "1200", "POSEGEN_CALLER_CONCURRENCY": "8",
+                   "POSEGEN_RATE_LIMIT_PER_MINUTE": "1000000", "POSEGEN_INVALID_CREATE_LIMIT_PER_MINUTE": "30"},
+}
 
 
-def start_api(stack: Stack, read_limit: str, concurrency: str, tmp: Path) -> tuple[Process, str]:
+def start_api(stack: Stack, env: dict[str, str], tmp: Path) -> tuple[Process, str]:
     port = free_port()
-    api = Process(["api", "--port", str(port)], {**stack.env, "POSEGEN_READ_LIMIT_PER_MINUTE": read_limit,
-                                                 "POSEGEN_CALLER_CONCURRENCY": concurrency}, tmp / f"api-{port}.log")
+    api = Process(["api", "--port", str(port)], {**stack.env, **env}, tmp / f"api-{port}.log")
     base = f"http://127.0.0.1:{port}/api/apps/pose-generator"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -100,30 +109,33 @@ def main() -> None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
     template = build_template()
     floods: dict[str, list[dict[str, float]]] = {}
-    costs: dict[str, list[float]] = {}
+    costs: dict[tuple[str, str], list[float]] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp_name, running_stack(
                 template, Path(tmp_name) / "stack", workers=0, api=False, LOG_LEVEL="WARN") as stack:
             tmp = Path(tmp_name)
             readers = ", ".join(f'"{stack.token(f"reader-{i}", Role.ADMIN)}"' for i in range(READERS))
             for _ in range(args.rounds):
-                for name, read_limit, concurrency in (("limits off", "0", "0"),
-                                                      ("read limit", DEFAULT_LIMIT, "0"),
-                                                      ("read limit + concurrency", DEFAULT_LIMIT, "8")):
-                    api, base = start_api(stack, read_limit, concurrency, tmp)
+                for name, env in CONFIGS.items():
+                    api, base = start_api(stack, env, tmp)
                     stack.http = httpx.Client(base_url=base, timeout=30)
                     try:
-                        if read_limit == "0":  # the victim alone
+                        if name == "limits off":  # the victim alone
                             floods.setdefault("no flood (baseline)", []).append(
                                 flood_round(stack, base, args.flood, tmp, with_flood=False))
                         floods.setdefault(f"flood, {name}", []).append(
                             flood_round(stack, base, args.flood, tmp, with_flood=True))
+                        if name == "read limit":
+                            continue
                         owner = stack.new_user(credits=100)
                         generation = stack.create_generation(owner, ["pose_tree_pose"]).json()["generationId"]
-                        figure = wrk(f"{base}/generations/{generation}", args.duration, 32,
-                                     READERS_SCRIPT % readers, tmp)
-                        assert figure["errors"] == 0, figure
-                        costs.setdefault(name, []).append(figure["rps"])
+                        polls = wrk(f"{base}/generations/{generation}", args.duration, 32, READERS_SCRIPT % readers,
+                                    tmp)
+                        creators = ", ".join(f'"{stack.token(stack.new_user(credits=10**9))}"' for _ in range(64))
+                        creates = wrk(f"{base}/generations", args.duration, 32, POST_SCRIPT % creators, tmp)
+                        assert polls["errors"] == 0 and creates["errors"] == 0, (polls, creates)
+                        costs.setdefault(("GET /generations/{id}", name), []).append(polls["rps"])
+                        costs.setdefault(("POST /generations", name), []).append(creates["rps"])
                     finally:
                         stack.http.close()
                         api.stop()
@@ -141,13 +153,12 @@ def main() -> None:
               f"{best['p95 ms']:>9.1f}{best['p95 ms'] / baseline['p95 ms']:>8.2f}{best.get('answered', 0):>13,.0f}"
               f"{best.get('429', 0):>13,.0f}")
     print()
-    print(f"What counting every read costs: wrk -t2 -c32 -d{args.duration}s GET /generations/{{id}}, "
-          f"{READERS} admins taking turns, none near its allowance")
-    print(f"{'limits':<28}{'req/s':>10}{'x off':>8}")
-    off = max(costs["limits off"])
-    for name, figures in costs.items():
-        print(f"{name:<28}{max(figures):>10.0f}{max(figures) / off:>8.2f}")
-
+    print(f"What the limits cost: wrk -t2 -c32 -d{args.duration}s; polls by {READERS} admins taking turns, creates "
+          "by 64 users taking turns, none near its allowance")
+    print(f"{'request':<24}{'limits':<14}{'req/s':>10}{'x off':>8}")
+    for (request, name), figures in costs.items():
+        off = max(costs[request, "limits off"])
+        print(f"{request:<24}{name:<14}{max(figures):>10.0f}{max(figures) / off:>8.2f}")
 
 if __name__ == "__main__":
     main()
