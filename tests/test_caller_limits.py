@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import API_PREFIX
 from app.api.auth import Role
+from tests.fakes.tcp_proxy import TcpProxy
 from tests.stack import Process, Stack, free_port, running_stack
 
 CREATES = 20
@@ -221,3 +223,23 @@ def test_one_callers_many_connections_run_two_at_a_time(fresh_stack: Callable[..
     assert Counter(a.status_code for a in answers) == {200: 200}
     small, every = batch_sizes(stack.base_url)
     assert every - all_before > 0 and small - small_before == every - all_before, (small, every)
+
+
+def test_reads_are_answered_at_once_while_the_apis_redis_is_silent(fresh_stack: Callable[..., Stack]) -> None:
+    """The read limit fails open: with every connection to Redis silent (accepted, never answered), the first
+    read waits one short timeout and the reads after it none, for as long as Redis stays silent."""
+    stack = fresh_stack(workers=0, api=False)
+    parts = urlsplit(stack.redis_url)
+    with TcpProxy((parts.hostname or "127.0.0.1", int(parts.port or 6379))) as proxy:
+        stack.env = {**stack.env, "REDIS_URL": f"redis://127.0.0.1:{proxy.port}{parts.path}",
+                     "POSEGEN_READ_LIMIT_PER_MINUTE": str(READS)}
+        stack.start_api()
+        user = stack.new_user(credits=100)
+        assert stack.balance(user) == 100
+        proxy.silence(new_connections=True)
+        took = []
+        for _ in range(10):
+            began = time.monotonic()
+            assert stack.balance(user) == 100
+            took.append(time.monotonic() - began)
+        assert took[0] < 3 and max(took[1:]) < 0.5, took

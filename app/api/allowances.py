@@ -19,11 +19,16 @@ Every key is built here (:func:`caller_key`); all of a caller's keys share a Red
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 WINDOW_SECONDS = 60
 _WINDOW_MS = WINDOW_SECONDS * 1000
@@ -91,6 +96,26 @@ return out
 """
 
 
+class RedisOutage:
+    """Shared by a process's allowances: after a Redis call failed, none is tried for :attr:`seconds`, so while
+    Redis is down or silent each request is decided at once (as when the call fails) instead of waiting for a
+    timeout first."""
+
+    def __init__(self, seconds: float = 5.0) -> None:
+        self.seconds = seconds
+        self._until = float("-inf")
+
+    async def call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """``script``'s answer; raises RedisError when it fails, or at once during an outage."""
+        if time.monotonic() < self._until:
+            raise RedisConnectionError("Redis failed less than a few seconds ago; not asked")
+        try:
+            return await script(keys=keys, args=args)
+        except RedisError:
+            self._until = time.monotonic() + self.seconds
+            raise
+
+
 def caller_key(caller: str, allowance: str) -> str:
     """The Redis key of one caller's ``allowance`` (``creates``, ``refused-creates``, ``reads``,
     ``error-events``)."""
@@ -116,18 +141,19 @@ class CreateTake:
 class CreateAllowance:
     """Creates per caller in any 60 s (sliding window log), and refused creates per caller likewise."""
 
-    def __init__(self, redis: Redis, *, limit: int, refused_limit: int) -> None:
+    def __init__(self, redis: Redis, outage: RedisOutage, *, limit: int, refused_limit: int) -> None:
         self.limit = limit
         self.refused_limit = refused_limit
+        self._outage = outage
         self._take = redis.register_script(_TAKE_CREATE)
         self._give_back = redis.register_script(_GIVE_BACK_CREATE)
 
     async def take(self, caller: str) -> CreateTake:
         """A place for one create, unless the caller has used up either allowance. Raises RedisError."""
         member = uuid.uuid4().hex
-        taken, used, frees_ms, refused_by = await self._take(
-            keys=[caller_key(caller, "creates"), caller_key(caller, "refused-creates")],
-            args=[self.limit, self.refused_limit, _WINDOW_MS, member],
+        taken, used, frees_ms, refused_by = await self._outage.call(
+            self._take, [caller_key(caller, "creates"), caller_key(caller, "refused-creates")],
+            [self.limit, self.refused_limit, _WINDOW_MS, member],
         )
         by = refused_by.decode() if isinstance(refused_by, bytes) else str(refused_by)
         return CreateTake(bool(taken), int(used), _seconds(int(frees_ms)), by, member)
@@ -135,9 +161,9 @@ class CreateAllowance:
     async def give_back(self, caller: str, member: str, *, refused: bool) -> None:
         """The create holding ``member`` was not processed: free its place; ``refused`` logs it against the
         refused-create allowance (a refusal that is free, such as a planned pause, is not). Raises RedisError."""
-        await self._give_back(
-            keys=[caller_key(caller, "creates"), caller_key(caller, "refused-creates")],
-            args=[member, "1" if refused else "0", _WINDOW_MS],
+        await self._outage.call(
+            self._give_back, [caller_key(caller, "creates"), caller_key(caller, "refused-creates")],
+            [member, "1" if refused else "0", _WINDOW_MS],
         )
 
 
@@ -155,15 +181,16 @@ class Grant:
 class CountedAllowance:
     """``limit`` events per caller per 60 s window (fixed, starting with the caller's first counted event)."""
 
-    def __init__(self, redis: Redis, name: str, *, limit: int) -> None:
+    def __init__(self, redis: Redis, outage: RedisOutage, name: str, *, limit: int) -> None:
         self.name = name
         self.limit = limit
+        self._outage = outage
         self._take = redis.register_script(_TAKE_COUNTED)
 
     async def take(self, wanted: Mapping[str, int]) -> dict[str, Grant]:
         """For each caller, up to the number of events it asks for, in one round trip. Raises RedisError."""
         callers = list(wanted)
-        flat = await self._take(keys=[caller_key(caller, self.name) for caller in callers],
-                                args=[self.limit, _WINDOW_MS, *(wanted[caller] for caller in callers)])
+        flat = await self._outage.call(self._take, [caller_key(caller, self.name) for caller in callers],
+                                       [self.limit, _WINDOW_MS, *(wanted[caller] for caller in callers)])
         return {caller: Grant(int(flat[3 * i]), int(flat[3 * i + 1]), int(flat[3 * i + 2]))
                 for i, caller in enumerate(callers)}

@@ -3,7 +3,8 @@
 The caller is the verified token's subject (a forged token cannot spend another user's allowance), or the
 client address when the token does not verify (the request then fails with 401 anyway). The allowances
 live in Redis (:mod:`app.api.allowances`), so they hold across API processes and replicas; while Redis
-cannot be read, requests pass (fail open: the create's enqueue then answers 503 by itself).
+cannot be read, requests pass (fail open: the create's enqueue then answers 503 by itself), each call tried
+once, and for a few seconds after a failure not at all.
 
 - ``POST /generations``: at most ``POSEGEN_RATE_LIMIT_PER_MINUTE`` in any 60 s. Every create carries the
   draft RateLimit headers; ``Retry-After`` only on the 429 (on a 202 clients would read it as "wait before
@@ -34,7 +35,7 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.api.allowances import WINDOW_SECONDS, CountedAllowance, CreateAllowance
+from app.api.allowances import WINDOW_SECONDS, CountedAllowance, CreateAllowance, RedisOutage
 from app.api.auth import decode_token
 from app.api.caller_concurrency import CallerConcurrency
 from app.api.openapi import error_responses
@@ -73,13 +74,15 @@ class CallerLimits:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
         self._jwt_secret = settings.jwt_secret
-        self.creates = (CreateAllowance(redis, limit=settings.rate_limit_per_minute,
+        outage = RedisOutage()
+        self.creates = (CreateAllowance(redis, outage, limit=settings.rate_limit_per_minute,
                                         refused_limit=settings.invalid_create_limit_per_minute)
                         if settings.rate_limit_per_minute or settings.invalid_create_limit_per_minute else None)
-        self.reads = (CountedAllowance(redis, "reads", limit=settings.read_limit_per_minute)
+        self.reads = (CountedAllowance(redis, outage, "reads", limit=settings.read_limit_per_minute)
                       if settings.read_limit_per_minute else None)
         self._read_leases = ReadLeases(self.reads) if self.reads is not None else None
-        self._error_events = CountedAllowance(redis, "error-events", limit=settings.caller_error_events_per_minute)
+        self._error_events = CountedAllowance(redis, outage, "error-events",
+                                              limit=settings.caller_error_events_per_minute)
         self.concurrency = CallerConcurrency(settings.caller_concurrency) if settings.caller_concurrency else None
 
     def caller(self, scope: Scope) -> str:
