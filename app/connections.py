@@ -30,7 +30,6 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
-from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
@@ -107,14 +106,9 @@ def redis_client(redis_url: str, *, socket_timeout: float | None = 2.0, connect_
         socket_timeout, connect_timeout=connect_timeout, health_check_seconds=health_check_seconds))
 
 
-def async_redis_client(redis_url: str, *, socket_timeout: float | None = 2.0,
-                       retries: int | None = None) -> AsyncRedis:
-    """An asyncio client with the same options; ``retries`` as :func:`redis_client` takes them (None: redis-py's
-    own, three with backoff of up to seconds)."""
-    if retries is None:
-        return AsyncRedis.from_url(redis_url, **redis_options(socket_timeout))
-    retry = AsyncRetry(ExponentialBackoff(cap=0.5, base=0.05), retries) if retries else AsyncRetry(NoBackoff(), 0)
-    return AsyncRedis.from_url(redis_url, retry=retry, **redis_options(socket_timeout))
+def async_redis_client(redis_url: str, *, socket_timeout: float | None = 2.0) -> AsyncRedis:
+    """An asyncio client with the same options (redis-py's own retries)."""
+    return AsyncRedis.from_url(redis_url, **redis_options(socket_timeout))
 
 
 @functools.cache

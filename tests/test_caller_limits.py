@@ -227,7 +227,7 @@ def test_one_callers_many_connections_run_two_at_a_time(fresh_stack: Callable[..
 
 def test_reads_are_answered_at_once_while_the_apis_redis_is_silent(fresh_stack: Callable[..., Stack]) -> None:
     """The read limit fails open: with every connection to Redis silent (accepted, never answered), the first
-    read waits one short timeout and the reads after it none, for as long as Redis stays silent."""
+    read waits for one Redis timeout (2 s) and the reads after it do not wait."""
     stack = fresh_stack(workers=0, api=False)
     parts = urlsplit(stack.redis_url)
     with TcpProxy((parts.hostname or "127.0.0.1", int(parts.port or 6379))) as proxy:

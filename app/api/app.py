@@ -66,8 +66,7 @@ async def _check_not_closed_by_server(conn: AsyncConnection[Any]) -> None:
 
 
 def create_app(settings: Settings) -> PoseGeneratorApp:
-    # One try per call: a limit is advice, and a request must not wait out retries while Redis is away.
-    caller_limits = CallerLimits(async_redis_client(settings.redis_url, socket_timeout=1.0, retries=0), settings)
+    caller_limits = CallerLimits(async_redis_client(settings.redis_url), settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:

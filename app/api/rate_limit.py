@@ -3,8 +3,8 @@
 The caller is the verified token's subject (a forged token cannot spend another user's allowance), or the
 client address when the token does not verify (the request then fails with 401 anyway). The allowances
 live in Redis (:mod:`app.api.allowances`), so they hold across API processes and replicas; while Redis
-cannot be read, requests pass (fail open: the create's enqueue then answers 503 by itself), each call tried
-once, and for a few seconds after a failure not at all.
+cannot be read, requests pass (fail open: the create's enqueue then answers 503 by itself), and for a few
+seconds after a failed call none is tried (:class:`~app.api.allowances.RedisOutage`).
 
 - ``POST /generations``: at most ``POSEGEN_RATE_LIMIT_PER_MINUTE`` in any 60 s. Every create carries the
   draft RateLimit headers; ``Retry-After`` only on the 429 (on a 202 clients would read it as "wait before
