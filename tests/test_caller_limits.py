@@ -242,4 +242,4 @@ def test_reads_are_answered_at_once_while_the_apis_redis_is_silent(fresh_stack: 
             began = time.monotonic()
             assert stack.balance(user) == 100
             took.append(time.monotonic() - began)
-        assert took[0] < 3 and max(took[1:]) < 0.5, took
+        assert took[0] < 4 and max(took[1:]) < 0.5, took
