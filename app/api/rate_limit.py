@@ -12,7 +12,7 @@ seconds after a failed call none is tried (:class:`~app.api.allowances.RedisOuta
   counts as a refused create instead: after ``POSEGEN_INVALID_CREATE_LIMIT_PER_MINUTE`` of those in 60 s,
   creates answer 429 until the oldest is a minute old. A refusal the handler marks free
   (:func:`refusal_is_free`: the 503 of a planned pause) gives its place back and counts as nothing.
-- ``GET`` (and ``HEAD``) with a bearer token: at most ``POSEGEN_READ_LIMIT_PER_MINUTE`` per 60 s window,
+- ``GET`` (and ``HEAD``) with an ``Authorization`` header: at most ``POSEGEN_READ_LIMIT_PER_MINUTE`` per 60 s window,
   then 429 with ``Retry-After``. A process takes reads from Redis in leases (:mod:`app.api.read_leases`), so
   most reads cost no Redis call.
 - Every request with credentials (and every create): at most ``POSEGEN_CALLER_CONCURRENCY`` of one caller run
