@@ -90,6 +90,10 @@ class Settings:
     api_keep_alive_seconds: int = 5
     api_max_connections: int = 1000
     rate_limit_per_minute: int = 60
+    invalid_create_limit_per_minute: int = 30
+    read_limit_per_minute: int = 1200
+    caller_error_events_per_minute: int = 10
+    caller_concurrency: int = 8
     revision: str = "unknown"
     # prometheus-client's multiprocess folder (it reads the variable itself in every process); set by
     # `posegen api --workers N` to a fresh folder of its own unless given.
@@ -200,6 +204,20 @@ class Settings:
             dd_httpx_distributed_tracing=reader.flag("DD_HTTPX_DISTRIBUTED_TRACING", None),
             rate_limit_per_minute=reader.integer(
                 "POSEGEN_RATE_LIMIT_PER_MINUTE", cls.rate_limit_per_minute, minimum=0, maximum=1_000_000
+            ),
+            invalid_create_limit_per_minute=reader.integer(
+                "POSEGEN_INVALID_CREATE_LIMIT_PER_MINUTE", cls.invalid_create_limit_per_minute, minimum=0,
+                maximum=1_000_000,
+            ),
+            read_limit_per_minute=reader.integer(
+                "POSEGEN_READ_LIMIT_PER_MINUTE", cls.read_limit_per_minute, minimum=0, maximum=100_000_000
+            ),
+            caller_concurrency=reader.integer(
+                "POSEGEN_CALLER_CONCURRENCY", cls.caller_concurrency, minimum=0, maximum=100_000
+            ),
+            caller_error_events_per_minute=reader.integer(
+                "POSEGEN_CALLER_ERROR_EVENTS_PER_MINUTE", cls.caller_error_events_per_minute, minimum=1,
+                maximum=1_000_000,
             ),
             db_pool_size=reader.integer("POSEGEN_DB_POOL_SIZE", cls.db_pool_size, minimum=1, maximum=200),
             api_max_header_bytes=reader.integer(

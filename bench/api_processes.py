@@ -66,6 +66,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
             with running_stack(template, tmp / "stack", workers=0, POSEGEN_RATE_LIMIT_PER_MINUTE="0",
+                               POSEGEN_INVALID_CREATE_LIMIT_PER_MINUTE="0", POSEGEN_READ_LIMIT_PER_MINUTE="0",
                                LOG_LEVEL="WARN") as stack:
                 users = [stack.new_user(credits=10**9) for _ in range(64)]
                 tokens = ", ".join(f'"{stack.token(u)}"' for u in users)

@@ -48,6 +48,15 @@ BENCHMARKS: list[tuple[str, list[str], list[str], list[tuple[str, str, str]]]] =
          ""),
         (r"POST /generations\s+2\s+\d+\s+[\d.]+\s+\d+\s+([\d.]+)", "API: POST /generations, 2 / 1 processes", ""),
     ]),
+    ("bench.caller_limits", [], ["--duration", "5", "--rounds", "1"], [
+        (r"flood, limits off\s+[\d.]+\s+([\d.]+)", "flood: other user's read median x alone, no limits",
+         ""),
+        (r"flood, all limits\s+[\d.]+\s+([\d.]+)", "flood: other user's read median x alone, limits",
+         ""),
+        (r"GET /generations/\{id\}\s+all limits\s+\d+\s+([\d.]+)", "caller limits: GET /generations/{id} x off",
+         ""),
+        (r"POST /generations\s+all limits\s+\d+\s+([\d.]+)", "caller limits: POST /generations x off", ""),
+    ]),
     ("bench.metrics_api", [], ["100000"], [
         (r"/metrics\?period=30d\s+<50\s+[\d.]+\s+[\d.]+\s+([\d.]+)", "GET /metrics?period=30d median ms, large",
          "<= 50"),

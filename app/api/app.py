@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 from litestar import Litestar, Router
+from litestar.middleware.base import DefineMiddleware
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.plugins.problem_details import ProblemDetailsPlugin
 from litestar.template.config import TemplateConfig
@@ -39,10 +40,10 @@ from app.api.prometheus_metrics import (
     metrics_prometheus,
     scrape_registry,
 )
-from app.api.rate_limit import STORE_NAME, generation_rate_limit, rate_limit_store
+from app.api.rate_limit import CallerLimitMiddleware, CallerLimits, document_read_limit
 from app.api.schemas import create_generation_request_type
 from app.api.security_headers import with_security_headers
-from app.connections import pg_pool, redis_client
+from app.connections import async_redis_client, pg_pool, redis_client
 from app.domain.intake import IntakeGate
 from app.observability import tracing
 from app.observability.asgi import instrument_asgi
@@ -66,6 +67,8 @@ async def _check_not_closed_by_server(conn: AsyncConnection[Any]) -> None:
 
 
 def create_app(settings: Settings) -> PoseGeneratorApp:
+    caller_limits = CallerLimits(async_redis_client(settings.redis_url), settings)
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
         pool = pg_pool(
@@ -98,6 +101,7 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
             if app.state.enqueuer is not None:
                 app.state.enqueuer.close()
             await storage.aclose()
+            await caller_limits.aclose()
             redis.close()
             await pool.close()
 
@@ -113,16 +117,13 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
             "CreateGenerationRequest": create_generation_request_type(settings.max_poses_per_generation),
         },
     )
-    middleware: list[Any] = []
-    if settings.rate_limit_per_minute:
-        middleware.append(generation_rate_limit(settings.rate_limit_per_minute).middleware)
     app = PoseGeneratorApp(
         route_handlers=[router, metrics_prometheus, SCHEMA_ASSETS_ROUTER],
         lifespan=[lifespan],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         plugins=[ProblemDetailsPlugin()],
-        middleware=middleware,
-        stores={STORE_NAME: rate_limit_store(settings.redis_url)},
+        # Per-caller limits (app/api/rate_limit.py): after routing, before content negotiation and the handler.
+        middleware=[DefineMiddleware(CallerLimitMiddleware, limits=caller_limits)],
         openapi_config=openapi_config(__version__),
         request_max_body_size=MAX_BODY_BYTES,
         # The operators' console page (app/api/admin_console.py).
@@ -133,10 +134,13 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
         logging_config=None,
     )
     app.state.settings = settings
+    app.state.caller_limits = caller_limits
     BUILD_INFO.revision = settings.revision
     app.state.flux_webhook_secret = webhook_secret(settings)
     app.state.metrics_registry = scrape_registry(settings.prometheus_multiproc_dir)
     create_route_series(app)
+    if settings.read_limit_per_minute:
+        document_read_limit(app)
     # Here, so the app a test builds is the one uvicorn serves: every request counted as answered, HEAD answered
     # as GET, then the optional integrations' wrappers, each seeing the request before Litestar does.
     app.wrap(lambda litestar: instrument_asgi(with_security_headers(

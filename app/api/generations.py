@@ -24,6 +24,7 @@ from app.api.auth import authenticate
 from app.api.deps import Caller, DatabaseConnection
 from app.api.error_responses import RETRY_AFTER_UNAVAILABLE, ValidationFailed
 from app.api.openapi import error_responses
+from app.api.rate_limit import refusal_is_free
 from app.api.schemas import (
     GenerationAccepted,
     GenerationPage,
@@ -78,7 +79,8 @@ class GenerationController(Controller):
     ) -> Response[GenerationAccepted]:
         state = request.app.state
         pause = await state.intake_gate.current()
-        if pause is not None:  # a planned pause: refused before anything is charged
+        if pause is not None:  # a planned pause: refused before anything is charged, and free for the caller
+            refusal_is_free(request)
             raise HTTPException(
                 status_code=HTTP_503_SERVICE_UNAVAILABLE,
                 # The operator's reason is for operators (admin pause state, console, audit), not for every user.
@@ -130,6 +132,9 @@ class GenerationController(Controller):
 
     @staticmethod
     async def _record_error(request: Request, error_type: ErrorType, message: str, user_id: str) -> None:
+        # Bounded per caller: a flood of bad requests must not write a row each (nor own on-call's error charts).
+        if not await request.app.state.caller_limits.may_record_error_event(user_id, error_type):
+            return
         async with request.app.state.pool.connection() as db:
             await record_error_event(db, error_type, "API", message, user_id=user_id)
 

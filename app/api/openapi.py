@@ -25,7 +25,7 @@ _DESCRIPTIONS = {
     413: "The request body is larger than the API accepts",
     415: "The request body is not application/json",
     422: "Invalid input; the message names the field",
-    429: "Too many creates this minute; Retry-After says how many seconds to wait",
+    429: "Over the caller's allowance of creates, refused creates or reads; Retry-After says how many seconds to wait",
     503: "A dependency (the database or the queue) is unavailable; nothing was charged; see Retry-After",
 }
 
