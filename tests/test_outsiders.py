@@ -187,3 +187,43 @@ def test_bytes_that_are_not_http_get_a_counted_400(stack: Stack) -> None:
     assert refused() == before + 4
     log = stack.api.output() if stack.api else ""
     assert all(line.startswith("{") for line in log.splitlines() if line.strip()), log[-2000:]
+
+
+def test_a_flood_of_refused_requests_cannot_hide_an_outage(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Two hours of an outage (every create answered 503) while outsiders send 100 times as many requests that
+    are refused (401, 429, 404 scans, 499 hang-ups): the refusals are neither good nor bad events, so the 5xx
+    ratio stays 100 % and both the SLO page and ApiServerErrors fire."""
+    import subprocess
+
+    import yaml
+
+    from tests.test_live_monitoring import RULE_FILES
+
+    def series(method: str, route: str, code: str, per_minute: int) -> dict[str, str]:
+        labels = (f'job="posegen-api",instance="api:8000",method="{method}",route="{route}",'
+                  f'status_code="{code}"')
+        return {"series": f"pose_http_requests_total{{{labels}}}", "values": f"0+{per_minute}x180"}
+
+    creates = f"{API_PREFIX}/generations"
+    inputs = [series("POST", creates, "503", 2), series("POST", creates, "401", 100),
+              series("POST", creates, "429", 100), series("GET", "unmatched", "404", 100),
+              series("POST", creates, "499", 100), {"series": 'up{job="posegen-api",instance="api:8000"}',
+                                                    "values": "1x180"}]
+    expected = {"ApiServerErrors": {"alertname": "ApiServerErrors"},
+                "ApiAvailabilityBudgetBurn": {"alertname": "ApiAvailabilityBudgetBurn", "burn_window": "1h"}}
+    ratio = "posegen:http_5xx_ratio:rate5m"
+    test = {"interval": "1m", "input_series": inputs, "alert_rule_test": [], "promql_expr_test": [
+        {"expr": ratio, "eval_time": "90m", "exp_samples": [{"labels": ratio, "value": 1}]}]}
+    path = tmp_path / "flood.test.yml"
+    path.write_text(yaml.safe_dump({"rule_files": [str(p) for p in RULE_FILES], "evaluation_interval": "1m",
+                                    "tests": [test]}, sort_keys=False))
+    result = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    for name, labels in expected.items():  # the pages themselves: an alert test that expects none must fail
+        quiet = {**test, "promql_expr_test": [], "alert_rule_test": [
+            {"eval_time": "90m", "alertname": name, "exp_alerts": []}]}
+        path.write_text(yaml.safe_dump({"rule_files": [str(p) for p in RULE_FILES], "evaluation_interval": "1m",
+                                        "tests": [quiet]}, sort_keys=False))
+        result = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True, text=True, timeout=120)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0 and all(f'{k}="{v}"' in output for k, v in labels.items()), (name, output)
