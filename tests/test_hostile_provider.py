@@ -20,9 +20,11 @@ from tests.stack import Stack, check_ledger_invariants, running_stack
 
 POSE = ["pose_tree_pose"]
 # A sample FLUX answers is at most FLUX_MAX_IMAGE_BYTES (20 MiB) and a JSON answer FLUX_MAX_JSON_BYTES (1 MiB);
-# the floods are far beyond both, the most this machine can take for a read-it-whole worker (peak ~2x).
+# the floods are far beyond both, yet sized so that a worker reading them whole stays within this machine's
+# means: a 300 MB sample read whole peaked at 734 MB; a JSON answer is polled again and again, and 200 MB of
+# it peaked at 2.8 GB, so the poll flood is 64 MB.
 SAMPLE_FLOOD_BYTES = 300 * 1024 * 1024
-POLL_FLOOD_BYTES = 200 * 1024 * 1024
+POLL_FLOOD_BYTES = 64 * 1024 * 1024
 # The work-horse's peak resident memory (its baseline is the forked worker's, about 100 MB) must stay far below
 # what reading a flood whole takes.
 PEAK_MEMORY_LIMIT_MB = 150
@@ -99,18 +101,20 @@ def horse_peak_memory_mb(stack: Stack, generation_id: str) -> float:
 def test_a_polling_url_on_another_host_never_gets_the_key(hostile: Stack, flux: HostileFlux,
                                                           internal_page: InternalPage) -> None:
     flux.foreign_polling_url = f"{internal_page.base_url}/v1/get_result?id=stolen"
-    message = failure_message(hostile, run_pose(hostile))
-    assert "polling_url" in message and "not called" in message, message
+    done = run_pose(hostile)
     assert internal_page.requests() == []  # not polled at all, so never with x-key
+    message = failure_message(hostile, done)
+    assert "polling_url" in message and "not called" in message, message
 
 
 def test_a_poll_redirected_to_another_host_is_not_followed(hostile: Stack, flux: HostileFlux,
                                                            internal_page: InternalPage) -> None:
     flux.poll_redirect = f"{internal_page.base_url}/collect"
-    message = failure_message(hostile, run_pose(hostile))
-    assert "302" in message and "redirect" in message and "not followed" in message, message
+    done = run_pose(hostile)
     assert [r for r in internal_page.requests() if "x-key" in r.headers] == []
     assert internal_page.requests() == []
+    message = failure_message(hostile, done)
+    assert "302" in message and "redirect" in message and "not followed" in message, message
 
 
 # 2. Downloads only from where samples live ------------------------------------------------------------------------
@@ -130,10 +134,11 @@ def test_a_sample_anywhere_but_a_delivery_host_is_never_fetched(hostile: Stack, 
     ]
     for target in targets:
         flux.foreign_sample_url = target
-        message = failure_message(hostile, run_pose(hostile, prompt=f"sample at {target}"))
+        done = run_pose(hostile, prompt=f"sample at {target}")
+        assert internal_page.requests() == [], target
+        message = failure_message(hostile, done)
         assert "FLUX sample" in message and "not called" in message, (target, message)
         assert "SIGNATURE-SECRET" not in message and "/admin" not in message, message
-    assert internal_page.requests() == []
     assert SECRET_PAGE not in hostile.workers[0].output() and "SIGNATURE-SECRET" not in hostile.workers[0].output()
 
 
@@ -164,7 +169,7 @@ def test_a_300_mb_sample_is_refused_with_the_work_horse_far_below_its_size(hosti
     assert flux.flood_bytes_sent < SAMPLE_FLOOD_BYTES / 3, flux.flood_bytes_sent
 
 
-def test_a_200_mb_poll_answer_is_refused_with_the_work_horse_far_below_its_size(
+def test_a_64_mb_poll_answer_is_refused_with_the_work_horse_far_below_its_size(
     hostile: Stack, flux: HostileFlux
 ) -> None:
     flux.flood = ("poll", POLL_FLOOD_BYTES)
