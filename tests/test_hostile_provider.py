@@ -7,8 +7,6 @@ the pose failed as ``FLUX_API_ERROR`` with a clear message, refunded, and nothin
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -81,20 +79,6 @@ def failure_message(stack: Stack, done: dict[str, Any]) -> str:
     return str(message)
 
 
-def horse_peak_memory_mb(stack: Stack, generation_id: str) -> float:
-    """The peak resident memory of the work-horse that ran ``generation_id`` (its ``Work-horse finished`` line:
-    the kernel's ru_maxrss of the horse, read by the worker when it reaps it)."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for line in stack.workers[0].output().splitlines():
-            if line.startswith("{") and '"Work-horse finished"' in line:
-                metadata = json.loads(line)["metadata"]
-                if str(metadata.get("jobId", "")).startswith(generation_id):
-                    return float(metadata["peakMemoryMb"])
-        time.sleep(0.1)
-    raise AssertionError(f"no Work-horse finished line for {generation_id}\n{stack.logs()}")
-
-
 # 1. Our API key goes only where we sent it -----------------------------------------------------------------------
 
 
@@ -164,7 +148,7 @@ def test_a_300_mb_sample_is_refused_with_the_work_horse_far_below_its_size(hosti
     done = run_pose(hostile)
     message = failure_message(hostile, done)
     assert "download answer refused" in message and "over the limit of 20971520 bytes" in message, message
-    peak = horse_peak_memory_mb(hostile, done["generationId"])
+    peak = hostile.work_horse_peak_memory_mb(done["generationId"])
     assert peak < PEAK_MEMORY_LIMIT_MB, f"work-horse peak {peak} MB"
     assert flux.flood_bytes_sent < SAMPLE_FLOOD_BYTES / 3, flux.flood_bytes_sent
 
@@ -176,7 +160,7 @@ def test_a_64_mb_poll_answer_is_refused_with_the_work_horse_far_below_its_size(
     done = run_pose(hostile)
     message = failure_message(hostile, done)
     assert "poll answer refused" in message and "over the limit of 1048576 bytes" in message, message
-    peak = horse_peak_memory_mb(hostile, done["generationId"])
+    peak = hostile.work_horse_peak_memory_mb(done["generationId"])
     assert peak < PEAK_MEMORY_LIMIT_MB, f"work-horse peak {peak} MB"
 
 
