@@ -40,6 +40,7 @@ def honest_again(flux: HostileFlux) -> Iterator[None]:
     flux.foreign_polling_url = flux.poll_redirect = flux.foreign_sample_url = None
     flux.flood = None
     flux.sample_bytes = flux.submit_error = None
+    flux.sample_headers = {}
 
 
 @pytest.fixture

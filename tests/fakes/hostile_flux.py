@@ -10,7 +10,8 @@ honest answer (set them from the test; the worker is another process and sees on
 - ``flood``: ``(stage, size)`` with stage ``poll`` or ``sample``: that answer is ``size`` bytes long, streamed
   without a ``Content-Length`` (valid JSON of a Pending task, or a PNG signature and zeros), never held in
   memory here;
-- ``sample_bytes``: the bytes served as the sample (e.g. :func:`png_declaring` a huge image);
+- ``sample_bytes``: the bytes served as the sample (e.g. :func:`png_declaring` a huge image), with the
+  headers ``sample_headers`` (e.g. ``Content-Encoding: gzip``);
 - ``submit_error``: the submission is answered ``400`` with this body (e.g. one with a NUL byte).
 
 :class:`InternalPage` stands for what must never be fetched on FLUX's say-so (an internal admin page, a metadata
@@ -53,6 +54,7 @@ class HostileFlux(FakeFlux):
         self.foreign_sample_url: str | None = None
         self.flood: tuple[str, int] | None = None
         self.sample_bytes: bytes | None = None
+        self.sample_headers: dict[str, str] = {}
         self.submit_error: bytes | None = None
         self.flood_bytes_sent = 0  # of the last flood, before the client hung up
         super().__init__(**kwargs)
@@ -87,7 +89,7 @@ class HostileFlux(FakeFlux):
                 if fake.flood is not None and fake.flood[0] == "sample":
                     self._flood(b"\x89PNG\r\n\x1a\n", fake.flood[1], b"", "image/png", _ZEROS)
                 elif fake.sample_bytes is not None:
-                    self._send(200, fake.sample_bytes, "image/png")
+                    self._send(200, fake.sample_bytes, "image/png", fake.sample_headers)
                 else:
                     super()._sample(task_id)
 
