@@ -143,7 +143,8 @@ class TaskWakeups:
 
     async def wait(self, task_id: str, timeout: float) -> bool:
         """True when a delivery for ``task_id`` arrived (now or before), False after ``timeout`` seconds.
-        A Redis outage counts as no delivery after at most the same wait (never longer): the caller polls, as it
+        A Redis outage counts as no delivery once the wait is over (an error sooner is waited out to ``timeout``,
+        never beyond; a silent Redis costs at most :data:`WAKE_READ_MARGIN_SECONDS` more): the caller polls, as it
         would anyway."""
         loop = asyncio.get_running_loop()
         began = loop.time()
