@@ -129,9 +129,13 @@ def describe_redis_url(redis_url: str) -> str:
     return f"{parts.scheme}://{credentials}{host}:{parts.port or 6379}/{database}"
 
 
-def async_redis_client(redis_url: str, *, socket_timeout: float | None = 2.0) -> AsyncRedis:
-    """An asyncio client with the same options (redis-py's own retries)."""
-    return AsyncRedis.from_url(redis_url, **redis_options(socket_timeout))
+def async_redis_client(redis_url: str, *, socket_timeout: float | None = 2.0, retry: Any = None) -> AsyncRedis:
+    """An asyncio client with the same options (``retry``: a :class:`redis.asyncio.retry.Retry`; None keeps
+    redis-py's own retries)."""
+    options = redis_options(socket_timeout)
+    if retry is not None:
+        options["retry"] = retry
+    return AsyncRedis.from_url(redis_url, **options)
 
 
 @functools.cache

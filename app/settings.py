@@ -52,6 +52,15 @@ class Settings:
     flux_webhooks: bool = False
     flux_webhook_secret: str = ""
     flux_webhook_poll_interval_seconds: float = 5.0
+    # Where the API key may go and samples may come from (app/providers/flux_hosts.py): BFL's documented
+    # global and regional API hosts, and its delivery hosts (delivery-eu1.bfl.ai, delivery-us1.bfl.ai).
+    flux_api_hosts: tuple[str, ...] = ("api.bfl.ai", "api.*.bfl.ai")
+    flux_delivery_hosts: tuple[str, ...] = ("delivery-*.bfl.ai", "delivery.*.bfl.ai")
+    # Caps on what FLUX answers: a task's JSON is a few hundred bytes; BFL's largest outputs are about 4
+    # megapixels, a PNG of at most ~12 MB.
+    flux_max_json_bytes: int = 1024 * 1024
+    flux_max_image_bytes: int = 20 * 1024 * 1024
+    flux_max_image_pixels: int = 4096 * 4096
     storage_backend: str = "local"
     data_dir: Path = Path(".data")
     public_base_url: str = ""
@@ -158,6 +167,17 @@ class Settings:
             flux_webhook_secret=reader.text("FLUX_WEBHOOK_SECRET", ""),
             flux_webhook_poll_interval_seconds=reader.number(
                 "FLUX_WEBHOOK_POLL_INTERVAL_SECONDS", cls.flux_webhook_poll_interval_seconds, minimum=0.05
+            ),
+            flux_api_hosts=reader.hosts("FLUX_API_HOSTS", cls.flux_api_hosts),
+            flux_delivery_hosts=reader.hosts("FLUX_DELIVERY_HOSTS", cls.flux_delivery_hosts),
+            flux_max_json_bytes=reader.integer(
+                "FLUX_MAX_JSON_BYTES", cls.flux_max_json_bytes, minimum=1024, maximum=64 * 1024 * 1024
+            ),
+            flux_max_image_bytes=reader.integer(
+                "FLUX_MAX_IMAGE_BYTES", cls.flux_max_image_bytes, minimum=1024, maximum=512 * 1024 * 1024
+            ),
+            flux_max_image_pixels=reader.integer(
+                "FLUX_MAX_IMAGE_PIXELS", cls.flux_max_image_pixels, minimum=64 * 64, maximum=100_000_000
             ),
             storage_backend=reader.choice("STORAGE_BACKEND", "local", ("local", "supabase")),
             data_dir=Path(reader.text("POSEGEN_DATA_DIR", str(cls.data_dir))),
@@ -391,6 +411,11 @@ class _Reader:
             return False
         raise SettingsError(f"{name}={raw!r} is not a switch: use true or false")
 
+    def hosts(self, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """A comma-separated host list (see :func:`parse_host_patterns`); unset gives ``default``."""
+        raw = self.raw(name, "hosts")
+        return parse_host_patterns(name, raw) if raw.strip() else default
+
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
         self.kinds.setdefault(name, "choice")
         value = self.text(name, default)
@@ -493,6 +518,34 @@ def parse_faults(raw: str) -> dict[ErrorType, float]:
     if sum(faults.values()) > 1.0 + 1e-9:
         raise SettingsError("POSEGEN_FAULTS fractions add up to more than 1")
     return faults
+
+
+_HOST_LABEL = re.compile(r"^[a-z0-9*](?:[a-z0-9*-]{0,61}[a-z0-9*])?$")
+
+
+def parse_host_patterns(name: str, raw: str) -> tuple[str, ...]:
+    """``FLUX_API_HOSTS``-style lists: ``api.bfl.ai, api.*.bfl.ai, 10.0.0.7``. Each entry is a host name, an IP
+    address, or a pattern whose ``*`` stands for part of one label; the last two labels are always spelled
+    out, so no entry covers a whole top-level domain or every host of a registrable one."""
+    import ipaddress
+
+    entries: list[str] = []
+    for item in (part.strip().lower().rstrip(".") for part in raw.split(",")):
+        if not item:
+            continue
+        try:
+            entries.append(str(ipaddress.ip_address(item.strip("[]"))))
+            continue
+        except ValueError:
+            pass
+        labels = item.split(".")
+        if not all(_HOST_LABEL.match(label) for label in labels):
+            raise SettingsError(f"{name} entry {item!r} is not a host name, an IP address or a pattern such as "
+                                "api.*.bfl.ai")
+        if "*" in "".join(labels[-2:]):
+            raise SettingsError(f"{name} entry {item!r} has a * in its last two labels; spell out the domain")
+        entries.append(item)
+    return tuple(entries)
 
 
 def parse_latency(raw: str) -> LatencyRange:

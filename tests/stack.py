@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import os
 import shutil
 import signal
@@ -354,6 +355,19 @@ class Stack:
             if view["status"] == "completed" and failed_poses[generation_id]:
                 return failed_poses
         raise AssertionError(f"no partly failed generation in {tries}: {failed_poses}")
+
+    def work_horse_peak_memory_mb(self, generation_id: str, worker: int = 0, timeout: float = 30) -> float:
+        """The peak resident memory of the work-horse that ran ``generation_id`` on ``self.workers[worker]``: its
+        ``Work-horse finished`` line, the kernel's ``ru_maxrss`` of the horse read when the worker reaped it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.workers[worker].output().splitlines():
+                if line.startswith("{") and '"Work-horse finished"' in line:
+                    metadata = json.loads(line)["metadata"]
+                    if str(metadata.get("jobId", "")).startswith(f"{generation_id}-"):
+                        return float(metadata["peakMemoryMb"])
+            time.sleep(0.1)
+        raise AssertionError(f"no Work-horse finished line for {generation_id}\n{self.logs()}")
 
     def worker_stacks(self) -> str:
         """py-spy dumps of every running worker process and its children (work-horses, pool members)."""

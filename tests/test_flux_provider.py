@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
 import socket
 import threading
@@ -18,9 +19,12 @@ from redis.asyncio import Redis as AsyncRedis
 from app.errors import ErrorType, PoseGenerationError, classify
 from app.providers.base import ImageRequest
 from app.providers.flux import FluxProvider, poll_delay
+from app.providers.flux_hosts import TrustedHosts, UntrustedUrl, matches
 from app.providers.task_durations import TaskDurations
-from app.settings import Settings
+from app.settings import Settings, SettingsError
+from app.upstream import EXCERPT_CHARS, excerpt
 from tests.fakes.flux_server import STAT_FIELDS, FakeFlux
+from tests.fakes.hostile_flux import HostileFlux
 from tests.stack import claim_redis_db, redis_url, release_redis_db
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -306,3 +310,100 @@ def test_the_task_is_reported_done_when_ready_before_the_download() -> None:
         with pytest.raises(PoseGenerationError):
             asyncio.run(scenario(_settings(flux)))
         assert downloads_when_done == []
+
+
+# Untrusted answers, in-process (tests/test_hostile_provider.py performs each attack through a real worker) ----------
+
+
+def test_a_host_pattern_star_stands_for_part_of_one_label_only() -> None:
+    assert matches("api.*.bfl.ai", "api.eu.bfl.ai") and matches("api.*.bfl.ai", "api.us1.bfl.ai")
+    assert not matches("api.*.bfl.ai", "api.bfl.ai") and not matches("api.*.bfl.ai", "api.a.b.bfl.ai")
+    assert not matches("api.*.bfl.ai", "api.eu.bfl.ai.evil.example")
+    assert matches("delivery-*.bfl.ai", "delivery-eu1.bfl.ai")
+    assert not matches("delivery-*.bfl.ai", "delivery-eu1.evil.bfl.ai") and not matches("api.bfl.ai", "xapi.bfl.ai")
+
+
+BASE = httpx.URL("http://127.0.0.1:8787/")
+HOST_CASES = [
+    # (allowed host list, URL, refusal reason or None when allowed)
+    (("api.bfl.ai", "api.*.bfl.ai"), "http://127.0.0.1:8787/v1/get_result?id=1", None),  # FLUX_BASE_URL's origin
+    (("api.bfl.ai", "api.*.bfl.ai"), "https://api.bfl.ai/v1/get_result?id=1", None),  # named: not even resolved
+    (("api.bfl.ai", "api.*.bfl.ai"), "http://127.0.0.1:8788/v1/get_result", "neither FLUX_BASE_URL's origin"),
+    (("api.bfl.ai", "api.*.bfl.ai"), "http://localhost:8787/", "neither FLUX_BASE_URL's origin"),
+    (("api.bfl.ai", "api.*.bfl.ai"), "http://api.bfl.ai/v1/get_result", "an https host"),  # the key in the clear
+    (("api.bfl.ai", "api.*.bfl.ai"), "https://api.eu.bfl.ai.evil.example/", "neither FLUX_BASE_URL's origin"),
+    (("api.bfl.ai", "api.*.bfl.ai"), "https://evil.example/?next=api.bfl.ai", "neither FLUX_BASE_URL's origin"),
+    (("api.bfl.ai", "api.*.bfl.ai"), "ftp://api.bfl.ai/x", "not an http(s) URL"),
+    (("local*",), "https://localhost/x.png", "resolves to 127.0.0.1, a non-public address"),
+    (("localhost",), "https://localhost/x.png", None),  # named exactly: the operator vouches for it
+    (("8.*.8.8",), "https://8.8.8.8/x.png", None),  # a pattern's host with public addresses only
+    (("10.*.0.1",), "https://10.0.0.1/x.png", "resolves to 10.0.0.1, a non-public address"),
+    (("10.*.0.1", "10.0.0.1"), "https://10.0.0.1/x.png", None),
+    (("::1",), "https://[::1]:8443/x.png", None),
+    (("delivery-*.bfl.ai",), "https://169.254.169.254/latest/meta-data/", "neither FLUX_BASE_URL's origin"),
+]
+
+
+@pytest.mark.parametrize(("hosts", "url", "refusal"), HOST_CASES, ids=[f"{c[1]} {c[0]}" for c in HOST_CASES])
+def test_trusted_hosts_allow_the_base_origin_and_https_hosts_the_list_allows(
+    hosts: tuple[str, ...], url: str, refusal: str | None
+) -> None:
+    trusted = TrustedHosts(BASE, hosts, "FLUX_DELIVERY_HOSTS")
+    if refusal is None:
+        asyncio.run(trusted.check(httpx.URL(url), "FLUX sample"))
+        return
+    with pytest.raises(UntrustedUrl) as refused:
+        asyncio.run(trusted.check(httpx.URL(url), "FLUX sample"))
+    assert refusal in str(refused.value) and "not called" in str(refused.value), refused.value
+    assert "?" not in str(refused.value) and "/x.png" not in str(refused.value)  # the origin only
+
+
+def test_a_pattern_host_that_does_not_resolve_is_a_network_error() -> None:
+    trusted = TrustedHosts(BASE, ("x*.example.invalid",), "FLUX_DELIVERY_HOSTS")
+    with pytest.raises(PoseGenerationError) as failed:
+        asyncio.run(trusted.check(httpx.URL("https://xa.example.invalid/x.png"), "FLUX sample"))
+    assert classify(failed.value) is ErrorType.NETWORK_ERROR
+
+
+def test_an_excerpt_is_short_clean_and_without_query_strings() -> None:
+    text = ("bad\x00request \x1b[31mred\u202e \ud800 see https://delivery-eu1.bfl.ai/r/x.png?se=2026&sig=SECRET#frag "
+            + "A" * 500)
+    shown = excerpt(text)
+    assert len(shown) == EXCERPT_CHARS and shown.endswith("...")
+    assert shown.startswith("bad request [31mred see https://delivery-eu1.bfl.ai/r/x.png AAA"), shown
+    assert excerpt(b"\xff\xfebytes\x00too") == "\ufffd\ufffdbytes too"
+    assert excerpt({"reason": "x\x00"}) == "{'reason': 'x\\x00'}" and excerpt(None) == ""
+
+
+def test_an_answer_declaring_more_than_the_cap_is_refused_before_it_is_read() -> None:
+    with HostileFlux() as flux:
+        flux.sample_bytes = flux.sample_png + b"\0" * 4096  # a PNG with trailing bytes, Content-Length declared
+        error, _ = _failure(_settings(flux, flux_max_image_bytes=2048))
+        assert classify(error) is ErrorType.FLUX_API_ERROR
+        assert f"declares {len(flux.sample_bytes)} bytes, over the limit of 2048 bytes" in str(error), error
+
+
+def test_a_compressed_answer_is_refused_rather_than_expanded() -> None:
+    with HostileFlux() as flux:
+        flux.sample_bytes = gzip.compress(flux.sample_png + b"\0" * 10_000_000)  # ~10 kB expanding to 10 MB
+        flux.sample_headers = {"Content-Encoding": "gzip"}
+        error, _ = _failure(_settings(flux))
+        assert classify(error) is ErrorType.FLUX_API_ERROR and "gzip-encoded" in str(error), error
+
+
+def test_a_jpeg_sample_is_delivered() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 32), (200, 10, 10)).save(buffer, format="JPEG")
+    with HostileFlux() as flux:
+        flux.sample_bytes = buffer.getvalue()
+        assert _generate(_settings(flux)) == buffer.getvalue()
+
+
+def test_host_lists_are_checked_at_start_up() -> None:
+    for bad in ("*.ai", "bfl.*", "*", "https://api.bfl.ai", "api.bfl.ai:443", "a..b", "a_b.example"):
+        with pytest.raises(SettingsError) as refused:
+            Settings.from_env({"FLUX_DELIVERY_HOSTS": f"delivery-*.bfl.ai, {bad}"})
+        assert str(refused.value).startswith("FLUX_DELIVERY_HOSTS entry"), refused.value
+    settings = Settings.from_env({"FLUX_API_HOSTS": "API.bfl.ai., api.*.bfl.ai, [::1], 10.0.0.7, localhost"})
+    assert settings.flux_api_hosts == ("api.bfl.ai", "api.*.bfl.ai", "::1", "10.0.0.7", "localhost")
+    assert Settings().flux_delivery_hosts == ("delivery-*.bfl.ai", "delivery.*.bfl.ai")

@@ -163,6 +163,32 @@ def test_badly_signed_stale_or_unsigned_deliveries_are_401_and_change_nothing(
     assert redis_client.lrange("posegen:flux-webhook:forged-task", 0, -1) == [b"Ready"]
 
 
+def test_a_replayed_delivery_changes_nothing_and_a_task_keeps_one_wake_up(
+    hooked: Stack, redis_client: Redis
+) -> None:
+    """A captured delivery replayed inside the replay window (once grew a task's wake-up list by one entry per
+    replay: 2,006 entries after 2,000) is taken once: the list, its expiry and the worker's wake-ups stay as
+    they were. Distinct genuine deliveries of one task (FLUX retrying) keep one wake-up."""
+    secret = webhook_secret(Settings(jwt_secret=JWT_SECRET))
+    key = "posegen:flux-webhook:replayed-task"
+    body = json.dumps({"task_id": "replayed-task", "status": "Ready", "result": {"sample": "http://x/y.png"}}).encode()
+    captured = signed(body, secret)
+    first = hooked.http.post(WEBHOOK_PATH, content=body, headers=captured)
+    assert first.status_code == 200, first.text
+    ttl = redis_client.ttl(key)
+    with httpx.Client(base_url=hooked.http.base_url, timeout=30) as client:
+        replays = [client.post(WEBHOOK_PATH, content=body, headers=captured) for _ in range(500)]
+    assert {r.status_code for r in replays} == {200}  # FLUX retrying a delivery it thinks lost is answered
+    assert redis_client.lrange(key, 0, -1) == [b"Ready"]
+    assert redis_client.ttl(key) <= ttl  # not even its expiry moved
+    assert first.json()["duplicate"] is False and {r.json()["duplicate"] for r in replays} == {True}
+    now = int(time.time())
+    for delay in range(1, 21):  # FLUX re-signing a delivery it believes lost, twenty times
+        retried = signed(body, secret, now - delay)
+        assert hooked.http.post(WEBHOOK_PATH, content=body, headers=retried).status_code == 200
+    assert redis_client.lrange(key, 0, -1) == [b"Ready"]
+
+
 def test_an_oversized_or_malformed_delivery_is_refused(hooked: Stack) -> None:
     secret = webhook_secret(Settings(jwt_secret=JWT_SECRET))
     big = json.dumps({"task_id": "t", "status": "Ready", "pad": "x" * 20_000}).encode()
@@ -170,6 +196,36 @@ def test_an_oversized_or_malformed_delivery_is_refused(hooked: Stack) -> None:
     no_id = json.dumps({"status": "Ready"}).encode()
     answer = hooked.http.post(WEBHOOK_PATH, content=no_id, headers=signed(no_id, secret))
     assert answer.status_code == 422 and "task_id" in answer.json()["detail"]
+
+
+DEFAULT_FALLBACK_POLL = 5.0  # FLUX_WEBHOOK_POLL_INTERVAL_SECONDS's default, the same as the slot client's timeout
+LATE_TASK = 6.0  # ready during the second wait
+
+
+def test_a_webhook_wakes_the_worker_on_time_with_the_default_fallback_interval(
+    template_db: str, tmp_path: Path
+) -> None:
+    """The worker's wait for a webhook (BLPOP for the 5 s interval) once ran on a client whose socket timeout was
+    the same 5 s: the wait failed at 5 s and the worker then slept a further interval, so a task ready at 6 s,
+    its webhook in at once, was picked up at about 10 s. It is picked up promptly."""
+    env = {"POSEGEN_PROVIDER": "flux", "FLUX_TIMEOUT_SECONDS": "2", "FLUX_DEADLINE_SECONDS": "30",
+           "FLUX_POLL_INTERVAL_SECONDS": "0.05", "FLUX_WEBHOOKS": "true"}
+    with FakeFlux(latency=LATE_TASK) as flux, running_stack(
+        template_db, tmp_path, workers=0, api=False, FLUX_API_KEY=flux.api_key, FLUX_BASE_URL=flux.base_url, **env
+    ) as stack:
+        assert "FLUX_WEBHOOK_POLL_INTERVAL_SECONDS" not in stack.env
+        stack.env["POSEGEN_PUBLIC_BASE_URL"] = stack.base_url
+        stack.start_api()
+        stack.start_worker()
+        stack.wait_workers_ready(1)
+        done = run_generation(stack, "late", POSES[:1])
+        assert done["status"] == "completed", done
+        (task,) = flux.tasks()
+        assert [(d.task_id, d.status_code) for d in flux.deliveries()] == [(task.id, 200)]
+        waited = provider_ms(stack, done["generationId"])[0] / 1000
+        # Submitted, woken by the webhook at 6 s, one poll and the download: well before the 10 s of old.
+        assert LATE_TASK <= waited < LATE_TASK + 2.5, f"picked up {waited - LATE_TASK:.2f} s after the task was ready"
+        assert task.polls <= 2  # the fallback poll at 5 s, and the one the webhook woke
 
 
 def test_webhooks_without_a_public_url_refuse_to_start(tmp_path: Path) -> None:

@@ -19,8 +19,9 @@ from app.settings import Settings
 from app.storage.factory import build_storage
 from app.storage.local import LocalStorage
 from app.storage.signed_urls import ImageUrlSigner
-from app.storage.supabase import SupabaseStorage
+from app.storage.supabase import MAX_ANSWER_BYTES, SupabaseStorage
 from tests.fakes.supabase_server import FakeSupabaseStorage
+from tests.stack import Stack
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
 KEY = "gen_1/0-pose_tree_pose.png"
@@ -188,6 +189,44 @@ def test_supabase_rejects_keys_leaving_the_bucket(supabase: FakeSupabaseStorage)
     error = _failed_put(_storage(supabase), "../other-bucket/x.png")
     assert "other-bucket" not in str(error)
     assert supabase.uploads() == []
+
+
+def test_supabase_answer_past_its_cap_is_a_storage_error_read_no_further(supabase: FakeSupabaseStorage) -> None:
+    """A success answer names the object in a few dozen bytes; one that goes on for 50 MB is refused after 64 KiB
+    (not retried), and what is logged of an error answer is a short, clean excerpt."""
+    supabase.flood_next(size=50 * 1024 * 1024)
+    error = _failed_put(_storage(supabase))
+    assert "answer refused" in str(error) and f"over the limit of {MAX_ANSWER_BYTES} bytes" in str(error), error
+    assert [u.status for u in supabase.uploads()] == [200]
+    stream = io.StringIO()
+    configure_logging("DEBUG", stream)
+    supabase.reset()
+    supabase.fail_next(400)
+    _failed_put(_storage(supabase))
+    entries = [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+    failure = next(e for e in entries if e["message"] == "Failed to upload image")
+    assert failure["metadata"]["detail"] == "injected failure 400"
+
+
+def test_a_worker_refuses_a_300_mb_supabase_answer_far_below_its_size(  # type: ignore[no-untyped-def]
+    fresh_stack, supabase: FakeSupabaseStorage
+) -> None:
+    """Through a real worker: the upload's answer is a 300 MB flood; the pose fails as STORAGE_ERROR, refunded,
+    and the work-horse's peak memory stays far below what reading the answer whole takes (~600 MB)."""
+    stack: Stack = fresh_stack(workers=1, STORAGE_BACKEND="supabase", SUPABASE_URL=supabase.url,
+                               SUPABASE_SERVICE_KEY=supabase.service_key, SUPABASE_BUCKET=supabase.bucket)
+    stack.wait_workers_ready(1)
+    supabase.flood_next(size=300 * 1024 * 1024)
+    user = stack.new_user(credits=100)
+    done = stack.wait_finished(user, stack.create_generation(user, ["pose_tree_pose"]).json()["generationId"])
+    assert done["status"] == "failed" and done["errorType"] == "STORAGE_ERROR", done
+    with stack.db() as conn:
+        (message,) = conn.execute("SELECT error_message FROM generation_poses WHERE generation_id = %s",
+                                  (done["generationId"],)).fetchone()
+    assert "answer refused" in message, message
+    assert done["creditsRefunded"] == 30 and stack.balance(user) == 100
+    peak = stack.work_horse_peak_memory_mb(done["generationId"])
+    assert peak < 150, f"work-horse peak {peak} MB"
 
 
 def test_fake_is_steered_over_http(supabase: FakeSupabaseStorage) -> None:

@@ -3,7 +3,8 @@
 No JWT: the caller is FLUX, proven by the HMAC signature over the raw body (see
 :mod:`app.providers.flux_webhooks` for the format). A delivery that is unsigned, wrongly signed or
 outside the replay window is 401 and changes nothing; a body over the size limit is 413 before it is
-read in full. A verified delivery only wakes the worker, which reads the task's state from FLUX's
+read in full. A verified delivery is taken once (a replay inside the window answers 200 and changes
+nothing). It only wakes the worker, which reads the task's state from FLUX's
 polling URL itself: nothing a webhook says completes a pose on its own. Registered only when
 ``FLUX_WEBHOOKS=true``.
 """
@@ -47,12 +48,14 @@ async def flux_webhook(request: Request[Any, Any, Any]) -> dict[str, Any]:
         raise NotAuthorizedException(f"FLUX webhook refused: {exc}") from None
     task_id, status = _task_and_status(body)
     try:
-        await asyncio.to_thread(wake_task, request.app.state.redis, task_id, status)
+        # Verified above, so the signature names this delivery: the same delivery again changes nothing.
+        taken = await asyncio.to_thread(wake_task, request.app.state.redis, task_id, status,
+                                        request.headers.get(SIGNATURE_HEADER, ""))
     except RedisError:
         # FLUX retries a failed delivery; the worker's polling catches the task meanwhile anyway.
         raise ServiceUnavailableException("the queue is unavailable; retry later") from None
-    log.debug("FLUX webhook received", taskId=task_id, status=status)
-    return {"received": True, "taskId": task_id}
+    log.debug("FLUX webhook received", taskId=task_id, status=status, duplicate=not taken)
+    return {"received": True, "taskId": task_id, "duplicate": not taken}
 
 
 def _task_and_status(body: bytes) -> tuple[str, str]:

@@ -25,7 +25,7 @@ def build_provider(settings: Settings, redis: Redis | None = None) -> ImageProvi
         from app.providers.task_durations import TaskDurations
 
         durations = TaskDurations(redis, settings.flux_model) if redis is not None else None
-        wakeups = TaskWakeups(redis) if redis is not None and settings.flux_webhooks else None
+        wakeups = TaskWakeups.for_settings(settings) if redis is not None and settings.flux_webhooks else None
         return FluxProvider(settings, durations=durations, call_metrics=call_metrics, wakeups=wakeups)
     from app.providers.local import LocalProvider
 

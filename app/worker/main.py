@@ -128,6 +128,15 @@ class PoseWorker(CountingWorker):
             return
         super().maintain_heartbeats(job, execution)
 
+    def wait_for_horse(self) -> tuple[int | None, int | None, Any]:
+        """RQ's wait for the work-horse, plus one line with the finished horse's peak memory (the most resident
+        memory it held, by the kernel's account), so a job that took far more memory than its peers shows."""
+        pid, status, rusage = super().wait_for_horse()
+        if pid and rusage is not None:
+            log.info("Work-horse finished", horsePid=pid, jobId=self.get_current_job_id(),
+                     peakMemoryMb=round(rusage.ru_maxrss / 1024, 1))  # Linux counts ru_maxrss in KiB
+        return pid, status, rusage
+
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """Seconds until this execution's started-registry entry expires without a new heartbeat."""
         remaining = (job.timeout - working_time) if job.timeout and job.timeout > 0 else self.job_monitoring_interval

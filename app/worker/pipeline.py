@@ -44,6 +44,7 @@ from app.providers.base import ImageProvider, ImageRequest
 from app.providers.skeleton import render_pose_skeleton
 from app.settings import Settings
 from app.storage.base import ImageStorage
+from app.upstream import excerpt
 from app.worker.faults import FaultPlan, raise_if_due
 from app.worker.limiter import ProviderSlots
 from app.worker.stages import PipelineStage
@@ -55,7 +56,8 @@ log = get_logger("Worker")
 # (psycopg cancels the statement and closes the connection), and the reaper re-queues it once its lease
 # lapses, instead of the work-horse waiting until the job timeout.
 DB_STEP_SECONDS = 10.0
-
+# The most of a failure's message recorded with the pose (the column keeps 2,000 characters).
+RECORDED_MESSAGE_CHARS = 2000
 
 
 class GenerationPipeline:
@@ -153,7 +155,8 @@ class GenerationPipeline:
             except Exception as exc:  # every failure becomes a recorded, refunded outcome
                 error_type = _classify_timeout(exc)
                 timings = self._timings(queue_wait_ms, stages, began)
-                message = str(exc) or type(exc).__name__
+                # Every message is recordable: PostgreSQL refuses NUL (the attempt would fail and be re-queued).
+                message = excerpt(str(exc), RECORDED_MESSAGE_CHARS) or type(exc).__name__
                 async with self._database():
                     recorded = await record_pose_failure(
                         self._conn, claimed, pose, error_type, message, timings

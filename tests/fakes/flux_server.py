@@ -184,7 +184,20 @@ class FakeFlux(BackgroundHTTPServer):
         self._queued_outcomes: deque[str] = deque()
         self._stopping = threading.Event()
         # A short poll interval so stop() returns at once instead of up to half a second later.
-        super().__init__(_handler_for(self), name="fake-flux", port=port, poll_interval=0.05, server_class=_Server)
+        super().__init__(self._handler_class(), name="fake-flux", port=port, poll_interval=0.05, server_class=_Server)
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        """The request handler; a subclass of the fake (tests/fakes/hostile_flux.py) extends it."""
+        return _handler_for(self)
+
+    def polling_url(self, task_id: str) -> str:
+        """What a submission answers as the task's ``polling_url``."""
+        path = f"/v1/get_result?id={task_id}"
+        return path if self.relative_polling_urls else self.base_url + path
+
+    def sample_url(self, task_id: str) -> str:
+        """The task's ``result.sample`` in polls and webhooks."""
+        return f"{self.base_url}/samples/{task_id}.png"
 
     def start(self) -> FakeFlux:
         self._sender.start()
@@ -334,7 +347,7 @@ class FakeFlux(BackgroundHTTPServer):
 
     def _deliver(self, client: httpx.Client, task: Task, forged: bool, due: float) -> None:
         status = "Ready" if forged else task.outcome
-        result = ({"sample": f"{self.base_url}/samples/{task.id}.png", "prompt": task.prompt, "seed": task.seed}
+        result = ({"sample": self.sample_url(task.id), "prompt": task.prompt, "seed": task.seed}
                   if status == "Ready" else None)
         body = json.dumps({"task_id": task.id, "status": status, "result": result}).encode()
         timestamp = str(int(time.time()))
@@ -495,10 +508,7 @@ def _handler_for(fake: FakeFlux) -> type[BaseHTTPRequestHandler]:
             if not fake._admit(task):
                 self._rate_limited()
                 return
-            polling_url = f"/v1/get_result?id={task.id}"
-            if not fake.relative_polling_urls:
-                polling_url = fake.base_url + polling_url
-            self._answer(200, {"id": task.id, "polling_url": polling_url})
+            self._answer(200, {"id": task.id, "polling_url": fake.polling_url(task.id)})
 
         def _poll(self, task_id: str) -> None:
             if not self._authorized():
@@ -518,9 +528,8 @@ def _handler_for(fake: FakeFlux) -> type[BaseHTTPRequestHandler]:
                 self._answer(200, {"id": task_id, "status": task.outcome, "result": None,
                                  "details": {"reason": "injected by the fake"}})
             else:
-                sample = f"{fake.base_url}/samples/{task_id}.png"
-                self._answer(200, {"id": task_id, "status": "Ready",
-                                 "result": {"sample": sample, "prompt": task.prompt, "seed": task.seed}})
+                self._answer(200, {"id": task_id, "status": "Ready", "result": {
+                    "sample": fake.sample_url(task_id), "prompt": task.prompt, "seed": task.seed}})
 
         def _sample(self, task_id: str) -> None:
             task = fake._task(task_id)

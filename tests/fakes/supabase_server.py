@@ -13,11 +13,14 @@ with ``POST /_control`` and a JSON body::
     {"action": "fail_next", "status": 503, "n": 2}
     {"action": "hang_next", "n": 1, "seconds": 30}
     {"action": "always_fail", "status": 500}
+    {"action": "flood_next", "n": 1, "size": 314572800}
     {"action": "reset"}
 
 ``GET /_control`` answers the queued faults and every upload received. A hung request is held
 ``seconds`` (or until the server stops), then its connection is closed without an answer and
-nothing is stored. Run alone with ``python -m tests.fakes.supabase_server --port 54321``.
+nothing is stored. A flooded upload is stored and answered 200 with a body of ``size`` bytes, streamed
+without a ``Content-Length`` (a broken proxy, or a hostile endpoint), never held in memory here. Run alone
+with ``python -m tests.fakes.supabase_server --port 54321``.
 
 Usage::
 
@@ -44,6 +47,7 @@ from tests.fakes.http_server import BackgroundHTTPServer, JSONHandler, run_until
 OBJECT_PREFIX = "/storage/v1/object/"
 PUBLIC_PREFIX = "/storage/v1/object/public/"
 CONTROL_PATH = "/_control"
+_PAD = b" " * (1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,10 @@ class Upload:
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # "fail" or "hang"
+    kind: str  # "fail", "hang" or "flood"
     status: int = 0
     seconds: float = 0.0
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,11 @@ class FakeSupabaseStorage(BackgroundHTTPServer):
         with self._lock:
             self._faults.extend(Fault("hang", seconds=seconds) for _ in range(n))
 
+    def flood_next(self, n: int = 1, size: int = 300 * 1024 * 1024) -> None:
+        """Store the next ``n`` uploads and answer each with ``size`` bytes of body."""
+        with self._lock:
+            self._faults.extend(Fault("flood", size=size) for _ in range(n))
+
     def always_fail(self, status: int = 500) -> None:
         """Answer every upload with ``status`` (once queued faults are used) until :meth:`reset`."""
         with self._lock:
@@ -150,10 +160,12 @@ class FakeSupabaseStorage(BackgroundHTTPServer):
             self.hang_next(int(command.get("n", 1)), float(command.get("seconds", 30.0)))
         elif action == "always_fail":
             self.always_fail(int(command.get("status", 500)))
+        elif action == "flood_next":
+            self.flood_next(int(command.get("n", 1)), int(command.get("size", 300 * 1024 * 1024)))
         elif action == "reset":
             self.reset()
         else:
-            raise ValueError(f"unknown action {action!r}; use fail_next, hang_next, always_fail or reset")
+            raise ValueError(f"unknown action {action!r}; use fail_next, hang_next, flood_next, always_fail or reset")
 
     # Used by the request handler ----------------------------------------------------------------
 
@@ -224,6 +236,21 @@ def _handler_for(fake: FakeSupabaseStorage) -> type[BaseHTTPRequestHandler]:
             else:
                 self._error(404, "not_found", "Route not found")
 
+        def _flood(self, size: int) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            sent = 0
+            try:
+                while sent < size:
+                    piece = _PAD[: min(len(_PAD), size - sent)]
+                    self.wfile.write(piece)
+                    sent += len(piece)
+            except OSError:
+                pass  # the client hung up, as a capped reader does
+
         def _upload(self, path: str, body: bytes) -> None:
             bucket, _, key = unquote(path[len(OBJECT_PREFIX):]).partition("/")
             headers = {name.lower(): value for name, value in self.headers.items()}
@@ -237,6 +264,11 @@ def _handler_for(fake: FakeSupabaseStorage) -> type[BaseHTTPRequestHandler]:
                 record(0)
                 fake._stopping.wait(fault.seconds)
                 self.close_connection = True
+                return
+            if fault is not None and fault.kind == "flood":
+                fake._store(bucket, key, StoredObject(body, content_type), True)
+                record(200)
+                self._flood(fault.size)
                 return
             if fault is not None:
                 record(fault.status)
