@@ -8,6 +8,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import API_PREFIX
 from app.api.auth import Role, mint_token
 from tests.fakes.datadog_agent import FakeDatadogAgent
-from tests.stack import Stack
+from tests.stack import Process, Stack, free_port
 from tests.test_tracing import tracing_env
 
 RATE_LIMIT = 5
@@ -101,10 +102,46 @@ def test_a_hostile_image_url_is_refused_with_403(stack: Stack, query: str) -> No
 API_ALERTS = ("ApiServerErrors", "ApiAvailabilityBudgetBurn", "ApiTargetDown")
 
 
-def api_samples(stack: Stack) -> dict[str, float]:
+def api_samples(base_url: str, instance: str = "api:8000") -> dict[str, float]:
     from tests.test_idle_expressions import samples, scrape
 
-    return samples(scrape(f"{stack.base_url}{API_PREFIX}/metrics-prometheus"), "posegen-api", "api:8000")
+    return samples(scrape(f"{base_url}{API_PREFIX}/metrics-prometheus"), "posegen-api", instance)
+
+
+@contextmanager
+def second_api(stack: Stack) -> Iterator[str]:
+    """The base URL of a second ``posegen api`` process of the stack (same database and Redis)."""
+    port = free_port()
+    process = Process(["api", "--port", str(port)], stack.env, stack.tmp / "api-2.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}{API_PREFIX}/health/live", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert process.alive() and time.monotonic() < deadline, process.output()
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.stop()
+
+
+def burst_past_the_limit(stack: Stack, bases: list[str], creates: int) -> Counter[int]:
+    """One user's ``creates`` concurrent creates spread over the API processes at ``bases``: status -> count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    headers = stack.headers(stack.new_user(credits=10_000))
+
+    def create(i: int) -> int:
+        answer = httpx.post(f"{bases[i % len(bases)]}{API_PREFIX}/generations", headers=headers, timeout=30,
+                            json={"poseIds": ["pose_tree_pose"], "prompt": f"burst {i}"})
+        return answer.status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        return Counter(pool.map(create, range(creates)))
 
 
 def hostile_workload(stack: Stack) -> None:
@@ -132,8 +169,9 @@ def hostile_workload(stack: Stack) -> None:
 
 
 def test_an_outsiders_workload_pages_nobody_in_a_replay(fresh_stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """The series the hostile workload leaves, replayed as if it ran every minute for two hours through the
-    alert rules with promtool: no alert about the API fires; its 5xx series and the SLO's bad events stay 0."""
+    """The series a hostile workload and a burst past the create limit through two API processes leave, replayed
+    as if they ran every minute for two hours through the alert rules with promtool: no alert about the API
+    fires; its 5xx series and the SLO's bad events stay 0; the limit held across both processes."""
     import subprocess
 
     import yaml
@@ -141,14 +179,26 @@ def test_an_outsiders_workload_pages_nobody_in_a_replay(fresh_stack, tmp_path) -
     from tests.test_live_monitoring import RULE_FILES
 
     stack: Stack = fresh_stack(workers=0, POSEGEN_RATE_LIMIT_PER_MINUTE="30")
-    before = api_samples(stack)
-    hostile_workload(stack)
-    deadline = time.monotonic() + 10
-    while True:  # the hang-ups are counted when the server notices them
-        after = api_samples(stack)
-        if sum(v for k, v in after.items() if 'status_code="499"' in k) >= 5 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    with second_api(stack) as other:
+        bases = [stack.base_url, other]
+
+        def both() -> dict[str, float]:
+            return {**api_samples(stack.base_url), **api_samples(other, "api-2:8000")}
+
+        before = both()
+        hostile_workload(stack)
+        burst = burst_past_the_limit(stack, bases, 60)
+        assert burst == Counter({202: 30, 429: 30}), burst  # one limit across both processes
+        deadline = time.monotonic() + 10
+        while True:  # the hang-ups are counted when the server notices them
+            after = both()
+            if sum(v for k, v in after.items() if 'status_code="499"' in k) >= 5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    counted = {code: sum(after[k] - before.get(k, 0.0) for k in after if k.startswith("pose_http_requests_total")
+                         and f'status_code="{code}"' in k and 'route="/api/apps/pose-generator/generations"' in k
+                         and 'method="POST"' in k) for code in ("202", "429")}
+    assert counted["202"] == 30 and counted["429"] >= 30, counted  # the hostile workload adds refused creates
     grew = {key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key, 0.0)}
     assert any('status_code="401"' in key for key in grew) and any('route="unmatched"' in key for key in grew), grew
     assert not [key for key in grew if 'status_code="5' in key], grew
