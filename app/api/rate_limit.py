@@ -29,7 +29,7 @@ from litestar.stores.redis import RedisStore
 from litestar.types import Message, Receive, Scope, Send
 from redis.exceptions import RedisError
 
-from app.api.auth import decode_token
+from app.api.auth import principal_from_token
 from app.connections import async_redis_client
 
 STORE_NAME = "rate_limit"
@@ -119,7 +119,7 @@ def _caller(request: Request[Any, Any, Any]) -> str:
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token:
         try:
-            return "user:" + decode_token(request.app.state.settings.jwt_secret, token.strip()).user_id
+            return "user:" + principal_from_token(request, token.strip()).user_id
         except NotAuthorizedException:
             pass
     return "address:" + get_remote_address(request)
