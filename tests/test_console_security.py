@@ -15,16 +15,18 @@ from urllib.parse import quote
 import httpx
 import jwt
 import pytest
+from redis import Redis
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from app.api.admin_console import CONSOLE_PATH, SESSION_COOKIE, SIGN_IN_COOKIE
 from app.api.auth import Role
+from app.api.console_sessions import SESSION_KEY_PREFIX, ConsoleSessions
 from tests.browser import wait_for
 from tests.console_client import NO_ORIGIN, ConsoleClient, set_cookies
 from tests.fakes.attacker_site import AttackerSite
-from tests.stack import Stack
+from tests.stack import JWT_SECRET, Stack, claim_redis_db, redis_url, release_redis_db
 
 REFUSED = "Console request refused"
 POSES = ["pose_standing_confident", "pose_arms_crossed"]
@@ -235,6 +237,15 @@ def test_sign_in_needs_the_pre_sessions_token(stack: Stack) -> None:
     assert victim.post("sign-in", {"token": token}).status_code == 303 and victim.session
 
 
+def test_the_console_refuses_a_token_that_would_live_too_long(stack: Stack) -> None:
+    client = ConsoleClient(stack.base_url)
+    client.page()
+    forever = jwt.encode({"sub": "forever-op", "role": "ADMIN", "exp": 253402300799}, JWT_SECRET, algorithm="HS256")
+    answer = client.post("sign-in", {"token": forever})
+    assert answer.status_code == 303 and "error=" in answer.headers["location"] and not client.session
+    assert "a token may live at most" in client.page(answer.headers["location"].rsplit("/", 1)[1]).text
+
+
 def test_sign_out_ends_the_session_on_the_server(stack: Stack) -> None:
     """A copy of the cookie (and of the page's token) taken before sign-out is worth nothing after it."""
     client = ConsoleClient(stack.base_url)
@@ -282,6 +293,68 @@ def test_a_session_ends_when_its_admin_token_would_have(stack: Stack) -> None:
         time.sleep(0.2)
     assert time.time() >= expires, "the session ended before its token"
     assert "Your console session has ended" in page and SESSION_COOKIE not in client.cookies
+
+
+# --- Timeouts, on the session store with a clock of the test's (against the test run's own Redis) -----------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def sessions() -> Iterator[tuple[ConsoleSessions, Clock, Redis]]:
+    index = claim_redis_db()
+    redis = Redis.from_url(redis_url(index))
+    clock = Clock()
+    try:
+        yield ConsoleSessions(redis, idle_seconds=900, max_seconds=8 * 3600, clock=clock), clock, redis
+    finally:
+        for key in redis.scan_iter(f"{SESSION_KEY_PREFIX}*"):
+            redis.delete(key)
+        redis.close()
+        release_redis_db(index)
+
+
+def test_an_idle_session_ends(sessions: tuple[ConsoleSessions, Clock, Redis]) -> None:
+    store, clock, redis = sessions
+    session = store.start("idle-op", token_expires_at=clock.now + 24 * 3600)
+    assert 0 < redis.pttl(next(redis.scan_iter(f"{SESSION_KEY_PREFIX}*"))) <= 900_000, "Redis forgets it by itself"
+    clock.now += 899
+    found = store.find(session.session_id)
+    assert found is not None and found.operator == "idle-op"
+    store.touch(found)  # a request: the idle timeout starts again
+    clock.now += 899
+    assert store.find(session.session_id) is not None
+    clock.now += 900
+    assert store.find(session.session_id) is None, "15 minutes without a request end the session"
+    assert list(redis.scan_iter(f"{SESSION_KEY_PREFIX}*")) == [], "and it is gone from Redis"
+
+
+def test_a_session_ends_at_its_absolute_timeout_however_busy(sessions: tuple[ConsoleSessions, Clock, Redis]) -> None:
+    store, clock, _ = sessions
+    session = store.start("busy-op", token_expires_at=clock.now + 24 * 3600)
+    started = clock.now
+    while clock.now + 600 < started + 8 * 3600:
+        clock.now += 600
+        found = store.find(session.session_id)
+        assert found is not None, clock.now - started
+        store.touch(found)
+    clock.now = started + 8 * 3600
+    assert store.find(session.session_id) is None, "8 hours after sign-in, used or not"
+
+
+def test_redis_holds_no_usable_session_id(sessions: tuple[ConsoleSessions, Clock, Redis]) -> None:
+    """A copy of Redis (a backup, MONITOR, a replica) gives no cookie that works: keys are hashes of the ids."""
+    store, clock, redis = sessions
+    session = store.start("copied-op", token_expires_at=clock.now + 3600)
+    (key,) = list(redis.scan_iter(f"{SESSION_KEY_PREFIX}*"))
+    stored = key.decode() + "".join(f"{k.decode()}={v.decode()}" for k, v in redis.hgetall(key).items())
+    assert session.session_id not in stored
+    assert store.find(key.decode().removeprefix(SESSION_KEY_PREFIX)[:43]) is None
 
 
 def test_every_answer_carries_the_headers_that_keep_browsers_from_misusing_it(stack: Stack) -> None:

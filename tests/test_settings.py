@@ -255,3 +255,22 @@ def test_start_up_errors_never_print_a_password() -> None:
         assert result.returncode == 2, (env, result.stderr)
         assert "SuperSecretPW" not in result.stdout + result.stderr and "***" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_token_and_console_session_lifetimes_are_bounded() -> None:
+    """A token's maximum lifetime and the console's timeouts have defaults and bounds, and an idle timeout
+    longer than the session itself is a mistake said in one line."""
+    settings = Settings.from_env({})
+    assert (settings.token_max_ttl_seconds, settings.console_idle_timeout_seconds,
+            settings.console_session_max_seconds) == (86400, 900, 28800)
+    for name, value, problem in (("POSEGEN_TOKEN_MAX_TTL_SECONDS", "59", "at least 60"),
+                                 ("POSEGEN_TOKEN_MAX_TTL_SECONDS", str(30 * 86400 + 1), "at most"),
+                                 ("POSEGEN_CONSOLE_IDLE_TIMEOUT_SECONDS", "0", "at least 60"),
+                                 ("POSEGEN_CONSOLE_SESSION_MAX_SECONDS", str(7 * 86400 + 1), "at most"),
+                                 ("POSEGEN_CONSOLE_SESSION_MAX_SECONDS", "600", "longer than")):
+        with pytest.raises(SettingsError) as refused:
+            Settings.from_env({name: value})
+        message = str(refused.value)
+        assert name in message and problem in message and "\n" not in message, message
+    assert Settings.from_env({"POSEGEN_CONSOLE_IDLE_TIMEOUT_SECONDS": "300",
+                              "POSEGEN_CONSOLE_SESSION_MAX_SECONDS": "3600"}).console_session_max_seconds == 3600
