@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
@@ -25,9 +26,15 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+    ServiceUnavailableException,
+)
 from litestar.params import Body
 from litestar.response import Redirect, Template
+from redis.exceptions import RedisError
 
 from app import API_PREFIX
 from app.api.admin_operations import (
@@ -41,6 +48,7 @@ from app.api.admin_operations import (
 from app.api.admin_schemas import GenerationFilterBody, PauseRequest, ResumeRequest, RetryRequest
 from app.api.auth import verify_token
 from app.api.console_sessions import ConsoleSession, ConsoleSessions, SignInForms, new_random_id
+from app.api.error_responses import RETRY_AFTER_UNAVAILABLE
 from app.domain.audit import list_actions
 from app.domain.generation_search import GenerationFilter
 from app.observability.logging import get_logger
@@ -54,6 +62,7 @@ FILTER_FIELDS = ("status", "errorType", "userId", "createdFrom", "createdTo", "f
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 log = get_logger("API")
+T = TypeVar("T")
 
 
 def _cookie(key: str, value: str, *, expire: bool = False) -> Cookie:
@@ -69,7 +78,7 @@ def _to_console(query: str = "", cookies: list[Cookie] | None = None) -> Respons
     return Redirect(f"{CONSOLE_PATH}/{query}", status_code=303, cookies=cookies or [])
 
 
-def console_origin(request: Request) -> str | None:
+def _console_origin(request: Request) -> str | None:
     """The console's own origin as a browser serializes it: ``scheme://host[:port]`` of this request (its Host
     header), the scheme's default port left out."""
     scheme = request.scope.get("scheme", "http")
@@ -92,7 +101,7 @@ def _refuse(request: Request, reason: str, detail: str) -> PermissionDeniedExcep
 
 def _check_origin(request: Request) -> None:
     origin = request.headers.get("origin")
-    if origin is None or origin == "null" or origin != console_origin(request):
+    if origin is None or origin == "null" or origin != _console_origin(request):
         raise _refuse(request, "origin", "console forms post only from the console itself (exact Origin required)")
 
 
@@ -106,10 +115,16 @@ def _sessions(request: Request) -> ConsoleSessions:
 
 
 async def _session(request: Request) -> ConsoleSession | None:
-    return await asyncio.to_thread(_sessions(request).find, request.cookies.get(SESSION_COOKIE))
+    return await _in_redis(_sessions(request).find, request.cookies.get(SESSION_COOKIE))
 
 
-T = TypeVar("T")
+async def _in_redis(call: Callable[..., T], *args: Any) -> T:
+    """A session store call, off the event loop; Redis down is a 503 (no session can be checked: fail closed)."""
+    try:
+        return await asyncio.to_thread(call, *args)
+    except RedisError:
+        raise ServiceUnavailableException("console sessions are unavailable (Redis); retry shortly",
+                                          headers={"Retry-After": RETRY_AFTER_UNAVAILABLE}) from None
 
 
 def _form_as(type_: type[T], values: dict[str, Any]) -> T:
@@ -138,7 +153,7 @@ class ConsoleController(Controller):
         session = await _session(request)
         if session is None:
             return self._sign_in_page(request, request.query_params.get("error"))
-        session = await asyncio.to_thread(_sessions(request).touch, session)
+        session = await _in_redis(_sessions(request).touch, session)
         query = dict(request.query_params)
         if "hasFailedPoses" not in query:
             # What operators come for: every generation with failed poses to retry, the completed ones with
@@ -204,8 +219,8 @@ class ConsoleController(Controller):
         if carried:
             # A new id at every sign-in: a session id planted in this browser beforehand (session fixation), or
             # an earlier session of its own, never becomes the signed-in one.
-            await asyncio.to_thread(sessions.end, carried)
-        session = await asyncio.to_thread(sessions.start, verified.principal.user_id, verified.expires_at)
+            await _in_redis(sessions.end, carried)
+        session = await _in_redis(sessions.start, verified.principal.user_id, verified.expires_at)
         return _to_console(cookies=[_cookie(SESSION_COOKIE, session.session_id),
                                     _cookie(SIGN_IN_COOKIE, "", expire=True)])
 
@@ -215,7 +230,7 @@ class ConsoleController(Controller):
         session = await _session(request)
         if session is not None:  # without one there is nothing to end: only the cookie is forgotten
             _check_csrf(request, session, data)
-            await asyncio.to_thread(_sessions(request).end, session.session_id)
+            await _in_redis(_sessions(request).end, session.session_id)
         return _to_console(cookies=[_cookie(SESSION_COOKIE, "", expire=True)])
 
     @post("/retries", status_code=200)
@@ -261,7 +276,7 @@ class ConsoleController(Controller):
         if session is None:
             raise HTTPException(status_code=403, detail="sign in to the console with an ADMIN token")
         _check_csrf(request, session, data)
-        return await asyncio.to_thread(_sessions(request).touch, session)
+        return await _in_redis(_sessions(request).touch, session)
 
 
 def _listed(values: dict[str, str]) -> GenerationFilter:
