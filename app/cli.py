@@ -165,6 +165,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     from app.api.auth import Role, mint_token
 
     settings = _settings()
+    if not 1 <= args.ttl <= settings.token_max_ttl_seconds:
+        print(f"error: --ttl {args.ttl} is outside 1..{settings.token_max_ttl_seconds} seconds, the lifetime the API "
+              "accepts (POSEGEN_TOKEN_MAX_TTL_SECONDS)", file=sys.stderr)
+        return 2
     print(f"user {args.user}, role {args.role}, valid {args.ttl} s")
     print(mint_token(settings.jwt_secret, args.user, Role(args.role), args.ttl))
     return 0
@@ -368,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     token = add("token", cmd_token, "Mint a JWT for a user; the token is printed alone on the last line.")
     token.add_argument("--user", required=True)
     token.add_argument("--role", choices=("USER", "ADMIN"), default="USER")
-    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    token.add_argument("--ttl", type=int, default=3600,
+                       help="seconds until it expires (default 3600; at most POSEGEN_TOKEN_MAX_TTL_SECONDS)")
     status = add("status", cmd_status, "Print the health indicators (exit 1 when one is critical, 2 when unreadable).")
     status.add_argument("--period", choices=[period.value for period in MetricsPeriod], default=MetricsPeriod.DAY.value)
     status.add_argument("--url", default="http://127.0.0.1:8000", help="the API's base URL")

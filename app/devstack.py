@@ -223,7 +223,7 @@ def banner(settings: Settings, host: str, ports: DevPorts, started: list[str], a
     lines += [f"  Worker metrics:    http://{host}:{port}/metrics" for port in ports.worker_metrics]
     lines += [
         "  Dashboards:        dashboards/build/*.json (import into Grafana, or docker compose in deploy/)",
-        "  Admin token (7 days):",
+        f"  Admin token (valid {settings.token_max_ttl_seconds} s, the most POSEGEN_TOKEN_MAX_TTL_SECONDS allows):",
         admin_token,
         "Press Ctrl-C to stop everything started here.",
     ]
@@ -296,7 +296,7 @@ def run_dev_stack(settings: Settings, host: str, ports: DevPorts, services: list
                 late = ", ".join(f"{p.name} at {p.ready_url}" for p in parts if not p.ready)
                 raise StackError(f"not answering after {READY_TIMEOUT_SECONDS:.0f} s: {late}")
             time.sleep(0.2)
-        admin = mint_token(settings.jwt_secret, "admin", Role.ADMIN, 7 * 24 * 3600)
+        admin = mint_token(settings.jwt_secret, "admin", Role.ADMIN, settings.token_max_ttl_seconds)
         print(banner(settings, host, ports, [s.name for s in services], admin, with_exporter,
                      operator_pauses(settings.redis_url)), flush=True)
         while not stop.wait(0.3):

@@ -111,6 +111,12 @@ class Settings:
     ops_api_url: str = "http://127.0.0.1:8000"
     ops_token: str = ""
     image_url_ttl_seconds: int = 3600
+    # Longest lifetime of an accepted token (exp - now, and exp - iat): JWTs cannot be revoked, so this is how long
+    # a leaked one stays good. A day covers an operator's shift and a web app's sign-in, which mints anew.
+    token_max_ttl_seconds: int = 24 * 3600
+    # The operators' console session: ends after this long without a request, and this long after sign-in.
+    console_idle_timeout_seconds: int = 900
+    console_session_max_seconds: int = 8 * 3600
 
     @property
     def is_production(self) -> bool:
@@ -262,7 +268,23 @@ class Settings:
             image_url_ttl_seconds=reader.integer(
                 "POSEGEN_IMAGE_URL_TTL_SECONDS", cls.image_url_ttl_seconds, minimum=10, maximum=7 * 24 * 3600
             ),
+            token_max_ttl_seconds=reader.integer(
+                "POSEGEN_TOKEN_MAX_TTL_SECONDS", cls.token_max_ttl_seconds, minimum=60, maximum=30 * 24 * 3600
+            ),
+            console_idle_timeout_seconds=reader.integer(
+                "POSEGEN_CONSOLE_IDLE_TIMEOUT_SECONDS", cls.console_idle_timeout_seconds, minimum=60,
+                maximum=24 * 3600
+            ),
+            console_session_max_seconds=reader.integer(
+                "POSEGEN_CONSOLE_SESSION_MAX_SECONDS", cls.console_session_max_seconds, minimum=60,
+                maximum=7 * 24 * 3600
+            ),
         )
+        if settings.console_idle_timeout_seconds > settings.console_session_max_seconds:
+            raise SettingsError(
+                f"POSEGEN_CONSOLE_IDLE_TIMEOUT_SECONDS={settings.console_idle_timeout_seconds} is longer than "
+                f"POSEGEN_CONSOLE_SESSION_MAX_SECONDS={settings.console_session_max_seconds}"
+            )
         if settings.is_production:
             problem = _jwt_secret_problem(settings.jwt_secret, settings.jwt_secret_set)
             if problem:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import jwt
 import pytest
 
 from app.api.auth import Role
-from tests.stack import JWT_SECRET, Stack
+from app.settings import Settings
+from tests.stack import JWT_SECRET, ROOT, Stack
 
 
 def _token(claims: dict, secret: str = JWT_SECRET, algorithm: str = "HS256") -> str:
@@ -103,3 +107,50 @@ def test_a_token_accepted_before_is_refused_once_it_expires(stack: Stack) -> Non
     wrong = jwt.encode(jwt.decode(token, options={"verify_signature": False}),
                        "another-secret-that-is-long-enough-for-hs256", algorithm="HS256")
     assert stack.http.get("/credits", headers={"Authorization": f"Bearer {wrong}"}).status_code == 401
+
+
+def _far_future_tokens() -> dict[str, str]:
+    now = int(time.time())
+    claims = {"sub": "user_x", "role": "USER"}
+    limit = Settings.token_max_ttl_seconds
+    return {
+        "exp in 9999": _token({**claims, "exp": 253402300799}),
+        "exp 1e300": _token({**claims, "exp": 1e300}),
+        "exp of 400 digits": _token({**claims, "exp": 10**400}),
+        "exp as a string": _token({**claims, "exp": str(now + 10 * limit)}),
+        "exp a day past the maximum": _token({**claims, "exp": now + limit + 86400}),
+        "issued for longer than the maximum": _token({**claims, "iat": now - limit, "exp": now + 600}),
+    }
+
+
+@pytest.mark.parametrize("case", list(_far_future_tokens()))
+def test_a_token_that_would_live_longer_than_the_maximum_is_401(stack: Stack, case: str) -> None:
+    """A JWT cannot be revoked: one minted to live for ever would be a password that never changes."""
+    answer = stack.http.get("/credits", headers={"Authorization": f"Bearer {_far_future_tokens()[case]}"})
+    assert answer.status_code == 401, (case, answer.text)
+    assert f"a token may live at most {Settings.token_max_ttl_seconds} s" in answer.json()["detail"], answer.text
+
+
+def test_a_token_of_the_maximum_lifetime_is_accepted(stack: Stack) -> None:
+    user = stack.new_user()
+    longest = stack.token(user, ttl=Settings.token_max_ttl_seconds)
+    assert stack.http.get("/credits", headers={"Authorization": f"Bearer {longest}"}).status_code == 200
+
+
+def _posegen_token(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "app.cli", "token", "--user", "alice", *args], cwd=ROOT, text=True,
+                          capture_output=True, env={"PATH": os.environ["PATH"], **env}, timeout=120)
+
+
+def test_posegen_token_refuses_a_lifetime_the_api_would_refuse() -> None:
+    limit = Settings.token_max_ttl_seconds
+    for ttl in (limit + 1, 10**12, 0, -60):
+        refused = _posegen_token("--ttl", str(ttl))
+        assert refused.returncode == 2 and refused.stdout == "", (ttl, refused.stdout)
+        lines = refused.stderr.strip().splitlines()
+        assert len(lines) == 1 and "--ttl" in lines[0] and "POSEGEN_TOKEN_MAX_TTL_SECONDS" in lines[0], refused.stderr
+    minted = _posegen_token("--ttl", str(limit))
+    assert minted.returncode == 0, minted.stderr
+    claims = jwt.decode(minted.stdout.strip().splitlines()[-1], options={"verify_signature": False})
+    assert claims["exp"] - claims["iat"] == limit
+    assert _posegen_token("--ttl", str(limit + 1), POSEGEN_TOKEN_MAX_TTL_SECONDS=str(limit + 1)).returncode == 0

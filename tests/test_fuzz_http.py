@@ -21,8 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from app.api.admin_console import SESSION_COOKIE, SIGN_IN_COOKIE
 from app.api.auth import Role, mint_token
 from app.settings import Settings
+from tests.console_client import ConsoleClient
 from tests.stack import JWT_SECRET, Stack, running_stack
 
 EXAMPLES = 600
@@ -87,10 +89,41 @@ def app_surface(env: dict[str, str]) -> tuple[list[tuple[str, list[str]]], list[
     return routes, operations
 
 
+class ConsoleAccess:
+    """What lets a request into the console's handlers, so that hostile values reach them: a signed-in session's
+    cookie and CSRF token, a sign-in form's pre-session and token, and the console's exact Origin (raw requests
+    say ``Host: 127.0.0.1``, so that is the origin)."""
+
+    ORIGIN = "http://127.0.0.1"
+
+    def __init__(self, stack: Stack) -> None:
+        self._stack = stack
+        self.renew()
+
+    def renew(self) -> None:
+        """A new session (after a fuzzed request signed out)."""
+        signed_in, form = ConsoleClient(self._stack.base_url), ConsoleClient(self._stack.base_url)
+        assert signed_in.sign_in(self._stack.token("fuzz-console", Role.ADMIN,
+                                                   ttl=Settings.token_max_ttl_seconds)).status_code == 303
+        form.page()
+        self.session, self.csrf = signed_in.session or "", signed_in.csrf
+        self.pre_session, self.sign_in_csrf = form.pre_session or "", form.csrf
+
+    def headers(self, token: str | None, admin: bool) -> list[tuple[str, str]]:
+        """A valid session's cookie for an admin; a non-admin's JWT where the session id belongs."""
+        session = self.session if admin else (token or "").split(" ", 1)[-1]
+        return [("Cookie", f"{SESSION_COOKIE}={session}; {SIGN_IN_COOKIE}={self.pre_session}"),
+                ("Origin", self.ORIGIN)]
+
+    def form_token(self, template: str) -> str:
+        """The ``csrf`` field a console form posts (the sign-in form's own at sign-in)."""
+        return "&csrf=" + (self.sign_in_csrf if template.endswith("/sign-in") else self.csrf)
+
+
 @pytest.fixture(scope="module")
-def target(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, list[Any]]]:
+def target(template_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Any]]:
     with running_stack(template_db, tmp_path_factory.mktemp("fuzz"), workers=0) as stack:
-        yield stack, app_surface(stack.env)
+        yield stack, (*app_surface(stack.env), ConsoleAccess(stack))
 
 
 # --- Hostile values ---------------------------------------------------------------------------------------------
@@ -191,8 +224,8 @@ PAUSING = re.compile(r"/(pause)$")
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 @given(data=st.data())
-def test_no_request_gets_a_server_error(target: tuple[Stack, list[Any]], data: st.DataObject) -> None:
-    stack, (routes, _) = target
+def test_no_request_gets_a_server_error(target: tuple[Stack, Any], data: st.DataObject) -> None:
+    stack, (routes, _, console) = target
     template, methods = data.draw(st.sampled_from(routes), label="route")
     method = data.draw(st.sampled_from([*methods, "GET", "POST", "DELETE", "PUT", "PATCH", "HEAD", "BREW"]),
                        label="method")
@@ -200,15 +233,19 @@ def test_no_request_gets_a_server_error(target: tuple[Stack, list[Any]], data: s
     query = data.draw(QUERY, label="query")
     auth = data.draw(AUTH, label="auth")
     content_type, body = data.draw(BODY, label="body") if method in ("POST", "PUT", "PATCH") else ("", b"")
+    if content_type == "application/x-www-form-urlencoded" and auth == "admin":
+        body += console.form_token(template).encode()
     headers = [("Content-Type", content_type)] if content_type else []
     token = authorization(auth)
     if token:
         headers.append(("Authorization", token))
-        headers.append(("Cookie", f"posegen_console_token={token.split(' ', 1)[1]}"))
+        headers += console.headers(token, auth == "admin")
     headers += data.draw(EXTRA_HEADERS, label="headers")
     status = raw_request(stack.port, method, path + (f"?{query}" if query else ""), headers, body)
     if PAUSING.search(template) and auth == "admin":
         stack.http.post("/admin/resume", json={"scope": "all"}, headers=stack.headers("fuzz-admin", Role.ADMIN))
+    if template.endswith("/sign-out") and auth == "admin":
+        console.renew()
     assert 0 < status < 500, f"{method} {path}?{query} answered {status}\n{tail(stack)}"
 
 
@@ -219,10 +256,11 @@ def tail(stack: Stack) -> str:
 NUMBER = re.compile(r"^[+-]?(\d[\d_]*)?(\.\d+)?([eE][+-]?\d+)?$")
 
 
-def sweep_requests(operation: Operation, value: str) -> Iterator[tuple[str, list[tuple[str, str]], bytes, str]]:
+def sweep_requests(operation: Operation, value: str,
+                   form_token: str = "") -> Iterator[tuple[str, list[tuple[str, str]], bytes, str]]:
     """The requests that put ``value`` into each input of ``operation`` in turn: ``(target, headers, body,
     what)``. Body fields get it as a JSON string, as a raw JSON literal when it reads as a number, and as a
-    form field for the console's forms."""
+    form field for the console's forms (followed by ``form_token``, their CSRF field)."""
     path = fill(operation.template, [q(value)] * 3)
     plain = fill(operation.template, ["x"] * 3)
     if path != plain:
@@ -236,7 +274,7 @@ def sweep_requests(operation: Operation, value: str) -> Iterator[tuple[str, list
     for name in operation.fields:
         if operation.form:
             yield plain, [("Content-Type", "application/x-www-form-urlencoded")], \
-                f"{quote(name)}={q(value)}".encode(), f"form {name}"
+                f"{quote(name)}={q(value)}{form_token}".encode(), f"form {name}"
             continue
         json_type = [("Content-Type", "application/json")]
         yield plain, json_type, json.dumps({name: value}).encode(), f"field {name}"
@@ -244,29 +282,34 @@ def sweep_requests(operation: Operation, value: str) -> Iterator[tuple[str, list
             yield plain, json_type, f'{{"{name}": {value}}}'.encode(), f"field {name} as a number"
 
 
-def test_every_input_of_every_operation_takes_every_hostile_value(target: tuple[Stack, list[Any]]) -> None:
+def test_every_input_of_every_operation_takes_every_hostile_value(target: tuple[Stack, Any]) -> None:
     """A sweep: each input of each operation (path parameter, query parameter, twice, header, body field) with
     each hostile value, as a user and as an operator."""
-    stack, (_, operations) = target
+    stack, (_, operations, console) = target
     user, admin = authorization("user"), authorization("admin")
     failures = []
+    refused_forms: dict[str, set[int]] = {}  # the console forms' answers: the sweep must get past their checks
     for operation in operations:
+        form_token = console.form_token(operation.template) if operation.form else ""
         for number, value in enumerate(HOSTILE_VALUES):
             token = admin if number % 3 else user
-            for target_path, headers, body, what in sweep_requests(operation, value):
-                headers = [*headers, ("Authorization", token or ""),
-                           ("Cookie", f"posegen_console_token={(admin or '').split(' ', 1)[1]}")]
+            for target_path, headers, body, what in sweep_requests(operation, value, form_token):
+                headers = [*headers, ("Authorization", token or ""), *console.headers(admin, True)]
                 status = raw_request(stack.port, operation.method, target_path, headers, body)
                 if PAUSING.search(operation.template):
                     stack.http.post("/admin/resume", json={"scope": "all"},
                                     headers=stack.headers("fuzz-admin", Role.ADMIN))
                 if not 0 < status < 500:
                     failures.append(f"{operation.method} {target_path[:200]} ({what} = {value[:40]!r}): {status}")
+                if operation.form:
+                    refused_forms.setdefault(operation.template, set()).add(status)
     kinds = sorted({failure.split(" = ")[0] for failure in failures})
     assert not failures, "\n".join(kinds) + f"\n({len(failures)} in all, e.g. {failures[0]})\n{tail(stack)}"
+    only_refused = [form for form, statuses in refused_forms.items() if statuses == {403}]
+    assert not only_refused, f"no hostile value got past the console's session and CSRF checks: {only_refused}"
 
 
-def test_the_fuzzed_server_logged_no_traceback(target: tuple[Stack, list[Any]]) -> None:
+def test_the_fuzzed_server_logged_no_traceback(target: tuple[Stack, Any]) -> None:
     """After the fuzzing above (same module stack): every line of the API's log is one JSON entry and none
     carries a stack trace of an unhandled error."""
     stack, _ = target

@@ -274,3 +274,22 @@ def test_the_builtin_key_serves_this_machine_only_and_is_announced_on_every_star
     entries = [json.loads(line) for line in exporter.stdout.splitlines() if line.startswith("{")]
     assert any(e["level"] == "WARN" and "built-in development key" in e["message"] for e in entries), \
         exporter.stdout + exporter.stderr
+
+
+def test_token_and_console_session_lifetimes_are_bounded() -> None:
+    """A token's maximum lifetime and the console's timeouts have defaults and bounds, and an idle timeout
+    longer than the session itself is a mistake said in one line."""
+    settings = Settings.from_env({})
+    assert (settings.token_max_ttl_seconds, settings.console_idle_timeout_seconds,
+            settings.console_session_max_seconds) == (86400, 900, 28800)
+    for name, value, problem in (("POSEGEN_TOKEN_MAX_TTL_SECONDS", "59", "at least 60"),
+                                 ("POSEGEN_TOKEN_MAX_TTL_SECONDS", str(30 * 86400 + 1), "at most"),
+                                 ("POSEGEN_CONSOLE_IDLE_TIMEOUT_SECONDS", "0", "at least 60"),
+                                 ("POSEGEN_CONSOLE_SESSION_MAX_SECONDS", str(7 * 86400 + 1), "at most"),
+                                 ("POSEGEN_CONSOLE_SESSION_MAX_SECONDS", "600", "longer than")):
+        with pytest.raises(SettingsError) as refused:
+            Settings.from_env({name: value})
+        message = str(refused.value)
+        assert name in message and problem in message and "\n" not in message, message
+    assert Settings.from_env({"POSEGEN_CONSOLE_IDLE_TIMEOUT_SECONDS": "300",
+                              "POSEGEN_CONSOLE_SESSION_MAX_SECONDS": "3600"}).console_session_max_seconds == 3600

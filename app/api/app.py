@@ -20,6 +20,7 @@ from app import API_PREFIX, __version__
 from app.api.admin_console import CONSOLE_PATH, ConsoleController
 from app.api.admin_metrics import MetricsController
 from app.api.admin_operations import OperatorController
+from app.api.console_sessions import ConsoleSessions, SignInForms
 from app.api.credits import CreditController
 from app.api.deps import DEPENDENCIES
 from app.api.enqueuer import BatchEnqueuer
@@ -85,6 +86,8 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
         app.state.redis = redis
         app.state.queue = make_queue(redis)
         app.state.intake_gate = IntakeGate(redis)
+        app.state.console_sessions = ConsoleSessions(redis, idle_seconds=settings.console_idle_timeout_seconds,
+                                                     max_seconds=settings.console_session_max_seconds)
         # With APM on, each request enqueues its own job and runs its own create, so that both carry the
         # request's trace; otherwise concurrent requests share Redis and database transactions.
         shared = not tracing.enabled()
@@ -137,6 +140,7 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
     app.state.caller_limits = caller_limits
     BUILD_INFO.revision = settings.revision
     app.state.flux_webhook_secret = webhook_secret(settings)
+    app.state.sign_in_forms = SignInForms(settings.jwt_secret)
     app.state.metrics_registry = scrape_registry(settings.prometheus_multiproc_dir)
     create_route_series(app)
     if settings.read_limit_per_minute:

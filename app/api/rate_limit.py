@@ -74,6 +74,7 @@ class CallerLimits:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
         self._jwt_secret = settings.jwt_secret
+        self._token_max_ttl = settings.token_max_ttl_seconds
         outage = RedisOutage()
         self.creates = (CreateAllowance(redis, outage, limit=settings.rate_limit_per_minute,
                                         refused_limit=settings.invalid_create_limit_per_minute)
@@ -90,7 +91,7 @@ class CallerLimits:
         scheme, _, token = header.partition(" ")
         if scheme.lower() == "bearer" and token.strip():
             try:
-                return "user:" + decode_token(self._jwt_secret, token.strip()).user_id
+                return "user:" + decode_token(self._jwt_secret, token.strip(), self._token_max_ttl).user_id
             except NotAuthorizedException:
                 pass
         client = scope.get("client")
