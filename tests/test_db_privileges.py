@@ -231,6 +231,17 @@ def test_migrate_through_the_cli_regrants_exactly_and_refuses_an_owner_or_superu
         assert line.startswith(f"error: posegen migrate: the application's role '{unfit}' is a superuser"), line
     missing = posegen("migrate", "--owner-url", owner_url, "--app-role", f"nobody_{uuid.uuid4().hex[:6]}")
     assert missing.returncode == 1 and "does not exist: create it" in missing.stderr, missing.stderr
+    owning = f"posegen_owning_test_{uuid.uuid4().hex[:8]}"  # a role that owns a table of the schema
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(owning)))
+        try:
+            conn.execute(sql.SQL("CREATE TABLE owned_stash (x int); ALTER TABLE owned_stash OWNER TO {}").format(
+                sql.Identifier(owning)))
+            refused = posegen("migrate", "--owner-url", owner_url, "--app-role", owning)
+        finally:
+            conn.execute("DROP TABLE IF EXISTS owned_stash")
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(owning)))
+    assert refused.returncode == 1 and "owns tables of the schema" in refused.stderr, refused.stderr
 
 
 def test_an_app_role_that_is_not_a_plain_role_name_is_refused_in_one_line() -> None:

@@ -35,10 +35,12 @@ def grants_sql() -> tuple[str, str]:
 
 def check_app_role(conn: psycopg.Connection, role: str) -> None:
     """Raise :class:`AppRoleError` unless ``role`` exists and its grants are all it can do here: not the
-    connected (owning) role nor a member of it, no superuser, no CREATEROLE, owning nothing in the schema."""
+    connected (owning) role nor a member of it, no superuser, no CREATEROLE, owning nothing in the schema (nor
+    a member of a role that does)."""
     found = conn.execute(
-        "SELECT r.rolsuper, r.rolcreaterole, r.rolname = current_user OR pg_has_role(r.oid, current_user, 'MEMBER'),"
-        " EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relowner = r.oid),"
+        "SELECT r.rolsuper, r.rolcreaterole, pg_has_role(r.oid, current_user, 'MEMBER'),"
+        " EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace"
+        "         AND pg_has_role(r.oid, c.relowner, 'MEMBER')),"
         " current_user FROM pg_roles r WHERE r.rolname = %s",
         (role,),
     ).fetchone()
@@ -48,7 +50,7 @@ def check_app_role(conn: psycopg.Connection, role: str) -> None:
     superuser, createrole, is_owner, owns_tables, owner = found
     problem = ("is a superuser" if superuser else
                f"is {owner}, or a member of it, the role migrating (and owning the schema)" if is_owner else
-               "owns tables of the schema" if owns_tables else
+               "owns tables of the schema, or is a member of a role that does" if owns_tables else
                "may create roles (CREATEROLE)" if createrole else None)
     if problem:
         raise AppRoleError(f"the application's role {role!r} {problem}: it must be a plain LOGIN role "
