@@ -326,6 +326,7 @@ def test_a_whole_stack_runs_as_the_application_role_with_exact_metrics(
                 "SELECT (SELECT count(*) FROM generations WHERE status IN ('completed', 'failed')),"
                 " count(*), count(*) FILTER (WHERE charged) FROM generation_runs").fetchone()
             expected = expected_from_database(conn)
+            audited = dict(conn.execute("SELECT action, count(*) FROM operator_audit GROUP BY action").fetchall())
             sessions = {row[0] for row in conn.execute(
                 "SELECT DISTINCT usename FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
                 (stack.db_name,)).fetchall()}
@@ -338,8 +339,10 @@ def test_a_whole_stack_runs_as_the_application_role_with_exact_metrics(
             "pose_credits_spent_total", "pose_credits_refunded_total", "pose_errors_total", "pose_poses_pending",
             "pose_generations_in_progress") or key == ("pose_generations_total", (("status", "created"),))]
         assert {key: after[key] for key in unchanged_by_retries} == {key: expected[key] for key in unchanged_by_retries}
-        for action, count in (("retry", 2), ("pause_intake", 1), ("resume_intake", 1)):
-            assert after[("pose_operator_actions_total", (("action", action),))] == count, action
+        # The audit as the exporter counts it (the template's rows of other tests included): two retries here.
+        assert {action: after[("pose_operator_actions_total", (("action", action),))] for action in audited} == {
+            action: float(count) for action, count in audited.items()}
+        assert audited["retry"] == 2 and audited["pause_intake"] >= 1 and audited["resume_intake"] >= 1
         assert sessions == {app_role}, f"the stack's processes connect as {sessions}"
         logs = "".join(path.read_text(errors="replace") for path in stack.tmp.glob("*.log"))
         assert "permission denied" not in logs and "InsufficientPrivilege" not in logs
