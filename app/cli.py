@@ -129,15 +129,23 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     import psycopg
 
     from app.db.migrate import ensure_database, migrate
+    from app.db.privileges import AppRoleError
 
     settings = _settings()
+    owner_url = args.owner_url or settings.owner_database_url
+    app_role = args.app_role or settings.app_db_role
     try:
-        if ensure_database(settings.database_url):
+        if ensure_database(owner_url):
             print("created database")
-        applied = migrate(settings.database_url)
+        applied = migrate(owner_url, app_role=app_role or None)
     except psycopg.Error as exc:
-        return _database_failure("migrate", settings.database_url, exc)
+        return _database_failure("migrate", owner_url, exc)
+    except AppRoleError as exc:
+        print(f"error: posegen migrate: {exc}", file=sys.stderr)
+        return 1
     print(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+    if app_role:
+        print(f"privileges of the application's role {app_role}: granted (app/db/grants.sql)")
     return 0
 
 
@@ -148,15 +156,16 @@ def cmd_seed(args: argparse.Namespace) -> int:
     from app.domain.poses import seed_pose_library
 
     settings = _settings()
+    owner_url = args.owner_url or settings.owner_database_url
 
     async def seed() -> int:
-        async with await pg_connect_async(settings.database_url) as conn:
+        async with await pg_connect_async(owner_url) as conn:
             return await seed_pose_library(conn)
 
     try:
         count = asyncio.run(seed())
     except psycopg.Error as exc:
-        return _database_failure("seed", settings.database_url, exc)
+        return _database_failure("seed", owner_url, exc)
     print(f"pose library: {count} poses")
     return 0
 
@@ -367,8 +376,16 @@ def build_parser() -> argparse.ArgumentParser:
     exporter = add("exporter", cmd_exporter, "Run the Prometheus exporter (queue and database metrics).")
     exporter.add_argument("--host", default="127.0.0.1")
     exporter.add_argument("--port", type=int, default=9108)
-    add("migrate", cmd_migrate, "Create the database if needed and apply pending migrations.")
-    add("seed", cmd_seed, "Load the built-in pose library.")
+    owner_url_help = ("the schema owner's PostgreSQL URL (default: POSEGEN_MIGRATION_DATABASE_URL, else "
+                      "DATABASE_URL)")
+    migrate_command = add("migrate", cmd_migrate, "Create the database if needed, apply pending migrations and "
+                                                  "re-apply the privileges, as the schema's owner.")
+    migrate_command.add_argument("--owner-url", default=None, help=owner_url_help)
+    migrate_command.add_argument("--app-role", default=None,
+                                 help="the role the processes connect as, granted exactly what they use "
+                                      "(default: POSEGEN_APP_DB_ROLE; none: no role is granted anything)")
+    seed_command = add("seed", cmd_seed, "Load the built-in pose library, as the schema's owner.")
+    seed_command.add_argument("--owner-url", default=None, help=owner_url_help)
     token = add("token", cmd_token, "Mint a JWT for a user; the token is printed alone on the last line.")
     token.add_argument("--user", required=True)
     token.add_argument("--role", choices=("USER", "ADMIN"), default="USER")

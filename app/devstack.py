@@ -7,6 +7,11 @@ once every part answers (the API on ``/health``, workers and exporter on
 in one line with why (its exit code or signal and the last error it printed),
 the others are stopped and the command exits 1.
 
+Database roles: migrations and the seed run as the schema's owner (``DATABASE_URL``,
+or ``POSEGEN_MIGRATION_DATABASE_URL`` when set); the parts connect as the
+application's role (:func:`database_roles`), created when missing, which owns
+nothing and holds only what ``posegen migrate`` grants it.
+
 Ports: the API port is the one clients are told about, so a busy one is an
 error naming it. The exporter and worker metrics ports, when not chosen, start
 at 9108 and 9109 and move to the next free port (said in the output), because
@@ -28,10 +33,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
+import psycopg
 from redis import Redis
 from redis.exceptions import RedisError
 
 from app import API_PREFIX, __version__
+from app.db.conninfo import database_problem
+from app.db.privileges import AppRoleError, dev_app_role, ensure_app_role, url_as_role
 from app.devservices import LocalService, last_problem
 from app.domain.intake import read_intake_pause, workers_paused
 from app.settings import Settings
@@ -113,6 +121,41 @@ def choose_ports(host: str, api: int, exporter: int | None, worker_metrics: int 
     return DevPorts(api_port, exporter_port, metrics, tuple(notes))
 
 
+@dataclass(frozen=True)
+class DatabaseRoles:
+    """Who connects how: migrations and the seed as the schema's owner, the stack's processes as the app's role."""
+
+    owner_url: str
+    app_url: str
+    app_role: str
+
+
+def database_roles(settings: Settings) -> DatabaseRoles:
+    """With ``POSEGEN_MIGRATION_DATABASE_URL`` set, it is the owner's and ``DATABASE_URL`` the processes' as given
+    (their role ``POSEGEN_APP_DB_ROLE``, else ``DATABASE_URL``'s user). Without it, ``DATABASE_URL`` is the
+    owner's (the README's ``postgres``) and the processes connect to the same database, without a password, as
+    ``POSEGEN_APP_DB_ROLE``, else ``<database>_app`` (``posegen_app``)."""
+    if settings.migration_database_url:
+        user = psycopg.conninfo.conninfo_to_dict(settings.database_url).get("user")
+        role = settings.app_db_role or str(user or dev_app_role(settings.database_url))
+        return DatabaseRoles(settings.migration_database_url, settings.database_url, role)
+    role = settings.app_db_role or dev_app_role(settings.database_url)
+    return DatabaseRoles(settings.database_url, url_as_role(settings.database_url, role), role)
+
+
+def prepare_app_role(roles: DatabaseRoles) -> None:
+    """Create the application's role when missing (said in one line); StackError when it cannot be."""
+    try:
+        created = ensure_app_role(roles.owner_url, roles.app_role)
+    except AppRoleError as exc:
+        raise StackError(str(exc)) from None
+    except psycopg.Error as exc:
+        raise StackError(database_problem(roles.owner_url, exc)) from None
+    if created:
+        print(f"[posegen dev] created the database role {roles.app_role} (LOGIN NOSUPERUSER NOCREATEDB "
+              "NOCREATEROLE): the stack's processes connect as it", file=sys.stderr, flush=True)
+
+
 @dataclass
 class StackPart:
     """One supervised process: a name for messages, and its last lines of output for the reason it stopped."""
@@ -192,7 +235,7 @@ def operator_pauses(redis_url: str) -> list[str]:
 
 
 def banner(settings: Settings, host: str, ports: DevPorts, started: list[str], admin_token: str,
-           with_exporter: bool, pauses: list[str] | None = None) -> str:
+           with_exporter: bool, pauses: list[str] | None = None, app_role: str | None = None) -> str:
     """What a new user needs: every URL the stack serves (API, schema, health, console, metrics), each one that
     answers a browser or curl as printed, an admin token, and the operators' pauses in force
     (:func:`operator_pauses`).
@@ -206,6 +249,8 @@ def banner(settings: Settings, host: str, ports: DevPorts, started: list[str], a
         f"Pose Generator {__version__} is up (provider: {settings.provider}; started here: "
         f"{', '.join(started) or 'nothing, PostgreSQL and Redis were running'})",
         *(pauses or []),
+        *([f"  Database role:     {app_role} (the processes' role: owns nothing, holds what `posegen migrate` "
+            "grants it)"] if app_role else []),
         f"  API:               {base}/schema  (OpenAPI viewer: every route, all under {API_PREFIX}/)",
         f"  OpenAPI schema:    {base}/schema/openapi.json",
         f"  Health:            {api}/health",
@@ -256,6 +301,10 @@ def run_dev_stack(settings: Settings, host: str, ports: DevPorts, services: list
     for note in ports.notes:
         print(f"[posegen dev] {note}", file=sys.stderr, flush=True)
     env = {**os.environ, "POSEGEN_DATA_DIR": str(settings.data_dir.resolve()), "PYTHONUNBUFFERED": "1"}
+    roles = database_roles(settings)
+    # The owner's URL goes to migrate and seed only; the processes get the application's role's.
+    owner_env = {**env, "POSEGEN_MIGRATION_DATABASE_URL": roles.owner_url, "POSEGEN_APP_DB_ROLE": roles.app_role}
+    env = {**{k: v for k, v in env.items() if k != "POSEGEN_MIGRATION_DATABASE_URL"}, "DATABASE_URL": roles.app_url}
     posegen = [sys.executable, "-m", "app.cli"]
     stop = threading.Event()
 
@@ -264,8 +313,9 @@ def run_dev_stack(settings: Settings, host: str, ports: DevPorts, services: list
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
+    prepare_app_role(roles)
     for step in ("migrate", "seed"):
-        _run_step(posegen, step, env, stop)
+        _run_step(posegen, step, owner_env, stop)
         if stop.is_set():
             return 0
     parts = [_service_part(service) for service in services]
@@ -298,7 +348,7 @@ def run_dev_stack(settings: Settings, host: str, ports: DevPorts, services: list
             time.sleep(0.2)
         admin = mint_token(settings.jwt_secret, "admin", Role.ADMIN, settings.token_max_ttl_seconds)
         print(banner(settings, host, ports, [s.name for s in services], admin, with_exporter,
-                     operator_pauses(settings.redis_url)), flush=True)
+                     operator_pauses(settings.redis_url), roles.app_role), flush=True)
         while not stop.wait(0.3):
             _check_alive(parts)
         return 0

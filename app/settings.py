@@ -38,6 +38,10 @@ class LatencyRange:
 @dataclass(frozen=True)
 class Settings:
     database_url: str = "postgresql://postgres@127.0.0.1:5432/posegen"
+    # The schema owner's URL, for `posegen migrate` and `posegen seed` only ("": DATABASE_URL), and the role the
+    # application connects as, which migrate grants exactly what the processes use (app/db/grants.sql).
+    migration_database_url: str = ""
+    app_db_role: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
     jwt_secret: str = DEV_JWT_SECRET
     jwt_secret_set: bool = False  # whether JWT_SECRET came from the environment
@@ -119,6 +123,11 @@ class Settings:
     console_session_max_seconds: int = 8 * 3600
 
     @property
+    def owner_database_url(self) -> str:
+        """Where `posegen migrate` and `posegen seed` connect: as the schema's owner."""
+        return self.migration_database_url or self.database_url
+
+    @property
     def is_production(self) -> bool:
         return self.environment.strip().lower() == PRODUCTION
 
@@ -154,6 +163,9 @@ class Settings:
         provider = reader.choice("POSEGEN_PROVIDER", "local", ("local", "flux"))
         settings = cls(
             database_url=reader.url("DATABASE_URL", cls.database_url, ("postgresql://", "postgres://")),
+            migration_database_url=reader.url("POSEGEN_MIGRATION_DATABASE_URL", "", ("postgresql://", "postgres://"),
+                                              optional=True),
+            app_db_role=reader.role_name("POSEGEN_APP_DB_ROLE"),
             redis_url=reader.url("REDIS_URL", cls.redis_url, ("redis://", "rediss://", "unix://")),
             jwt_secret=reader.text("JWT_SECRET", cls.jwt_secret),
             jwt_secret_set=bool(reader.raw("JWT_SECRET")),
@@ -399,6 +411,7 @@ def shown_url(value: str) -> str:
     return _KEYWORD_PASSWORD.sub(r"\1***", value)
 
 
+_ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _URL_PASSWORD = re.compile(r"(://[^/@\s:]*):[^@/\s]*@")
 _KEYWORD_PASSWORD = re.compile(r"(?i)(password\s*=\s*)[^&\s]*")
 
@@ -416,6 +429,14 @@ class _Reader:
 
     def text(self, name: str, default: str) -> str:
         return self.raw(name) or default
+
+    def role_name(self, name: str) -> str:
+        """A PostgreSQL role name, as plain as one in a URL stays readable: letters, digits and ``_``, up to 63."""
+        value = self.text(name, "")
+        if value and not _ROLE_NAME.fullmatch(value):
+            raise SettingsError(f"{name}={value!r} is not a role name: letters, digits and _, up to 63, "
+                                "not starting with a digit")
+        return value
 
     def path(self, name: str) -> Path | None:
         value = self.text(name, "")

@@ -13,6 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import psycopg
+from psycopg import sql
+
+from app.db.privileges import dev_app_role
+from tests.stack import database_url
+
 SECRET = "dev-stack-test-secret-long-enough"
 
 
@@ -66,3 +72,10 @@ def private_folder() -> Iterator[Path]:
             assert outside.name.startswith("posegen-") and outside.parent == Path("/var/tmp")
             shutil.rmtree(outside, ignore_errors=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def drop_dev_role(db_name: str) -> None:
+    """Drop the application's role `posegen dev` created for the stack on database ``db_name`` (``<db>_app``,
+    app/devstack.py), once that database, where it held its privileges, has been dropped."""
+    with psycopg.connect(database_url("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(dev_app_role(database_url(db_name)))))

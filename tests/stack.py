@@ -35,6 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app import API_PREFIX
 from app.api.auth import Role, mint_token
+from app.db.privileges import url_as_role
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -427,10 +428,14 @@ def build_template() -> str:
 
 
 @contextmanager
-def running_stack(template: str, tmp: Path, *, workers: int = 1, api: bool = True,
+def running_stack(template: str, tmp: Path, *, workers: int = 1, api: bool = True, database_role: str | None = None,
                   **env: str) -> Iterator[Stack]:
+    """A stack on a clone of ``template``; with ``database_role`` its processes connect as that role (the test's
+    own connections, :meth:`Stack.db`, stay the owner's)."""
     stack = Stack(uuid.uuid4().hex[:8], template, tmp, env)
     try:
+        if database_role:
+            stack.env["DATABASE_URL"] = url_as_role(stack.database_url, database_role)
         if api:
             stack.start_api()
         for _ in range(workers):

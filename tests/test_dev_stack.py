@@ -19,7 +19,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.dev_commands import admin_token, answers, banner_lines, dev_env, private_folder, wait_for_banner
+from tests.dev_commands import (
+    admin_token,
+    answers,
+    banner_lines,
+    dev_env,
+    drop_dev_role,
+    private_folder,
+    wait_for_banner,
+)
 from tests.stack import (
     ROOT,
     child_pids,
@@ -153,6 +161,7 @@ def test_dev_moves_off_a_busy_default_port_and_stops_when_a_part_is_killed(victi
             dev.wait(timeout=30)
         squatter.close()
         drop_database(db_name)
+        drop_dev_role(db_name)
         release_redis_db(redis_index)
     output = log_path.read_text(errors="replace")
     assert dev.returncode == 1, output[-3000:]
@@ -208,3 +217,4 @@ def test_an_operator_pause_outlives_a_restart_of_the_stack_and_the_banner_says_s
         run_stack(still_paused)
     finally:
         drop_database(db_name)
+        drop_dev_role(db_name)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import yaml
@@ -44,7 +46,7 @@ def containers(workload: dict[str, Any]) -> list[dict[str, Any]]:
 def test_kustomization_renders_every_piece() -> None:
     kinds = sorted(doc["kind"] for doc in rendered())
     assert kinds == sorted(["Namespace", "ConfigMap", "ConfigMap", "Secret", "Secret", "Secret", "Secret", "Secret",
-                            "NetworkPolicy", "NetworkPolicy", "Job",
+                            "Secret", "NetworkPolicy", "NetworkPolicy", "Job",
                             "Deployment", "Deployment", "Deployment", "Service", "Service",
                             "HorizontalPodAutoscaler", "ScaledObject", "ServiceMonitor", "ServiceMonitor",
                             "PodMonitor", "PrometheusRule"])
@@ -54,7 +56,7 @@ def test_kustomization_renders_every_piece() -> None:
 
 def test_core_objects_validate_against_the_kubernetes_schemas() -> None:
     core = [doc for doc in rendered() if doc["kind"] not in CRDS]
-    assert len(core) == 17
+    assert len(core) == 18
     errors = []
     for doc in core:
         try:
@@ -185,3 +187,52 @@ def test_compose_runs_redis_with_a_required_password() -> None:
     assert redis["command"][:2] == ["redis-server", "--requirepass"]
     assert redis["command"][2].startswith("${REDIS_PASSWORD:?") and "ports" not in redis
     assert compose["services"]["api"]["environment"]["REDIS_URL"].startswith("redis://:${REDIS_PASSWORD:?")
+
+
+def _user(url: str) -> str:
+    """The user of a PostgreSQL URL, whose password may be a compose ``${VARIABLE:?message}``."""
+    found = re.match(r"postgres(?:ql)?://([^:@/]+)[:@]", url)
+    assert found, url
+    return found[1]
+
+
+def test_the_migrate_job_alone_connects_as_the_owner_and_the_pods_as_the_application_role() -> None:
+    """The application's pods never hold the owner's credentials: those are in a Secret of their own, which only
+    the migrate Job mounts; the pods' DATABASE_URL names the role the Job grants (POSEGEN_APP_DB_ROLE)."""
+    (job,) = objects("Job")
+    (migrate,) = containers(job)
+    job_refs = {ref.get("secretRef", ref.get("configMapRef"))["name"] for ref in migrate["envFrom"]}
+    assert "posegen-database-owner" in job_refs and "posegen-database" not in job_refs
+    for deployment in objects("Deployment"):
+        for container in containers(deployment):
+            refs = {ref.get("secretRef", ref.get("configMapRef"))["name"] for ref in container["envFrom"]}
+            assert "posegen-database-owner" not in refs, deployment["metadata"]["name"]
+    app_url = one("Secret", "posegen-database")["stringData"]["DATABASE_URL"]
+    owner_secret = one("Secret", "posegen-database-owner")["stringData"]
+    assert set(owner_secret) == {"POSEGEN_MIGRATION_DATABASE_URL"}
+    role = one("ConfigMap", "posegen-config")["data"]["POSEGEN_APP_DB_ROLE"]
+    assert _user(app_url) == role != _user(owner_secret["POSEGEN_MIGRATION_DATABASE_URL"])
+    assert urlsplit(app_url).path == urlsplit(owner_secret["POSEGEN_MIGRATION_DATABASE_URL"]).path
+
+
+def test_compose_runs_the_processes_as_the_application_role_and_migrates_as_the_owner() -> None:
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    services = compose["services"]
+    owner = services["postgres"]["environment"]["POSTGRES_USER"]
+    migrate = services["migrate"]["environment"]
+    role = migrate["POSEGEN_APP_DB_ROLE"]
+    assert _user(migrate["POSEGEN_MIGRATION_DATABASE_URL"]) == owner != role
+    for name in ("api", "worker", "exporter"):
+        environment = services[name]["environment"]
+        assert _user(environment["DATABASE_URL"]) == role, name
+        assert "POSEGEN_MIGRATION_DATABASE_URL" not in environment, name
+    assert ":${POSEGEN_APP_DB_PASSWORD:?" in services["api"]["environment"]["DATABASE_URL"]
+    # The role exists before migrate grants it: created by postgres-roles, with the script it mounts.
+    roles = services["postgres-roles"]
+    assert services["migrate"]["depends_on"] == {"postgres-roles": {"condition": "service_completed_successfully"}}
+    assert roles["environment"]["POSEGEN_APP_DB_ROLE"] == role and roles["environment"]["PGUSER"] == owner
+    (mount,) = roles["volumes"]
+    script = mount.split(":")[0]
+    assert roles["entrypoint"][-1] == mount.split(":")[1]
+    assert (ROOT / "deploy" / script).is_file()
+    assert "NOSUPERUSER NOCREATEDB NOCREATEROLE" in (ROOT / "deploy" / script).read_text()

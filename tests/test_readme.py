@@ -23,7 +23,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.dev_commands import dev_env, wait_for_banner
+from tests.dev_commands import dev_env, drop_dev_role, wait_for_banner
 from tests.stack import ROOT, claim_redis_db, database_url, drop_database, free_port, redis_url, release_redis_db
 
 README = ROOT / "README.md"
@@ -126,4 +126,5 @@ def test_every_readme_command_block_runs_as_written_against_a_dev_stack(tmp_path
             if make.poll() is None:
                 os.killpg(make.pid, signal.SIGKILL)
             drop_database(db_name)
+            drop_dev_role(db_name)
             release_redis_db(redis_index)

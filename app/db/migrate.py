@@ -6,7 +6,9 @@ written to be re-applied (``CREATE OR REPLACE``), applied on every run in file-n
 reader finds there is the body the database runs. A file whose SQL-language body calls another function
 must sort after that function's file. A migration's data step that needs the functions (a backfill
 through ``metrics_rebuild()``) follows a line :data:`AFTER_FUNCTIONS` and runs once they are in place.
-Pending migrations, the functions and those data steps commit together, or not at all.
+Then the privileges (``grants.sql``, :mod:`app.db.privileges`): every run re-applies them, for the
+application's role when one is named. Pending migrations, the functions, those data steps and the privileges
+commit together, or not at all. Run it as the role that owns the schema.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from importlib import resources
 import psycopg
 
 from app.connections import pg_connect
+from app.db.privileges import apply_grants
 
 # One advisory lock id, so two processes migrating at once apply each file once.
 _MIGRATION_LOCK = 7_402_511
@@ -39,11 +42,12 @@ def function_files() -> list[tuple[str, str]]:
 
 
 def migrate(database_url: str, migrations: list[tuple[str, str]] | None = None,
-            functions: list[tuple[str, str]] | None = None) -> list[str]:
-    """Apply pending migrations, then every function file; returns the migration versions applied now (empty
-    when up to date). Raises psycopg's errors, with nothing of this run committed. ``migrations`` and
-    ``functions`` (``(name, sql)`` in order) replace this package's files: a benchmark builds an earlier
-    design from git history with them."""
+            functions: list[tuple[str, str]] | None = None, *, app_role: str | None = None) -> list[str]:
+    """Apply pending migrations, then every function file, then the privileges, granting ``app_role`` (when
+    given) exactly what the processes use; returns the migration versions applied now (empty when up to date).
+    Raises psycopg's errors, or :class:`~app.db.privileges.AppRoleError` for an unfit ``app_role``, with nothing
+    of this run committed. ``migrations`` and ``functions`` (``(name, sql)`` in order) replace this package's
+    files: a benchmark builds an earlier design from git history with them."""
     applied: list[str] = []
     with pg_connect(database_url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
@@ -68,6 +72,7 @@ def migrate(database_url: str, migrations: list[tuple[str, str]] | None = None,
                 for step in data_steps:
                     if step.strip():
                         conn.execute(step)
+                apply_grants(conn, app_role)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
     return applied

@@ -1,5 +1,8 @@
 -- A traced generation entering completed or failed: an exemplar of its duration.
-CREATE OR REPLACE FUNCTION exporter_generation_exemplar() RETURNS trigger LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER (as the schema's owner): the application's role may only read the derived tables it
+-- writes (app/db/grants.sql); search_path pinned, as PostgreSQL's docs ask of such functions.
+CREATE OR REPLACE FUNCTION exporter_generation_exemplar() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
     PERFORM exporter_note_exemplar('generation_duration', NEW.duration_ms,
                                    NEW.trace_context ->> 'x-datadog-trace-id', NEW.id);

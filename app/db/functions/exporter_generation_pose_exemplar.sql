@@ -1,5 +1,8 @@
 -- A pose slot of a traced generation leaving pending: exemplars of its provider call and duration.
-CREATE OR REPLACE FUNCTION exporter_generation_pose_exemplar() RETURNS trigger LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER (as the schema's owner): the application's role may only read the derived tables it
+-- writes (app/db/grants.sql); search_path pinned, as PostgreSQL's docs ask of such functions.
+CREATE OR REPLACE FUNCTION exporter_generation_pose_exemplar() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     trace text;
 BEGIN

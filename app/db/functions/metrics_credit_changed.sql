@@ -1,6 +1,9 @@
 -- Admin rollup deltas, as metrics_generation_changed.sql describes.
 -- Ledger charges and refunds: deletes and updates (inserts: metrics_rows_inserted.sql).
-CREATE OR REPLACE FUNCTION metrics_credit_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER (as the schema's owner): the application's role may only read the derived tables it
+-- writes (app/db/grants.sql); search_path pinned, as PostgreSQL's docs ask of such functions.
+CREATE OR REPLACE FUNCTION metrics_credit_changed() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
     INSERT INTO metrics_credit_deltas (hour, charged, refunded)
     SELECT date_trunc('hour', c.created_at, 'UTC'),

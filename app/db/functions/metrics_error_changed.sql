@@ -1,6 +1,9 @@
 -- Admin rollup deltas, as metrics_generation_changed.sql describes.
 -- Error events.
-CREATE OR REPLACE FUNCTION metrics_error_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER (as the schema's owner): the application's role may only read the derived tables it
+-- writes (app/db/grants.sql); search_path pinned, as PostgreSQL's docs ask of such functions.
+CREATE OR REPLACE FUNCTION metrics_error_changed() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
     INSERT INTO metrics_error_deltas (hour, error_type, events)
     SELECT date_trunc('hour', c.occurred_at, 'UTC'), c.error_type, sum(c.sign)

@@ -2,7 +2,10 @@
 -- exporter's totals and histograms); returns how many moved. Only one folder at a time (so rollup rows
 -- are never contended); a busy lock means someone is folding. Outside READ COMMITTED a snapshot could
 -- miss another folder's deletes, so those transactions skip.
-CREATE OR REPLACE FUNCTION metrics_fold(max_rows integer DEFAULT 10000) RETURNS bigint LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER (as the schema's owner): the application's role may only read the derived tables it
+-- writes (app/db/grants.sql); search_path pinned, as PostgreSQL's docs ask of such functions.
+CREATE OR REPLACE FUNCTION metrics_fold(max_rows integer DEFAULT 10000) RETURNS bigint LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     moved_generations bigint;
     moved_poses bigint;

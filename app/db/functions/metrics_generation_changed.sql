@@ -3,7 +3,10 @@
 -- deletes all stay exact. The rows also carry what the exporter counts (see 008). Inserts are counted
 -- per statement or per transaction instead (metrics_rows_inserted.sql).
 -- Generations: deletes, and updates of the columns the figures depend on.
-CREATE OR REPLACE FUNCTION metrics_generation_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER (as the schema's owner): the application's role may only read the derived tables it
+-- writes (app/db/grants.sql); search_path pinned, as PostgreSQL's docs ask of such functions.
+CREATE OR REPLACE FUNCTION metrics_generation_changed() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     moved_delivered integer := 0;
     moved_pose_ms bigint := 0;

@@ -1,6 +1,9 @@
 -- Admin rollup deltas, as metrics_generation_changed.sql describes.
 -- Updates and deletes of pose slots (the worker's outcomes, the reaper), one row at a time.
-CREATE OR REPLACE FUNCTION metrics_generation_pose_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER (as the schema's owner): the application's role may only read the derived tables it
+-- writes (app/db/grants.sql); search_path pinned, as PostgreSQL's docs ask of such functions.
+CREATE OR REPLACE FUNCTION metrics_generation_pose_changed() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     entered boolean;  -- the slot enters completed or failed with this write
 BEGIN

@@ -7,7 +7,10 @@
 -- clearing the setting (posegen_create_generations does: 16 creates, three delta statements). Only
 -- inserts are handed over: updates and deletes are always counted by their row triggers, so a caller must
 -- not update or delete the rows it has not counted yet.
-CREATE OR REPLACE FUNCTION metrics_rows_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+-- SECURITY DEFINER (as the schema's owner): the application's role may only read the derived tables it
+-- writes (app/db/grants.sql); search_path pinned, as PostgreSQL's docs ask of such functions.
+CREATE OR REPLACE FUNCTION metrics_rows_inserted() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = public, pg_temp AS $$
 BEGIN
     CASE TG_TABLE_NAME
         WHEN 'generations' THEN

@@ -13,6 +13,10 @@
 -- run, the insert triggers of the counted tables skip, and metrics_generations_created then counts the
 -- generations created, their slots and charges, in three statements instead of three trigger calls each.
 --
+-- SECURITY DEFINER (as the schema's owner): the application's role creates generations and their pose slots
+-- through this function only (it holds no INSERT on those tables), and the counting at the end writes the
+-- derived tables it may only read (app/db/grants.sql). search_path pinned, as PostgreSQL's docs ask.
+--
 -- p_items: a JSON array of {"id", "userId", "prompt", "poseIds": [...], "idempotencyKey", "traceContext"}.
 -- One row per item, "item" being its 0-based position in p_items.
 CREATE OR REPLACE FUNCTION posegen_create_generations(
@@ -21,7 +25,7 @@ CREATE OR REPLACE FUNCTION posegen_create_generations(
     item integer, outcome text, generation_id text, status text, credits_charged bigint, attempt integer,
     created_at timestamptz, balance bigint, missing text[], error_state text, error_message text,
     error_detail text
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
     entry record;
     created record;
