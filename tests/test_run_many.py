@@ -313,6 +313,29 @@ def test_a_worker_stops_within_seconds_every_time(api_stack: Stack, command: tup
             _stop_all(stack, [worker])
 
 
+def test_a_worker_stopped_before_its_loop_runs_leaves_with_exit_0(api_stack: Stack) -> None:
+    """SIGTERM before RQ's loop has installed its handlers (here: registering on a Redis that does not answer)
+    is a stop request too: exit 0 within seconds, not Python's default for SIGTERM (exit -15). A CI run hit
+    this when Redis went silent just after the worker appeared registered."""
+    stack = api_stack
+    url = urlsplit(stack.redis_url)
+    proxy = TcpProxy((url.hostname or "127.0.0.1", url.port or 6379)).start()
+    proxy.silence(new_connections=True)  # every Redis call of the worker waits for its socket timeout
+    worker = stack.start_worker(REDIS_URL=urlunsplit(url._replace(netloc=f"127.0.0.1:{proxy.port}")))
+    try:
+        deadline = time.monotonic() + 30
+        while not proxy.accepted_connections():  # its first Redis call now waits on a silent connection
+            assert worker.alive() and time.monotonic() < deadline, worker.output()
+            time.sleep(0.05)
+        started = time.monotonic()
+        worker.popen.send_signal(signal.SIGTERM)
+        assert worker.popen.wait(timeout=10) == 0, worker.output()
+        assert time.monotonic() - started < 5
+    finally:
+        proxy.stop()
+        _stop_all(stack, [worker])
+
+
 def _waiting_for_redis(output: str) -> bool:
     """The worker said it is waiting for Redis: our restart loop's line, or RQ's own dequeue retry."""
     return "Redis unreachable" in output or "could not connect to Redis" in output

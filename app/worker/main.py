@@ -7,7 +7,7 @@ under one command (:mod:`app.worker.pool`).
 from __future__ import annotations
 
 import signal
-import threading
+import time
 from typing import Any
 
 import psycopg
@@ -209,19 +209,18 @@ def _stop_was_requested(worker: PoseWorker | None) -> bool:
     return worker is not None and (worker.stop_signalled or worker._stop_requested)
 
 
-def _wait_unless_stopped(seconds: float) -> bool:
-    """Sleep ``seconds`` between restarts; False (at once) if SIGTERM/SIGINT arrives meanwhile.
+def _stop_on_signal(signum: int, frame: Any) -> None:
+    raise StopRequested
 
-    RQ's handlers from the last ``work()`` are still installed and would call into a worker whose loop has
-    ended, so ours stand in until the next ``work()`` installs RQ's again."""
-    stop = threading.Event()
 
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
-
+def _install_stop_handlers() -> None:
+    """SIGTERM/SIGINT stop this process wherever it is outside RQ's loop (starting, registering on a silent
+    Redis, pausing between restarts): the handler raises :class:`StopRequested`, which ends a blocking call too,
+    and the caller returns. Python's default for SIGTERM would kill the process (exit -15) instead, and RQ's
+    handlers left from an ended ``work()`` would call into a worker whose loop is over. ``work()`` installs
+    RQ's own for its loop."""
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, handler)
-    return not stop.wait(seconds)
+        signal.signal(signum, _stop_on_signal)
 
 
 def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, in_pool: bool = False,
@@ -242,6 +241,7 @@ def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, in_
     try:
         while True:
             try:
+                _install_stop_handlers()
                 # After an outage the old registration may still be live in Redis: register under a new name.
                 worker_name = f"{name}-r{restarts}" if name and restarts else name
                 # Queue order is priority: retries run only while no new generation waits.
@@ -268,7 +268,10 @@ def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, in_
             except StopRequested:  # a signal while registering, before RQ's loop caught it
                 return
             restarts += 1
-            if not _wait_unless_stopped(RESTART_PAUSE_SECONDS):
+            try:
+                _install_stop_handlers()
+                time.sleep(RESTART_PAUSE_SECONDS)
+            except StopRequested:
                 return
     finally:
         reaper.stop()
@@ -278,7 +281,18 @@ def run_worker(
     settings: Settings, *, name: str | None = None, burst: bool = False, metrics_host: str = "127.0.0.1",
     metrics_port: int = 0, processes: int = 1,
 ) -> None:
-    """``posegen worker``: one worker here, or a pool of ``processes`` with one metrics endpoint."""
+    """``posegen worker``: one worker here, or a pool of ``processes`` with one metrics endpoint. SIGTERM/SIGINT
+    while it starts (warming caches, binding the metrics port) stop it too, with exit 0."""
+    _install_stop_handlers()
+    try:
+        _run_worker(settings, name=name, burst=burst, metrics_host=metrics_host, metrics_port=metrics_port,
+                    processes=processes)
+    except StopRequested:
+        log.info("Worker stopped on request while starting")
+
+
+def _run_worker(settings: Settings, *, name: str | None, burst: bool, metrics_host: str, metrics_port: int,
+                processes: int) -> None:
     use_settings(settings)
     warm_skeleton_cache(settings)
     warm_tls()

@@ -77,6 +77,11 @@ class TcpProxy:
         with self._lock:
             self._silence_new = False
 
+    def accepted_connections(self) -> int:
+        """Connections accepted and still held, relaying or silent."""
+        with self._lock:
+            return len(self._links)
+
     def open_connections(self) -> int:
         with self._lock:
             return sum(1 for link in self._links if not link.silent.is_set())
