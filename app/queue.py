@@ -53,18 +53,36 @@ JOB_SERIALIZER = JSONSerializer
 JOB_TIMEOUT_SECONDS = 3600
 
 
+class PoseJob(Job):
+    """RQ's job without the hooks the pipeline never uses: callbacks (a module path RQ imports and calls, in the
+    work-horse or, for a job found in the started registry, in the worker itself) and webhooks (URLs RQ
+    requests when a job ends). A job read from Redis keeps none of them, whoever wrote it; the names of those
+    it carried stay in :attr:`untrusted_hooks`, and the worker refuses such a job (app/worker/job_failures.py)."""
+
+    untrusted_hooks: tuple[str, ...] = ()
+
+    def restore(self, raw_data: Any) -> Any:
+        restored = super().restore(raw_data)
+        self.untrusted_hooks = tuple(name for name, value in (
+            ("success callback", self._success_callback_name), ("failure callback", self._failure_callback_name),
+            ("stopped callback", self._stopped_callback_name), ("webhooks", self.webhooks)) if value)
+        self._success_callback_name = self._failure_callback_name = self._stopped_callback_name = None
+        self.webhooks = []
+        return restored
+
+
 def job_id_for(generation_id: str, attempt: int) -> str:
     """The RQ job id of one attempt of a generation: ``<generation id>-a<attempt>``."""
     return f"{generation_id}-a{attempt}"
 
 
 def make_queue(connection: Redis) -> Queue:
-    return Queue(QUEUE_NAME, connection=connection, serializer=JOB_SERIALIZER)
+    return Queue(QUEUE_NAME, connection=connection, serializer=JOB_SERIALIZER, job_class=PoseJob)
 
 
 def make_retry_queue(connection: Redis) -> Queue:
     """The queue of retried generations; workers listen to it after the main one, so new work goes first."""
-    return Queue(RETRY_QUEUE_NAME, connection=connection, serializer=JOB_SERIALIZER)
+    return Queue(RETRY_QUEUE_NAME, connection=connection, serializer=JOB_SERIALIZER, job_class=PoseJob)
 
 
 def generation_job(generation_id: str, attempt: int) -> Any:
@@ -108,8 +126,8 @@ def job_pending(connection: Redis, job_id: str, now: float | None = None) -> boo
     if state in (JobStatus.DEFERRED, JobStatus.SCHEDULED):
         return True
     if state == JobStatus.QUEUED:  # in the list of the queue it was enqueued on (new work or retries)
-        queue = Queue(origin.decode(), connection=connection, serializer=JOB_SERIALIZER) if origin \
-            else make_queue(connection)
+        queue = Queue(origin.decode(), connection=connection, serializer=JOB_SERIALIZER, job_class=PoseJob) \
+            if origin else make_queue(connection)
         return connection.lpos(queue.key, job_id) is not None
     if state == JobStatus.STARTED:
         return int(live_executions) > 0
@@ -122,7 +140,7 @@ def retire_attempt(connection: Redis, job_id: str) -> None:
     running or failed, and RQ's maintenance never turns it into a failure. Idempotent."""
     queue = make_queue(connection)
     try:
-        job = Job.fetch(job_id, connection=connection, serializer=JOB_SERIALIZER)
+        job = PoseJob.fetch(job_id, connection=connection, serializer=JOB_SERIALIZER)
     except NoSuchJobError:
         job = None
     with connection.pipeline() as pipe:

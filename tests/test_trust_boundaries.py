@@ -53,3 +53,57 @@ def test_a_job_pushed_into_redis_by_someone_else_never_runs(fresh_stack, tmp_pat
     assert stack.wait_finished(user, generation_id)["status"] == "completed"
     assert worker.alive()
     redis.close()
+
+
+def test_callbacks_and_webhooks_written_into_redis_never_run(fresh_stack, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """RQ jobs may carry callbacks (a module path RQ imports and calls) and webhooks (URLs RQ requests when a job
+    ends): a Redis writer put them on a job naming the pipeline's own function, and on a foreign job placed
+    straight into the started registry, which the worker's maintenance fails (calling its failure callback,
+    in the worker itself). Neither is imported nor requested; the pipeline job is refused and counted."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from rq.job import Callback
+    from rq.webhook import Webhook
+
+    mark = tmp_path / "imported"
+    (tmp_path / "planted_callback.py").write_text(f"open({str(mark)!r}, 'w').close()\ndef hook(*a, **k): pass\n")
+    requested: list[str] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def _record(self) -> None:
+            requested.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        do_GET = do_POST = _record
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    hook_url = f"http://127.0.0.1:{collector.server_address[1]}"
+    try:
+        stack: Stack = fresh_stack(workers=0, PYTHONPATH=str(tmp_path))
+        redis = Redis.from_url(stack.redis_url)
+        queue = Queue(QUEUE_NAME, connection=redis, serializer=JSONSerializer)
+        ours = queue.enqueue("app.worker.jobs.process_generation", "gen_00000000000000000000dead", 1,
+                             on_success=Callback("planted_callback.hook"), on_failure=Callback("planted_callback.hook"),
+                             webhooks=[Webhook(f"{hook_url}/ours", "finished"), Webhook(f"{hook_url}/ours", "failed")])
+        planted = Job.create("os.system", args=("true",), connection=redis, serializer=JSONSerializer,
+                             origin=QUEUE_NAME, on_failure=Callback("planted_callback.hook"),
+                             webhooks=[Webhook(f"{hook_url}/planted", "failed")])
+        planted.set_status(JobStatus.STARTED)
+        planted.save()
+        redis.zadd(f"rq:wip:{QUEUE_NAME}", {f"{planted.id}:exec1": 1})  # its heartbeat long expired
+        worker = stack.start_worker()  # its start-up maintenance finds the planted execution
+        wait_for_status(redis, ours.id, JobStatus.FAILED)
+        wait_for_status(redis, planted.id, JobStatus.FAILED)
+        assert not mark.exists(), "a callback named in Redis was imported"
+        assert requested == [], f"a webhook named in Redis was requested: {requested}"
+        assert "Refused a job that is not one of ours" in worker.output()
+        assert refused_count(stack) >= 1
+        redis.close()
+    finally:
+        collector.shutdown()

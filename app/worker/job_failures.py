@@ -20,7 +20,7 @@ from rq.exceptions import DeserializationError
 
 from app.observability.fleet_metrics import JOB_FAILURES, add_count
 from app.observability.logging import get_logger
-from app.queue import JOB_FUNCTIONS, JOB_SERIALIZER
+from app.queue import JOB_FUNCTIONS, JOB_SERIALIZER, PoseJob
 
 log = get_logger("Worker")
 
@@ -52,6 +52,9 @@ def job_refusal(job: Any) -> str | None:
         return f"{REFUSED} (function {str(func_name)[:200]!r} is not one of the pipeline's)"
     if kwargs or not all(isinstance(arg, (str, int)) for arg in args):
         return f"{REFUSED} (arguments of another shape than (generation id, attempt))"
+    hooks = getattr(job, "untrusted_hooks", ())
+    if hooks:  # never run (PoseJob drops them when it reads the job), but a job of ours never has any
+        return f"{REFUSED} (it carries {', '.join(hooks)}, which the pipeline never sets)"
     return None
 
 
@@ -60,6 +63,7 @@ class CountingWorker(Worker):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("serializer", JOB_SERIALIZER)
+        kwargs.setdefault("job_class", PoseJob)  # registries' maintenance reads jobs through it too
         super().__init__(*args, **kwargs)
 
     def execute_job(self, job: Any, queue: Any) -> None:
