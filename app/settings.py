@@ -373,7 +373,8 @@ def _jwt_secret_problem(secret: str, set_explicitly: bool) -> str | None:
 # hex or base64 show 14 or more (``aaaa...``, ``abab...`` show 1 or 2).
 MIN_SECRET_DISTINCT_CHARACTERS = 10
 # Words of the examples and templates a secret is copied from, never of a random one.
-_PLACEHOLDER_WORDS = ("changeme", "replaceme", "placeholder", "yoursecret", "example", "dontuse", "notforproduction")
+_PLACEHOLDER_WORDS = ("changeme", "replaceme", "placeholder", "yoursecret", "your256bitsecret", "example", "dontuse",
+                      "notforproduction")
 
 
 def _placeholder_problem(name: str, secret: str) -> str | None:
@@ -384,6 +385,11 @@ def _placeholder_problem(name: str, secret: str) -> str | None:
         return f"{name} looks like a placeholder (it contains {word!r}); set a random secret"
     if len(set(secret)) < MIN_SECRET_DISTINCT_CHARACTERS:
         return (f"{name} has {len(set(secret))} distinct characters, a pattern rather than a random secret; "
+                "generate one, e.g. openssl rand -hex 32")
+    unit = next((n for n in range(1, len(secret) // 2 + 1)
+                 if (secret[:n] * (len(secret) // n + 1)).startswith(secret)), None)
+    if unit is not None:
+        return (f"{name} repeats its first {unit} characters, a pattern rather than a random secret; "
                 "generate one, e.g. openssl rand -hex 32")
     return None
 
@@ -403,17 +409,30 @@ def _plain_http_problem(name: str, url: str) -> str | None:
     return None
 
 
-def shown_url(value: str) -> str:
-    """``value`` fit to print: the password of a URL (``scheme://user:PASSWORD@host``) and ``password=`` values
-    (libpq keyword strings, query strings) replaced by ``***``. Textual, so a URL too broken to parse is
-    redacted too."""
-    value = _URL_PASSWORD.sub(r"\1:***@", value)
-    return _KEYWORD_PASSWORD.sub(r"\1***", value)
+def shown_url(value: str, text: str | None = None) -> str:
+    """``text`` (default: ``value`` itself) fit to print: every password ``value`` carries, as a URL's
+    (``scheme://user:PASSWORD@host``, up to the authority's last ``@``, so an unencoded ``@`` in it hides nothing)
+    or as ``password=`` (libpq keyword strings, query strings), raw or percent-decoded, replaced by ``***``.
+    Textual, so a URL too broken to parse is redacted too, and so is a parser's message that quotes it."""
+    shown = value if text is None else text
+    for secret in sorted(_passwords_in(value), key=len, reverse=True):
+        shown = shown.replace(secret, "***")
+    return shown
+
+
+def _passwords_in(value: str) -> set[str]:
+    from urllib.parse import unquote
+
+    found = {m.group(1) for m in _URL_PASSWORD.finditer(value)}
+    found |= {m.group(2) for m in _KEYWORD_PASSWORD.finditer(value)}
+    forms = {form for secret in found if secret for form in (secret, unquote(secret)) if form}
+    # A parser may quote a piece of a password with an unencoded '@', ':' or '/' in it: those pieces too.
+    return forms | {piece for form in forms for piece in re.split(r"[@:/]", form) if len(piece) >= 4}
 
 
 _ROLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
-_URL_PASSWORD = re.compile(r"(://[^/@\s:]*):[^@/\s]*@")
-_KEYWORD_PASSWORD = re.compile(r"(?i)(password\s*=\s*)[^&\s]*")
+_URL_PASSWORD = re.compile(r"://[^/@\s:]*:([^/\s]*)@")
+_KEYWORD_PASSWORD = re.compile(r"(?i)(password\s*=\s*)([^&\s]*)")
 
 
 class _Reader:
@@ -492,7 +511,7 @@ class _Reader:
                 if not parts.hostname:
                     raise ValueError("names no host")
         except ValueError as exc:
-            raise SettingsError(f"{name}={shown_url(value)!r}: {shown_url(str(exc))}") from None
+            raise SettingsError(f"{name}={shown_url(value)!r}: {shown_url(value, str(exc))}") from None
         return value
 
     def number(

@@ -232,6 +232,9 @@ def test_production_refuses_placeholder_secrets_and_plain_http_each_in_one_line(
         ({"JWT_SECRET": "ab" * 24}, "JWT_SECRET", "distinct characters"),
         ({"JWT_SECRET": "CHANGE-ME-CHANGE-ME-CHANGE-ME-CHANGE-ME"}, "JWT_SECRET", "placeholder"),
         ({"JWT_SECRET": "replace_me_with_a_real_secret_0123456789"}, "JWT_SECRET", "placeholder"),
+        ({"JWT_SECRET": "0123456789abcdef0123456789abcdef"}, "JWT_SECRET", "repeats"),
+        ({"JWT_SECRET": "your-256-bit-secret-your-256-bit-secret"}, "JWT_SECRET", "placeholder"),
+        ({"JWT_SECRET": "Kq8#zP2vLm9!xR4t" * 3}, "JWT_SECRET", "repeats"),
         ({"FLUX_BASE_URL": "http://api.bfl.ai"}, "FLUX_BASE_URL", "plain http"),
         ({"STORAGE_BACKEND": "supabase", "SUPABASE_URL": "http://abc.supabase.co", "SUPABASE_SERVICE_KEY": "k" * 40},
          "SUPABASE_URL", "plain http"),
@@ -251,7 +254,10 @@ def test_start_up_errors_never_print_a_password() -> None:
              {"REDIS_URL": "redis://:SuperSecretPW@cache.internal:0/0"},
              {"REDIS_URL": "redis://default:SuperSecretPW@cache.internal:6379/not-a-db"},
              {"DATABASE_URL": "postgresql://db.internal/posegen?password=SuperSecretPW&port=0"},
-             {"SENTRY_DSN": "https://key:SuperSecretPW@sentry.internal:99999/1"}]
+             {"SENTRY_DSN": "https://key:SuperSecretPW@sentry.internal:99999/1"},
+             {"DATABASE_URL": "postgresql://u:SuperSecretPW%ZZ@127.0.0.1/db"},  # the parser quotes the password
+             {"DATABASE_URL": "postgresql://u:p@SuperSecretPW@127.0.0.1:zz/db"},  # an unencoded '@' in it
+             {"REDIS_URL": "redis://u:Super%40SecretPW@127.0.0.1:0/0"}]
     results = _posegen_all([(["worker", "--metrics-port", "0"], env) for env in cases])
     for env, result in zip(cases, results, strict=True):
         assert result.returncode == 2, (env, result.stderr)
