@@ -75,8 +75,12 @@ class Host:
 class HostNetwork:
     """Hosts ``names`` (at most 63), created on entry and all removed on exit or :meth:`close`, also on failure."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], rto_max_ms: int | None = None) -> None:
+        """``rto_max_ms``: cap TCP's retransmission backoff in each host (``net.ipv4.tcp_rto_max_ms``, Linux 6.15
+        on; ignored where the kernel has no such setting), so a connection that hung through a partition is
+        heard again within that long of the heal rather than up to minutes later."""
         self._names = names
+        self._rto_max_ms = rto_max_ms
         self.hosts: dict[str, Host] = {}
         self._partitioned: set[str] = set()
 
@@ -115,6 +119,9 @@ class HostNetwork:
                 _run(*inside, "ip", "addr", "add", f"{host.address}/30", "dev", host.veth_host)
                 _run(*inside, "ip", "link", "set", host.veth_host, "up")
                 _run(*inside, "ip", "link", "set", "lo", "up")
+                if self._rto_max_ms and Path("/proc/sys/net/ipv4/tcp_rto_max_ms").exists():
+                    # A per-namespace setting, read when a socket is created: set before anything runs inside.
+                    _run(*inside, "sysctl", "-q", "-w", f"net.ipv4.tcp_rto_max_ms={self._rto_max_ms}")
 
     def partition(self, name: str) -> None:
         """Drop every packet into and out of host ``name`` on its veth (loopback inside it keeps working)."""

@@ -37,6 +37,7 @@ from rq import Worker
 from app import API_PREFIX
 from app.api.auth import Role, mint_token
 from app.errors import ErrorType
+from app.observability.fleet_metrics import PROVIDER_SLOT_WAIT
 from app.worker.faults import FaultPlan
 from tests import netns
 from tests.fakes.tcp_proxy import TcpProxy
@@ -102,7 +103,10 @@ def _start_redis(folder: Path, addresses: list[str]) -> tuple[subprocess.Popen[b
     for _ in range(5):
         port = free_port()
         process = subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", *addresses, "--port", str(port), "--save", "", "--appendonly", "no",
+            # Protected mode refuses every client not on loopback when no password is set; the veth addresses
+            # bound here are reachable from this machine's namespaces only.
+            [binary, "--bind", "127.0.0.1", *addresses, "--protected-mode", "no", "--port", str(port),
+             "--save", "", "--appendonly", "no",
              "--dir", str(folder), "--logfile", str(folder / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -131,7 +135,7 @@ def drill(template_db: str, tmp_path: Path) -> Iterator[Drill]:
     proxies: list[TcpProxy] = []
     redis_process: subprocess.Popen[bytes] | None = None
     drill: Drill | None = None
-    with netns.HostNetwork(["w1", "w2", "api"]) as net:
+    with netns.HostNetwork(["w1", "w2", "api"], rto_max_ms=1000) as net:
         try:
             create_database(db_name, template_db)
             redis_process, redis_port = _start_redis(redis_folder, [h.gateway for h in net.hosts.values()])
@@ -263,6 +267,13 @@ def test_partitioned_worker_is_fenced_and_its_generation_rerun_on_the_other_host
     holder = _poll("a work-horse for attempt 1",
                    lambda: next((n for n, w in drill.workers.items() if child_pids(w.pid)), None), drill, 10)
     other = next(name for name in drill.workers if name != holder)
+    # Cut off once every pose is inside the provider call (slot taken, its wait recorded in Redis): what the
+    # horse sends from now on is its lease renewals, then each pose's outcome.
+    slot_waits = Redis(port=drill.redis_port, socket_timeout=2)
+    _poll("every pose in the provider call", lambda: sum(
+        int(float(v)) for k, v in slot_waits.hgetall(PROVIDER_SLOT_WAIT.key).items() if k.startswith(b"le:"))
+        == len(POSES), drill, 20)
+    slot_waits.close()
     drill.net.partition(holder)
     partitioned_at = time.monotonic()
 
