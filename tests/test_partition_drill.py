@@ -6,9 +6,12 @@ namespace, reached over the veth pairs. The worker holding a generation is parti
 its connections hang silently. Its lease lapses, the other host's reaper re-queues the generation under
 attempt 2 and that host runs it. Then the partition heals and what the cut-off work-horse sent or sends
 reaches the database late: its lease renewal, its pose results and refunds, its finish. Each is refused
-because attempt 1 is fenced. Afterwards: one completion, one charge per pose, one refund per failed pose of
-attempt 2, balances equal to the ledger, the re-queue counted by the exporter, and the healed worker takes new
-work. Takes about 40 s.
+because attempt 1 is fenced. The heal comes as soon as the reaper has re-queued, while attempt 2 runs: its
+poses are still pending then, so only the attempt check refuses attempt 1's results (healing after attempt 2's
+finish would leave them to the pose status alone, and the horse's in-flight statements would likely run into
+their 10 s bound and abandon the attempt instead of writing late). Afterwards: one completion, one charge
+per pose, one refund per failed pose of attempt 2, balances equal to the ledger, the re-queue counted by the
+exporter, and the healed worker takes new work. Takes about 40 s.
 """
 
 from __future__ import annotations
