@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Debian packages the tests and the dev stack use: {binary: package}.
-TOOLS := {'promtool': 'prometheus', 'prometheus': 'prometheus', 'amtool': 'prometheus-alertmanager', 'prometheus-alertmanager': 'prometheus-alertmanager', 'redis-server': 'redis-server', 'kubectl': 'kubectl', 'chromium': 'chromium', 'chromedriver': 'chromium-driver'}
+TOOLS := {'promtool': 'prometheus', 'prometheus': 'prometheus', 'amtool': 'prometheus-alertmanager', 'prometheus-alertmanager': 'prometheus-alertmanager', 'redis-server': 'redis-server', 'kubectl': 'kubectl', 'chromium': 'chromium', 'chromedriver': 'chromium-driver', 'iptables': 'iptables'}
 
 LOCK := requirements.lock
 

@@ -185,14 +185,16 @@ def child_pids(pid: int) -> list[int]:
 class Process:
     """A ``posegen`` subprocess whose output goes to a log file (shown when a test fails)."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, wrapper: tuple[str, ...] = ()) -> None:
+        """``wrapper``: a command that execs the rest in place (``ip netns exec NAME``), so ``pid`` stays the
+        ``posegen`` process's."""
         self.args = args
         self.metrics_port = 0
         self.worker_name = ""  # the --name of a worker the stack started
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args], env=env, cwd=ROOT, stdout=self._log,
+            [*wrapper, sys.executable, "-m", "app.cli", *args], env=env, cwd=ROOT, stdout=self._log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
 

@@ -169,7 +169,14 @@ class GenerationPipeline:
                 return
             timings = self._timings(queue_wait_ms, stages, began)
             async with self._database():
-                await record_pose_success(self._conn, claimed, pose, image_key, timings)
+                recorded = await record_pose_success(self._conn, claimed, pose, image_key, timings)
+            if not recorded:
+                # Fenced: the reaper re-queued the generation under a later attempt (this one lost its lease, e.g.
+                # cut off from the database), or the pose has an outcome already. Nothing was written; the
+                # image stays an orphan under this attempt's key, and the pose counts in no timing.
+                log.warning("Pose result refused: the attempt no longer owns the generation",
+                            attempt=claimed.attempt, imageKey=image_key, **meta)
+                return
             performance_tracker.record(POSE_TOTAL, timings.duration_ms or 0, **meta)
             log.info("Generated pose successfully", duration=timings.duration_ms, **meta)
 
@@ -197,7 +204,9 @@ class GenerationPipeline:
                 # The slot counts the provider's tasks in flight: a finished task's download does not hold it.
                 image = await self._provider.generate(request, task_done=held.release)
         stages[PipelineStage.PROVIDER] = int(step.duration_ms)
-        key = f"{claimed.generation_id}/{pose.position}-{pose.pose_id}.png"
+        # The attempt is part of the key: a fenced attempt that uploads late (its lease lapsed while it was cut
+        # off, and a later attempt delivered the pose) must not overwrite the image the database points to.
+        key = f"{claimed.generation_id}/{pose.position}-{pose.pose_id}-a{claimed.attempt}.png"
         async with performance_tracker.measure(IMAGE_UPLOAD, **meta) as step:
             raise_if_due(fault, PipelineStage.UPLOAD)
             await self._storage.put(key, image, "image/png")

@@ -1,4 +1,5 @@
-"""A TCP proxy on 127.0.0.1 that can make connections go silent: accept, never relay, never close.
+"""A TCP proxy (on 127.0.0.1 unless told another address) that can make connections go silent: accept,
+never relay, never close.
 
 What a network failure that closes nothing looks like from either end (a dropped NAT entry, a
 failed-over load balancer): the socket stays open, writes are accepted, no answer ever comes. Point a
@@ -41,9 +42,10 @@ class _Link:
 class TcpProxy:
     """Relays each accepted connection to ``upstream`` until told to go silent. Thread-based, test-only."""
 
-    def __init__(self, upstream: tuple[str, int], port: int = 0) -> None:
+    def __init__(self, upstream: tuple[str, int], port: int = 0, host: str = "127.0.0.1") -> None:
+        """Listens on ``host``:``port`` (0: a free port, see :attr:`port`) once started."""
         self.upstream = upstream
-        self._listener = socket.create_server(("127.0.0.1", port))
+        self._listener = socket.create_server((host, port))
         self._links: list[_Link] = []
         self._lock = threading.Lock()
         self._stopped = threading.Event()
