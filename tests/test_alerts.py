@@ -16,6 +16,8 @@ import yaml
 
 from alerts import links
 
+pytestmark = pytest.mark.tools
+
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
 RULES = ALERTS / "rules" / "pose-generator.rules.yml"

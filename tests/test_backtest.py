@@ -24,6 +24,8 @@ from tests.stack import free_port
 from tests.test_alerts import ROOT, require_tool
 from tests.test_live_monitoring import Daemon, ready, wait_until
 
+pytestmark = pytest.mark.tools
+
 PER_MINUTE = 100 / 60
 HOURS = 6
 BAD_FROM, BAD_TO = 120, 180  # minutes into the history

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from dashboards.overview import build_dashboards, render, write_dashboards
@@ -89,6 +90,7 @@ def test_every_query_uses_only_contract_metrics() -> None:
             assert not unknown, f"{name} / {panel['title']}: unknown metrics {unknown}"
 
 
+@pytest.mark.tools
 def test_every_query_is_valid_promql(tmp_path: Path) -> None:
     """promtool parses each panel query as a recording rule expression."""
     rules = [

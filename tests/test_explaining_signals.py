@@ -102,6 +102,7 @@ def fake_flux() -> Iterator[FakeFlux]:
         yield fake
 
 
+@pytest.mark.tools
 def test_provider_saturation_is_what_the_provider_saw(fresh_stack, fake_flux: FakeFlux) -> None:  # type: ignore[no-untyped-def]
     stack: Stack = fresh_stack(
         workers=1, POSEGEN_PROVIDER="flux", FLUX_API_KEY=fake_flux.api_key, FLUX_BASE_URL=fake_flux.base_url,

@@ -144,6 +144,7 @@ def finish_generations(stack: Stack, user: str, pose_counts: list[int]) -> list[
     return [stack.wait_finished(user, generation_id) for generation_id in ids]
 
 
+@pytest.mark.tools
 def test_exporter_figures_are_the_database_rows_and_survive_kills(
         fresh_stack: StartStack, start_exporter: StartExporter) -> None:
     stack = fresh_stack(workers=1, POSEGEN_FAULTS="FLUX_API_ERROR=0.3,STORAGE_ERROR=0.15,CONTROLNET_ERROR=0.1")

@@ -34,6 +34,8 @@ from app.queue import WORKER_STATES
 from tests.stack import Process, Stack, free_port
 from tests.test_live_monitoring import RULE_FILES, panel_targets, substitute
 
+pytestmark = pytest.mark.tools
+
 INTERVAL = "30s"
 ALWAYS_FIRING = {"Watchdog"}
 

@@ -41,6 +41,8 @@ from app.errors import ErrorType
 from tests.fakes.webhook_sink import Notification, WebhookSink
 from tests.stack import Process, Stack, free_port, running_stack
 
+pytestmark = pytest.mark.tools
+
 ROOT = Path(__file__).resolve().parent.parent
 RULE_FILES = sorted((ROOT / "alerts" / "rules").glob("*.yml"))
 ALERTMANAGER_CONFIG = ROOT / "alerts" / "alertmanager.yml"

@@ -168,6 +168,7 @@ def hostile_workload(stack: Stack) -> None:
         hang_up_mid_body(stack, "/generations", stack.token("alice"))
 
 
+@pytest.mark.tools
 def test_an_outsiders_workload_pages_nobody_in_a_replay(fresh_stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The series a hostile workload and a burst past the create limit through two API processes leave, replayed
     as if they ran every minute for two hours through the alert rules with promtool: no alert about the API
@@ -239,6 +240,7 @@ def test_bytes_that_are_not_http_get_a_counted_400(stack: Stack) -> None:
     assert all(line.startswith("{") for line in log.splitlines() if line.strip()), log[-2000:]
 
 
+@pytest.mark.tools
 def test_a_flood_of_refused_requests_cannot_hide_an_outage(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Two hours of an outage (every create answered 503) while outsiders send 100 times as many requests that
     are refused (401, 429, 404 scans, 499 hang-ups): the refusals are neither good nor bad events, so the 5xx
