@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from dashboards.overview import build_dashboards, render, write_dashboards
-from tests.test_alerts import CONTRACT_METRICS, ROOT, metric_names, require_tool, run
+from tests.support.alerts import CONTRACT_METRICS, ROOT, metric_names, require_tool, run
 
 BUILD = ROOT / "dashboards" / "build"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}

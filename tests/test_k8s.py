@@ -16,7 +16,7 @@ import yaml
 from app.k8s import DASHBOARDS_FILE, PROMETHEUS_RULE_FILE, build_manifests
 from app.settings import Settings
 from dashboards.overview import build_dashboards, render
-from tests.test_alerts import ROOT, require_tool
+from tests.support.alerts import ROOT, require_tool
 
 pytestmark = pytest.mark.tools
 

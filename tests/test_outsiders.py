@@ -18,7 +18,7 @@ from app import API_PREFIX
 from app.api.auth import Role, mint_token
 from tests.fakes.datadog_agent import FakeDatadogAgent
 from tests.stack import Process, Stack, free_port
-from tests.test_tracing import tracing_env
+from tests.support.tracing import tracing_env
 
 RATE_LIMIT = 5
 
@@ -103,7 +103,7 @@ API_ALERTS = ("ApiServerErrors", "ApiAvailabilityBudgetBurn", "ApiTargetDown")
 
 
 def api_samples(base_url: str, instance: str = "api:8000") -> dict[str, float]:
-    from tests.test_idle_expressions import samples, scrape
+    from tests.support.idle_expressions import samples, scrape
 
     return samples(scrape(f"{base_url}{API_PREFIX}/metrics-prometheus"), "posegen-api", instance)
 
@@ -177,7 +177,7 @@ def test_an_outsiders_workload_pages_nobody_in_a_replay(fresh_stack, tmp_path) -
 
     import yaml
 
-    from tests.test_live_monitoring import RULE_FILES
+    from tests.support.monitoring import RULE_FILES
 
     stack: Stack = fresh_stack(workers=0, POSEGEN_RATE_LIMIT_PER_MINUTE="30")
     with second_api(stack) as other:
@@ -249,7 +249,7 @@ def test_a_flood_of_refused_requests_cannot_hide_an_outage(tmp_path) -> None:  #
 
     import yaml
 
-    from tests.test_live_monitoring import RULE_FILES
+    from tests.support.monitoring import RULE_FILES
 
     def series(method: str, route: str, code: str, per_minute: int) -> dict[str, str]:
         labels = (f'job="posegen-api",instance="api:8000",method="{method}",route="{route}",'

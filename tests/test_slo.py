@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from alerts import slo
-from tests.test_alerts import ROOT, require_tool, run
+from tests.support.alerts import ROOT, require_tool, run
 
 pytestmark = pytest.mark.tools
 
