@@ -23,7 +23,7 @@ from app import __version__
 from app.settings import Settings
 
 if TYPE_CHECKING:
-    from app.observability.asgi import ASGIApp, Receive, Scope, Send
+    from app.observability.asgi_types import ASGIApp, Receive, Scope, Send
 
 SENTRY_COMPONENT = "pose-generator"
 FILTERED = "[Filtered]"
