@@ -3,7 +3,6 @@ timestamps, job naming, error classification, the attempt time limit, the seed's
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
@@ -87,7 +86,7 @@ def test_an_attempts_job_is_named_by_generation_and_attempt() -> None:
 # --- app/errors.py --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("exc", "error_type"), [
     (StorageError("disk full"), ErrorType.STORAGE_ERROR),
-    (asyncio.TimeoutError(), ErrorType.TIMEOUT_ERROR),
+    (TimeoutError(), ErrorType.TIMEOUT_ERROR),
     (httpx.ReadTimeout("slow"), ErrorType.TIMEOUT_ERROR),
     (httpx.ConnectError("refused"), ErrorType.NETWORK_ERROR),
     (ConnectionResetError(), ErrorType.NETWORK_ERROR),
