@@ -1,4 +1,5 @@
-# The two commands of the README: `make dev` (whole stack, local provider) and `make test`.
+# The two commands of the README: `make dev` (whole stack, local provider) and `make test`; `make test-fast` runs
+# the unit tests only (tests/unit/: in-process, no services, no Debian tools), `make lint` the static checks.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ TOOLS := {'promtool': 'prometheus', 'prometheus': 'prometheus', 'amtool': 'prome
 
 LOCK := requirements.lock
 
-.PHONY: install tools dev test bench lint lock clean
+.PHONY: install tools dev test test-fast bench lint lock clean
 
 # Everything from the lock, build tools first: the package builds with the venv's locked setuptools
 # (--no-build-isolation), not with whatever release an isolated build would fetch.
@@ -31,15 +32,21 @@ DEV_FLAGS = $(if $(API_HOST),--host $(API_HOST)) $(if $(API_PORT),--port $(API_P
 dev: install
 	$(BIN)/posegen dev $(DEV_FLAGS)
 
-test: tools
+test: lint tools
 	$(BIN)/python -m app.devservices run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
 bench: install
 	command -v wrk >/dev/null || $(BIN)/python -c "from app.devservices import ensure_tools; ensure_tools({'wrk': 'wrk'})"
 	$(BIN)/python -m app.devservices run -- $(BIN)/python -m bench.run_all $(BENCH_ARGS)
 
+# ruff, the import contracts of the README's Layout ([tool.importlinter]) and mypy ([tool.mypy]).
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # A new lock: the newest releases within pyproject.toml's ranges, resolved in a fresh venv (then run make test).
 lock:

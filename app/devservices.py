@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 import psycopg
@@ -179,7 +180,13 @@ def _server_user() -> pwd.struct_passwd | None:
                            "apt-get install -y postgresql creates it") from None
 
 
-def _as_user(account: pwd.struct_passwd | None) -> dict[str, object]:
+class _UserArguments(TypedDict, total=False):
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
+def _as_user(account: pwd.struct_passwd | None) -> _UserArguments:
     """Popen arguments that drop root to ``account`` (its own group, no supplementary groups)."""
     if account is None:
         return {}
@@ -188,7 +195,7 @@ def _as_user(account: pwd.struct_passwd | None) -> dict[str, object]:
 
 def _can_enter(account: pwd.struct_passwd, folder: Path) -> bool:
     # The kernel answers for that user: every parent folder must let it through.
-    probe = subprocess.run(["test", "-x", str(folder)], cwd="/", check=False, **_as_user(account))  # type: ignore[call-overload]
+    probe = subprocess.run(["test", "-x", str(folder)], cwd="/", check=False, **_as_user(account))
     return probe.returncode == 0
 
 
@@ -255,7 +262,7 @@ def start_postgres(database_url: str, data_dir: Path) -> LocalService:
         process = subprocess.Popen(
             [postgres, "-D", str(cluster), "-p", str(port), "-h", "127.0.0.1", "-k", str(sockets)],
             cwd=home, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            **_as_user(account),  # type: ignore[arg-type]
+            **_as_user(account),
         )
     service = LocalService("PostgreSQL", process, log_path, ("FATAL", "PANIC", "could not"), offset)
     admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres", connect_timeout=2)

@@ -181,7 +181,7 @@ class Settings:
                 "FLUX_POLL_INTERVAL_SECONDS", cls.flux_poll_interval_seconds, minimum=0.01
             ),
             flux_max_retries=reader.integer("FLUX_MAX_RETRIES", cls.flux_max_retries, minimum=0, maximum=20),
-            flux_webhooks=reader.flag("FLUX_WEBHOOKS", cls.flux_webhooks),
+            flux_webhooks=bool(reader.flag("FLUX_WEBHOOKS", cls.flux_webhooks)),
             flux_webhook_secret=reader.text("FLUX_WEBHOOK_SECRET", ""),
             flux_webhook_poll_interval_seconds=reader.number(
                 "FLUX_WEBHOOK_POLL_INTERVAL_SECONDS", cls.flux_webhook_poll_interval_seconds, minimum=0.05

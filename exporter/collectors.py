@@ -415,11 +415,13 @@ def _domain_families(rows: Iterable[tuple[Any, ...]]) -> Iterator[Metric]:
         observed = sorted(buckets.get(histogram.key, []), key=lambda bucket: bucket[0])
         if not observed:
             continue
-        cumulative, total_ms, samples = 0, 0, []
+        cumulative, total_ms = 0, 0
+        samples: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
         for le, bucket_count, sum_ms, exemplar in observed:
             cumulative += bucket_count
             total_ms += sum_ms
-            samples.append((floatToGoString(le), cumulative, exemplar))
+            bound = floatToGoString(le)
+            samples.append((bound, cumulative) if exemplar is None else (bound, cumulative, exemplar))
         family = HistogramMetricFamily(histogram.name, histogram.documentation)
         family.add_metric([], samples, total_ms / 1000)
         yield family

@@ -20,8 +20,10 @@ import yaml
 
 from tests.fakes.webhook_sink import WebhookSink
 from tests.stack import free_port
-from tests.test_alerts import ALERTMANAGER, load_alerts, require_tool, routes
-from tests.test_live_monitoring import Daemon, alertmanager_config, ready, start_alertmanager, wait_until
+from tests.support.alerts import ALERTMANAGER, load_alerts, require_tool, routes
+from tests.support.monitoring import Daemon, alertmanager_config, ready, start_alertmanager, wait_until
+
+pytestmark = pytest.mark.tools
 
 SLO_PAGE = {"alertname": "GenerationSuccessBudgetBurn", "severity": "critical", "area": "generation",
             "slo": "generation-success", "tier": "page", "burn_window": "1h"}

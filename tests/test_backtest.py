@@ -21,8 +21,10 @@ import httpx
 import pytest
 
 from tests.stack import free_port
-from tests.test_alerts import ROOT, require_tool
-from tests.test_live_monitoring import Daemon, ready, wait_until
+from tests.support.alerts import ROOT, require_tool
+from tests.support.monitoring import Daemon, ready, wait_until
+
+pytestmark = pytest.mark.tools
 
 PER_MINUTE = 100 / 60
 HOURS = 6

@@ -17,13 +17,13 @@ from prometheus_client.registry import CollectorRegistry
 
 from exporter.collectors import DomainCollector
 from tests.stack import Stack
-from tests.test_exporter import (
+from tests.support.exporter import (
     assert_exporter_matches_database,
+    exporter_fixture,  # noqa: F401 - the start_exporter fixture
     parse,
-    start_exporter,  # noqa: F401 - a fixture
     value,
 )
-from tests.test_exporter import scrape as scrape_exporter
+from tests.support.exporter import scrape as scrape_exporter
 
 POSES = ["pose_standing_confident", "pose_arms_crossed", "pose_waving_hello", "pose_tree_pose"]
 

@@ -87,7 +87,6 @@ def test_concurrent_pollers_each_get_their_own_generation(fresh_stack: Callable[
         assert body["status"] == "queued" and body["creditsCharged"] == 30 * len(expected[gid][1])
 
 
-
 def test_reads_waiting_on_the_database_go_together_in_one_query(fresh_stack: Callable[..., Stack]) -> None:
     stack = fresh_stack(workers=0)
     users = [stack.new_user(credits=10_000) for _ in range(4)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -15,6 +16,8 @@ from app import API_PREFIX
 from app.api.auth import Role
 from tests.browser import text_of, texts_of, wait_for
 from tests.stack import Stack
+
+pytestmark = pytest.mark.tools
 
 POSES = ["pose_standing_confident", "pose_arms_crossed"]
 

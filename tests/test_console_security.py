@@ -28,6 +28,8 @@ from tests.console_client import NO_ORIGIN, ConsoleClient, set_cookies
 from tests.fakes.attacker_site import AttackerSite
 from tests.stack import JWT_SECRET, Stack, claim_redis_db, redis_url, release_redis_db
 
+pytestmark = pytest.mark.tools
+
 REFUSED = "Console request refused"
 POSES = ["pose_standing_confident", "pose_arms_crossed"]
 

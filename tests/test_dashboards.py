@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from dashboards.overview import build_dashboards, render, write_dashboards
-from tests.test_alerts import CONTRACT_METRICS, ROOT, metric_names, require_tool, run
+from tests.support.alerts import CONTRACT_METRICS, ROOT, metric_names, require_tool, run
 
 BUILD = ROOT / "dashboards" / "build"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -89,6 +90,7 @@ def test_every_query_uses_only_contract_metrics() -> None:
             assert not unknown, f"{name} / {panel['title']}: unknown metrics {unknown}"
 
 
+@pytest.mark.tools
 def test_every_query_is_valid_promql(tmp_path: Path) -> None:
     """promtool parses each panel query as a recording rule expression."""
     rules = [

@@ -37,14 +37,14 @@ from tests.stack import (
     free_port,
     running_stack,
 )
-from tests.test_dev_stack import four_pose_generation_completes
-from tests.test_exporter import (
+from tests.support.dev_stack import four_pose_generation_completes
+from tests.support.exporter import (
     StartExporter,
     assert_exporter_matches_database,
     expected_from_database,
+    exporter_fixture,  # noqa: F401 - the start_exporter fixture
     parse,
     scrape,
-    start_exporter,  # noqa: F401 - a fixture
 )
 
 POSES = ["pose_tree_pose", "pose_arms_crossed", "pose_waving_hello"]

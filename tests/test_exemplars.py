@@ -20,8 +20,10 @@ import yaml
 
 from tests.fakes.datadog_agent import FakeDatadogAgent
 from tests.stack import Process, Stack, free_port
-from tests.test_live_monitoring import PROMETHEUS_BIN, Daemon, PrometheusAPI, prometheus_config, wait_until
-from tests.test_tracing import tracing_env
+from tests.support.monitoring import PROMETHEUS_BIN, Daemon, PrometheusAPI, prometheus_config, wait_until
+from tests.support.tracing import tracing_env
+
+pytestmark = pytest.mark.tools
 
 ROOT = Path(__file__).resolve().parent.parent
 POSES = ["pose_tree_pose", "pose_arms_crossed"]

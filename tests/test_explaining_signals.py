@@ -26,7 +26,7 @@ from app import __version__
 from app.worker.limiter import ProviderSlots, advertise_limit
 from tests.fakes.flux_server import FakeFlux
 from tests.stack import Process, Stack, free_port
-from tests.test_exporter import Samples, parse, promtool_problems, scrape, value
+from tests.support.exporter import Samples, parse, promtool_problems, scrape, value
 
 POSES = ["pose_standing_confident", "pose_arms_crossed", "pose_waving_hello", "pose_tree_pose"]
 REVISION = "test-rev-1a2b3c"
@@ -102,6 +102,7 @@ def fake_flux() -> Iterator[FakeFlux]:
         yield fake
 
 
+@pytest.mark.tools
 def test_provider_saturation_is_what_the_provider_saw(fresh_stack, fake_flux: FakeFlux) -> None:  # type: ignore[no-untyped-def]
     stack: Stack = fresh_stack(
         workers=1, POSEGEN_PROVIDER="flux", FLUX_API_KEY=fake_flux.api_key, FLUX_BASE_URL=fake_flux.base_url,

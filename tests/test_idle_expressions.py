@@ -16,15 +16,12 @@ times of each shape for NaN and ±Inf samples; in the idle and just-started shap
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from app import API_PREFIX
 from app.api.prometheus_metrics import ZERO_STATUS_CODES
@@ -32,42 +29,13 @@ from app.errors import ErrorType
 from app.observability.performance import JOB_OPERATIONS
 from app.queue import WORKER_STATES
 from tests.stack import Process, Stack, free_port
-from tests.test_live_monitoring import RULE_FILES, panel_targets, substitute
+from tests.support.idle_expressions import samples, scrape
+from tests.support.monitoring import RULE_FILES, panel_targets, substitute
+
+pytestmark = pytest.mark.tools
 
 INTERVAL = "30s"
 ALWAYS_FIRING = {"Watchdog"}
-
-
-def scrape(url: str) -> str:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            answer = httpx.get(url, timeout=5)
-            if answer.status_code == 200:
-                return answer.text
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, f"no metrics at {url}"
-        time.sleep(0.2)
-
-
-def selector(name: str, labels: dict[str, str]) -> str:
-    def quote(value: str) -> str:
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
-
-    return name + "{" + ",".join(f"{key}={quote(value)}" for key, value in sorted(labels.items())) + "}"
-
-
-def samples(text: str, job: str, instance: str) -> dict[str, float]:
-    """pose_* samples of one exposition as promtool series selectors, with the target's job and instance."""
-    found = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if not sample.name.startswith("pose_") or sample.name.endswith("_created"):
-                continue
-            found[selector(sample.name, {**sample.labels, "job": job, "instance": instance})] = sample.value
-    found[selector("up", {"job": job, "instance": instance})] = 1.0
-    return found
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate
+import pytest
 import yaml
 
 from app.k8s import DASHBOARDS_FILE, PROMETHEUS_RULE_FILE, build_manifests
 from app.settings import Settings
 from dashboards.overview import build_dashboards, render
-from tests.test_alerts import ROOT, require_tool
+from tests.support.alerts import ROOT, require_tool
+
+pytestmark = pytest.mark.tools
 
 K8S = ROOT / "deploy" / "k8s"
 CRDS = {"ScaledObject", "ServiceMonitor", "PodMonitor", "PrometheusRule"}

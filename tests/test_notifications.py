@@ -25,7 +25,9 @@ import yaml
 
 from tests.fakes.webhook_sink import Notification, WebhookSink
 from tests.stack import free_port
-from tests.test_live_monitoring import ALERTMANAGER_CONFIG, Daemon, ready, shorten_route_timings, wait_until
+from tests.support.monitoring import ALERTMANAGER_CONFIG, Daemon, ready, shorten_route_timings, wait_until
+
+pytestmark = pytest.mark.tools
 
 RULES = Path(__file__).resolve().parent.parent / "alerts" / "rules" / "pose-generator.rules.yml"
 

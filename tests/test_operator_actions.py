@@ -335,6 +335,7 @@ def test_pause_answers_503_charges_nothing_and_resumes(ops_stack: Stack, tmp_pat
             conn.execute("DELETE FROM operator_audit")
 
 
+@pytest.mark.tools
 def test_dashboard_marks_each_operator_action(tmp_path: Path) -> None:
     built = json.loads((ROOT / "dashboards" / "build" / "pose-generator-overview.json").read_text())
     (annotation,) = [a for a in built["annotations"]["list"] if "pose_operator_actions_total" in a.get("expr", "")]

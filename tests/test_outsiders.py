@@ -18,7 +18,7 @@ from app import API_PREFIX
 from app.api.auth import Role, mint_token
 from tests.fakes.datadog_agent import FakeDatadogAgent
 from tests.stack import Process, Stack, free_port
-from tests.test_tracing import tracing_env
+from tests.support.tracing import tracing_env
 
 RATE_LIMIT = 5
 
@@ -103,7 +103,7 @@ API_ALERTS = ("ApiServerErrors", "ApiAvailabilityBudgetBurn", "ApiTargetDown")
 
 
 def api_samples(base_url: str, instance: str = "api:8000") -> dict[str, float]:
-    from tests.test_idle_expressions import samples, scrape
+    from tests.support.idle_expressions import samples, scrape
 
     return samples(scrape(f"{base_url}{API_PREFIX}/metrics-prometheus"), "posegen-api", instance)
 
@@ -168,6 +168,7 @@ def hostile_workload(stack: Stack) -> None:
         hang_up_mid_body(stack, "/generations", stack.token("alice"))
 
 
+@pytest.mark.tools
 def test_an_outsiders_workload_pages_nobody_in_a_replay(fresh_stack, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The series a hostile workload and a burst past the create limit through two API processes leave, replayed
     as if they ran every minute for two hours through the alert rules with promtool: no alert about the API
@@ -176,7 +177,7 @@ def test_an_outsiders_workload_pages_nobody_in_a_replay(fresh_stack, tmp_path) -
 
     import yaml
 
-    from tests.test_live_monitoring import RULE_FILES
+    from tests.support.monitoring import RULE_FILES
 
     stack: Stack = fresh_stack(workers=0, POSEGEN_RATE_LIMIT_PER_MINUTE="30")
     with second_api(stack) as other:
@@ -239,6 +240,7 @@ def test_bytes_that_are_not_http_get_a_counted_400(stack: Stack) -> None:
     assert all(line.startswith("{") for line in log.splitlines() if line.strip()), log[-2000:]
 
 
+@pytest.mark.tools
 def test_a_flood_of_refused_requests_cannot_hide_an_outage(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Two hours of an outage (every create answered 503) while outsiders send 100 times as many requests that
     are refused (401, 429, 404 scans, 499 hang-ups): the refusals are neither good nor bad events, so the 5xx
@@ -247,7 +249,7 @@ def test_a_flood_of_refused_requests_cannot_hide_an_outage(tmp_path) -> None:  #
 
     import yaml
 
-    from tests.test_live_monitoring import RULE_FILES
+    from tests.support.monitoring import RULE_FILES
 
     def series(method: str, route: str, code: str, per_minute: int) -> dict[str, str]:
         labels = (f'job="posegen-api",instance="api:8000",method="{method}",route="{route}",'

@@ -5,12 +5,15 @@ definition" and no operation), and a viewer whose files do not load shows an emp
 from __future__ import annotations
 
 import httpx
+import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from app import API_PREFIX
 from tests.stack import Stack
+
+pytestmark = pytest.mark.tools
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 # Swagger UI renders each operation as an .opblock; a definition it cannot read, as this message instead.

@@ -23,6 +23,8 @@ from redis import Redis
 from tests.fakes.tcp_proxy import TcpProxy
 from tests.stack import Process, Stack, free_port, running_stack
 
+pytestmark = pytest.mark.drill
+
 POSES = ["pose_standing_confident", "pose_arms_crossed"]
 PRICE = 30
 SILENCE_BUDGET_SECONDS = 60

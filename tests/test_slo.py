@@ -6,10 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from alerts import slo
-from tests.test_alerts import ROOT, require_tool, run
+from tests.support.alerts import ROOT, require_tool, run
+
+pytestmark = pytest.mark.tools
 
 GENERATED = (slo.RULES_OUT, slo.TESTS_OUT, slo.SLOW_TESTS_OUT)
 

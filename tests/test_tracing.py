@@ -15,6 +15,7 @@ import pytest
 from app import API_PREFIX
 from tests.fakes.datadog_agent import FakeDatadogAgent, Span
 from tests.stack import Stack
+from tests.support.tracing import tracing_env
 
 POSES = ["pose_tree_pose", "pose_arms_crossed"]
 LOW_64 = (1 << 64) - 1
@@ -24,17 +25,6 @@ LOW_64 = (1 << 64) - 1
 def agent() -> Iterator[FakeDatadogAgent]:
     with FakeDatadogAgent() as running:
         yield running
-
-
-def tracing_env(agent: FakeDatadogAgent) -> dict[str, str]:
-    return {
-        "DD_TRACE_ENABLED": "true",
-        "DD_TRACE_AGENT_URL": agent.url,
-        "DD_TRACE_WRITER_INTERVAL_SECONDS": "0.2",
-        "DD_INSTRUMENTATION_TELEMETRY_ENABLED": "false",
-        "DD_REMOTE_CONFIGURATION_ENABLED": "false",
-        "POSEGEN_ENV": "test",
-    }
 
 
 def generation_spans(spans: list[Span], generation_id: str, attempt: int = 1) -> list[Span]:

@@ -13,7 +13,7 @@ from rq.serializers import JSONSerializer
 
 from app import QUEUE_NAME, RETRY_QUEUE_NAME
 from tests.stack import Stack
-from tests.test_worker_recovery import scrape_exporter
+from tests.support.worker_recovery import scrape_exporter
 
 
 def refused_count(stack: Stack) -> float:

@@ -6,31 +6,11 @@ import os
 import signal
 import time
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
 from app.api.auth import Role
-from tests.stack import Process, Stack, check_ledger_invariants, free_port
+from tests.stack import Stack, check_ledger_invariants
+from tests.support.worker_recovery import scrape_exporter
 
 POSES = ["pose_standing_confident", "pose_arms_crossed", "pose_waving_hello", "pose_tree_pose"]
-
-
-def scrape_exporter(stack: Stack) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    port = free_port()
-    exporter = Process(["exporter", "--port", str(port)], stack.env, stack.tmp / f"exporter-{port}.log")
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, exporter.output()
-                time.sleep(0.1)
-    finally:
-        exporter.stop()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def assert_no_dead_attempt_counted(stack: Stack) -> None:

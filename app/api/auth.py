@@ -97,7 +97,7 @@ def _verify(secret: str, token: str) -> tuple[Principal, int, int | None]:
     if not isinstance(sub, str) or not sub or len(sub) > 200:
         raise NotAuthorizedException("invalid token subject")
     try:
-        principal = Principal(sub, Role(role))
+        principal = Principal(sub, Role(str(role)))
     except ValueError:
         raise NotAuthorizedException("token role must be USER or ADMIN") from None
     # PyJWT checked that int() takes both (and that iat is not in the future); as ints, an exp of 1e300 or of 400
@@ -109,8 +109,8 @@ async def authenticate(request: Request) -> Principal:
     """Litestar dependency: the caller, from ``Authorization: Bearer <jwt>`` (verified once per request,
     also when a guard asked first)."""
     principal = request.scope.get(_PRINCIPAL_KEY)  # type: ignore[call-overload]
-    if principal is not None:
-        return principal  # type: ignore[no-any-return]
+    if isinstance(principal, Principal):
+        return principal
     # Straight from the ASGI scope (names arrive lower-cased): building Litestar's Headers object for
     # one header cost more than the lookup itself.
     header = next((value.decode("latin-1") for name, value in request.scope["headers"] if name == b"authorization"),

@@ -97,7 +97,7 @@ class ConsoleSessions:
         ended here too)."""
         if not session_id or not _RANDOM_ID.fullmatch(session_id):
             return None
-        raw = {k.decode(): v.decode() for k, v in self._redis.hgetall(self._key(session_id)).items()}
+        raw = {_text(k): _text(v) for k, v in self._redis.hgetall(self._key(session_id)).items()}
         try:
             session = ConsoleSession(session_id, raw["operator"], raw["csrf_token"], float(raw["created_at"]),
                                      float(raw["last_seen"]), float(raw["ends_at"]))
@@ -146,3 +146,8 @@ class SignInForms:
     def accepts(self, pre_session: str | None, csrf_token: str | None) -> bool:
         """Whether a sign-in form's ``csrf_token`` belongs to the ``pre_session`` its browser holds."""
         return self.is_pre_session(pre_session) and _same(csrf_token, self.token_for(pre_session or ""))
+
+
+def _text(value: bytes | str) -> str:
+    """A Redis reply as text: bytes from a client without ``decode_responses`` (ours), str from one with it."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -20,11 +20,12 @@ from typing import Annotated, Any
 
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.params import HeaderParameter
 from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_406_NOT_ACCEPTABLE
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -72,10 +73,10 @@ def create_route_series(app: Litestar) -> None:
             LATENCY.labels(method, route.path_format)
             for code in ZERO_STATUS_CODES:
                 REQUESTS.labels(method, route.path_format, code)
-    for method in sorted(_PRECREATED_METHODS):
-        LATENCY.labels(method, "unmatched")
+    for name in sorted(_PRECREATED_METHODS):
+        LATENCY.labels(name, "unmatched")
         for code in ("404", "405"):
-            REQUESTS.labels(method, "unmatched", code)
+            REQUESTS.labels(name, "unmatched", code)
 
 
 # What a request the client abandoned (hung up before the whole answer was sent) is counted as: nginx's "client
@@ -102,7 +103,7 @@ def count_requests(app: ASGIApp) -> ASGIApp:
         answered = abandoned = False
         exemplar: dict[str, str] | None = None
 
-        async def receive_watching() -> Message:
+        async def receive_watching() -> ReceiveMessage:
             nonlocal abandoned
             message = await receive()
             if message["type"] == "http.disconnect" and not answered:
@@ -141,7 +142,7 @@ def count_requests(app: ASGIApp) -> ASGIApp:
 
 def _observe(scope: Scope, status: int, seconds: float, exemplar: dict[str, str] | None) -> None:
     route = scope.get("path_template") or "unmatched"  # type: ignore[typeddict-item]
-    method = scope["method"] if scope["method"] in _METHODS else "OTHER"
+    method = _method(scope) if _method(scope) in _METHODS else "OTHER"
     key = (method, route, status)
     children = _children.get(key)
     if children is None:
@@ -172,3 +173,8 @@ def metrics_prometheus(
         raise HTTPException(status_code=HTTP_406_NOT_ACCEPTABLE, detail=f"{NOT_ACCEPTABLE} (Accept: {accept})")
     encode, content_type = chosen
     return Response(encode(state.metrics_registry), media_type=content_type)
+
+
+def _method(scope: Scope) -> str:
+    """The request method of an HTTP scope; a WebSocket scope has none (its handshake is a GET)."""
+    return scope["method"] if scope["type"] == ScopeType.HTTP else "GET"

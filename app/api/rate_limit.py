@@ -29,6 +29,7 @@ from typing import Any
 
 from litestar import Litestar, Request
 from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, NotAuthorizedException, TooManyRequestsException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import Counter
@@ -130,7 +131,7 @@ def document_read_limit(app: Litestar) -> None:
 
 
 def _is_create(scope: Scope) -> bool:
-    return scope["method"] == "POST" and str(scope.get("path_template", "")).endswith("/generations")
+    return _method(scope) == "POST" and str(scope.get("path_template", "")).endswith("/generations")
 
 
 def _has_credentials(scope: Scope) -> bool:
@@ -157,7 +158,7 @@ class CallerLimitMiddleware:
             if create:
                 await self._limit_create(caller, scope, receive, send)
                 return
-            if limits.reads is not None and scope["method"] == "GET":
+            if limits.reads is not None and _method(scope) == "GET":
                 await self._limit_read(caller)
             await self.app(scope, receive, send)
         finally:
@@ -220,3 +221,8 @@ class CallerLimitMiddleware:
                     await allowance.give_back(caller, take.member, refused=not scope.get(_FREE_REFUSAL))
                 except RedisError:
                     pass
+
+
+def _method(scope: Scope) -> str:
+    """The request method of an HTTP scope; a WebSocket scope has none (its handshake is a GET)."""
+    return scope["method"] if scope["type"] == ScopeType.HTTP else "GET"

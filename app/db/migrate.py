@@ -81,7 +81,7 @@ def migrate(database_url: str, migrations: list[tuple[str, str]] | None = None,
 def ensure_database(database_url: str) -> bool:
     """Create the database named in ``database_url`` when it does not exist; True when created."""
     info = psycopg.conninfo.conninfo_to_dict(database_url)
-    name = info.get("dbname") or "postgres"
+    name = str(info.get("dbname") or "postgres")
     admin = psycopg.conninfo.make_conninfo(database_url, dbname="postgres")
     with pg_connect(admin, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()

@@ -7,15 +7,8 @@ integrations are on, and other ASGI traffic (lifespan, websockets) passes by the
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
 from app.observability import sentry, tracing
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[..., Awaitable[Any]]
-Send = Callable[..., Awaitable[Any]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+from app.observability.asgi_types import ASGIApp, Receive, Scope, Send
 
 
 def http_only(app: ASGIApp, serve_http: ASGIApp) -> ASGIApp:

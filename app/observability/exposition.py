@@ -74,7 +74,7 @@ def serve_metrics(host: str, port: int, registry: Collector) -> tuple[WSGIServer
     class Server(ThreadingWSGIServer):
         address_family = family
 
-    server = make_server(address[0], port, metrics_wsgi_app(registry), Server, handler_class=_QuietHandler)
+    server = make_server(str(address[0]), port, metrics_wsgi_app(registry), Server, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, name="posegen-metrics-endpoint", daemon=True)
     thread.start()
     return server, thread

@@ -138,7 +138,8 @@ class FleetMetricsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self._redis.pipeline(transaction=False) as pipe:
-            for metric in (*self._counters, *self._histograms):
+            metrics: tuple[FleetCounter | FleetHistogram, ...] = (*self._counters, *self._histograms)
+            for metric in metrics:
                 pipe.hgetall(metric.key)
             replies = pipe.execute()
         decoded = [{k.decode(): v.decode() for k, v in reply.items()} for reply in replies]
@@ -155,11 +156,12 @@ def histogram_family(name: str, documentation: str, buckets: Sequence[float], ra
     """A histogram from per-bucket counts ``le:<bound>``, ``sum`` and ``exemplar:<bound>`` fields."""
     family = HistogramMetricFamily(name, documentation)
     cumulative = 0.0
-    samples: list[tuple[str, float, Exemplar | None]] = []
+    samples: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
     for bound in [*buckets, math.inf]:
         le = floatToGoString(bound)
         cumulative += float(raw.get(f"le:{le}", 0))
-        samples.append((le, cumulative, _exemplar(raw.get(f"exemplar:{le}"))))
+        exemplar = _exemplar(raw.get(f"exemplar:{le}"))
+        samples.append((le, cumulative) if exemplar is None else (le, cumulative, exemplar))
     family.add_metric([], samples, float(raw.get("sum", 0)))
     return family
 

@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -31,7 +31,7 @@ _NUMERIC = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNIN
 _extra_processors: list[Any] = []
 
 
-def _seed_shape(_: Any, method_name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _seed_shape(_: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     level = _LEVELS.get(method_name, method_name.upper())
     component = event_dict.pop("component", "API")
     message = str(event_dict.pop("event", ""))
@@ -52,6 +52,7 @@ def _seed_shape(_: Any, method_name: str, event_dict: dict[str, Any]) -> dict[st
 def _error_of(exc_info: Any) -> dict[str, Any] | None:
     if not exc_info:
         return None
+    exc: BaseException | None
     if isinstance(exc_info, BaseException):
         exc = exc_info
     elif isinstance(exc_info, tuple):
@@ -67,7 +68,7 @@ def _error_of(exc_info: Any) -> dict[str, Any] | None:
     }
 
 
-def _render(_: Any, __: str, entry: dict[str, Any]) -> str:
+def _render(_: Any, __: str, entry: MutableMapping[str, Any]) -> str:
     return json.dumps(entry, default=str, separators=(",", ":"))
 
 

@@ -23,7 +23,9 @@ from app import __version__
 from app.settings import Settings
 
 if TYPE_CHECKING:
-    from app.observability.asgi import ASGIApp, Receive, Scope, Send
+    from sentry_sdk.types import Event, Hint
+
+    from app.observability.asgi_types import ASGIApp, Receive, Scope, Send
 
 SENTRY_COMPONENT = "pose-generator"
 FILTERED = "[Filtered]"
@@ -63,8 +65,9 @@ class SecretScrubber:
     def from_settings(cls, settings: Settings) -> SecretScrubber:
         return cls([settings.jwt_secret, settings.flux_api_key, settings.supabase_service_key])
 
-    def event(self, event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
-        return self.scrub(event)
+    def event(self, event: Event, hint: Hint) -> Event:
+        scrubbed: Event = self.scrub(event)
+        return scrubbed
 
     def breadcrumb(self, crumb: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
         return self.scrub(crumb)
@@ -136,7 +139,7 @@ def init_sentry(settings: Settings, process: str) -> bool:
     return True
 
 
-def _tag_route(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+def _tag_route(event: Event, hint: Hint) -> Event:
     scope = _request_scope.get()
     if scope is not None:
         event.setdefault("tags", {})

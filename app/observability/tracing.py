@@ -29,7 +29,7 @@ from app.settings import Settings
 if TYPE_CHECKING:
     from ddtrace.trace import Tracer
 
-    from app.observability.asgi import ASGIApp, Receive, Scope, Send
+    from app.observability.asgi_types import ASGIApp, Receive, Scope, Send
 
 T = TypeVar("T")
 PATCHED_LIBRARIES = ("psycopg", "redis", "httpx", "rq")

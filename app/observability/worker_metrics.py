@@ -104,7 +104,7 @@ class OperationStatsCollector(Collector):
         buckets: dict[str, dict[float, float]] = defaultdict(dict)
         sums: dict[str, float] = defaultdict(float)
         for field, value in raw.items():
-            operation, kind, *rest = field.decode().split("|")
+            operation, kind, *rest = (field.decode() if isinstance(field, bytes) else field).split("|")
             if kind == "bucket":
                 buckets[operation][float(rest[0])] = float(value)
             else:

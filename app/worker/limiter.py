@@ -174,10 +174,14 @@ class ProviderSlots:
     async def release(self, token: str) -> None:
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zrem(self._key, token).zrem(self._retry_key, token)
+                # A pipeline's commands are queued, not awaited: only execute() goes to Redis.
+                pipe.zrem(self._key, token)
+                pipe.zrem(self._retry_key, token)
                 # Wake one waiter; no more wake-ups are kept than there are slots, and none for long.
-                pipe.rpush(self._freed_key, 1).ltrim(self._freed_key, -self._limit, -1)
-                await pipe.pexpire(self._freed_key, self._lease_ms).execute()
+                pipe.rpush(self._freed_key, 1)
+                pipe.ltrim(self._freed_key, -self._limit, -1)
+                pipe.pexpire(self._freed_key, self._lease_ms)
+                await pipe.execute()
         except (RedisConnectionError, RedisTimeoutError):
             pass  # the slot's lease frees it when Redis is back
 

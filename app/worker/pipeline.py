@@ -14,6 +14,7 @@ import time
 import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 from psycopg import AsyncConnection
 
@@ -104,7 +105,8 @@ class GenerationPipeline:
             for pose in claimed.poses
         ))
         try:
-            await asyncio.wait({heartbeat, poses}, return_when=asyncio.FIRST_COMPLETED)
+            running: set[asyncio.Future[Any]] = {heartbeat, poses}
+            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             if heartbeat.done() and heartbeat.exception() is not None:
                 poses.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -21,6 +21,7 @@ from rq.worker_pool import ForkProcess, WorkerData, WorkerPool
 from app import QUEUE_NAME
 from app.observability.logging import get_logger
 from app.settings import Settings
+from app.worker.loop import work_until_stopped, worker_redis
 
 log = get_logger("Worker")
 
@@ -59,8 +60,6 @@ def _run_member(settings: Settings, worker_name: str, burst: bool, metrics_port:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _leave_pool_session(pool_pid)
-    from app.worker.main import work_until_stopped
-
     work_until_stopped(settings, name=worker_name, burst=burst, in_pool=True, metrics_port=metrics_port)
 
 
@@ -68,8 +67,6 @@ class PoseWorkerPool(WorkerPool):
     """RQ's pool with our worker entry point (reaper, Redis-outage handling, shared metrics group)."""
 
     def __init__(self, settings: Settings, *, processes: int, name: str | None, metrics_port: int) -> None:
-        from app.worker.main import worker_redis
-
         super().__init__([QUEUE_NAME], connection=worker_redis(settings), num_workers=processes)
         self._settings = settings
         self._prefix = name or socket.gethostname()

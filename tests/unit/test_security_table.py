@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 
-from tests.stack import ROOT
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _security_section() -> str:

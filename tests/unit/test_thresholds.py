@@ -10,7 +10,7 @@ import yaml
 
 from app.domain.thresholds import AVG_TIME_PER_POSE, QUEUE_DEPTH, REFUND_RATE, SUCCESS_RATE, ThresholdTable
 
-RULE_FILES = sorted((Path(__file__).resolve().parent.parent / "alerts" / "rules").glob("*.yml"))
+RULE_FILES = sorted((Path(__file__).resolve().parents[2] / "alerts" / "rules").glob("*.yml"))
 # The condition that opens an alert's expression: `<series> <comparison> <level>`.
 CONDITION = re.compile(r"^\s*(?P<series>\S+)\s*(?P<op><=|>=|<|>)\s*(?P<level>[0-9.]+)\s*$")
 
