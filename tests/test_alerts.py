@@ -28,7 +28,7 @@ PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 RECEIVER_BY_SEVERITY = {"critical": "pager", "warning": "chat", "none": "deadman"}
 # Alerts that fire by design whatever the input: no "quiet" or "idle" case exists for them.
 ALWAYS_FIRING = {"Watchdog"}
-AREAS = {"generation", "performance", "queue", "credits", "workers", "availability", "monitoring"}
+AREAS = {"generation", "performance", "queue", "credits", "workers", "availability", "monitoring", "canary"}
 
 HISTOGRAMS = {
     "pose_generation_duration_seconds",
@@ -73,6 +73,11 @@ CONTRACT_METRICS = {
     "pose_operator_actions_total",
     # A drill (POSEGEN_FAULTS) on: failures are injected.
     "pose_fault_drill_active",
+    # The canary (posegen canary): its runs, whatever the users do.
+    "pose_canary_runs_total",
+    "pose_canary_failures_total",
+    "pose_canary_consecutive_failures",
+    "pose_canary_last_success_timestamp_seconds",
 } | {f"{name}_{suffix}" for name in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 
 PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring"}
