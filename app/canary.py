@@ -121,6 +121,10 @@ class CanaryMetrics:
                 self.failures.labels(result.reason).inc()
 
 
+class _Stopped(Exception):
+    """Asked to stop during a run: neither a success nor a failure, so it is not counted."""
+
+
 class _Failed(Exception):
     def __init__(self, reason: str, detail: str, generation_id: str | None = None) -> None:
         super().__init__(detail)
@@ -189,13 +193,17 @@ class Canary:
                 raise _Failed("not_terminal", f"still {body['status']} after {self.settings.canary_timeout_seconds:g} s",
                               generation_id)
             if self.stop.wait(min(POLL_SECONDS, remaining)):
-                raise _Failed("not_terminal", "stopped while the generation was still running", generation_id)
+                raise _Stopped
 
-    def run_once(self) -> RunResult:
-        """One run, recorded in the metrics and logged (a failure as a WARN entry with its reason)."""
+    def run_once(self) -> RunResult | None:
+        """One run, recorded in the metrics and logged (a failure as a WARN entry with its reason); None when
+        ``stop`` was set during the run (not counted)."""
         started = time.monotonic()
         try:
             generation_id = self._run(started)
+        except _Stopped:
+            log.info("Canary stopped during a run (not counted)")
+            return None
         except _Failed as failed:
             result = RunResult("failure", failed.reason, failed.generation_id, time.monotonic() - started,
                                failed.detail)
@@ -219,7 +227,7 @@ class Canary:
             started = time.monotonic()
             result = self.run_once()
             pause = self.settings.canary_interval_seconds
-            if result.outcome == "failure":
+            if result is not None and result.outcome == "failure":
                 pause = min(pause, CONFIRM_SECONDS)
             self.stop.wait(max(0.0, started + pause - time.monotonic()))
 

@@ -148,7 +148,8 @@ def cmd_canary(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     try:
         if args.once:
-            return 0 if canary.run_once().outcome == "success" else 1
+            result = canary.run_once()
+            return 0 if result is not None and result.outcome == "success" else 1
         canary.run_forever()
         server.shutdown()
         return 0
