@@ -42,7 +42,10 @@ from tests.fakes.webhook_sink import Notification, WebhookSink
 from tests.stack import Process, Stack, free_port, running_stack
 
 ROOT = Path(__file__).resolve().parent.parent
-RULE_FILES = sorted((ROOT / "alerts" / "rules").glob("*.yml"))
+# The canary's job and rules have a live test of their own (tests/test_canary_alert.py): its generations would
+# add to the counts this scenario compares with the API's outcomes.
+OWN_LIVE_TESTS = {"posegen-canary": "tests/test_canary_alert.py"}
+RULE_FILES = sorted(path for path in (ROOT / "alerts" / "rules").glob("*.yml") if path.name != "canary.rules.yml")
 ALERTMANAGER_CONFIG = ROOT / "alerts" / "alertmanager.yml"
 DEPLOY_PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 DASHBOARD_BUILD = ROOT / "dashboards" / "build"
@@ -239,6 +242,8 @@ def prometheus_config(targets: dict[str, list[str]], rule_files: list[Path], ale
     scrape_configs = []
     for job in deployed["scrape_configs"]:
         name = job["job_name"]
+        if name in OWN_LIVE_TESTS and name not in targets:
+            continue
         assert name in targets, f"deploy/prometheus.yml scrapes {name!r}, which the live test does not run"
         kept = {key: value for key, value in job.items() if not key.endswith("_sd_configs")}
         kept["static_configs"] = [{"targets": targets[name]}]
