@@ -17,13 +17,14 @@ not terminal within ``POSEGEN_CANARY_TIMEOUT_SECONDS`` (``not_terminal``: queue 
 
 Schedule: a run every ``POSEGEN_CANARY_INTERVAL_SECONDS`` from the start of the previous one; after a failed run
 the next comes :data:`CONFIRM_SECONDS` later at most, so two failures in a row (CanaryFailing's condition, which
-one blip cannot meet: ``pose_canary_consecutive_failures >= 2``) are seen within minutes of an outage even with a long interval.
+one blip cannot meet: ``pose_canary_consecutive_failures >= 2``) are seen within minutes of an outage even with a
+long interval.
 
 Metrics on ``/metrics`` (``POSEGEN_CANARY_METRICS_PORT``), scraped as job ``posegen-canary``:
 
 ``pose_canary_runs_total{outcome}``                  counter    runs ended ``success`` or ``failure`` (both 0 at start)
 ``pose_canary_failures_total{reason}``               counter    failed runs by reason (every reason 0 at start)
-``pose_canary_consecutive_failures``                 gauge      runs failed in a row since the latest success (0 at start)
+``pose_canary_consecutive_failures``                 gauge      runs failed in a row since the latest success
 ``pose_canary_last_success_timestamp_seconds``       gauge      end of the latest successful run (absent before one)
 ``pose_canary_run_duration_seconds{outcome}``        histogram  a run, create to terminal (or to its failure)
 ``pose_build_info{version, revision}``               gauge      1
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -190,8 +190,8 @@ class Canary:
                                                    f"{body.get('errorMessage') or ''}".strip(), generation_id)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise _Failed("not_terminal", f"still {body['status']} after {self.settings.canary_timeout_seconds:g} s",
-                              generation_id)
+                timeout = self.settings.canary_timeout_seconds
+                raise _Failed("not_terminal", f"still {body['status']} after {timeout:g} s", generation_id)
             if self.stop.wait(min(POLL_SECONDS, remaining)):
                 raise _Stopped
 

@@ -82,7 +82,8 @@ def test_make_dev_from_a_0700_folder_starts_its_own_services_and_serves_a_four_p
             # Its own session, so the Ctrl-C below reaches make and everything under it, as a terminal's does.
             make = subprocess.Popen(["make", "--no-print-directory", "dev", f"API_PORT={port}",
                                      f"EXPORTER_PORT={exporter_port}", f"WORKER_METRICS_PORT={metrics_port}",
-                                     f"CANARY_METRICS_PORT={canary_port}", "WORKERS=1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     f"CANARY_METRICS_PORT={canary_port}", "WORKERS=1"], cwd=ROOT, env=env,
+                                    stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         try:
             output = wait_for_banner(make, log_path)
