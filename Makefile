@@ -24,10 +24,11 @@ tools: install
 	$(BIN)/python -c "from app.devservices import ensure_tools; ensure_tools($(TOOLS))"
 
 # Ports and workers of `make dev`, e.g. `make dev API_PORT=8001 WORKER_METRICS_PORT=9300` (or as environment
-# variables). Unset: API on 8000; exporter and worker metrics from 9108/9109 up, skipping busy ports.
+# variables). Unset: API on 8000; exporter, worker and canary metrics from 9108/9109/9110 up, skipping busy ports.
 DEV_FLAGS = $(if $(API_HOST),--host $(API_HOST)) $(if $(API_PORT),--port $(API_PORT)) \
 	$(if $(EXPORTER_PORT),--exporter-port $(EXPORTER_PORT)) \
-	$(if $(WORKER_METRICS_PORT),--worker-metrics-port $(WORKER_METRICS_PORT)) $(if $(WORKERS),--workers $(WORKERS))
+	$(if $(WORKER_METRICS_PORT),--worker-metrics-port $(WORKER_METRICS_PORT)) $(if $(WORKERS),--workers $(WORKERS)) \
+	$(if $(CANARY_METRICS_PORT),--canary-metrics-port $(CANARY_METRICS_PORT))
 
 dev: install
 	$(BIN)/posegen dev $(DEV_FLAGS)

@@ -48,6 +48,7 @@ PANELS: dict[str, tuple[tuple[str, str], str]] = {
     "KeySeriesAbsent": (OVERVIEW, "Exporter Sources"),
     "ProviderSaturated": (OVERVIEW, "Provider Slots: In Use vs Cap"),
     "GenerationStuck": (OVERVIEW, "Oldest Running Generation"),
+    "CanaryFailing": (OVERVIEW, "Canary Runs"),
 }
 
 _FROM = '{{ with query "vector((time() - 3600) * 1000)" }}{{ . | first | value | printf "%.0f" }}{{ end }}'

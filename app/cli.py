@@ -118,6 +118,45 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_canary(args: argparse.Namespace) -> int:
+    """Serve the canary's /metrics and run until SIGTERM/SIGINT (exit 0); ``--once``: one run, exit 0 on success,
+    1 on failure. A busy metrics port is one line and exit 2."""
+    import signal
+    import threading
+
+    from app.canary import Canary, CanaryMetrics
+    from app.observability.exposition import serve_metrics
+
+    settings = _settings(service=True)
+    _configure_logging(settings, "Canary")
+    metrics = CanaryMetrics(settings.revision)
+    port = settings.canary_metrics_port if args.metrics_port is None else args.metrics_port
+    if not args.once:
+        try:
+            server, _ = serve_metrics(args.metrics_host, port, metrics.registry)
+        except OSError as exc:
+            print(f"error: the canary's metrics port {args.metrics_host}:{port} cannot be listened on "
+                  f"({exc.strerror}); set POSEGEN_CANARY_METRICS_PORT or --metrics-port", file=sys.stderr)
+            return 2
+    stop = threading.Event()
+    canary = Canary(settings, metrics, stop)
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        if args.once:
+            result = canary.run_once()
+            return 0 if result is not None and result.outcome == "success" else 1
+        canary.run_forever()
+        server.shutdown()
+        return 0
+    finally:
+        canary.close()
+
+
 def _database_failure(command: str, database_url: str, error: Exception) -> int:
     from app.db.conninfo import database_problem
 
@@ -332,7 +371,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
     try:
-        ports = choose_ports(args.host, args.port, args.exporter_port, args.worker_metrics_port, args.workers)
+        ports = choose_ports(args.host, args.port, args.exporter_port, args.worker_metrics_port, args.workers,
+                             args.canary_metrics_port)
         with local_services(settings.database_url, settings.redis_url, settings.data_dir.resolve()) as services:
             return run_dev_stack(settings, args.host, ports, services)
     except (ServiceError, StackError) as exc:
@@ -376,6 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     exporter = add("exporter", cmd_exporter, "Run the Prometheus exporter (queue and database metrics).")
     exporter.add_argument("--host", default="127.0.0.1")
     exporter.add_argument("--port", type=int, default=9108)
+    canary = add("canary", cmd_canary, "Run the canary: a one-pose generation through the API every "
+                                       "POSEGEN_CANARY_INTERVAL_SECONDS, as user posegen-canary, with /metrics.")
+    canary.add_argument("--metrics-host", default="127.0.0.1")
+    canary.add_argument("--metrics-port", type=int, default=None,
+                        help="Prometheus /metrics port (default: POSEGEN_CANARY_METRICS_PORT, 9110)")
+    canary.add_argument("--once", action="store_true",
+                        help="one run without /metrics; exit 0 when it succeeded, 1 when it failed")
     owner_url_help = ("the schema owner's PostgreSQL URL (default: POSEGEN_MIGRATION_DATABASE_URL, else "
                       "DATABASE_URL)")
     migrate_command = add("migrate", cmd_migrate, "Create the database if needed, apply pending migrations and "
@@ -430,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exporter /metrics port (default: 9108, or the next free one)")
     dev.add_argument("--worker-metrics-port", type=int, default=None,
                      help="first worker's /metrics port, the others follow (default: 9109 up, skipping busy ones)")
+    dev.add_argument("--canary-metrics-port", type=int, default=None,
+                     help="the canary's /metrics port (default: 9110, or the next free one after the workers')")
     return parser
 
 

@@ -1,8 +1,8 @@
 """``posegen dev``: the whole stack on one machine, supervised until Ctrl-C or until any part of it dies.
 
-The parts are the API, the workers, the exporter, and the PostgreSQL and Redis
+The parts are the API, the workers, the exporter, the canary, and the PostgreSQL and Redis
 that :mod:`app.devservices` started when none was there. "Is up" is printed only
-once every part answers (the API on ``/health``, workers and exporter on
+once every part answers (the API on ``/health``, workers, exporter and canary on
 ``/metrics``). From then on, as during start-up, the first part to exit is named
 in one line with why (its exit code or signal and the last error it printed),
 the others are stopped and the command exits 1.
@@ -46,9 +46,11 @@ from app.settings import Settings
 
 DEFAULT_EXPORTER_PORT = 9108
 DEFAULT_WORKER_METRICS_PORT = 9109
+DEFAULT_CANARY_METRICS_PORT = 9110
 READY_TIMEOUT_SECONDS = 60.0
 # The make variable (README, Makefile) that sets each port, named in errors so the fix is one copy-paste away.
-PORT_VARIABLES = {"API": "API_PORT", "exporter": "EXPORTER_PORT", "worker metrics": "WORKER_METRICS_PORT"}
+PORT_VARIABLES = {"API": "API_PORT", "exporter": "EXPORTER_PORT", "worker metrics": "WORKER_METRICS_PORT",
+                  "canary metrics": "CANARY_METRICS_PORT"}
 
 
 class StackError(RuntimeError):
@@ -62,6 +64,7 @@ class DevPorts:
     api: int
     exporter: int
     worker_metrics: tuple[int, ...]
+    canary: int = DEFAULT_CANARY_METRICS_PORT
     notes: tuple[str, ...] = ()
 
 
@@ -82,8 +85,10 @@ def port_free(host: str, port: int) -> bool:
         return True
 
 
-def choose_ports(host: str, api: int, exporter: int | None, worker_metrics: int | None, workers: int) -> DevPorts:
-    """The API port as given; exporter and worker ports as given, or the first free ones from their defaults.
+def choose_ports(host: str, api: int, exporter: int | None, worker_metrics: int | None, workers: int,
+                 canary: int | None = None) -> DevPorts:
+    """The API port as given; exporter, worker and canary metrics ports as given, or the first free ones from their
+    defaults (9108, 9109 up, 9110 or the first free one after the workers').
 
     Raises StackError when a port that was given (the API's always is) is in use.
     """
@@ -118,7 +123,9 @@ def choose_ports(host: str, api: int, exporter: int | None, worker_metrics: int 
     else:
         start = DEFAULT_WORKER_METRICS_PORT
         metrics = tuple(first_free("worker metrics", start if i == 0 else start + i) for i in range(workers))
-    return DevPorts(api_port, exporter_port, metrics, tuple(notes))
+    canary_port = given("canary metrics", canary) if canary is not None else first_free(
+        "canary metrics", max(DEFAULT_CANARY_METRICS_PORT, max(metrics) + 1))
+    return DevPorts(api_port, exporter_port, metrics, canary_port, tuple(notes))
 
 
 @dataclass(frozen=True)
@@ -266,6 +273,8 @@ def banner(settings: Settings, host: str, ports: DevPorts, started: list[str], a
     if with_exporter:
         lines.append(f"  Exporter metrics:  http://{host}:{ports.exporter}/metrics")
     lines += [f"  Worker metrics:    http://{host}:{port}/metrics" for port in ports.worker_metrics]
+    lines.append(f"  Canary metrics:    http://{host}:{ports.canary}/metrics  (a one-pose generation as user "
+                 f"posegen-canary every {settings.canary_interval_seconds:g} s)")
     lines += [
         "  Dashboards:        dashboards/build/*.json (import into Grafana, or docker compose in deploy/)",
         f"  Admin token (valid {settings.token_max_ttl_seconds} s, the most POSEGEN_TOKEN_MAX_TTL_SECONDS allows):",
@@ -333,6 +342,10 @@ def run_dev_stack(settings: Settings, host: str, ports: DevPorts, services: list
         if with_exporter:
             children.append(_spawn("exporter", [*posegen, "exporter", "--host", host, "--port", str(ports.exporter)],
                                    env, f"http://{host}:{ports.exporter}/metrics"))
+        # The canary: the API's clients' view, as the canary Deployment of deploy/k8s has it.
+        children.append(_spawn("canary", [*posegen, "canary", "--metrics-host", host, "--metrics-port",
+                                           str(ports.canary)], {**env, "POSEGEN_API_URL": base},
+                               f"http://{host}:{ports.canary}/metrics"))
         parts += children
         deadline = time.monotonic() + READY_TIMEOUT_SECONDS
         while not all(part.ready for part in parts):

@@ -21,6 +21,9 @@ DEV_JWT_SECRET = "dev-secret-change-me-not-for-production"
 # RFC 7518 section 3.2: an HS256 key must be at least as long as the hash output, 256 bits.
 MIN_JWT_SECRET_BYTES = 32
 PRODUCTION = "production"
+# The longest gap between two successful canary runs (interval + timeout) that CanaryFailing's staleness
+# threshold of 900 s tolerates with a minute to spare for scrapes and rule evaluations.
+CANARY_MAX_SUCCESS_GAP_SECONDS = 840
 
 
 class SettingsError(ValueError):
@@ -121,6 +124,12 @@ class Settings:
     # The operators' console session: ends after this long without a request, and this long after sign-in.
     console_idle_timeout_seconds: int = 900
     console_session_max_seconds: int = 8 * 3600
+    # `posegen canary` (app/canary.py): one one-pose generation through the API every interval, each bounded by
+    # the timeout (queue stuck), its /metrics on the port. Their sum is bounded so that CanaryFailing's "no
+    # success for 15 minutes" (alerts/rules/canary.rules.yml) never fires between two healthy runs.
+    canary_interval_seconds: float = 300.0
+    canary_timeout_seconds: float = 120.0
+    canary_metrics_port: int = 9110
 
     @property
     def owner_database_url(self) -> str:
@@ -291,7 +300,22 @@ class Settings:
                 "POSEGEN_CONSOLE_SESSION_MAX_SECONDS", cls.console_session_max_seconds, minimum=60,
                 maximum=7 * 24 * 3600
             ),
+            canary_interval_seconds=reader.number(
+                "POSEGEN_CANARY_INTERVAL_SECONDS", cls.canary_interval_seconds, minimum=1.0, maximum=600.0
+            ),
+            canary_timeout_seconds=reader.number(
+                "POSEGEN_CANARY_TIMEOUT_SECONDS", cls.canary_timeout_seconds, minimum=1.0, maximum=600.0
+            ),
+            canary_metrics_port=reader.integer(
+                "POSEGEN_CANARY_METRICS_PORT", cls.canary_metrics_port, minimum=1, maximum=65535
+            ),
         )
+        if settings.canary_interval_seconds + settings.canary_timeout_seconds > CANARY_MAX_SUCCESS_GAP_SECONDS:
+            raise SettingsError(
+                f"POSEGEN_CANARY_INTERVAL_SECONDS={settings.canary_interval_seconds:g} plus "
+                f"POSEGEN_CANARY_TIMEOUT_SECONDS={settings.canary_timeout_seconds:g} is over "
+                f"{CANARY_MAX_SUCCESS_GAP_SECONDS} s: CanaryFailing would fire between two healthy runs"
+            )
         if settings.console_idle_timeout_seconds > settings.console_session_max_seconds:
             raise SettingsError(
                 f"POSEGEN_CONSOLE_IDLE_TIMEOUT_SECONDS={settings.console_idle_timeout_seconds} is longer than "

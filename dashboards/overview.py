@@ -613,6 +613,41 @@ def capacity_panels() -> list[tuple[int, Panel]]:
     ]
 
 
+def canary_panels() -> list[tuple[int, Panel]]:
+    """The canary (``posegen canary``, alert CanaryFailing): its runs by outcome and how old its last success is."""
+    return [
+        (
+            12,
+            timeseries(
+                "Canary Runs",
+                "Runs of the canary's one-pose generation per hour, by outcome, and failed ones by reason "
+                "(api_unreachable, api_error, generation_failed, not_terminal). Two failed runs in a row is "
+                "CanaryFailing, at any user traffic.",
+                [
+                    target('3600 * sum by (outcome) (rate(pose_canary_runs_total{job="posegen-canary"}[15m]))',
+                           "{{outcome}}"),
+                    target('3600 * sum by (reason) (rate(pose_canary_failures_total{job="posegen-canary"}[15m]))',
+                           "failed: {{reason}}", "B"),
+                ],
+                "short",
+                steps(GREEN),
+            ),
+        ),
+        (
+            12,
+            timeseries(
+                "Canary: Time Since Last Success",
+                "Seconds since the canary's latest successful run ended (at most interval + timeout while it is "
+                "healthy). Over 15 minutes is CanaryFailing; a canary that stopped being scraped shows no line.",
+                [target('time() - max(pose_canary_last_success_timestamp_seconds{job="posegen-canary"})',
+                        "since last success")],
+                "s",
+                steps(GREEN, (600, ORANGE), (900, RED)),
+            ),
+        ),
+    ]
+
+
 # A deploy is a (job, version, revision) that was not running five minutes before.
 DEPLOY_ANNOTATION_EXPR = (
     "count by (job, version, revision) (pose_build_info)"
@@ -720,6 +755,7 @@ def overview_dashboard() -> Dashboard:
                 ("Retries, Stuck Work and Releases", stuck_work_panels()),
                 ("Per-stage Latency", latency_panels()),
                 ("API", api_panels()),
+                ("Canary", canary_panels()),
             ]
         ),
     ).auto_panel_ids()

@@ -39,7 +39,7 @@ PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 RECEIVER_BY_SEVERITY = {"critical": "pager", "warning": "chat", "none": "deadman"}
 # Alerts that fire by design whatever the input: no "quiet" or "idle" case exists for them.
 ALWAYS_FIRING = {"Watchdog"}
-AREAS = {"generation", "performance", "queue", "credits", "workers", "availability", "monitoring"}
+AREAS = {"generation", "performance", "queue", "credits", "workers", "availability", "monitoring", "canary"}
 
 
 def test_rule_file_is_valid() -> None:

@@ -44,7 +44,7 @@ API = "/api/apps/pose-generator"
 
 def test_make_dev_from_a_0700_folder_starts_its_own_services_and_serves_a_four_pose_generation() -> None:
     """Nothing at DATABASE_URL/REDIS_URL, data under a 0700 folder, ports chosen with make variables."""
-    port, exporter_port, metrics_port, pg_port, redis_port = (free_port() for _ in range(5))
+    port, exporter_port, metrics_port, pg_port, redis_port, canary_port = (free_port() for _ in range(6))
     with private_folder() as folder:
         data = folder / ".data"
         env = dev_env(DATABASE_URL=f"postgresql://postgres@127.0.0.1:{pg_port}/posegen",
@@ -54,7 +54,8 @@ def test_make_dev_from_a_0700_folder_starts_its_own_services_and_serves_a_four_p
             # Its own session, so the Ctrl-C below reaches make and everything under it, as a terminal's does.
             make = subprocess.Popen(["make", "--no-print-directory", "dev", f"API_PORT={port}",
                                      f"EXPORTER_PORT={exporter_port}", f"WORKER_METRICS_PORT={metrics_port}",
-                                     "WORKERS=1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     f"CANARY_METRICS_PORT={canary_port}", "WORKERS=1"], cwd=ROOT, env=env,
+                                    stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         try:
             output = wait_for_banner(make, log_path)
@@ -68,7 +69,8 @@ def test_make_dev_from_a_0700_folder_starts_its_own_services_and_serves_a_four_p
                         f"{api}/metrics?period=24h", f"{api}/metrics/health-indicators?period=24h",
                         f"{api}/metrics/errors?period=24h", f"{api}/metrics/top-users?limit=10",
                         f"{api}/metrics/popular-poses?limit=20",
-                        f"http://127.0.0.1:{exporter_port}/metrics", f"http://127.0.0.1:{metrics_port}/metrics"]
+                        f"http://127.0.0.1:{exporter_port}/metrics", f"http://127.0.0.1:{metrics_port}/metrics",
+                        f"http://127.0.0.1:{canary_port}/metrics"]
             for url in expected:
                 assert url in banner, f"{url} missing from the banner:\n{banner}"
             # Every URL the banner shows answers as printed: without a token 200, or 401 for the admin metrics;

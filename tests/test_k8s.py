@@ -50,8 +50,9 @@ def test_kustomization_renders_every_piece() -> None:
     kinds = sorted(doc["kind"] for doc in rendered())
     assert kinds == sorted(["Namespace", "ConfigMap", "ConfigMap", "Secret", "Secret", "Secret", "Secret", "Secret",
                             "Secret", "NetworkPolicy", "NetworkPolicy", "Job",
-                            "Deployment", "Deployment", "Deployment", "Service", "Service",
-                            "HorizontalPodAutoscaler", "ScaledObject", "ServiceMonitor", "ServiceMonitor",
+                            "Deployment", "Deployment", "Deployment", "Deployment", "Service", "Service",
+                            "Service", "HorizontalPodAutoscaler", "ScaledObject", "ServiceMonitor", "ServiceMonitor",
+                            "ServiceMonitor",
                             "PodMonitor", "PrometheusRule"])
     assert {doc["metadata"].get("namespace") for doc in rendered() if doc["kind"] != "Namespace"} == {"posegen"}
     assert {s["metadata"]["name"] for s in objects("Secret")} >= {"posegen-jwt", "posegen-flux", "posegen-supabase"}
@@ -59,7 +60,7 @@ def test_kustomization_renders_every_piece() -> None:
 
 def test_core_objects_validate_against_the_kubernetes_schemas() -> None:
     core = [doc for doc in rendered() if doc["kind"] not in CRDS]
-    assert len(core) == 18
+    assert len(core) == 20
     errors = []
     for doc in core:
         try:
@@ -75,6 +76,10 @@ def test_every_process_has_probes_requests_and_its_settings() -> None:
             assert "livenessProbe" in container, deployment["metadata"]["name"]
             assert container["resources"]["requests"].keys() >= {"cpu", "memory"}
             refs = {ref.get("secretRef", ref.get("configMapRef"))["name"] for ref in container["envFrom"]}
+            if deployment["metadata"]["name"] == "posegen-canary":
+                # A client of the API: its settings and the key to mint tokens, none of the stores' secrets.
+                assert refs == {"posegen-config", "posegen-jwt"}
+                continue
             assert refs == {"posegen-config", "posegen-database", "posegen-redis", "posegen-jwt", "posegen-flux",
                             "posegen-supabase"}
     api = containers(one("Deployment", "posegen-api"))[0]
@@ -124,7 +129,7 @@ def test_every_scrape_target_has_a_monitor_with_the_rules_job_name() -> None:
         assert endpoint["port"] in ports
         scraped[labels[spec["jobLabel"]]] = endpoint["path"]
     assert scraped == {"posegen-api": "/api/apps/pose-generator/metrics-prometheus",
-                       "posegen-exporter": "/metrics", "posegen-worker": "/metrics"}
+                       "posegen-exporter": "/metrics", "posegen-worker": "/metrics", "posegen-canary": "/metrics"}
     # The same job names the compose stack's Prometheus uses, so the rules read the same series in both.
     compose = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     assert JOBS <= {job["job_name"] for job in compose["scrape_configs"]}
@@ -167,7 +172,7 @@ def test_only_the_applications_pods_reach_redis_and_postgresql_and_redis_needs_a
     comes from a Secret, and NetworkPolicies admit only the application's pods to Redis and PostgreSQL."""
     pods = {doc["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
             for doc in [*objects("Deployment"), *objects("Job")]}
-    assert pods == APP_PODS
+    assert pods == APP_PODS | {"posegen-canary"}  # the canary reaches the API only
     policies = {p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]: p for p in objects("NetworkPolicy")}
     assert set(policies) == {"redis", "postgresql"}
     for store, port in (("redis", 6379), ("postgresql", 5432)):
@@ -239,3 +244,20 @@ def test_compose_runs_the_processes_as_the_application_role_and_migrates_as_the_
     assert roles["entrypoint"][-1] == mount.split(":")[1]
     assert (ROOT / "deploy" / script).is_file()
     assert "NOSUPERUSER NOCREATEDB NOCREATEROLE" in (ROOT / "deploy" / script).read_text()
+
+
+def test_the_canary_runs_once_against_the_apis_service_and_starts_with_its_settings() -> None:
+    """One canary pod, scraped as the job CanaryFailing selects, calling the API's Service on its port; with the
+    manifest's environment (posegen-config, a JWT secret, its overrides) its settings load in production."""
+    canary = one("Deployment", "posegen-canary")
+    assert canary["spec"]["replicas"] == 1 and canary["spec"]["strategy"]["type"] == "Recreate"
+    (container,) = containers(canary)
+    assert container["args"][0] == "canary"
+    env = {item["name"]: item["value"] for item in container["env"]}
+    api_url = urlsplit(env["POSEGEN_API_URL"])
+    service = one("Service", api_url.hostname)
+    assert api_url.port in {port["port"] for port in service["spec"]["ports"]}
+    config = one("ConfigMap", "posegen-config")["data"]
+    settings = Settings.from_env({**config, "JWT_SECRET": "a-production-secret-of-at-least-32-bytes-0123", **env})
+    assert settings.is_production and settings.ops_api_url == env["POSEGEN_API_URL"]
+    assert str(settings.canary_metrics_port) == container["args"][container["args"].index("--metrics-port") + 1]

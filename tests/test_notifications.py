@@ -25,7 +25,7 @@ import yaml
 
 from tests.fakes.webhook_sink import Notification, WebhookSink
 from tests.stack import free_port
-from tests.support.monitoring import ALERTMANAGER_CONFIG, Daemon, ready, shorten_route_timings, wait_until
+from tests.support.monitoring import Daemon, project_config, ready, wait_until
 
 pytestmark = pytest.mark.tools
 
@@ -51,28 +51,6 @@ def alert(name: str, summary: str, description: str, **labels: str) -> dict[str,
         "endsAt": (datetime.now(UTC) + timedelta(minutes=10)).isoformat(),
         "generatorURL": "http://prometheus.test/graph",
     }
-
-
-def project_config(sink: WebhookSink, secrets: Path) -> dict[str, Any]:
-    """alerts/alertmanager.yml, receivers untouched but for where they deliver."""
-    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text(encoding="utf-8"))
-    shorten_route_timings(config["route"])
-    config["route"]["group_wait"] = "1s"
-    for route in config["route"]["routes"]:
-        if route["receiver"] == "deadman":
-            route["repeat_interval"] = "2s"
-    secrets.mkdir(parents=True, exist_ok=True)
-    for receiver in config["receivers"]:
-        for pager in receiver.get("pagerduty_configs", []):
-            key_file = secrets / "pager_routing_key"
-            key_file.write_text("test-routing-key", encoding="utf-8")
-            pager["routing_key_file"] = str(key_file)
-            pager["url"] = sink.url(receiver["name"])
-        for slack in receiver.get("slack_configs", []):
-            url_file = secrets / f"{receiver['name']}_url"
-            url_file.write_text(sink.url(receiver["name"]), encoding="utf-8")
-            slack["api_url_file"] = str(url_file)
-    return config
 
 
 class Alertmanager:

@@ -22,7 +22,7 @@ import structlog
 
 from app.timestamps import iso_timestamp
 
-COMPONENTS = ("Worker", "Storage", "FLUX", "Metrics", "API")
+COMPONENTS = ("Worker", "Storage", "FLUX", "Metrics", "API", "Canary")
 _LEVELS = {"debug": "DEBUG", "info": "INFO", "warning": "WARN", "warn": "WARN", "error": "ERROR",
            "critical": "ERROR", "exception": "ERROR"}
 _NUMERIC = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,

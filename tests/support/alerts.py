@@ -62,6 +62,11 @@ CONTRACT_METRICS = {
     "pose_operator_actions_total",
     # A drill (POSEGEN_FAULTS) on: failures are injected.
     "pose_fault_drill_active",
+    # The canary (posegen canary): its runs, whatever the users do.
+    "pose_canary_runs_total",
+    "pose_canary_failures_total",
+    "pose_canary_consecutive_failures",
+    "pose_canary_last_success_timestamp_seconds",
 } | {f"{name}_{suffix}" for name in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 
 PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring"}
