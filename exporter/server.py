@@ -24,7 +24,7 @@ from app.observability.build_info import BuildInfoCollector
 from app.observability.exposition import metrics_wsgi_app
 from app.observability.fleet_metrics import FleetMetricsCollector
 from app.observability.logging import get_logger
-from app.settings import Settings
+from app.settings import RedisSentinel, Settings
 from exporter.collectors import (
     CombinedCollector,
     DomainCollector,
@@ -41,17 +41,19 @@ log = get_logger("Metrics")
 SOURCE_TIMEOUT_SECONDS = 1.0
 
 
-def make_exporter_redis(redis_url: str, timeout_seconds: float = SOURCE_TIMEOUT_SECONDS) -> Redis:
-    """A client that gives up within the deadline: socket timeouts and no retries (redis-py retries by default)."""
+def make_exporter_redis(redis_url: str, timeout_seconds: float = SOURCE_TIMEOUT_SECONDS,
+                        sentinel: RedisSentinel | None = None) -> Redis:
+    """A client that gives up within the deadline: socket timeouts and no retries (redis-py retries by default);
+    through Sentinel with ``sentinel``."""
     return redis_client(redis_url, socket_timeout=timeout_seconds, connect_timeout=timeout_seconds, retries=0,
-                        health_check_seconds=0)
+                        health_check_seconds=0, sentinel=sentinel)
 
 
 class Exporter:
     """The registry of the exporter and what it holds open (a Redis pool, a PostgreSQL connection)."""
 
     def __init__(self, settings: Settings, timeout_seconds: float = SOURCE_TIMEOUT_SECONDS) -> None:
-        self.redis = make_exporter_redis(settings.redis_url, timeout_seconds)
+        self.redis = make_exporter_redis(settings.redis_url, timeout_seconds, settings.redis_sentinel)
         self.domain = DomainCollector(settings.database_url, timeout_seconds=timeout_seconds)
         redis_state = CombinedCollector(QueueCollector(self.redis),
                                         ProviderSlotsCollector(self.redis, settings.provider_concurrency),
