@@ -31,6 +31,8 @@ from exporter.collectors import (
     LimitsCollector,
     ProviderSlotsCollector,
     QueueCollector,
+    RedisServerCollector,
+    ServerChanges,
     SourcesCollector,
 )
 from exporter.folding import DeltaFolder
@@ -54,15 +56,19 @@ class Exporter:
 
     def __init__(self, settings: Settings, timeout_seconds: float = SOURCE_TIMEOUT_SECONDS) -> None:
         self.redis = make_exporter_redis(settings.redis_url, timeout_seconds, settings.redis_sentinel)
-        self.domain = DomainCollector(settings.database_url, timeout_seconds=timeout_seconds)
+        self.server_changes = ServerChanges()
+        self.domain = DomainCollector(settings.database_url, timeout_seconds=timeout_seconds,
+                                      changes=self.server_changes)
         redis_state = CombinedCollector(QueueCollector(self.redis),
                                         ProviderSlotsCollector(self.redis, settings.provider_concurrency),
-                                        FleetMetricsCollector(self.redis))
+                                        FleetMetricsCollector(self.redis),
+                                        RedisServerCollector(self.redis, self.server_changes))
         self.sources = SourcesCollector({"redis": redis_state, "postgres": self.domain},
                                         timeout_seconds=timeout_seconds)
         self.registry = CollectorRegistry()
         self.registry.register(self.sources)
         self.registry.register(BuildInfoCollector(settings.revision))
+        self.registry.register(_Families(self.server_changes.families))
         self.registry.register(LimitsCollector(generation_time_limit_seconds(
             settings.flux_deadline_seconds, settings.max_poses_per_generation, settings.pose_concurrency)))
         ProcessCollector(registry=self.registry)
@@ -71,6 +77,16 @@ class Exporter:
         self.sources.close()
         self.domain.close()
         self.redis.close()
+
+
+class _Families:
+    """A collector of the families a callable yields at scrape time."""
+
+    def __init__(self, families: Callable[[], Iterable[Any]]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Any]:
+        return self._families()
 
 
 def metrics_app(registry: CollectorRegistry) -> Callable[..., Iterable[bytes]]:
