@@ -40,8 +40,8 @@ from tests.stack import JWT_SECRET, Process, check_ledger_invariants, free_port,
 
 POSES = ["pose_tree_pose", "pose_arms_crossed"]
 CLIENT_THREADS = 4
-STEADY_SECONDS = 4.0
-PROMOTE_DELAY_SECONDS = 3.0
+STEADY_SECONDS = 3.0
+PROMOTE_DELAY_SECONDS = 4.0
 RECOVERY_TIMEOUT_SECONDS = 60.0
 SETTLE_TIMEOUT_SECONDS = 120.0
 
@@ -86,6 +86,8 @@ class DrillResult:
     generations: dict[str, int] = field(default_factory=dict)  # status -> count
     statuses: Counter[int] = field(default_factory=Counter)
     health_while_no_primary: list[int] = field(default_factory=list)
+    health_around_promotion: list[tuple[float, float, int]] = field(default_factory=list)
+    sources_down: dict[str, int] = field(default_factory=dict)  # exporter scrapes (1 s apart) with the source down
     exporter: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     ledger_problems: list[str] = field(default_factory=list)
@@ -285,29 +287,41 @@ def run_drill(folder: Path) -> DrillResult:
         health: list[tuple[float, float, int]] = []
         health_stop = threading.Event()
 
-        def watch_health() -> None:
+        def watch_health(url: str) -> None:
             while not health_stop.is_set():
                 began = time.monotonic()
                 try:
-                    status = httpx.get(f"{api_urls[1]}{API_PREFIX}/health", timeout=5).status_code
+                    status = httpx.get(f"{url}{API_PREFIX}/health", timeout=5).status_code
                 except httpx.HTTPError:
                     status = 0
                 health.append((began, time.monotonic(), status))
                 health_stop.wait(0.1)
 
-        watcher = threading.Thread(target=watch_health, daemon=True)
+        scrapes: list[tuple[float, dict[str, float]]] = []
+
+        def scrape_exporter() -> None:  # as Prometheus does: the exporter reads its sources when scraped
+            while not health_stop.is_set():
+                try:
+                    scrapes.append((time.monotonic(), _scrape(exporter_url)))
+                except httpx.HTTPError:
+                    pass
+                health_stop.wait(1.0)
+
+        watchers = [threading.Thread(target=watch_health, args=(url,), daemon=True) for url in api_urls]
+        watchers.append(threading.Thread(target=scrape_exporter, daemon=True))
         load.start()
-        watcher.start()
+        for watcher in watchers:
+            watcher.start()
         time.sleep(STEADY_SECONDS)
 
+        redis.kill_master()  # returns once the process is gone: requests from now on meet the failover
         redis_failover = Failover("Redis master SIGKILLed (Sentinel failover)", time.monotonic())
-        redis.kill_master()
         _wait_recovered(load, redis_failover)
         time.sleep(STEADY_SECONDS)
 
-        pg_failover = Failover("PostgreSQL primary stopped, standby promoted", time.monotonic())
-        postgres.stop_primary()
+        postgres.stop_primary()  # pg_ctl waits until the server is gone
         stopped_at = time.monotonic()
+        pg_failover = Failover("PostgreSQL primary stopped, standby promoted", stopped_at)
         time.sleep(PROMOTE_DELAY_SECONDS)
         promote_began = time.monotonic()
         postgres.promote_standby()
@@ -316,10 +330,15 @@ def run_drill(folder: Path) -> DrillResult:
         load.stop()
         phase("load and failovers")
         health_stop.set()
-        watcher.join(timeout=30)
+        for watcher in watchers:
+            watcher.join(timeout=30)
 
         result = DrillResult([redis_failover, pg_failover], list(load.answers))
         result.statuses = Counter(a.status for a in result.answers)
+        result.sources_down = {source: sum(1 for _, f in scrapes if f.get(f"pose_exporter_up{{source={source}}}") == 0)
+                               for source in ("redis", "postgres")}
+        result.health_around_promotion = [(round(b - stopped_at, 2), round(e - stopped_at, 2), s)
+                                          for b, e, s in health if stopped_at - 2 <= b <= promote_began + 5]
         result.health_while_no_primary = [status for began, ended, status in health
                                           if began >= stopped_at and ended <= promote_began]
         with psycopg.connect(database_url, autocommit=True) as conn:
@@ -362,6 +381,7 @@ def table(result: DrillResult) -> str:
                      f"{failover.fault_to_first_create_seconds:>23.2f} {failover.failed_requests:>16}")
     lines.append(f"answers by status: {dict(sorted(result.statuses.items()))}")
     lines.append(f"generations by status: {result.generations}")
+    lines.append(f"exporter scrapes with a source down (1 s apart): {result.sources_down}")
     lines.append("drill phases, s: " + ", ".join(f"{k} {v:.1f}" for k, v in result.phases.items()))
     lines.append(f"ledger: {'; '.join(result.ledger_problems) or 'balanced, each generation charged once'}")
     return "\n".join(lines)
