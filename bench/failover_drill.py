@@ -10,8 +10,9 @@ read-write``). Client threads create generations and poll them throughout. The d
 terminal and reads the outcome: every answer's status, the time without service of each failover, the
 ledger and the exporter's counters.
 
-Time without service = from the first failed request after the fault to the first successful create after it
-(``outage_seconds``); ``fault_to_first_create_seconds`` counts from the fault itself.
+Time without service (``outage_seconds``) = from the fault, or from the first request that failed with it when
+that one was already in flight, to the first successful create begun after the fault;
+``fault_to_first_create_seconds`` counts from the fault itself.
 
     python -m bench.failover_drill          # prints a table (needs redis-sentinel and PostgreSQL 15 binaries)
 """
@@ -40,6 +41,7 @@ from tests.stack import JWT_SECRET, Process, check_ledger_invariants, free_port,
 
 POSES = ["pose_tree_pose", "pose_arms_crossed"]
 CLIENT_THREADS = 4
+CREATE_INTERVAL_SECONDS = 1.5  # per client thread: about 2.7 creates per second in all
 STEADY_SECONDS = 3.0
 PROMOTE_DELAY_SECONDS = 4.0
 RECOVERY_TIMEOUT_SECONDS = 60.0
@@ -68,11 +70,12 @@ class Failover:
 
     @property
     def outage_seconds(self) -> float:
-        """From the first failed request after the fault to the first successful create after it (0 when no
-        request failed)."""
-        if self.first_failure_at is None or self.first_success_at is None:
-            return 0.0
-        return max(0.0, self.first_success_at - self.first_failure_at)
+        """Time without service: from the fault, or the first request that failed with it if that one began
+        earlier (in flight at the fault), to the end of the first create begun after the fault that succeeded.
+        Requests that hung through the outage count as well as those that failed."""
+        if self.first_success_at is None:
+            return float("inf")
+        return self.first_success_at - min(self.fault_at, self.first_failure_at or self.fault_at)
 
     @property
     def fault_to_first_create_seconds(self) -> float:
@@ -87,6 +90,7 @@ class DrillResult:
     statuses: Counter[int] = field(default_factory=Counter)
     health_while_no_primary: list[int] = field(default_factory=list)
     health_around_promotion: list[tuple[float, float, int]] = field(default_factory=list)
+    workers_stopped_by_command: bool = False  # RQ's shutdown command, over pub/sub after the failover, worked
     sources_down: dict[str, int] = field(default_factory=dict)  # exporter scrapes (1 s apart) with the source down
     exporter: dict[str, float] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
@@ -141,10 +145,14 @@ class Load:
                     mine.append(answer.json()["generationId"])
                     with self._lock:
                         self.created.append(mine[-1])
-                for generation_id in mine[-3:]:
-                    self._call(client, "poll", "GET", f"{rng.choice(self.api_urls)}{API_PREFIX}/generations/"
-                               f"{generation_id}")
-                self._stop.wait(0.05)
+                # Then polls until the next create: a steady rate the two workers keep up with, so what the
+                # drill measures is the failovers, not a backlog.
+                next_create = time.monotonic() + CREATE_INTERVAL_SECONDS
+                while time.monotonic() < next_create and not self._stop.is_set():
+                    for generation_id in mine[-2:]:
+                        self._call(client, "poll", "GET", f"{rng.choice(self.api_urls)}{API_PREFIX}/generations/"
+                                   f"{generation_id}")
+                    self._stop.wait(0.2)
 
     def creates_since(self, moment: float) -> list[Answer]:
         with self._lock:
@@ -155,13 +163,13 @@ def _wait_recovered(load: Load, failover: Failover, timeout: float = RECOVERY_TI
     """Until a create that began after the fault (and after its first failure, if any) succeeded."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        after = load.creates_since(failover.fault_at)
-        with load._lock:
-            failures = [a for a in load.answers if a.began >= failover.fault_at and a.status not in range(200, 500)]
+        with load._lock:  # failed requests that ended after the fault: those in flight at it count too
+            failures = [a for a in load.answers if a.ended >= failover.fault_at and a.status not in range(200, 500)]
+            creates = [a for a in load.answers if a.what == "create" and a.status == 202]
         failover.failed_requests = len(failures)
         failover.first_failure_at = min((a.began for a in failures), default=None)
-        since = failover.first_failure_at if failover.first_failure_at is not None else failover.fault_at
-        successes = [a.ended for a in after if a.status == 202 and a.began >= since]
+        since = min(failover.fault_at, failover.first_failure_at or failover.fault_at)
+        successes = [a.ended for a in creates if a.began >= max(since, failover.fault_at)]
         if successes:
             failover.first_success_at = min(successes)
             return
@@ -253,7 +261,7 @@ def run_drill(folder: Path) -> DrillResult:
             "POSEGEN_REAPER_INTERVAL_SECONDS": "0.5", "POSEGEN_QUEUED_CHECK_SECONDS": "5",
             "POSEGEN_RATE_LIMIT_PER_MINUTE": "100000", "POSEGEN_INVALID_CREATE_LIMIT_PER_MINUTE": "100000",
             "POSEGEN_READ_LIMIT_PER_MINUTE": "10000000", "POSEGEN_CALLER_CONCURRENCY": "0",
-            "POSEGEN_LOCAL_LATENCY": "0.1-0.3", "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
+            "POSEGEN_LOCAL_LATENCY": "0.05-0.15", "LOG_LEVEL": "INFO", "PYTHONUNBUFFERED": "1",
         }
         api_ports = [free_port(), free_port()]
         for index, port in enumerate(api_ports):
@@ -359,6 +367,9 @@ def run_drill(folder: Path) -> DrillResult:
                 break
             time.sleep(0.5)
         phase("exporter")
+        result.workers_stopped_by_command = _stop_workers_by_command(env, [p for p in processes
+                                                                          if p.args[0] == "worker"])
+        phase("workers' command channel")
         result.phases = phases
         result.logs = _logs(processes)
         return result
@@ -367,6 +378,28 @@ def run_drill(folder: Path) -> DrillResult:
             process.stop()
         redis.stop()
         postgres.stop()
+
+
+def _stop_workers_by_command(env: dict[str, str], workers: list[Process], timeout: float = 30) -> bool:
+    """Send RQ's shutdown command (a PUBLISH on each registered worker's channel) through Sentinel and wait
+    for the worker processes to exit: their pub/sub listeners work on the new master."""
+    from rq import Worker
+    from rq.command import send_shutdown_command
+
+    from app.connections import redis_client
+    from app.settings import Settings
+
+    settings = Settings.from_env(env)
+    client = redis_client(settings.redis_url, sentinel=settings.redis_sentinel)
+    try:
+        for worker in Worker.all(connection=client):
+            send_shutdown_command(client, worker.name)
+    finally:
+        client.close()
+    deadline = time.monotonic() + timeout
+    while any(w.alive() for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(w.alive() for w in workers)
 
 
 def _logs(processes: list[Process]) -> str:
@@ -381,6 +414,7 @@ def table(result: DrillResult) -> str:
                      f"{failover.fault_to_first_create_seconds:>23.2f} {failover.failed_requests:>16}")
     lines.append(f"answers by status: {dict(sorted(result.statuses.items()))}")
     lines.append(f"generations by status: {result.generations}")
+    lines.append(f"workers stopped by RQ's shutdown command after the failovers: {result.workers_stopped_by_command}")
     lines.append(f"exporter scrapes with a source down (1 s apart): {result.sources_down}")
     lines.append("drill phases, s: " + ", ".join(f"{k} {v:.1f}" for k, v in result.phases.items()))
     lines.append(f"ledger: {'; '.join(result.ledger_problems) or 'balanced, each generation charged once'}")

@@ -34,6 +34,8 @@ def test_the_service_survives_losing_the_redis_master_and_the_postgresql_primary
     assert result.rows["queued"] == result.rows["processing"] == 0, f"{result.rows}\n{result.logs}"
     assert result.rows["completed"] > 0
     assert not result.ledger_problems, result.ledger_problems
+    # The workers' pub/sub listeners (RQ's command channel) hear a command published on the new master.
+    assert result.workers_stopped_by_command, result.logs
     # Signals: the exporter names the new Redis master and the promoted standby, and counted both moves.
     figures = result.exporter
     assert figures.get("pose_exporter_server_changes_total{source=redis}", 0) >= 1, figures
