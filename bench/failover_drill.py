@@ -90,6 +90,7 @@ class DrillResult:
     statuses: Counter[int] = field(default_factory=Counter)
     health_while_no_primary: list[int] = field(default_factory=list)
     health_around_promotion: list[tuple[float, float, int]] = field(default_factory=list)
+    standby_health: tuple[int, str] = (0, "")  # /health of an API whose DATABASE_URL names only the standby
     workers_stopped_by_command: bool = False  # RQ's shutdown command, over pub/sub after the failover, worked
     sources_down: dict[str, int] = field(default_factory=dict)  # exporter scrapes (1 s apart) with the source down
     exporter: dict[str, float] = field(default_factory=dict)
@@ -285,6 +286,7 @@ def run_drill(folder: Path) -> DrillResult:
                 if time.monotonic() > deadline:
                     raise AssertionError("the APIs did not become healthy:\n" + _logs(processes))
                 time.sleep(0.2)
+        result_standby = _standby_readiness(env, postgres, folder)
         phase("processes")
         users = [f"drill_{uuid.uuid4().hex[:8]}" for _ in range(CLIENT_THREADS)]
         for user in users:
@@ -342,6 +344,7 @@ def run_drill(folder: Path) -> DrillResult:
             watcher.join(timeout=30)
 
         result = DrillResult([redis_failover, pg_failover], list(load.answers))
+        result.standby_health = result_standby
         result.statuses = Counter(a.status for a in result.answers)
         result.sources_down = {source: sum(1 for _, f in scrapes if f.get(f"pose_exporter_up{{source={source}}}") == 0)
                                for source in ("redis", "postgres")}
@@ -380,6 +383,26 @@ def run_drill(folder: Path) -> DrillResult:
         postgres.stop()
 
 
+def _standby_readiness(env: dict[str, str], postgres: StreamingPostgres, folder: Path) -> tuple[int, str]:
+    """``/health`` of an API process whose ``DATABASE_URL`` names the standby alone (no
+    ``target_session_attrs``): its status and ``checks.database.error``. A standby takes no writes, so it
+    must not be ready (503, ``ReadOnlyDatabase``)."""
+    port = free_port()
+    standby_url = f"postgresql://postgres@127.0.0.1:{postgres.ports['standby']}/posegen"
+    api = Process(["api", "--port", str(port)], {**env, "DATABASE_URL": standby_url}, folder / "api-standby.log")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}{API_PREFIX}/health", timeout=5)
+                return answer.status_code, answer.json()["checks"]["database"].get("error", "")
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError(f"the standby's API did not answer:\n{api.output()}")
+    finally:
+        api.stop()
+
+
 def _stop_workers_by_command(env: dict[str, str], workers: list[Process], timeout: float = 30) -> bool:
     """Send RQ's shutdown command (a PUBLISH on each registered worker's channel) through Sentinel and wait
     for the worker processes to exit: their pub/sub listeners work on the new master."""
@@ -414,6 +437,7 @@ def table(result: DrillResult) -> str:
                      f"{failover.fault_to_first_create_seconds:>23.2f} {failover.failed_requests:>16}")
     lines.append(f"answers by status: {dict(sorted(result.statuses.items()))}")
     lines.append(f"generations by status: {result.generations}")
+    lines.append(f"/health of an API on the standby alone: {result.standby_health}")
     lines.append(f"workers stopped by RQ's shutdown command after the failovers: {result.workers_stopped_by_command}")
     lines.append(f"exporter scrapes with a source down (1 s apart): {result.sources_down}")
     lines.append("drill phases, s: " + ", ".join(f"{k} {v:.1f}" for k, v in result.phases.items()))
