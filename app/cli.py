@@ -295,7 +295,7 @@ def _worker_capacity(settings: Settings, args: argparse.Namespace, token: str) -
     needed = processes_for_cap(cap, poses or settings.max_poses_per_generation, pose_concurrency)
     read = f"REDIS_URL={describe_redis_url(settings.redis_url)}"
     try:
-        client = redis_client(settings.redis_url)
+        client = redis_client(settings.redis_url, sentinel=settings.redis_sentinel)
         registered = f"{Worker.count(connection=client)} registered now in the Redis this command read, {read}"
         client.close()
     except RedisError:

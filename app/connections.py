@@ -10,7 +10,13 @@ hung proxy) is beyond TCP: callers bound their statements themselves with :func:
 or with ``statement_timeout`` on the server.
 
 Redis, with redis-py's: bounded connect and reads, the same TCP keepalives, and a health check (a ``PING``)
-of a pooled connection that sat idle, so a silently dead one is replaced, not used.
+of a pooled connection that sat idle, so a silently dead one is replaced, not used. With ``REDIS_SENTINELS``
+the master is found through Redis Sentinel (redis-py's ``Sentinel.master_for``): each new connection asks the
+sentinels for the master's address, and a connection that fails or meets a demoted master (``READONLY``, the
+``UNBLOCKED`` of a blocking command) is dropped, so the next command finds the new master without a restart.
+
+PostgreSQL failover is libpq's: a multi-host ``DATABASE_URL`` with ``target_session_attrs=read-write`` connects
+to whichever host is the primary now; a connection to a server that went away fails and is replaced.
 
 Outbound HTTP (FLUX, Supabase Storage): ``httpx.AsyncClient`` on one TLS context per process. Building a
 client loads the CA bundle into a new SSL context each time (20-90 ms of CPU, paid by every work-horse for
@@ -22,7 +28,7 @@ from __future__ import annotations
 import functools
 import socket
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -33,6 +39,9 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
+
+if TYPE_CHECKING:
+    from app.settings import RedisSentinel
 
 KEEPALIVE_IDLE_SECONDS = 10
 KEEPALIVE_INTERVAL_SECONDS = 5
@@ -95,16 +104,64 @@ def redis_options(socket_timeout: float | None = 2.0, *, connect_timeout: float 
 
 
 def redis_client(redis_url: str, *, socket_timeout: float | None = 2.0, connect_timeout: float = 1.0,
-                 retries: int = 2, health_check_seconds: int = REDIS_HEALTH_CHECK_SECONDS) -> Redis:
+                 retries: int = 2, health_check_seconds: int = REDIS_HEALTH_CHECK_SECONDS,
+                 sentinel: RedisSentinel | None = None) -> Redis:
     """A client that fails fast when Redis is unreachable or silent, so the API can answer 503 quickly.
 
     A command whose connection failed or timed out is retried ``retries`` times on a fresh connection (a
     connection that went silent is replaced, not waited on), with a short backoff; ``retries=0`` gives up
     at once. The queue's commands are safe to repeat: an enqueue whose answer was lost may deliver its job
-    twice, and the second delivery finds the generation already claimed and skips it."""
+    twice, and the second delivery finds the generation already claimed and skips it.
+
+    With ``sentinel`` (``Settings.redis_sentinel``) the client talks to the master the sentinels name now
+    (``REDIS_URL`` gives the database number, credentials and TLS; its host is not used); a fresh connection
+    after a failover goes to the new master. Raises :class:`redis.exceptions.ConnectionError` (a
+    ``MasterNotFoundError`` when no sentinel names a master) on the command, never here."""
     retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), retries) if retries else Retry(NoBackoff(), 0)
-    return Redis.from_url(redis_url, retry=retry, **redis_options(
-        socket_timeout, connect_timeout=connect_timeout, health_check_seconds=health_check_seconds))
+    options = redis_options(socket_timeout, connect_timeout=connect_timeout, health_check_seconds=health_check_seconds)
+    if sentinel is not None:
+        from redis.sentinel import Sentinel
+
+        manager = Sentinel(list(sentinel.sentinels), sentinel_kwargs=_sentinel_options(sentinel, connect_timeout),
+                           **_master_options(redis_url))
+        return manager.master_for(sentinel.master, retry=retry, **options)
+    return Redis.from_url(redis_url, retry=retry, **options)
+
+
+def _master_options(redis_url: str) -> dict[str, Any]:
+    """What ``REDIS_URL`` says of the master's connections when Sentinel names the host: the database,
+    credentials and TLS."""
+    from redis.connection import parse_url
+
+    parsed = parse_url(redis_url)
+    options = {key: parsed[key] for key in ("db", "username", "password") if parsed.get(key) is not None}
+    if redis_url.startswith("rediss://"):
+        options["ssl"] = True
+    return options
+
+
+def _sentinel_options(sentinel: RedisSentinel, connect_timeout: float) -> dict[str, Any]:
+    """The sentinels' own connections: short timeouts (an unreachable sentinel is skipped for the next
+    one), their password if they have one."""
+    options: dict[str, Any] = {"socket_connect_timeout": connect_timeout, "socket_timeout": max(connect_timeout, 1.0)}
+    if sentinel.password:
+        options["password"] = sentinel.password
+    return options
+
+
+def redis_server_address(client: Redis | AsyncRedis) -> str | None:
+    """``host:port`` of the Redis server ``client`` talks to: the master Sentinel last named (None before the
+    first command), or the URL's host; for metrics and logs that show a failover."""
+    pool = client.connection_pool
+    master = getattr(pool, "master_address", None)
+    if master is not None:
+        return f"{master[0]}:{master[1]}"
+    if hasattr(pool, "service_name"):
+        return None
+    options = pool.connection_kwargs
+    if "path" in options:
+        return f"unix:{options['path']}"
+    return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}"
 
 
 def describe_redis_url(redis_url: str) -> str:
@@ -129,12 +186,20 @@ def describe_redis_url(redis_url: str) -> str:
     return f"{parts.scheme}://{credentials}{host}:{parts.port or 6379}/{database}"
 
 
-def async_redis_client(redis_url: str, *, socket_timeout: float | None = 2.0, retry: Any = None) -> AsyncRedis:
+def async_redis_client(redis_url: str, *, socket_timeout: float | None = 2.0, retry: Any = None,
+                       sentinel: RedisSentinel | None = None) -> AsyncRedis:
     """An asyncio client with the same options (``retry``: a :class:`redis.asyncio.retry.Retry`; None keeps
-    redis-py's own retries)."""
+    redis-py's own retries), through Sentinel with ``sentinel`` as :func:`redis_client`
+    (``redis.asyncio.sentinel``)."""
     options = redis_options(socket_timeout)
     if retry is not None:
         options["retry"] = retry
+    if sentinel is not None:
+        from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+        manager = AsyncSentinel(list(sentinel.sentinels), sentinel_kwargs=_sentinel_options(sentinel, 1.0),
+                                **_master_options(redis_url))
+        return manager.master_for(sentinel.master, **options)
     return AsyncRedis.from_url(redis_url, **options)
 
 

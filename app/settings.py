@@ -39,6 +39,16 @@ class LatencyRange:
 
 
 @dataclass(frozen=True)
+class RedisSentinel:
+    """Where Redis Sentinel finds the master: the sentinels' ``(host, port)`` addresses, the monitored
+    service's name (Sentinel's ``master-name``) and the sentinels' own password ("" for none)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    password: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     database_url: str = "postgresql://postgres@127.0.0.1:5432/posegen"
     # The schema owner's URL, for `posegen migrate` and `posegen seed` only ("": DATABASE_URL), and the role the
@@ -46,6 +56,9 @@ class Settings:
     migration_database_url: str = ""
     app_db_role: str = ""
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # REDIS_SENTINELS + REDIS_SENTINEL_MASTER: the master is found through Sentinel (REDIS_URL then gives only
+    # the database number, credentials and TLS); None: REDIS_URL's host.
+    redis_sentinel: RedisSentinel | None = None
     jwt_secret: str = DEV_JWT_SECRET
     jwt_secret_set: bool = False  # whether JWT_SECRET came from the environment
     provider: str = "local"
@@ -176,6 +189,7 @@ class Settings:
                                               optional=True),
             app_db_role=reader.role_name("POSEGEN_APP_DB_ROLE"),
             redis_url=reader.url("REDIS_URL", cls.redis_url, ("redis://", "rediss://", "unix://")),
+            redis_sentinel=reader.sentinel(),
             jwt_secret=reader.text("JWT_SECRET", cls.jwt_secret),
             jwt_secret_set=bool(reader.raw("JWT_SECRET")),
             provider=provider,
@@ -316,6 +330,9 @@ class Settings:
                 f"POSEGEN_CANARY_TIMEOUT_SECONDS={settings.canary_timeout_seconds:g} is over "
                 f"{CANARY_MAX_SUCCESS_GAP_SECONDS} s: CanaryFailing would fire between two healthy runs"
             )
+        if settings.redis_sentinel is not None and settings.redis_url.startswith("unix://"):
+            raise SettingsError("REDIS_SENTINELS is set but REDIS_URL is a unix:// socket; use redis:// or rediss:// "
+                                "(its database number and password apply to the master Sentinel names)")
         if settings.console_idle_timeout_seconds > settings.console_session_max_seconds:
             raise SettingsError(
                 f"POSEGEN_CONSOLE_IDLE_TIMEOUT_SECONDS={settings.console_idle_timeout_seconds} is longer than "
@@ -472,6 +489,34 @@ class _Reader:
 
     def text(self, name: str, default: str) -> str:
         return self.raw(name) or default
+
+    def sentinel(self) -> RedisSentinel | None:
+        """``REDIS_SENTINELS`` (comma-separated ``host:port``, IPv6 as ``[::1]:26379``) with
+        ``REDIS_SENTINEL_MASTER`` (the service name), both or neither, and ``REDIS_SENTINEL_PASSWORD`` (the
+        sentinels' ``requirepass``, if any); None when neither is set."""
+        self.kinds.setdefault("REDIS_SENTINELS", "hosts")
+        self.kinds.setdefault("REDIS_SENTINEL_MASTER", "text")
+        raw, master = self.raw("REDIS_SENTINELS", "hosts").strip(), self.raw("REDIS_SENTINEL_MASTER").strip()
+        password = self.raw("REDIS_SENTINEL_PASSWORD")
+        if not raw and not master:
+            if password:
+                raise SettingsError("REDIS_SENTINEL_PASSWORD is set without REDIS_SENTINELS and REDIS_SENTINEL_MASTER")
+            return None
+        if not raw:
+            raise SettingsError("REDIS_SENTINEL_MASTER is set without REDIS_SENTINELS (host:port,host:port,...)")
+        if not master:
+            raise SettingsError("REDIS_SENTINELS is set without REDIS_SENTINEL_MASTER (the monitored master's name)")
+        if any(c.isspace() or c in "/@" for c in master):
+            raise SettingsError(f"REDIS_SENTINEL_MASTER={master!r} is not a Sentinel master name")
+        sentinels = []
+        for item in (part.strip() for part in raw.split(",")):
+            host, sep, port = item.rpartition(":")
+            host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+            if not sep or not host or any(c.isspace() or c in "/@[]" for c in host) or not (
+                    port.isdigit() and 1 <= int(port) <= 65535):
+                raise SettingsError(f"REDIS_SENTINELS entry {item!r} is not host:port (port 1-65535)")
+            sentinels.append((host, int(port)))
+        return RedisSentinel(tuple(sentinels), master, password)
 
     def role_name(self, name: str) -> str:
         """A PostgreSQL role name, as plain as one in a URL stays readable: letters, digits and ``_``, up to 63."""

@@ -42,6 +42,14 @@ Counters never go down; what can go down is a gauge of its own:
 ``pose_operator_actions_total{action}``           counter  operator actions, from the append-only audit table
 ``pose_intake_paused``, ``pose_workers_paused``   gauge    1 during an operator's planned pause (from Redis)
 
+Which server each source reads, so a failover shows (Sentinel naming a new Redis master, libpq's multi-host
+``DATABASE_URL`` connecting to a promoted standby):
+
+``pose_redis_server_info{address}``               gauge    1 for the Redis master this exporter talks to
+``pose_database_server_info{address}``            gauge    1 for the PostgreSQL server this exporter reads
+``pose_database_in_recovery``                     gauge    1 while that server is a standby (pg_is_in_recovery)
+``pose_exporter_server_changes_total{source}``    counter  times the server of a source changed since start
+
 Histogram buckets carry an exemplar (trace id, generation id) of their latest traced observation.
 
 :class:`SourcesCollector` reads every source in parallel, each within its deadline, so one source
@@ -71,7 +79,7 @@ from prometheus_client.utils import floatToGoString
 from redis import Redis
 
 from app import QUEUE_NAME
-from app.connections import pg_connect
+from app.connections import pg_connect, redis_server_address
 from app.domain.audit import Action
 from app.domain.intake import read_intake_pause, workers_paused
 from app.errors import ErrorType
@@ -133,6 +141,54 @@ class ProviderSlotsCollector(Collector):
                                 "Provider slots held now (in-flight provider calls across all workers)", value=in_use)
         yield GaugeMetricFamily("pose_provider_slots_limit", "The cap on provider slots (POSEGEN_PROVIDER_CONCURRENCY)",
                                 value=limit if limit is not None else self._default_limit)
+
+
+class ServerChanges:
+    """The server each source was last read from, and how often that changed (a failover, a switchover)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, str] = {}
+        self._changes: dict[str, int] = {"redis": 0, "postgres": 0}
+        self._lock = threading.Lock()
+
+    def note(self, source: str, address: str | None) -> None:
+        """Record that ``source`` was read from ``address`` (``host:port``; None: not known yet)."""
+        if address is None:
+            return
+        with self._lock:
+            last = self._last.get(source)
+            if last is not None and last != address:
+                self._changes[source] += 1
+                log.warning("Exporter source moved to another server", source=source, previous=last, address=address)
+            self._last[source] = address
+
+    def families(self) -> Iterator[Metric]:
+        """``pose_exporter_server_changes_total{source}``, read outside the sources (it survives an outage)."""
+        changes = CounterMetricFamily("pose_exporter_server_changes",
+                                      "Times the server this exporter reads a source from changed (failovers)",
+                                      labels=["source"])
+        with self._lock:
+            for source, count in self._changes.items():
+                changes.add_metric([source], count)
+        yield changes
+
+
+class RedisServerCollector(Collector):
+    """The Redis server the exporter's client reads (with Sentinel: the master last named), read after the
+    source's other collectors have used the client."""
+
+    def __init__(self, redis: Redis, changes: ServerChanges) -> None:
+        self._redis = redis
+        self._changes = changes
+
+    def collect(self) -> Iterator[Metric]:
+        address = redis_server_address(self._redis)
+        self._changes.note("redis", address)
+        if address is not None:
+            info = GaugeMetricFamily("pose_redis_server_info", "1 for the Redis server (master) the exporter reads",
+                                     labels=["address"])
+            info.add_metric([address], 1)
+            yield info
 
 
 class CombinedCollector(Collector):
@@ -240,6 +296,8 @@ SELECT b.metric, '', bucket.le, coalesce(sum(o.count), 0)::bigint, coalesce(sum(
   LEFT JOIN exporter_histogram_exemplars e ON e.metric = b.metric AND e.le = bucket.le
  GROUP BY b.metric, bucket.le
 UNION ALL
+SELECT 'in_recovery', '', NULL, pg_is_in_recovery()::int, NULL, NULL, NULL, NULL, NULL
+UNION ALL
 SELECT 'operator_actions', action, NULL, count(*), NULL, NULL, NULL, NULL, NULL FROM operator_audit GROUP BY action
 """
 
@@ -266,19 +324,29 @@ class DomainCollector(Collector):
     the database really cannot be reached. Statements time out on the server before the deadline.
     """
 
-    def __init__(self, database_url: str, *, timeout_seconds: float = 1.0) -> None:
+    def __init__(self, database_url: str, *, timeout_seconds: float = 1.0,
+                 changes: ServerChanges | None = None) -> None:
         self._database_url = database_url
         self._timeout = timeout_seconds
         self._conn: psycopg.Connection[Any] | None = None
         self._lock = threading.Lock()
+        self._changes = changes or ServerChanges()
 
     def collect(self) -> Iterator[Metric]:
         if not self._lock.acquire(timeout=self._timeout):
             raise SourceBusy("a previous read of PostgreSQL is still running")
         try:
             rows = self._read()
+            assert self._conn is not None
+            # libpq's host and port of this connection: with a multi-host DATABASE_URL, the server it chose.
+            address = f"{self._conn.info.host}:{self._conn.info.port}"
         finally:
             self._lock.release()
+        self._changes.note("postgres", address)
+        info = GaugeMetricFamily("pose_database_server_info", "1 for the PostgreSQL server the exporter reads",
+                                 labels=["address"])
+        info.add_metric([address], 1)
+        yield info
         yield from _domain_families(rows)
 
     def close(self) -> None:
@@ -407,6 +475,9 @@ def _domain_families(rows: Iterable[tuple[Any, ...]]) -> Iterator[Metric]:
     for action in Action:
         actions.add_metric([action.value], count("operator_actions", action.value))
     yield actions
+    yield GaugeMetricFamily("pose_database_in_recovery",
+                            "1 while the PostgreSQL server read is a standby (pg_is_in_recovery), 0 on a primary",
+                            value=count("in_recovery"))
     if ("last_finished_generation_ms", "") in counters:
         yield GaugeMetricFamily("pose_last_finished_generation_timestamp_seconds",
                                 "Unix time at which the latest generation finished",

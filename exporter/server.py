@@ -24,13 +24,15 @@ from app.observability.build_info import BuildInfoCollector
 from app.observability.exposition import metrics_wsgi_app
 from app.observability.fleet_metrics import FleetMetricsCollector
 from app.observability.logging import get_logger
-from app.settings import Settings
+from app.settings import RedisSentinel, Settings
 from exporter.collectors import (
     CombinedCollector,
     DomainCollector,
     LimitsCollector,
     ProviderSlotsCollector,
     QueueCollector,
+    RedisServerCollector,
+    ServerChanges,
     SourcesCollector,
 )
 from exporter.folding import DeltaFolder
@@ -41,26 +43,32 @@ log = get_logger("Metrics")
 SOURCE_TIMEOUT_SECONDS = 1.0
 
 
-def make_exporter_redis(redis_url: str, timeout_seconds: float = SOURCE_TIMEOUT_SECONDS) -> Redis:
-    """A client that gives up within the deadline: socket timeouts and no retries (redis-py retries by default)."""
+def make_exporter_redis(redis_url: str, timeout_seconds: float = SOURCE_TIMEOUT_SECONDS,
+                        sentinel: RedisSentinel | None = None) -> Redis:
+    """A client that gives up within the deadline: socket timeouts and no retries (redis-py retries by default);
+    through Sentinel with ``sentinel``."""
     return redis_client(redis_url, socket_timeout=timeout_seconds, connect_timeout=timeout_seconds, retries=0,
-                        health_check_seconds=0)
+                        health_check_seconds=0, sentinel=sentinel)
 
 
 class Exporter:
     """The registry of the exporter and what it holds open (a Redis pool, a PostgreSQL connection)."""
 
     def __init__(self, settings: Settings, timeout_seconds: float = SOURCE_TIMEOUT_SECONDS) -> None:
-        self.redis = make_exporter_redis(settings.redis_url, timeout_seconds)
-        self.domain = DomainCollector(settings.database_url, timeout_seconds=timeout_seconds)
+        self.redis = make_exporter_redis(settings.redis_url, timeout_seconds, settings.redis_sentinel)
+        self.server_changes = ServerChanges()
+        self.domain = DomainCollector(settings.database_url, timeout_seconds=timeout_seconds,
+                                      changes=self.server_changes)
         redis_state = CombinedCollector(QueueCollector(self.redis),
                                         ProviderSlotsCollector(self.redis, settings.provider_concurrency),
-                                        FleetMetricsCollector(self.redis))
+                                        FleetMetricsCollector(self.redis),
+                                        RedisServerCollector(self.redis, self.server_changes))
         self.sources = SourcesCollector({"redis": redis_state, "postgres": self.domain},
                                         timeout_seconds=timeout_seconds)
         self.registry = CollectorRegistry()
         self.registry.register(self.sources)
         self.registry.register(BuildInfoCollector(settings.revision))
+        self.registry.register(_Families(self.server_changes.families))
         self.registry.register(LimitsCollector(generation_time_limit_seconds(
             settings.flux_deadline_seconds, settings.max_poses_per_generation, settings.pose_concurrency)))
         ProcessCollector(registry=self.registry)
@@ -69,6 +77,16 @@ class Exporter:
         self.sources.close()
         self.domain.close()
         self.redis.close()
+
+
+class _Families:
+    """A collector of the families a callable yields at scrape time."""
+
+    def __init__(self, families: Callable[[], Iterable[Any]]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Any]:
+        return self._families()
 
 
 def metrics_app(registry: CollectorRegistry) -> Callable[..., Iterable[bytes]]:

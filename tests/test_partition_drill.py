@@ -56,6 +56,8 @@ from tests.stack import (
     free_port,
 )
 
+pytestmark = pytest.mark.drill
+
 POSES = ["pose_standing_confident", "pose_arms_crossed", "pose_waving_hello", "pose_tree_pose"]
 PRICE = 30
 # Half the poses of an attempt fail at the upload, after the provider's latency: attempt 1's failures come

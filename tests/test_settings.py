@@ -204,6 +204,49 @@ def test_a_worker_with_a_malformed_redis_url_refuses_to_start_in_one_line() -> N
     assert len(lines) == 1 and lines[0].startswith("error: REDIS_URL="), result.stderr
 
 
+BAD_SENTINELS = [
+    ({"REDIS_SENTINELS": "10.0.0.1:26379"}, "REDIS_SENTINELS is set without REDIS_SENTINEL_MASTER"),
+    ({"REDIS_SENTINEL_MASTER": "posegen"}, "REDIS_SENTINEL_MASTER is set without REDIS_SENTINELS"),
+    ({"REDIS_SENTINEL_PASSWORD": "pw"}, "REDIS_SENTINEL_PASSWORD is set without"),
+    ({"REDIS_SENTINELS": "10.0.0.1", "REDIS_SENTINEL_MASTER": "posegen"}, "entry '10.0.0.1' is not host:port"),
+    ({"REDIS_SENTINELS": "10.0.0.1:26379,:26380", "REDIS_SENTINEL_MASTER": "posegen"}, "entry ':26380'"),
+    ({"REDIS_SENTINELS": "10.0.0.1:0", "REDIS_SENTINEL_MASTER": "posegen"}, "port 1-65535"),
+    ({"REDIS_SENTINELS": "10.0.0.1:26379x", "REDIS_SENTINEL_MASTER": "posegen"}, "not host:port"),
+    ({"REDIS_SENTINELS": "10.0.0.1:26379", "REDIS_SENTINEL_MASTER": "pose gen"}, "not a Sentinel master name"),
+    ({"REDIS_SENTINELS": "10.0.0.1:26379", "REDIS_SENTINEL_MASTER": "posegen",
+      "REDIS_URL": "unix:///run/redis.sock"}, "REDIS_URL is a unix:// socket"),
+]
+
+
+@pytest.mark.parametrize(("env", "reason"), BAD_SENTINELS, ids=[str(e) for e, _ in BAD_SENTINELS])
+def test_a_half_or_malformed_sentinel_setting_is_refused_in_one_line(env: dict[str, str], reason: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env(env)
+    message = str(refused.value)
+    assert reason in message and "\n" not in message, message
+
+
+def test_sentinels_are_read_with_the_master_name_and_the_urls_database_and_password() -> None:
+    from app.connections import redis_client
+
+    settings = Settings.from_env({"REDIS_SENTINELS": " s1.internal:26379, [::1]:26380 ,10.0.0.3:5000",
+                                  "REDIS_SENTINEL_MASTER": "posegen", "REDIS_URL": "redis://:pw@ignored:1/3"})
+    assert settings.redis_sentinel is not None
+    assert settings.redis_sentinel.sentinels == (("s1.internal", 26379), ("::1", 26380), ("10.0.0.3", 5000))
+    assert Settings.from_env({}).redis_sentinel is None
+    client = redis_client(settings.redis_url, sentinel=settings.redis_sentinel)
+    pool = client.connection_pool
+    assert pool.service_name == "posegen"
+    assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (3, "pw")
+
+
+def test_a_worker_with_half_a_sentinel_setting_refuses_to_start_in_one_line() -> None:
+    (result,) = _posegen_all([(["worker", "--metrics-port", "0"], {"REDIS_SENTINELS": "127.0.0.1:26379"})])
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "REDIS_SENTINEL_MASTER" in lines[0], result.stderr
+
+
 def test_compose_publishes_only_the_api_beyond_this_host_and_requires_grafanas_password() -> None:
     """The exporter, Prometheus and Alertmanager answer without authentication: published on 127.0.0.1 unless
     POSEGEN_MONITORING_BIND says otherwise; Grafana has no default admin password."""

@@ -68,7 +68,7 @@ async def _check_not_closed_by_server(conn: AsyncConnection[Any]) -> None:
 
 
 def create_app(settings: Settings) -> PoseGeneratorApp:
-    caller_limits = CallerLimits(async_redis_client(settings.redis_url), settings)
+    caller_limits = CallerLimits(async_redis_client(settings.redis_url, sentinel=settings.redis_sentinel), settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
@@ -80,7 +80,7 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
             max_idle=60,
         )
         await pool.open(wait=False)
-        redis = redis_client(settings.redis_url)
+        redis = redis_client(settings.redis_url, sentinel=settings.redis_sentinel)
         storage = build_storage(settings, api_url_prefix=f"{settings.public_base_url}{API_PREFIX}/images")
         app.state.pool = pool
         app.state.redis = redis

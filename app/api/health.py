@@ -21,10 +21,19 @@ CHECK_TIMEOUT_SECONDS = 1.5
 PHASE = "Production Ready"
 
 
+class ReadOnlyDatabase(Exception):
+    """The server answering is a standby (in recovery): it cannot take a generation's writes."""
+
+
 async def _check_database(request: Request) -> DependencyCheck:
+    """Connected only to a server that takes writes: a pooled connection to a standby (a demoted primary, or
+    a ``DATABASE_URL`` without ``target_session_attrs=read-write``) reports ``disconnected`` with
+    ``ReadOnlyDatabase``, so readiness never says ready while no read-write primary is reachable."""
     async def probe() -> None:
         async with request.app.state.pool.connection(timeout=CHECK_TIMEOUT_SECONDS) as conn:
-            await conn.execute("SELECT 1")
+            row = await (await conn.execute("SELECT pg_is_in_recovery()")).fetchone()
+            if row is None or row[0]:
+                raise ReadOnlyDatabase
 
     try:
         await asyncio.wait_for(probe(), CHECK_TIMEOUT_SECONDS)

@@ -139,7 +139,8 @@ class TaskWakeups:
         :data:`WAKE_READ_MARGIN_SECONDS` after a block ends, and is not retried (a silent Redis costs one
         interval, after which the worker polls)."""
         read_timeout = settings.flux_webhook_poll_interval_seconds + WAKE_READ_MARGIN_SECONDS
-        return cls(async_redis_client(settings.redis_url, socket_timeout=read_timeout, retry=Retry(NoBackoff(), 0)))
+        return cls(async_redis_client(settings.redis_url, socket_timeout=read_timeout, retry=Retry(NoBackoff(), 0),
+                                      sentinel=settings.redis_sentinel))
 
     async def wait(self, task_id: str, timeout: float) -> bool:
         """True when a delivery for ``task_id`` arrived (now or before), False after ``timeout`` seconds.

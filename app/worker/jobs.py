@@ -47,7 +47,8 @@ def process_generation(generation_id: str, attempt: int) -> str | None:
 
 async def run_generation(settings: Settings, generation_id: str, attempt: int) -> str | None:
     # Provider-slot leases: a silent Redis fails a command in seconds, and ProviderSlots retries it.
-    redis = async_redis_client(settings.redis_url, socket_timeout=SLOT_REDIS_TIMEOUT_SECONDS)
+    redis = async_redis_client(settings.redis_url, socket_timeout=SLOT_REDIS_TIMEOUT_SECONDS,
+                               sentinel=settings.redis_sentinel)
     provider = tracing.traced_provider(build_provider(settings, redis))
     storage = tracing.traced_storage(build_storage(settings, api_url_prefix=f"{API_PREFIX}/images"))
     slots = ProviderSlots(redis, settings.provider_concurrency,

@@ -14,9 +14,11 @@ from typing import Any
 import psycopg
 from redis import Redis
 from redis.backoff import NoBackoff
+from redis.connection import ConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+from redis.sentinel import SentinelConnectionPool
 from rq.exceptions import StopRequested
 from rq.job import Job
 
@@ -86,7 +88,13 @@ class PoseWorker(CountingWorker):
         kwargs = {**pool.connection_kwargs, "socket_timeout": STOP_REDIS_TIMEOUT_SECONDS,
                   "socket_connect_timeout": STOP_REDIS_TIMEOUT_SECONDS, "retry": Retry(NoBackoff(), 0),
                   "retry_on_timeout": False, "health_check_interval": 0}
-        short = Redis(connection_pool=type(pool)(connection_class=pool.connection_class, **kwargs))
+        kwargs.pop("connection_pool", None)  # a Sentinel pool's own link to its connections, set anew below
+        if isinstance(pool, SentinelConnectionPool):  # the master the sentinels name, as the lasting client
+            short_pool: ConnectionPool = SentinelConnectionPool(pool.service_name, pool.sentinel_manager,
+                                                                connection_class=pool.connection_class, **kwargs)
+        else:
+            short_pool = type(pool)(connection_class=pool.connection_class, **kwargs)
+        short = Redis(connection_pool=short_pool)
         lasting, self.connection = self.connection, short
         try:
             super().register_death()
@@ -188,7 +196,7 @@ def warm_skeleton_cache(settings: Settings) -> None:
 def worker_redis(settings: Settings) -> Redis:
     # Blocking dequeues wait longer than the fail-fast socket timeout the API uses: PoseWorker sets it
     # just above its dequeue timeout (RQ does so for any timeout below that).
-    return redis_client(settings.redis_url, socket_timeout=None)
+    return redis_client(settings.redis_url, socket_timeout=None, sentinel=settings.redis_sentinel)
 
 
 def start_metrics_endpoint(settings: Settings, host: str, port: int) -> WorkerMetricsEndpoint | None:
@@ -233,7 +241,7 @@ def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, in_
     redis = worker_redis(settings)
     queue = make_queue(redis)
     # The reaper's own client keeps the fail-fast timeouts (the worker's waits out its blocking dequeue).
-    reaper = Reaper(settings, redis_client(settings.redis_url))
+    reaper = Reaper(settings, redis_client(settings.redis_url, sentinel=settings.redis_sentinel))
     reaper.start()
     restarts = 0
     advertised = False
