@@ -102,6 +102,9 @@ class Settings:
     api_header_timeout_seconds: float = 10.0
     api_keep_alive_seconds: int = 5
     api_max_connections: int = 1000
+    # After SIGTERM the API keeps serving (readiness 503) this long before it stops accepting connections, while
+    # load balancers still route to it (app/api/draining.py); 0: it stops at once, as on SIGINT.
+    shutdown_delay_seconds: float = 0.0
     rate_limit_per_minute: int = 60
     invalid_create_limit_per_minute: int = 30
     read_limit_per_minute: int = 1200
@@ -269,6 +272,9 @@ class Settings:
             ),
             api_max_connections=reader.integer(
                 "POSEGEN_API_MAX_CONNECTIONS", cls.api_max_connections, minimum=1, maximum=100_000
+            ),
+            shutdown_delay_seconds=reader.number(
+                "POSEGEN_SHUTDOWN_DELAY_SECONDS", cls.shutdown_delay_seconds, minimum=0.0, maximum=300.0
             ),
             revision=reader.text("POSEGEN_REVISION", cls.revision),
             prometheus_multiproc_dir=reader.path("PROMETHEUS_MULTIPROC_DIR"),

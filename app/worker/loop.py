@@ -21,6 +21,7 @@ from rq.exceptions import StopRequested
 from rq.job import Job
 
 from app.connections import pg_connect, redis_client
+from app.domain.processing import GENERATION_SLACK_SECONDS, generation_time_limit_seconds
 from app.errors import ControlNetError
 from app.observability.logging import get_logger
 from app.observability.worker_metrics import WorkerMetricsEndpoint, use_metrics_group
@@ -59,11 +60,29 @@ class PoseWorker(CountingWorker):
     RQ's suspension between them: a drain stops idle workers within a second) and heartbeats with each, so
     :data:`app.queue.WORKER_STALE_SECONDS` tells a dead worker from a live one."""
 
-    def __init__(self, *args: Any, database_url: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, database_url: str | None = None, attempt_limit_seconds: float = 0.0,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("worker_ttl", WORKER_TTL_SECONDS)
         kwargs.setdefault("job_monitoring_interval", JOB_MONITORING_INTERVAL_SECONDS)
         super().__init__(*args, **kwargs)
         self.database_url = database_url
+        self.attempt_limit_seconds = attempt_limit_seconds
+
+    def job_timeout_for(self, timeout: float | None) -> int | None:
+        """The timeout (s) this worker runs a job with: the job's own (``None``/-1: none), raised to at least
+        the longest attempt the settings allow (:func:`generation_time_limit_seconds`) plus its slack. A job
+        enqueued with :data:`app.queue.JOB_TIMEOUT_SECONDS` (3600) would otherwise have its work-horse killed
+        mid-attempt -- also during a warm shutdown, which waits for the horse -- when the settings make an
+        attempt longer (e.g. 10 poses one at a time: 10 x 360 + 60 = 3660 s), and the re-run pays the
+        provider again."""
+        if timeout is None or timeout < 0 or not self.attempt_limit_seconds:
+            return None if timeout is None else int(timeout)
+        return int(max(timeout, -(-(self.attempt_limit_seconds + GENERATION_SLACK_SECONDS) // 1)))
+
+    def execute_job(self, job: Job, queue: Any) -> Any:
+        # Before the fork: the horse's death penalty and the parent's heartbeats both read job.timeout.
+        job.timeout = self.job_timeout_for(job.timeout)
+        return super().execute_job(job, queue)
 
     #: Set by SIGTERM/SIGINT (or a pool's stop request). RQ's own ``_stop_requested`` stays False when the
     #: signal comes while the worker is idle (it raises StopRequested instead), so the caller cannot tell
@@ -246,7 +265,10 @@ def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, in_
                 worker_name = f"{name}-r{restarts}" if name and restarts else name
                 # Queue order is priority: retries run only while no new generation waits.
                 worker = PoseWorker([queue, make_retry_queue(redis)], connection=redis, name=worker_name,
-                                    database_url=settings.database_url)
+                                    database_url=settings.database_url,
+                                    attempt_limit_seconds=generation_time_limit_seconds(
+                                        settings.flux_deadline_seconds, settings.max_poses_per_generation,
+                                        settings.pose_concurrency))
                 if not advertised:
                     advertise_limit(redis, settings.provider_concurrency)
                     advertised = True
