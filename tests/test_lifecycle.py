@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -17,6 +18,7 @@ from app.domain.processing import generation_time_limit_seconds
 from app.queue import JOB_TIMEOUT_SECONDS
 from app.settings import Settings
 from app.worker.loop import PoseWorker
+from tests.fakes.tcp_proxy import TcpProxy
 from tests.stack import running_stack
 
 DELAY_SECONDS = 5.0
@@ -168,3 +170,23 @@ def test_the_worker_never_times_an_attempt_out_before_the_settings_allow_it_to_e
     worker.attempt_limit_seconds = generation_time_limit_seconds(
         defaults.flux_deadline_seconds, defaults.max_poses_per_generation, defaults.pose_concurrency)
     assert worker.job_timeout_for(JOB_TIMEOUT_SECONDS) == JOB_TIMEOUT_SECONDS
+
+
+def test_the_workers_liveness_endpoint_answers_while_redis_is_silent(template_db: str, tmp_path: Path) -> None:
+    """The worker pod's liveness probe reads /metrics (timeoutSeconds 5 in deploy/k8s/worker.yaml): a Redis that
+    goes silent (a partition that closes nothing) must not make it time out, or every worker pod is restarted,
+    killing the generations they run. The endpoint reads its timing hashes from Redis with a short timeout."""
+    with running_stack(template_db, tmp_path, workers=0, api=False) as stack:
+        url = urlsplit(stack.redis_url)
+        with TcpProxy((url.hostname or "127.0.0.1", url.port or 6379)) as proxy:
+            worker = stack.start_worker(REDIS_URL=urlunsplit(url._replace(netloc=f"127.0.0.1:{proxy.port}")))
+            stack.wait_workers_ready(1)
+            metrics = f"http://127.0.0.1:{worker.metrics_port}/metrics"
+            assert httpx.get(metrics, timeout=5).status_code == 200
+            proxy.silence(new_connections=True)
+            for _ in range(3):  # existing connections and new ones, all silent
+                started = time.monotonic()
+                answer = httpx.get(metrics, timeout=10)
+                assert answer.status_code == 200 and "pose_build_info" in answer.text
+                assert time.monotonic() - started < 4, f"{time.monotonic() - started:.1f} s"
+            worker.stop()

@@ -44,6 +44,8 @@ log = get_logger("Worker")
 SUSPENSION_CHECK_SECONDS = 1
 # How long a worker leaving on request waits for Redis to take its unregistration.
 STOP_REDIS_TIMEOUT_SECONDS = 2.0
+# How long a scrape of the worker's /metrics waits for Redis (its timing hashes) before answering without them.
+METRICS_REDIS_TIMEOUT_SECONDS = 1.0
 
 # How long past its last heartbeat a running execution stays in RQ's started registry. RQ adds 60 s to
 # the monitoring interval; half a minute is margin enough for a heartbeat every 10 s, and a
@@ -215,7 +217,12 @@ def start_metrics_endpoint(settings: Settings, host: str, port: int) -> WorkerMe
     if not port:
         use_metrics_group(None)
         return None
-    endpoint = WorkerMetricsEndpoint(worker_redis(settings), host, port, settings.revision,
+    # Its own client, failing within a second and without retries: the pod's liveness probe reads this endpoint,
+    # and the worker's client (no read timeout, for blocking dequeues) would hang every scrape on a silent Redis
+    # until the probe failed and the pod, with the generations it runs, was restarted.
+    scrape_redis = redis_client(settings.redis_url, socket_timeout=METRICS_REDIS_TIMEOUT_SECONDS,
+                                connect_timeout=METRICS_REDIS_TIMEOUT_SECONDS, retries=0)
+    endpoint = WorkerMetricsEndpoint(scrape_redis, host, port, settings.revision,
                                      {t.value: share for t, share in settings.faults.items()})
     endpoint.start()
     return endpoint
