@@ -436,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--override", action="append", default=[], metavar="ALERT=THRESHOLD",
                         help="backtest: replace the alert's first threshold (repeatable)")
     k8s = add("k8s", cmd_k8s, "Kubernetes: 'build' writes deploy/k8s's PrometheusRule (from alerts/rules) and "
-                              "dashboards ConfigMap.")
+                              "dashboards ConfigMap, and sets worker.yaml's grace period from config.yaml's settings.")
     k8s.add_argument("action", choices=("build",))
     k8s.add_argument("--rules", default="alerts/rules", help="the rule files' folder")
     k8s.add_argument("--out", default="deploy/k8s")
