@@ -92,8 +92,9 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     def serve_one(app: object) -> int:
         # One server process: SIGTERM is a graceful stop after POSEGEN_SHUTDOWN_DELAY_SECONDS (app/api/draining.py).
-        server = DrainingServer(uvicorn.Config(close_connections_while_draining(app), **served, **server_options(settings)),  # type: ignore[arg-type]
-                                settings.shutdown_delay_seconds)
+        config = uvicorn.Config(close_connections_while_draining(app), **served,  # type: ignore[arg-type]
+                                **server_options(settings))
+        server = DrainingServer(config, settings.shutdown_delay_seconds)
         server.run()
         return 0 if server.started else 3  # uvicorn's own exit status for a failed start-up
 

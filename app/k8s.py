@@ -11,11 +11,10 @@ SIGKILLs an attempt in its last round and the reaper re-runs it, paying the prov
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import re
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import yaml
 

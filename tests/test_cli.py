@@ -72,4 +72,5 @@ def test_api_refuses_a_shutdown_delay_with_several_server_processes() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "POSEGEN_SHUTDOWN_DELAY_SECONDS=5" in lines[0] and "--workers 2" in lines[0], lines
     bad = posegen("api", env={"POSEGEN_SHUTDOWN_DELAY_SECONDS": "301"})
-    assert bad.returncode == 2 and bad.stderr.strip() == "error: POSEGEN_SHUTDOWN_DELAY_SECONDS='301' must be at most 300.0"
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: POSEGEN_SHUTDOWN_DELAY_SECONDS='301' must be at most 300.0"
