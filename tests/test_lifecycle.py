@@ -28,12 +28,13 @@ POSES = ["pose_standing_confident", "pose_arms_crossed"]
 
 
 class _Prober(threading.Thread):
-    """GETs ``path`` on a new connection each time (no keep-alive), recording (start, status or error)."""
+    """GETs ``path`` on a new connection each time (no keep-alive), recording (start, status or error, JSON body,
+    end)."""
 
     def __init__(self, base_url: str, path: str) -> None:
         super().__init__(daemon=True)
         self.url = f"{base_url}{API_PREFIX}{path}"
-        self.results: list[tuple[float, int | str, dict[str, Any]]] = []
+        self.results: list[tuple[float, int | str, dict[str, Any], float]] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -43,9 +44,9 @@ class _Prober(threading.Thread):
                 answer = httpx.get(self.url, timeout=10, headers={"Connection": "close"})
                 body = answer.json() if answer.headers.get("content-type", "").startswith("application/json") \
                     else {}
-                self.results.append((started, answer.status_code, body))
+                self.results.append((started, answer.status_code, body, time.monotonic()))
             except httpx.HTTPError as exc:
-                self.results.append((started, type(exc).__name__, {}))
+                self.results.append((started, type(exc).__name__, {}, time.monotonic()))
             time.sleep(0.02)
 
 
@@ -94,7 +95,11 @@ def test_sigterm_keeps_serving_through_the_delay_then_drains_in_flight_requests_
         in_flight, rest = _slow_create(stack.port, stack.token(user))
         kept_alive = httpx.Client(base_url=f"{stack.base_url}{API_PREFIX}", timeout=10)
         assert kept_alive.get("/health/live").headers.get("connection") != "close"
-        time.sleep(0.5)
+        # Both probers have been answered (ready) before the signal: a loaded machine may take a while.
+        deadline = time.monotonic() + 30
+        while not (any(r[1] == 200 for r in ready.results) and any(r[1] == 200 for r in live.results)):
+            assert time.monotonic() < deadline, (ready.results, live.results)
+            time.sleep(0.05)
 
         sigterm = time.monotonic()
         stack.api.popen.send_signal(signal.SIGTERM)
@@ -127,10 +132,10 @@ def test_sigterm_keeps_serving_through_the_delay_then_drains_in_flight_requests_
         assert closed - sigterm >= DELAY_SECONDS - 0.5, f"stopped accepting {closed - sigterm:.2f} s after SIGTERM"
         # Within the delay (less a margin for the signal's delivery), not one new connection failed.
         served_until = sigterm + DELAY_SECONDS - MARGIN_SECONDS
-        window = [(t - sigterm, r) for t, r, _ in live.results if sigterm <= t < served_until]
+        window = [(t - sigterm, r) for t, r, _, _ in live.results if sigterm <= t < served_until]
         assert len(window) >= 3 and all(r == 200 for _, r in window), window
-        before = [(r, body) for t, r, body in ready.results if t < sigterm - 0.2]
-        during = [(t - sigterm, r, body) for t, r, body in ready.results
+        before = [(r, body) for _, r, body, finished in ready.results if finished < sigterm]
+        during = [(t - sigterm, r, body) for t, r, body, _ in ready.results
                   if sigterm + 1.0 <= t < sigterm + DELAY_SECONDS - MARGIN_SECONDS]
         # Before SIGTERM: ready (a check timing out on a loaded machine may make one probe 503, never "stopping").
         assert any(r == 200 for r, _ in before) and not any("shuttingDown" in body for _, body in before), before
