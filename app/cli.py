@@ -47,6 +47,11 @@ def _configure_logging(settings: Settings, component: str) -> None:
         get_logger(component).warning(BUILTIN_SECRET_WARNING)
 
 
+# How long `posegen api` waits for in-flight requests after it stops accepting (uvicorn's
+# timeout_graceful_shutdown); the pod's terminationGracePeriodSeconds covers it and the shutdown delay.
+API_GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
 def _loopback_only(host: str) -> bool:
     """Whether an API bound to ``host`` is reachable from this machine only."""
     import ipaddress
@@ -64,6 +69,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     from app.api.asgi import build_asgi_app, fresh_multiprocess_dir
     from app.api.connection_bounds import server_options
+    from app.api.draining import DrainingServer, close_connections_while_draining
 
     settings = _settings(service=True)
     if settings.uses_builtin_jwt_secret and not _loopback_only(args.host):
@@ -72,23 +78,36 @@ def cmd_api(args: argparse.Namespace) -> int:
               "sign tokens with the built-in development key); set JWT_SECRET or listen on 127.0.0.1",
               file=sys.stderr)
         return 2
+    if settings.shutdown_delay_seconds and args.workers > 1:
+        # uvicorn's supervisor passes SIGTERM straight on to its processes, which would stop at once.
+        print(f"error: POSEGEN_SHUTDOWN_DELAY_SECONDS={settings.shutdown_delay_seconds:g} needs one server process "
+              f"per command, not --workers {args.workers}; run more pods (or commands) instead, or set it to 0",
+              file=sys.stderr)
+        return 2
     # Before uvicorn starts: its own lines (a port in use, a server process that died) are JSON entries too.
     _configure_logging(settings, "API")
     # log_config=None: uvicorn's loggers keep no plain-text handlers of their own and reach the JSON handler.
     served = {"host": args.host, "port": args.port, "access_log": False, "log_level": "warning",
-              "timeout_graceful_shutdown": 5, "log_config": None}
+              "timeout_graceful_shutdown": API_GRACEFUL_SHUTDOWN_SECONDS, "log_config": None}
+
+    def serve_one(app: object) -> int:
+        # One server process: SIGTERM is a graceful stop after POSEGEN_SHUTDOWN_DELAY_SECONDS (app/api/draining.py).
+        config = uvicorn.Config(close_connections_while_draining(app), **served,  # type: ignore[arg-type]
+                                **server_options(settings))
+        server = DrainingServer(config, settings.shutdown_delay_seconds)
+        server.run()
+        return 0 if server.started else 3  # uvicorn's own exit status for a failed start-up
+
     if args.workers == 1 and settings.prometheus_multiproc_dir is None:
-        uvicorn.run(build_asgi_app(settings), **served, **server_options(settings))  # type: ignore[arg-type]
-        return 0
+        return serve_one(build_asgi_app(settings))
     # One folder of metric files for this run's processes (prometheus-client reads the variable in each
     # of them); files of an earlier run would add its counts to this one's.
     with fresh_multiprocess_dir(settings.prometheus_multiproc_dir) as metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         if args.workers == 1:
-            uvicorn.run(build_asgi_app(), **served, **server_options(settings))  # type: ignore[arg-type]
-        else:
-            uvicorn.run("app.api.asgi:build_asgi_app", factory=True, workers=args.workers, **served,  # type: ignore[arg-type]
-                        **server_options(settings))
+            return serve_one(build_asgi_app())
+        uvicorn.run("app.api.asgi:build_asgi_app", factory=True, workers=args.workers, **served,  # type: ignore[arg-type]
+                    **server_options(settings))
     return 0
 
 
@@ -465,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.add_argument("--override", action="append", default=[], metavar="ALERT=THRESHOLD",
                         help="backtest: replace the alert's first threshold (repeatable)")
     k8s = add("k8s", cmd_k8s, "Kubernetes: 'build' writes deploy/k8s's PrometheusRule (from alerts/rules) and "
-                              "dashboards ConfigMap.")
+                              "dashboards ConfigMap, and sets worker.yaml's grace period from config.yaml's settings.")
     k8s.add_argument("action", choices=("build",))
     k8s.add_argument("--rules", default="alerts/rules", help="the rule files' folder")
     k8s.add_argument("--out", default="deploy/k8s")

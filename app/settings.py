@@ -118,6 +118,9 @@ class Settings:
     api_header_timeout_seconds: float = 10.0
     api_keep_alive_seconds: int = 5
     api_max_connections: int = 1000
+    # After SIGTERM the API keeps serving (readiness 503) this long before it stops accepting connections, while
+    # load balancers still route to it (app/api/draining.py); 0: it stops at once, as on SIGINT.
+    shutdown_delay_seconds: float = 0.0
     rate_limit_per_minute: int = 60
     invalid_create_limit_per_minute: int = 30
     read_limit_per_minute: int = 1200
@@ -173,6 +176,16 @@ class Settings:
         return cls._load(_Reader(os.environ if environ is None else environ))
 
     @classmethod
+    def attempt_shape(cls, environ: Mapping[str, str]) -> tuple[float, int, int]:
+        """``(FLUX_DEADLINE_SECONDS, POSEGEN_MAX_POSES, POSEGEN_POSE_CONCURRENCY)`` from ``environ`` (defaults where
+        unset), read and checked as :meth:`from_env` does, and nothing else: what the longest attempt of a
+        generation depends on (:func:`app.domain.processing.generation_time_limit_seconds`). ``posegen k8s
+        build`` reads them from a ConfigMap, which holds no secrets for the other checks. Raises
+        :class:`SettingsError`."""
+        reader = _Reader(environ)
+        return _flux_deadline(reader), _max_poses(reader), _pose_concurrency(reader)
+
+    @classmethod
     def variables(cls) -> dict[str, str]:
         """Every environment variable the settings read, with its kind (``number``, ``integer``, ``text``,
         ``choice``, ``url``, ``flag``, ``faults``, ``latency``), in reading order: for docs and tests."""
@@ -197,9 +210,7 @@ class Settings:
             flux_base_url=reader.url("FLUX_BASE_URL", cls.flux_base_url, ("http://", "https://")),
             flux_model=reader.text("FLUX_MODEL", cls.flux_model),
             flux_timeout_seconds=reader.number("FLUX_TIMEOUT_SECONDS", cls.flux_timeout_seconds, minimum=0.1),
-            flux_deadline_seconds=reader.number(
-                "FLUX_DEADLINE_SECONDS", cls.flux_deadline_seconds, minimum=0.5
-            ),
+            flux_deadline_seconds=_flux_deadline(reader),
             flux_poll_interval_seconds=reader.number(
                 "FLUX_POLL_INTERVAL_SECONDS", cls.flux_poll_interval_seconds, minimum=0.01
             ),
@@ -228,15 +239,11 @@ class Settings:
             supabase_service_key=reader.text("SUPABASE_SERVICE_KEY", ""),
             supabase_bucket=reader.text("SUPABASE_BUCKET", cls.supabase_bucket),
             price_per_pose=reader.integer("POSEGEN_PRICE_PER_POSE", cls.price_per_pose, minimum=1),
-            max_poses_per_generation=reader.integer(
-                "POSEGEN_MAX_POSES", cls.max_poses_per_generation, minimum=1, maximum=100
-            ),
+            max_poses_per_generation=_max_poses(reader),
             provider_concurrency=reader.integer(
                 "POSEGEN_PROVIDER_CONCURRENCY", cls.provider_concurrency, minimum=1, maximum=1000
             ),
-            pose_concurrency=reader.integer(
-                "POSEGEN_POSE_CONCURRENCY", cls.pose_concurrency, minimum=1, maximum=1000
-            ),
+            pose_concurrency=_pose_concurrency(reader),
             lease_seconds=reader.number("POSEGEN_LEASE_SECONDS", cls.lease_seconds, minimum=1.0),
             reaper_interval_seconds=reader.number(
                 "POSEGEN_REAPER_INTERVAL_SECONDS", cls.reaper_interval_seconds, minimum=0.1
@@ -292,6 +299,9 @@ class Settings:
             ),
             api_max_connections=reader.integer(
                 "POSEGEN_API_MAX_CONNECTIONS", cls.api_max_connections, minimum=1, maximum=100_000
+            ),
+            shutdown_delay_seconds=reader.number(
+                "POSEGEN_SHUTDOWN_DELAY_SECONDS", cls.shutdown_delay_seconds, minimum=0.0, maximum=300.0
             ),
             revision=reader.text("POSEGEN_REVISION", cls.revision),
             prometheus_multiproc_dir=reader.path("PROMETHEUS_MULTIPROC_DIR"),
@@ -364,6 +374,18 @@ class Settings:
                 "SUPABASE_URL and SUPABASE_SERVICE_KEY must be set when STORAGE_BACKEND=supabase"
             )
         return settings
+
+
+def _flux_deadline(reader: _Reader) -> float:
+    return reader.number("FLUX_DEADLINE_SECONDS", Settings.flux_deadline_seconds, minimum=0.5)
+
+
+def _max_poses(reader: _Reader) -> int:
+    return reader.integer("POSEGEN_MAX_POSES", Settings.max_poses_per_generation, minimum=1, maximum=100)
+
+
+def _pose_concurrency(reader: _Reader) -> int:
+    return reader.integer("POSEGEN_POSE_CONCURRENCY", Settings.pose_concurrency, minimum=1, maximum=1000)
 
 
 def _check_port(port: int | str | None) -> None:

@@ -62,3 +62,15 @@ def test_migrate_and_seed_are_idempotent() -> None:
             assert seeded.returncode == 0 and f"{len(LIBRARY)} poses" in seeded.stdout, seeded.stderr
     finally:
         drop_database(name)
+
+
+def test_api_refuses_a_shutdown_delay_with_several_server_processes() -> None:
+    """uvicorn's supervisor passes SIGTERM straight to its processes, which would stop at once: the delay needs one
+    server process per command, and `posegen api --workers 2` with it stops with one line naming the setting."""
+    result = posegen("api", "--workers", "2", "--port", "1", env={"POSEGEN_SHUTDOWN_DELAY_SECONDS": "5"})
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "POSEGEN_SHUTDOWN_DELAY_SECONDS=5" in lines[0] and "--workers 2" in lines[0], lines
+    bad = posegen("api", env={"POSEGEN_SHUTDOWN_DELAY_SECONDS": "301"})
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: POSEGEN_SHUTDOWN_DELAY_SECONDS='301' must be at most 300.0"

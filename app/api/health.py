@@ -1,4 +1,5 @@
-"""``GET /health``: no auth, the seed's shape, 503 when PostgreSQL or Redis is down, answered within 2 s.
+"""``GET /health``: no auth, the seed's shape, 503 when PostgreSQL or Redis is down (or the process is in its
+shutdown delay, ``shuttingDown: true``), answered within 2 s.
 
 One field more than the seed's: ``faultDrill``, so that a drill (``POSEGEN_FAULTS``) is never mistaken for
 an outage."""
@@ -11,6 +12,7 @@ from litestar import Request, Response, get
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from app import APP_NAME, __version__
+from app.api.draining import draining
 from app.api.error_responses import RETRY_AFTER_UNAVAILABLE
 from app.api.schemas import DependencyCheck, FaultDrill, Health, HealthChecks, PausedView, QueueCheck, QueueCountsView
 from app.domain.intake import read_intake_pause, workers_paused
@@ -79,12 +81,15 @@ async def _paused(request: Request) -> PausedView | None:
 async def health(request: Request) -> Response[Health]:
     database, (redis, queue), paused = await asyncio.gather(
         _check_database(request), _check_redis_and_queue(request), _paused(request))
-    healthy = database.status == "connected" and redis.status == "connected"
+    # Readiness: no traffic without PostgreSQL and Redis, nor for a process stopping on SIGTERM.
+    stopping = draining()
+    healthy = database.status == "connected" and redis.status == "connected" and not stopping
     body = Health(
         status="healthy" if healthy else "unhealthy", timestamp=iso_timestamp(), app=APP_NAME,
         version=__version__, checks=HealthChecks(database=database, redis=redis, queue=queue), phase=PHASE,
         paused=paused,
         faultDrill=_fault_drill(request),
+        shuttingDown=True if stopping else None,
     )
     # Monitors must see the state now, never a cached copy.
     headers = {"Cache-Control": "no-store"} | ({} if healthy else {"Retry-After": RETRY_AFTER_UNAVAILABLE})

@@ -167,6 +167,8 @@ class Health(msgspec.Struct, omit_defaults=True):
     faultDrill: FaultDrill
     # Only while an operator has paused intake or workers (the seed's shape otherwise).
     paused: PausedView | None = None
+    # Only after SIGTERM, in the shutdown delay (app/api/draining.py): the answer is 503 whatever the checks say.
+    shuttingDown: bool | None = None
 
 
 class InvalidParam(msgspec.Struct):

@@ -23,6 +23,7 @@ from rq.exceptions import StopRequested
 from rq.job import Job
 
 from app.connections import pg_connect, redis_client
+from app.domain.processing import GENERATION_SLACK_SECONDS, generation_time_limit_seconds
 from app.errors import ControlNetError
 from app.observability.logging import get_logger
 from app.observability.worker_metrics import WorkerMetricsEndpoint, use_metrics_group
@@ -45,6 +46,8 @@ log = get_logger("Worker")
 SUSPENSION_CHECK_SECONDS = 1
 # How long a worker leaving on request waits for Redis to take its unregistration.
 STOP_REDIS_TIMEOUT_SECONDS = 2.0
+# How long a scrape of the worker's /metrics waits for Redis (its timing hashes) before answering without them.
+METRICS_REDIS_TIMEOUT_SECONDS = 1.0
 
 # How long past its last heartbeat a running execution stays in RQ's started registry. RQ adds 60 s to
 # the monitoring interval; half a minute is margin enough for a heartbeat every 10 s, and a
@@ -61,11 +64,29 @@ class PoseWorker(CountingWorker):
     RQ's suspension between them: a drain stops idle workers within a second) and heartbeats with each, so
     :data:`app.queue.WORKER_STALE_SECONDS` tells a dead worker from a live one."""
 
-    def __init__(self, *args: Any, database_url: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, database_url: str | None = None, attempt_limit_seconds: float = 0.0,
+                 **kwargs: Any) -> None:
         kwargs.setdefault("worker_ttl", WORKER_TTL_SECONDS)
         kwargs.setdefault("job_monitoring_interval", JOB_MONITORING_INTERVAL_SECONDS)
         super().__init__(*args, **kwargs)
         self.database_url = database_url
+        self.attempt_limit_seconds = attempt_limit_seconds
+
+    def job_timeout_for(self, timeout: float | None) -> int | None:
+        """The timeout (s) this worker runs a job with: the job's own (``None``/-1: none), raised to at least
+        the longest attempt the settings allow (:func:`generation_time_limit_seconds`) plus its slack. A job
+        enqueued with :data:`app.queue.JOB_TIMEOUT_SECONDS` (3600) would otherwise have its work-horse killed
+        mid-attempt -- also during a warm shutdown, which waits for the horse -- when the settings make an
+        attempt longer (e.g. 10 poses one at a time: 10 x 360 + 60 = 3660 s), and the re-run pays the
+        provider again."""
+        if timeout is None or timeout < 0 or not self.attempt_limit_seconds:
+            return None if timeout is None else int(timeout)
+        return int(max(timeout, -(-(self.attempt_limit_seconds + GENERATION_SLACK_SECONDS) // 1)))
+
+    def execute_job(self, job: Job, queue: Any) -> Any:
+        # Before the fork: the horse's death penalty and the parent's heartbeats both read job.timeout.
+        job.timeout = self.job_timeout_for(job.timeout)
+        return super().execute_job(job, queue)
 
     #: Set by SIGTERM/SIGINT (or a pool's stop request). RQ's own ``_stop_requested`` stays False when the
     #: signal comes while the worker is idle (it raises StopRequested instead), so the caller cannot tell
@@ -204,7 +225,12 @@ def start_metrics_endpoint(settings: Settings, host: str, port: int) -> WorkerMe
     if not port:
         use_metrics_group(None)
         return None
-    endpoint = WorkerMetricsEndpoint(worker_redis(settings), host, port, settings.revision,
+    # Its own client, failing within a second and without retries: the pod's liveness probe reads this endpoint,
+    # and the worker's client (no read timeout, for blocking dequeues) would hang every scrape on a silent Redis
+    # until the probe failed and the pod, with the generations it runs, was restarted.
+    scrape_redis = redis_client(settings.redis_url, socket_timeout=METRICS_REDIS_TIMEOUT_SECONDS,
+                                connect_timeout=METRICS_REDIS_TIMEOUT_SECONDS, retries=0)
+    endpoint = WorkerMetricsEndpoint(scrape_redis, host, port, settings.revision,
                                      {t.value: share for t, share in settings.faults.items()})
     endpoint.start()
     return endpoint
@@ -254,7 +280,10 @@ def work_until_stopped(settings: Settings, *, name: str | None, burst: bool, in_
                 worker_name = f"{name}-r{restarts}" if name and restarts else name
                 # Queue order is priority: retries run only while no new generation waits.
                 worker = PoseWorker([queue, make_retry_queue(redis)], connection=redis, name=worker_name,
-                                    database_url=settings.database_url)
+                                    database_url=settings.database_url,
+                                    attempt_limit_seconds=generation_time_limit_seconds(
+                                        settings.flux_deadline_seconds, settings.max_poses_per_generation,
+                                        settings.pose_concurrency))
                 if not advertised:
                     advertise_limit(redis, settings.provider_concurrency)
                     advertised = True
