@@ -7,7 +7,7 @@ Alertmanager's receivers (``alerts/alertmanager.yml``) put them in the page's ``
 chat text, next to the environment (the alerts' ``cluster``/``namespace`` labels when present).
 
 ``versions``        every (version, revision) running and on how many processes: ``pose_build_info``
-                    (app/observability/build_info.py), e.g. ``0.9.0 (abc1234) on 4 processes``
+                    (app/observability/build_info.py), e.g. ``0.9.0 (abc1234): 4 running``
 ``last_deploy``     the newest (version, revision) and how long ago it started: the earliest
                     ``process_start_time_seconds`` of the processes running it (the workers and the exporter
                     export it; a restart of every such process counts as a deploy)
@@ -23,8 +23,8 @@ from __future__ import annotations
 NO_CONTEXT = frozenset({"Watchdog"})
 
 VERSIONS = (
-    '{{ range $i, $s := query "count by (version, revision) (pose_build_info)" }}{{ if $i }}, {{ end }}'
-    '{{ $s.Labels.version }} ({{ $s.Labels.revision }}) on {{ $s.Value }} processes'
+    '{{ range $i, $s := query "count by (version, revision) (pose_build_info)" | sortByLabel "version" }}'
+    '{{ if $i }}, {{ end }}{{ $s.Labels.version }} ({{ $s.Labels.revision }}): {{ $s.Value }} running'
     '{{ else }}unknown (no pose_build_info){{ end }}'
 )
 LAST_DEPLOY = (

@@ -9,7 +9,7 @@ suppression is written into each symptom's expression instead, as the build step
     (
       <the alert's own expression>
     )
-    unless on () (  # held back ...
+    unless on () (
       (
         <its causes: ALERTS{alertstate="firing", ...} of the alerts that make it redundant>
       )
@@ -42,7 +42,9 @@ from typing import Any
 
 import yaml
 
-MARKER = "# held back while its cause pages (alerts/suppression.py, `posegen alerts build`)"
+# How a built expression is recognised, so that a rebuild recomputes the suppression instead of adding one.
+# (No PromQL comment: the rule tests read every word and slash of an expression.)
+_HELD_START = ("unless on () (", "  (", '    ALERTS{alertstate="firing", ')
 DEPENDENCY_DOWN = "ExporterSourceDown"
 # What names a cause of its own (a target down, a scrape job missing) and the dead-man's switch.
 NOT_HELD_BY_A_DEPENDENCY = frozenset({"ExporterSourceDown", "ExporterTargetDown", "ApiTargetDown",
@@ -72,9 +74,9 @@ def causes(alert: str, labels: dict[str, str]) -> list[str]:
 def original(expr: str) -> str:
     """``expr`` without the suppression :func:`held_back` added (unchanged when it has none)."""
     lines = expr.rstrip("\n").split("\n")
-    for index, line in enumerate(lines):
-        if line.endswith(MARKER) and line.startswith("unless on () (") and lines[0] == "(" \
-                and lines[index - 1] == ")":
+    for index in range(2, len(lines) - 2):
+        if lines[0] == "(" and lines[index - 1] == ")" and lines[index] == _HELD_START[0] \
+                and lines[index + 1] == _HELD_START[1] and lines[index + 2].startswith(_HELD_START[2]):
             return "\n".join(body[2:] for body in lines[1:index - 1]) + "\n"
     return expr
 
@@ -86,7 +88,7 @@ def held_back(alert: str, labels: dict[str, str], expr: str) -> str:
     if not held_by:
         return own + "\n"
     itself = _selector(alertstate="firing", alertname=alert, **labels)
-    lines = ["(", *(f"  {line}" if line else "" for line in own.split("\n")), ")", f"unless on () (  {MARKER}",
+    lines = ["(", *(f"  {line}" if line else "" for line in own.split("\n")), ")", "unless on () (",
              "  (", f"    {held_by[0]}", *(f"    or {selector}" for selector in held_by[1:]), "  )",
              f"  unless on () {itself}", ")"]
     return "\n".join(lines) + "\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alerts import links
+from alerts import links, suppression
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
@@ -202,8 +202,9 @@ def reads_an_instant_series(expr: str) -> bool:
 
 
 def instant_value_alerts() -> list[dict]:
+    """Alerts whose own expression reads an instant series (the ALERTS their suppression reads aside)."""
     return [alert for alert in load_alerts()
-            if alert["alert"] not in ALWAYS_FIRING and reads_an_instant_series(alert["expr"])]
+            if alert["alert"] not in ALWAYS_FIRING and reads_an_instant_series(suppression.original(alert["expr"]))]
 
 
 def test_alerts_over_instant_values_keep_firing_through_a_missed_scrape() -> None:
@@ -237,7 +238,7 @@ def test_ratios_divide_only_by_positive_denominators() -> None:
 def test_rules_read_only_contract_metrics() -> None:
     rules = load_rules()
     recorded = {rule["record"] for rule in rules if "record" in rule}
-    allowed = CONTRACT_METRICS | recorded | {"up"}
+    allowed = CONTRACT_METRICS | recorded | {"up", "ALERTS"}  # ALERTS: the suppression (alerts/suppression.py)
     for rule in rules:
         unknown = metric_names(rule["expr"]) - allowed
         assert not unknown, f"{rule.get('record') or rule.get('alert')} reads unknown metrics {unknown}"
@@ -291,14 +292,29 @@ def test_every_alert_reaches_the_receiver_of_its_severity() -> None:
         assert result.returncode == 0, f"{alert['alert']}: {result.stdout}{result.stderr}"
 
 
-def test_critical_alerts_mute_warnings_of_the_same_area() -> None:
+def test_symptoms_are_held_back_in_their_rules_not_inhibited() -> None:
+    """Each alert's expression holds it back while its causes fire, unless it already fires
+    (alerts/suppression.py; tests/test_page_lifecycle.py runs it live). No inhibit rule: it mutes resolves."""
     config = yaml.safe_load(ALERTMANAGER.read_text())
     assert config["route"]["group_by"] == ["alertname", "area"]
-    assert {
-        "source_matchers": ['severity="critical"'],
-        "target_matchers": ['severity="warning"'],
-        "equal": ["area"],
-    } in config["inhibit_rules"]
+    assert not config.get("inhibit_rules")
+    dependency = 'ALERTS{alertstate="firing", alertname="ExporterSourceDown"}'
+    for alert in load_alerts():
+        name, labels, expr = alert["alert"], alert["labels"], alert["expr"]
+        area = labels["area"]
+        expected = []
+        if labels["severity"] == "warning":
+            expected.append(f'ALERTS{{alertstate="firing", severity="critical", area="{area}"}}')
+        if labels["severity"] == "critical" and "slo" in labels:
+            expected.append(f'ALERTS{{alertstate="firing", severity="critical", area="{area}", slo=""}}')
+        if name not in {"ExporterSourceDown", "ExporterTargetDown", "ApiTargetDown", "ScrapeJobAbsent", "Watchdog"}:
+            expected.append(dependency)
+        for cause in expected:
+            assert cause in expr, (name, cause)
+        if expected:
+            assert f'unless on () ALERTS{{alertstate="firing", alertname="{name}", ' in expr, name
+        else:
+            assert "ALERTS" not in expr, name
 
 
 def test_receivers_read_their_destinations_from_files() -> None:
