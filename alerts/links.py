@@ -17,6 +17,8 @@ import re
 from functools import cache
 from pathlib import Path
 
+from alerts import page_context, suppression
+
 # The defaults of the settings (app/settings.py), which a test ties to these.
 DEFAULT_RUNBOOK_BASE = "https://github.com/posegen/pose-generator/blob/main/alerts/runbooks"
 DEFAULT_GRAFANA_URL = "http://localhost:3000"
@@ -106,16 +108,17 @@ _DASHBOARD = re.compile(r"^\s*dashboard_url: .*$")
 
 
 def relink(text: str, runbook_base: str = DEFAULT_RUNBOOK_BASE, grafana: str = DEFAULT_GRAFANA_URL) -> str:
-    """A rule file's text with every alert's ``runbook_url`` and ``dashboard_url`` (re)written; the rest kept."""
+    """A rule file's text with every alert's ``runbook_url`` and ``dashboard_url`` (re)written, followed by
+    the page context annotations (alerts/page_context.py), and every expression with its suppression while
+    a cause pages (alerts/suppression.py); the rest kept."""
     out: list[str] = []
     alert = None
     lines = text.split("\n")
-    skip_dashboard = False
+    skip_written = False
     for line in lines:
-        if skip_dashboard and _DASHBOARD.match(line):
-            skip_dashboard = False
+        if skip_written and (_DASHBOARD.match(line) or page_context.is_context_line(line)):
             continue
-        skip_dashboard = False
+        skip_written = False
         if match := _ALERT.match(line):
             alert = match.group(1)
         if (match := _RUNBOOK.match(line)) and alert:
@@ -123,10 +126,11 @@ def relink(text: str, runbook_base: str = DEFAULT_RUNBOOK_BASE, grafana: str = D
             dashboard, title = panel_for(alert)
             out.append(f"{indent}runbook_url: {runbook_url(alert, runbook_base)}")
             out.append(f"{indent}dashboard_url: '{dashboard_url(dashboard, title, grafana)}'")
-            skip_dashboard = True
+            out.extend(page_context.lines(alert, indent))
+            skip_written = True
             continue
         out.append(line)
-    return "\n".join(out)
+    return suppression.apply("\n".join(out))
 
 
 def build(out_dir: Path | None, runbook_base: str = DEFAULT_RUNBOOK_BASE,

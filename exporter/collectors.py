@@ -39,6 +39,8 @@ Counters never go down; what can go down is a gauge of its own:
 ``pose_generation_requeues_total{reason}``        counter  abandoned attempts re-queued by the reaper
 ``pose_generation_attempts_exhausted_total{reason}`` counter  generations failed after their last attempt
 ``pose_generation_oldest_running_age_seconds``    gauge    the longest-running attempt now processing
+``pose_users_with_failed_generations``           gauge    distinct users with a generation that failed (finished)
+                                                           in the last hour: the blast radius pages name
 ``pose_operator_actions_total{action}``           counter  operator actions, from the append-only audit table
 ``pose_intake_paused``, ``pose_workers_paused``   gauge    1 during an operator's planned pause (from Redis)
 
@@ -299,6 +301,9 @@ UNION ALL
 SELECT 'in_recovery', '', NULL, pg_is_in_recovery()::int, NULL, NULL, NULL, NULL, NULL
 UNION ALL
 SELECT 'operator_actions', action, NULL, count(*), NULL, NULL, NULL, NULL, NULL FROM operator_audit GROUP BY action
+UNION ALL
+SELECT 'users_failed_1h', '', NULL, count(DISTINCT user_id), NULL, NULL, NULL, NULL, NULL
+  FROM generations WHERE status = 'failed' AND finished_at > now() - interval '1 hour'
 """
 
 # Closed label sets of the counters the reaper keeps (app/domain/processing.py: reap_abandoned).
@@ -469,6 +474,11 @@ def _domain_families(rows: Iterable[tuple[Any, ...]]) -> Iterator[Metric]:
     yield GaugeMetricFamily("pose_generation_oldest_running_age_seconds",
                             "How long the longest-running attempt of a generation now processing has run "
                             "(0 when none runs)", value=count("oldest_running_ms") / 1000)
+    # The blast radius a page names: distinct users whose generation failed within the hour before the
+    # scrape (index generations_failed_finished), not a counter, so it goes down as failures age out.
+    yield GaugeMetricFamily("pose_users_with_failed_generations",
+                            "Users with at least one generation that failed in the last hour",
+                            value=count("users_failed_1h"))
     # Rows of the append-only audit table: exact, and they never go down.
     actions = CounterMetricFamily("pose_operator_actions", "Operator actions (retries, dry runs, pauses, resumes)",
                                   labels=["action"])

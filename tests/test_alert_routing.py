@@ -1,15 +1,16 @@
 """Seed threshold alerts and SLO burn-rate alerts page once: amtool's router and a live Alertmanager agree.
 
-The live part starts the real Alertmanager with the project's route tree and inhibit rules
-(alerts/alertmanager.yml; receivers pointed at a webhook sink, group timings cut to a second) and posts
-alerts to its API as Prometheus would.
+The live part starts the real Alertmanager with the project's route tree (alerts/alertmanager.yml;
+receivers pointed at a webhook sink, group timings cut to a second) and posts alerts to its API as Prometheus
+would. What holds a symptom back while its cause pages (a threshold page the SLO page of its area, a
+dependency down every area) is in the rules, not in Alertmanager: tests/test_page_lifecycle.py runs it with
+Prometheus.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -94,17 +95,6 @@ def _running_alertmanager(tmp: Path) -> Iterator[Alertmanager]:
             daemon.stop()
 
 
-def test_a_threshold_page_holds_back_the_slo_page_of_its_area(alertmanager: Alertmanager) -> None:
-    alertmanager.post(THRESHOLD, SLO_PAGE, SLO_TICKET)
-    state = wait_until("GenerationSuccessBudgetBurn inhibited",
-                       lambda: (s := alertmanager.state("GenerationSuccessBudgetBurn")).get("inhibitedBy") and s,
-                       30, alertmanager.daemon.output)
-    assert state["state"] == "suppressed"
-    alertmanager.sink.wait_for(lambda found: "HighFailureRate" in alertmanager.paged(), timeout=30)
-    time.sleep(3)  # a few group intervals: the held-back page must still not arrive
-    assert alertmanager.paged() == {"HighFailureRate"}
-
-
 def test_an_slo_page_alone_pages_once_for_both_page_tiers(alertmanager: Alertmanager) -> None:
     """No threshold alert covers a latency burn: the burn-rate page gets through, both page tiers in one page."""
     alertmanager.post(LATENCY_PAGE, {**LATENCY_PAGE, "burn_window": "1h"})
@@ -113,31 +103,6 @@ def test_an_slo_page_alone_pages_once_for_both_page_tiers(alertmanager: Alertman
     pages = [n for n in alertmanager.sink.notifications() if n.receiver == "pager"
              and n.body["groupLabels"].get("alertname") == "PoseLatencyBudgetBurn"]
     assert {a["labels"]["burn_window"] for a in pages[0].alerts("firing")} == {"1h", "6h"}
-
-
-def test_a_dependency_down_pages_once_for_the_symptoms_of_every_area(tmp_path: Path) -> None:
-    """Redis down: creates are refused and refunded, requests answer 503, burn rates climb. One page names
-    the cause (ExporterSourceDown); the symptoms of the other areas are held back while it fires, and an
-    independent cause (the API target down) still pages."""
-    cause = {"alertname": "ExporterSourceDown", "severity": "critical", "area": "availability",
-             "source": "redis"}
-    symptoms = [THRESHOLD, SLO_PAGE, {"alertname": "CreditRefundSpike", "severity": "critical", "area": "credits"},
-                {"alertname": "ApiServerErrors", "severity": "warning", "area": "availability"},
-                {"alertname": "ApiAvailabilityBudgetBurn", "severity": "critical", "area": "availability",
-                 "slo": "api-availability", "tier": "page", "burn_window": "1h"},
-                {"alertname": "QueueOverloaded", "severity": "critical", "area": "queue"}]
-    other_cause = {"alertname": "ApiTargetDown", "severity": "critical", "area": "availability"}
-    with _running_alertmanager(tmp_path) as manager:
-        manager.post(cause, *symptoms, other_cause)
-        for symptom in symptoms:
-            name = symptom["alertname"]
-            state = wait_until(f"{name} inhibited", lambda n=name: (s := manager.state(n)).get("inhibitedBy") and s,
-                               30, manager.daemon.output)
-            assert state["state"] == "suppressed", (name, state)
-        manager.sink.wait_for(lambda found: {"ExporterSourceDown", "ApiTargetDown"} <= manager.paged(), timeout=30)
-        time.sleep(3)  # a few group intervals: no symptom's page follows
-        assert manager.paged() == {"ExporterSourceDown", "ApiTargetDown"}
-        assert not [n for n in manager.sink.notifications() if n.receiver == "chat"]
 
 
 # --- what the pager and chat receive ---------------------------------------------------------------

@@ -92,6 +92,27 @@ def test_exporter_figures_are_the_database_rows_and_survive_kills(
         before, "pose_generations_total", status="created") + 1
 
 
+def test_users_with_failed_generations_counts_distinct_users_of_the_last_hour(
+        fresh_stack: StartStack, start_exporter: StartExporter) -> None:
+    """The blast radius a page names: users, not generations (one user failing twice counts once), and only
+    failures of the last hour (a failure finished two hours ago is left out)."""
+    stack = fresh_stack(workers=1, POSEGEN_FAULTS="FLUX_API_ERROR=1.0")
+    users = [stack.new_user(credits=1000) for _ in range(4)]
+    for user, count in zip(users, (1, 2, 1, 1), strict=True):
+        finished = finish_generations(stack, user, [1] * count)
+        assert {g["status"] for g in finished} == {"failed"}, finished
+    with stack.db() as conn:
+        # The first user's failure (not the latest finish, which the exporter's bookkeeping keeps) aged out.
+        conn.execute("UPDATE generations SET finished_at = now() - interval '2 hours' WHERE user_id = %s",
+                     (users[0],))
+        conn.commit()
+    _, port = start_exporter(stack)
+    samples = parse(scrape(port).text)
+    assert value(samples, "pose_users_with_failed_generations") == 3
+    with stack.db() as conn:
+        assert_exporter_matches_database(samples, conn)
+
+
 @pytest.fixture
 def unanswering_port() -> Iterator[Callable[[str], int]]:
     """Ports where nothing answers: ``closed`` refuses connections, ``silent`` accepts them and never replies."""

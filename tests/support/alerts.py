@@ -56,6 +56,8 @@ CONTRACT_METRICS = {
     "pose_generation_attempts_exhausted_total",
     "pose_generation_oldest_running_age_seconds",
     "pose_generation_time_limit_seconds",
+    # The blast radius a page names (alerts/page_context.py).
+    "pose_users_with_failed_generations",
     "pose_build_info",
     "pose_intake_paused",
     "pose_workers_paused",

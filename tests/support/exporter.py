@@ -101,6 +101,10 @@ def expected_from_database(conn: psycopg.Connection[Any]) -> Samples:
         put("pose_errors_total", errors.get(error_type.value, 0), error_type=error_type.value)
     put("pose_credits_spent_total", credits.get("charge", 0))
     put("pose_credits_refunded_total", credits.get("refund", 0))
+    (users_failed,) = conn.execute(
+        "SELECT count(DISTINCT user_id) FROM generations WHERE status = 'failed' "
+        "AND finished_at > now() - interval '1 hour'").fetchone()
+    put("pose_users_with_failed_generations", users_failed)
     for family, (bounds, query) in HISTOGRAMS.items():
         seconds = [row[0] / 1000 for row in conn.execute(query).fetchall()]
         for bound in bounds:

@@ -150,7 +150,7 @@ def shorten_route_timings(route: dict[str, Any]) -> None:
         shorten_route_timings(child)
 
 def alertmanager_config(sink: WebhookSink) -> dict[str, Any]:
-    """alerts/alertmanager.yml with every receiver posting to the sink; route tree and inhibit rules kept."""
+    """alerts/alertmanager.yml with every receiver posting to the sink; route tree kept."""
     config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text(encoding="utf-8"))
     config["route"].setdefault("group_wait", "1s")
     config["route"].setdefault("group_interval", "1s")

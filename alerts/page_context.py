@@ -1,0 +1,60 @@
+"""What on-call asks first, as annotations every alert carries: what changed and who is hit.
+
+Rendered by Prometheus at each evaluation (``{{ with query "..." }}``, as ``top_error_type``), so the
+notification sent when the alert fires carries the figures of that moment. ``posegen alerts build``
+(:func:`alerts.links.relink`) writes them into every alert of every rule file, after ``dashboard_url``;
+Alertmanager's receivers (``alerts/alertmanager.yml``) put them in the page's ``custom_details`` and in the
+chat text, next to the environment (the alerts' ``cluster``/``namespace`` labels when present).
+
+``versions``        every (version, revision) running and on how many processes: ``pose_build_info``
+                    (app/observability/build_info.py), e.g. ``0.9.0 (abc1234): 4 running``
+``last_deploy``     the newest (version, revision) and how long ago it started: the earliest
+                    ``process_start_time_seconds`` of the processes running it (the workers and the exporter
+                    export it; a restart of every such process counts as a deploy)
+``users_affected``  the blast radius: distinct users with a generation that failed in the last hour,
+                    ``pose_users_with_failed_generations`` (exporter/collectors.py, from PostgreSQL)
+
+Each renders a fixed text (``unknown``...) when its series is missing, never an empty string.
+"""
+
+from __future__ import annotations
+
+# Alerts that get no context: the dead-man's switch heartbeat is no incident.
+NO_CONTEXT = frozenset({"Watchdog"})
+
+VERSIONS = (
+    '{{ range $i, $s := query "count by (version, revision) (pose_build_info)" | sortByLabel "version" }}'
+    '{{ if $i }}, {{ end }}{{ $s.Labels.version }} ({{ $s.Labels.revision }}): {{ $s.Value }} running'
+    '{{ else }}unknown (no pose_build_info){{ end }}'
+)
+LAST_DEPLOY = (
+    '{{ with query "bottomk(1, time() - min by (version, revision) (process_start_time_seconds'
+    ' * on (job, instance) group_left (version, revision) pose_build_info))" }}'
+    '{{ . | first | label "version" }} ({{ . | first | label "revision" }}) started'
+    ' {{ . | first | value | humanizeDuration }} ago{{ else }}unknown (no process_start_time_seconds){{ end }}'
+)
+USERS_AFFECTED = (
+    '{{ with query "max(pose_users_with_failed_generations)" }}{{ . | first | value | humanize }} users with a'
+    ' failed generation in the last hour{{ else }}unknown (no pose_users_with_failed_generations){{ end }}'
+)
+
+ANNOTATIONS: dict[str, str] = {"versions": VERSIONS, "last_deploy": LAST_DEPLOY, "users_affected": USERS_AFFECTED}
+# What each renders with none of its series in Prometheus (promtool tests that feed none of them).
+UNKNOWN: dict[str, str] = {
+    "versions": "unknown (no pose_build_info)",
+    "last_deploy": "unknown (no process_start_time_seconds)",
+    "users_affected": "unknown (no pose_users_with_failed_generations)",
+}
+
+
+def lines(alert: str, indent: str) -> list[str]:
+    """The annotation lines (YAML, single-quoted, at ``indent``) of ``alert``; none for :data:`NO_CONTEXT`."""
+    if alert in NO_CONTEXT:
+        return []
+    return [f"{indent}{name}: '{template.replace(chr(39), chr(39) * 2)}'" for name, template in ANNOTATIONS.items()]
+
+
+def is_context_line(line: str) -> bool:
+    """Whether ``line`` is one of the annotation lines :func:`lines` writes (so a rebuild replaces it)."""
+    stripped = line.lstrip()
+    return any(stripped.startswith(f"{name}: '") for name in ANNOTATIONS)
