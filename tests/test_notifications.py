@@ -19,13 +19,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
 from tests.fakes.webhook_sink import Notification, WebhookSink
-from tests.stack import free_port
-from tests.support.monitoring import Daemon, project_config, ready, wait_until
+from tests.support.monitoring import Alertmanager
 
 pytestmark = pytest.mark.tools
 
@@ -51,22 +49,6 @@ def alert(name: str, summary: str, description: str, **labels: str) -> dict[str,
         "endsAt": (datetime.now(UTC) + timedelta(minutes=10)).isoformat(),
         "generatorURL": "http://prometheus.test/graph",
     }
-
-
-class Alertmanager:
-    def __init__(self, tmp: Path, sink: WebhookSink) -> None:
-        port = free_port()
-        path = tmp / "alertmanager.yml"
-        path.write_text(yaml.safe_dump(project_config(sink, tmp / "secrets"), sort_keys=False), encoding="utf-8")
-        self.url = f"http://127.0.0.1:{port}"
-        self.daemon = Daemon(["/usr/bin/prometheus-alertmanager", f"--config.file={path}",
-                              f"--storage.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                              "--cluster.listen-address="], tmp / "alertmanager.log")
-        wait_until("Alertmanager ready", lambda: ready(f"{self.url}/-/ready"), 30, self.daemon.output)
-
-    def post(self, *alerts: dict[str, Any]) -> None:
-        answer = httpx.post(f"{self.url}/api/v2/alerts", json=list(alerts), timeout=10)
-        assert answer.status_code == 200, answer.text
 
 
 @pytest.fixture(scope="module")

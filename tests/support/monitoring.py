@@ -14,6 +14,7 @@ import httpx
 import yaml
 
 from tests.fakes.webhook_sink import WebhookSink
+from tests.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -228,3 +229,19 @@ def project_config(sink: WebhookSink, secrets: Path) -> dict[str, Any]:
             url_file.write_text(sink.url(receiver["name"]), encoding="utf-8")
             slack["api_url_file"] = str(url_file)
     return config
+
+
+class Alertmanager:
+    def __init__(self, tmp: Path, sink: WebhookSink) -> None:
+        port = free_port()
+        path = tmp / "alertmanager.yml"
+        path.write_text(yaml.safe_dump(project_config(sink, tmp / "secrets"), sort_keys=False), encoding="utf-8")
+        self.url = f"http://127.0.0.1:{port}"
+        self.daemon = Daemon(["/usr/bin/prometheus-alertmanager", f"--config.file={path}",
+                              f"--storage.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                              "--cluster.listen-address="], tmp / "alertmanager.log")
+        wait_until("Alertmanager ready", lambda: ready(f"{self.url}/-/ready"), 30, self.daemon.output)
+
+    def post(self, *alerts: dict[str, Any]) -> None:
+        answer = httpx.post(f"{self.url}/api/v2/alerts", json=list(alerts), timeout=10)
+        assert answer.status_code == 200, answer.text
