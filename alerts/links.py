@@ -1,10 +1,11 @@
 """Clickable context for every alert: an absolute ``runbook_url`` and a ``dashboard_url`` annotation.
 
 Both are absolute URLs from two bases (settings ``POSEGEN_RUNBOOK_BASE_URL`` and ``POSEGEN_GRAFANA_URL``).
-The committed rule files carry the documented defaults (:data:`DEFAULT_RUNBOOK_BASE`,
-:data:`DEFAULT_GRAFANA_URL`); ``posegen alerts build --out DIR`` writes deployable copies with the
-configured bases, and ``posegen alerts build`` (no ``--out``) refreshes the committed ones with the
-defaults, e.g. after a dashboard's panel ids moved. A test fails when they are stale.
+The committed rule files carry the defaults of ``alerts/platform.yml`` (``links``; the same as
+:data:`DEFAULT_RUNBOOK_BASE`, :data:`DEFAULT_GRAFANA_URL` and the settings' defaults, a test ties them);
+``posegen alerts build --out DIR`` writes deployable copies with the configured bases, and
+``posegen alerts build`` (no ``--out``) re-renders the committed ones from ``alerts/templates`` (e.g. after
+a dashboard's panel ids moved). A test fails when they are stale.
 
 ``dashboard_url`` opens the alert's panel (``viewPanel``) from an hour before to ten minutes after the
 rule evaluation that rendered it: Prometheus renders annotations at every evaluation, so the
@@ -16,6 +17,9 @@ from __future__ import annotations
 import re
 from functools import cache
 from pathlib import Path
+
+from alerts.platform import ALERTMANAGER, Platform, alertmanager_config, render_rules
+from alerts.platform import load as load_platform
 
 # The defaults of the settings (app/settings.py), which a test ties to these.
 DEFAULT_RUNBOOK_BASE = "https://github.com/posegen/pose-generator/blob/main/alerts/runbooks"
@@ -128,13 +132,23 @@ def relink(text: str, runbook_base: str = DEFAULT_RUNBOOK_BASE, grafana: str = D
     return "\n".join(out)
 
 
-def build(out_dir: Path | None, runbook_base: str = DEFAULT_RUNBOOK_BASE,
-          grafana: str = DEFAULT_GRAFANA_URL) -> list[Path]:
-    """Write every rule file of ``alerts/rules`` relinked, into ``out_dir`` (default: in place)."""
+def build(out_dir: Path | None, runbook_base: str | None = None, grafana: str | None = None,
+          platform: Platform | None = None) -> list[Path]:
+    """Render every rule template of ``alerts/templates`` with ``platform`` (default: ``alerts/platform.yml``),
+    link it (bases default to the config's ``links``) and write it into ``out_dir`` (default:
+    ``alerts/rules``, and then Alertmanager's ``group_by`` is refreshed from the config too).
+
+    Raises :class:`alerts.platform.PlatformError` for a bad config or template."""
+    platform = platform or load_platform()
     written = []
-    for path in sorted(RULES_DIR.glob("*.yml")):
-        target = (out_dir or RULES_DIR) / path.name
+    for name, text in render_rules(platform).items():
+        target = (out_dir or RULES_DIR) / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(relink(path.read_text(encoding="utf-8"), runbook_base, grafana), encoding="utf-8")
+        target.write_text(relink(text, runbook_base or platform.runbook_base, grafana or platform.grafana_url),
+                          encoding="utf-8")
         written.append(target)
+    if out_dir is None:
+        ALERTMANAGER.write_text(alertmanager_config(platform, ALERTMANAGER.read_text(encoding="utf-8")),
+                                encoding="utf-8")
+        written.append(ALERTMANAGER)
     return written

@@ -303,13 +303,28 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
         return run_backtest(args)
     from alerts import links
+    from alerts.platform import PlatformError
+    from alerts.platform import load as load_platform
 
-    if not args.out:
-        # The committed files carry the documented defaults; deployments build copies with --out.
-        paths = links.build(None)
-    else:
-        settings = _settings()
-        paths = links.build(Path(args.out), settings.runbook_base_url, settings.grafana_url)
+    try:
+        platform = load_platform(Path(args.platform)) if args.platform else load_platform()
+        if not args.out:
+            # The committed files carry the config's defaults; deployments build copies with --out.
+            paths = links.build(None, platform=platform)
+        else:
+            # Settings set in the environment win; left at their defaults, the config's links apply.
+            settings, defaults = _settings(), Settings
+            runbook = settings.runbook_base_url
+            grafana = settings.grafana_url
+            paths = links.build(
+                Path(args.out),
+                None if runbook == defaults.runbook_base_url else runbook,
+                None if grafana == defaults.grafana_url else grafana,
+                platform,
+            )
+    except PlatformError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for path in paths:
         print(path)
     return 0
@@ -409,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "Alert rules: 'build' writes runbook and dashboard links from POSEGEN_RUNBOOK_BASE_URL and "
                  "POSEGEN_GRAFANA_URL; 'backtest' replays the alerts over a Prometheus's history.")
     alerts.add_argument("action", choices=("build", "backtest"))
+    alerts.add_argument("--platform", default=None,
+                        help="build: the platform config (selectors, grouping labels, alert overrides, links)")
     alerts.add_argument("--out", default=None,
                         help="build: write deployable rule files here with the configured bases "
                         "(default: refresh the committed ones, with the documented defaults)")
