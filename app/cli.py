@@ -285,11 +285,14 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
 
 def cmd_slo(args: argparse.Namespace) -> int:
+    from alerts.platform import PlatformError
+    from alerts.platform import load as load_platform
     from alerts.slo import SpecError, write
 
     try:
-        paths = write(Path(args.out) if args.out else None)
-    except SpecError as exc:
+        platform = load_platform(Path(args.platform)) if args.platform else load_platform()
+        paths = write(Path(args.out) if args.out else None, platform)
+    except (SpecError, PlatformError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for path in paths:
@@ -420,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     slo = add("slo", cmd_slo, "SLOs as code: 'build' compiles alerts/slos.yml into rules and promtool tests.")
     slo.add_argument("action", choices=("build",))
     slo.add_argument("--out", default=None, help="write into this directory (default: alerts/rules, alerts/tests)")
+    slo.add_argument("--platform", default=None,
+                     help="the platform config (default alerts/platform.yml; another one builds the rules only)")
     alerts = add("alerts", cmd_alerts,
                  "Alert rules: 'build' writes runbook and dashboard links from POSEGEN_RUNBOOK_BASE_URL and "
                  "POSEGEN_GRAFANA_URL; 'backtest' replays the alerts over a Prometheus's history.")
