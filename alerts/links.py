@@ -134,9 +134,10 @@ def relink(text: str, runbook_base: str = DEFAULT_RUNBOOK_BASE, grafana: str = D
 
 def build(out_dir: Path | None, runbook_base: str | None = None, grafana: str | None = None,
           platform: Platform | None = None) -> list[Path]:
-    """Render every rule template of ``alerts/templates`` with ``platform`` (default: ``alerts/platform.yml``),
-    link it (bases default to the config's ``links``) and write it into ``out_dir`` (default:
-    ``alerts/rules``, and then Alertmanager's ``group_by`` is refreshed from the config too).
+    """Render every rule template of ``alerts/templates`` and the SLO rules of ``alerts/slos.yml`` with
+    ``platform`` (default: ``alerts/platform.yml``), link them (bases default to the config's ``links``) and
+    write them into ``out_dir`` (default: ``alerts/rules``, and then Alertmanager's ``group_by`` is refreshed
+    from the config too).
 
     Raises :class:`alerts.platform.PlatformError` for a bad config or template."""
     platform = platform or load_platform()
@@ -147,6 +148,14 @@ def build(out_dir: Path | None, runbook_base: str | None = None, grafana: str | 
         target.write_text(relink(text, runbook_base or platform.runbook_base, grafana or platform.grafana_url),
                           encoding="utf-8")
         written.append(target)
+    # The SLO rules (`posegen slo build`) too, so a deployment's copy is the whole set.
+    from alerts.slo import RULES_OUT, load_spec, render
+    from alerts.slo import build_rules as build_slo_rules
+
+    target = (out_dir or RULES_DIR) / RULES_OUT.name
+    target.write_text(relink(render(build_slo_rules(load_spec(), platform)), runbook_base or platform.runbook_base,
+                             grafana or platform.grafana_url), encoding="utf-8")
+    written.append(target)
     if out_dir is None:
         ALERTMANAGER.write_text(alertmanager_config(platform, ALERTMANAGER.read_text(encoding="utf-8")),
                                 encoding="utf-8")

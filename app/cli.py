@@ -272,9 +272,16 @@ def cmd_ops(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
+    from alerts.platform import PlatformError
+    from alerts.platform import load as load_platform
     from dashboards.overview import write_dashboards
 
-    for path in write_dashboards(Path(args.out)):
+    try:
+        platform = load_platform(Path(args.platform)) if args.platform else load_platform()
+    except PlatformError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in write_dashboards(Path(args.out), platform):
         print(path)
     k8s_dir = Path(args.k8s_out)
     if k8s_dir.is_dir():
@@ -420,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("action", choices=("build",))
     dash.add_argument("--out", default="dashboards/build")
     dash.add_argument("--k8s-out", default="deploy/k8s", help="where the dashboards ConfigMap is refreshed too")
+    dash.add_argument("--platform", default=None, help="the platform config (default alerts/platform.yml)")
     slo = add("slo", cmd_slo, "SLOs as code: 'build' compiles alerts/slos.yml into rules and promtool tests.")
     slo.add_argument("action", choices=("build",))
     slo.add_argument("--out", default=None, help="write into this directory (default: alerts/rules, alerts/tests)")

@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alerts import links
+from alerts import links, platform
+
+PLATFORM = platform.load()
+WAITING = 'pose_queue_jobs{state="waiting"}'
 
 ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "alerts"
@@ -123,11 +126,13 @@ def test_rule_file_is_valid() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_rule_unit_tests_pass() -> None:
-    """The hand-written tests; tests/test_slo.py runs the ones `posegen slo build` generates."""
-    hand_written = [path for path in RULE_TESTS if not path.name.startswith("slo")]
-    assert hand_written, "no promtool unit tests in alerts/tests/"
-    result = run(require_tool("promtool", "prometheus"), "test", "rules", *map(str, hand_written))
+HAND_WRITTEN_TESTS = [path for path in RULE_TESTS if not path.name.startswith("slo")]
+
+
+@pytest.mark.parametrize("path", HAND_WRITTEN_TESTS, ids=lambda path: path.name)
+def test_rule_unit_tests_pass(path: Path) -> None:
+    """The hand-written tests, a file at a time; tests/test_slo.py runs the ones `posegen slo build` generates."""
+    result = run(require_tool("promtool", "prometheus"), "test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -152,7 +157,7 @@ def test_seed_alerts_keep_their_conditions_and_severities() -> None:
     alerts = {alert["alert"]: alert for alert in load_alerts()}
     expected = {
         "HighFailureRate": ("critical", "posegen:generation_failure_ratio:rate1h > 0.10"),
-        "QueueBacklog": ("warning", 'max(pose_queue_jobs{state="waiting"}) > 500'),
+        "QueueBacklog": ("warning", f'max {PLATFORM.by()} ({PLATFORM.select("exporter", WAITING)}) > 500'),
         "SlowGeneration": ("warning", "posegen:generation_duration_seconds:avg15m > 60"),
         "CreditRefundSpike": ("critical", "posegen:credits_refunded:increase1h > 1000"),
         "WorkerDowntime": ("critical", "> 600"),
@@ -291,7 +296,8 @@ def test_every_alert_reaches_the_receiver_of_its_severity() -> None:
 
 def test_critical_alerts_mute_warnings_of_the_same_area() -> None:
     config = yaml.safe_load(ALERTMANAGER.read_text())
-    assert config["route"]["group_by"] == ["alertname", "area"]
+    # Grouped per environment too (alerts/platform.yml's group_labels): one environment's outage, one notification.
+    assert config["route"]["group_by"] == ["alertname", "area", *PLATFORM.group_labels]
     assert {
         "source_matchers": ['severity="critical"'],
         "target_matchers": ['severity="warning"'],
@@ -346,7 +352,9 @@ def test_every_ratio_alert_has_a_low_traffic_guard_stated_in_its_description_and
     assert ratio_reading == GUARDED, "an alert reads a ratio or an average: give it a guard and list it"
     for name in GUARDED:
         expr = alerts[name]["expr"]
-        assert re.search(r"and on \(\) posegen:\w+:increase\w+ >= \d+", expr), f"{name}: no volume guard"
+        # Counted per environment: `and on (cluster, namespace) <volume> >= N`.
+        guard = rf"and {re.escape(PLATFORM.on())} posegen:\w+:increase\w+ >= \d+"
+        assert re.search(guard, expr), f"{name}: no volume guard per environment"
         assert "Guard:" in alerts[name]["annotations"]["description"], f"{name}: the description must state it"
         assert "Low-traffic guard" in (RUNBOOKS / f"{name}.md").read_text(), f"{name}: the runbook must state it"
         assert f"`{name}`" in (ROOT / "README.md").read_text(), f"{name}: README's Alerting section must state it"
@@ -418,7 +426,8 @@ def test_generation_alerts_name_the_top_error_type_of_the_hour() -> None:
 
     rules = load_rules()
     record = next(rule for rule in rules if rule.get("record") == "posegen:errors:increase1h")
-    assert record["expr"] == "sum by (error_type) (increase(pose_errors_total[1h]))"
+    assert record["expr"] == (f"sum {PLATFORM.by('error_type')} ({PLATFORM.dedup()} "
+                              f"(increase({PLATFORM.select('exporter', 'pose_errors_total')}[1h])))")
     generation = [rule for rule in rules if "alert" in rule and rule["labels"]["area"] == "generation"]
     assert {rule["alert"] for rule in generation} >= {"HighFailureRate", "SuccessRateDegraded",
                                                       "GenerationSuccessBudgetBurn"}

@@ -229,3 +229,57 @@ def test_the_retention_check_reads_ranges_subqueries_offsets_and_defaults() -> N
     assert longest_read('avg_over_time(x{a="[99d]"}[30d])') == seconds("30d")
     assert longest_read("max(x) > max(x offset 15m) and avg_over_time(y[10m:])") == seconds("25m")
     assert seconds("1h30m") == 5400
+
+
+# --- dashboards --------------------------------------------------------------------------------------
+
+
+def dashboard_queries(boards: dict[str, dict]) -> list[tuple[str, str]]:
+    """(dashboard/panel, expr) of every panel target, rows' panels included."""
+    found = []
+
+    def walk(name: str, panels: list[dict]) -> None:
+        for panel in panels:
+            found.extend((f"{name} / {panel.get('title')}", t["expr"]) for t in panel.get("targets", [])
+                         if t.get("expr"))
+            walk(name, panel.get("panels", []))
+
+    for name, board in boards.items():
+        walk(name, board["panels"])
+    return found
+
+
+def test_every_dashboard_query_follows_the_environment_variables_and_counts_replicas_once() -> None:
+    from dashboards.overview import build_dashboards
+    from dashboards.scoping import exporter_series
+
+    boards = build_dashboards()
+    for name, board in boards.items():
+        names = [v["name"] for v in board["templating"]["list"]]
+        assert names[:3] == ["datasource", "cluster", "namespace"], name
+    queries = dashboard_queries(boards)
+    assert len(queries) > 40
+    for where, expr in queries:
+        text = re.sub(r'"(?:[^"\\]|\\.)*"', lambda m: m.group(0) if "$" in m.group(0) else '""', expr)
+        for selector, inner in re.findall(r"(?<![\w:$])([a-zA-Z_:][\w:]*)\{([^}]*)\}", text):
+            assert 'cluster=~"$cluster"' in inner and 'namespace=~"$namespace"' in inner, (where, selector)
+        for match in re.finditer(r"(?<![\w:$])([a-zA-Z_:][\w:]*)\{", expr):
+            if exporter_series(match.group(1)):
+                assert 'job="posegen-exporter"' in expr[match.end():match.end() + 40], (where, match.group(1))
+                assert re.search(r"max without \(instance, pod\) \((\w+\()?$", expr[:match.start()]), \
+                    (where, match.group(1))
+
+
+def test_dashboards_build_with_another_platform(tmp_path: Path) -> None:
+    config = tmp_path / "platform.yml"
+    config.write_text(yaml.safe_dump(OTHER))
+    answer = cli("dashboards", "build", "--platform", str(config), "--out", str(tmp_path / "build"),
+                 "--k8s-out", str(tmp_path / "no-k8s"))
+    assert answer.returncode == 0, answer.stderr
+    import json
+
+    board = json.loads((tmp_path / "build" / "pose-generator-overview.json").read_text())
+    assert [v["name"] for v in board["templating"]["list"]][1:3] == ["k8s_cluster", "env"]
+    text = json.dumps(board)
+    assert 'k8s_cluster=~\\"$k8s_cluster\\",env=~\\"$env\\"' in text and "cluster=~\\\"$cluster" not in text
+    assert 'max without (instance, kubernetes_pod_name) (pose_queue_depth{job=\\"ml-exporter\\",team=\\"ml\\"' in text
