@@ -90,6 +90,9 @@ TEMPLATE_VARIABLES = {
     # The job and instance variables at "All".
     "$job": ".+",
     "$instance": ".+",
+    # The environment variables (alerts/platform.yml's group_labels) at "All": series without the labels too.
+    "$cluster": ".*",
+    "$namespace": ".*",
 }
 
 # Panel queries allowed to return no data at the end of this scenario, keyed by (dashboard file, panel
