@@ -13,6 +13,7 @@ Template macros (``[[name args]]``; PromQL and Go templates never contain ``[[``
 ``[[on]]``                          ``on (cluster, namespace)``
 ``[[dedup]]``                       ``max without (instance, pod)``: one copy of a replicated source's series
 ``[[threshold 0.10]]``              the alert's threshold: 0.10, or the config's override
+``[[top_error_type]]``              the annotation naming the environment's top error type of the hour
 ``[[missing exporter M{a="b"}]]``   1 per environment that scrapes the exporter but has no such series, or
                                     with no label at all when the job is scraped nowhere (absent())
 ``[[missing_job api]]``             1 per environment that has some of our jobs but not this one (or none
@@ -241,11 +242,27 @@ def expand(text: str, platform: Platform, alert: str | None = None) -> str:
         if name == "missing" and arg:
             job, selector = arg.split(" ", 1)
             return missing_series(platform, job, selector)
+        if name == "top_error_type" and not arg:
+            return top_error_type(platform).replace("'", "''")  # inside a single-quoted YAML scalar
         if name == "missing_job" and arg in JOBS:
             return missing_job(platform, arg)
         raise PlatformError(f"unknown template macro {match.group(0)}")
 
     return _MACRO.sub(replace, text)
+
+
+def top_error_type(platform: Platform) -> str:
+    """The ``top_error_type`` annotation: the most frequent error type of the last hour *in the alert's own
+    environment* (``posegen:errors:increase1h`` selected by the alert's grouping labels, rendered by
+    Prometheus at each evaluation), or "none recorded"."""
+    if platform.group_labels:
+        matchers = ",".join(f"{label}=%q" for label in platform.group_labels)
+        args = " ".join(f"$labels.{label}" for label in platform.group_labels)
+        query = f'(printf "topk(1, posegen:errors:increase1h{{{matchers}}} > 0)" {args})'
+    else:
+        query = '"topk(1, posegen:errors:increase1h > 0)"'
+    return (f'{{{{ with query {query} }}}}{{{{ . | first | label "error_type" }}}} '
+            '({{ . | first | value | humanize }} in the last hour){{ else }}none recorded{{ end }}')
 
 
 def missing_series(platform: Platform, job: str, selector: str) -> str:

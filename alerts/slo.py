@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 from alerts import links
-from alerts.platform import JOBS, Platform
+from alerts.platform import JOBS, Platform, top_error_type
 from alerts.platform import load as load_platform
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,13 +46,6 @@ RECORDED_WINDOW = "5m"
 # Jobs that run as several replicas reporting copies of the same counts (alerts/platform.yml's replica_labels).
 REPLICATED_SOURCES = {"exporter"}
 RECORD_PREFIX = "posegen_slo"
-# The dominant error type of the last hour (recorded by alerts/rules/pose-generator.rules.yml),
-# rendered by Prometheus at each evaluation, so the notification says it without a lookup.
-TOP_ERROR_TYPE = (
-    '{{ with query "topk(1, posegen:errors:increase1h > 0)" }}{{ . | first | label "error_type" }} '
-    '({{ . | first | value | humanize }} in the last hour){{ else }}none recorded{{ end }}'
-)
-
 _UNITS = {"m": 1, "h": 60, "d": 1440}
 
 
@@ -205,7 +198,9 @@ def _literal(value: float) -> str:
     return f"{value:.6g}"
 
 
-def alert_rule(spec: Spec, slo: SLO, tier: Tier) -> dict[str, Any]:
+def alert_rule(spec: Spec, slo: SLO, tier: Tier, platform: Platform | None = None) -> dict[str, Any]:
+    """The alert of one SLO's tier (its runbook_url a placeholder that :func:`alerts.links.relink` rewrites)."""
+    platform = platform or load_platform()
     burn = tier.burn_rate(spec.window)
     per_budget = _literal(1 / slo.budget)
     sel = slo.selector
@@ -238,7 +233,9 @@ def alert_rule(spec: Spec, slo: SLO, tier: Tier) -> dict[str, Any]:
                 f"Guard: only with at least {spec.min_events} events and {spec.min_bad_events} bad ones "
                 f"in the {tier.long}."
             ),
-            **({"top_error_type": TOP_ERROR_TYPE} if slo.area == "generation" else {}),
+            # The dominant error type of the last hour in the alert's environment, rendered by Prometheus at
+            # each evaluation, so the notification says it without a lookup.
+            **({"top_error_type": top_error_type(platform)} if slo.area == "generation" else {}),
             # Placeholder: relink() writes the absolute runbook and dashboard URLs.
             "runbook_url": slo.alert,
         },
@@ -272,7 +269,7 @@ def slo_group(spec: Spec, slo: SLO, platform: Platform) -> dict[str, Any]:
                  f" * {_literal(1 / slo.budget)}"),
         "labels": slo.labels,
     })
-    rules.extend(alert_rule(spec, slo, tier) for tier in spec.tiers)
+    rules.extend(alert_rule(spec, slo, tier, platform) for tier in spec.tiers)
     return {"name": f"posegen-slo-{slo.name}", "rules": rules}
 
 
