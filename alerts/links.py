@@ -148,10 +148,19 @@ def build(out_dir: Path | None, runbook_base: str | None = None, grafana: str | 
         target.write_text(relink(text, runbook_base or platform.runbook_base, grafana or platform.grafana_url),
                           encoding="utf-8")
         written.append(target)
-    # The SLO rules (`posegen slo build`) too, so a deployment's copy is the whole set.
     from alerts.slo import RULES_OUT, load_spec, render
     from alerts.slo import build_rules as build_slo_rules
 
+    # A rule file with no template (e.g. one added by hand) is relinked as it is, so the set stays whole.
+    templated = {path.name for path in written}
+    for path in sorted(RULES_DIR.glob("*.yml")):
+        if path.name not in templated and path.name != RULES_OUT.name:
+            target = (out_dir or RULES_DIR) / path.name
+            text = relink(path.read_text(encoding="utf-8"), runbook_base or platform.runbook_base,
+                          grafana or platform.grafana_url)
+            target.write_text(text, encoding="utf-8")
+            written.append(target)
+    # The SLO rules (`posegen slo build`) too, so a deployment's copy is the whole set.
     target = (out_dir or RULES_DIR) / RULES_OUT.name
     target.write_text(relink(render(build_slo_rules(load_spec(), platform)), runbook_base or platform.runbook_base,
                              grafana or platform.grafana_url), encoding="utf-8")

@@ -4,9 +4,10 @@ exporter's replicas counted once.
 Every dashboard gets a template variable per grouping label (``cluster``, ``namespace``: each lists the values
 our processes report, narrowed by the ones before it; "All" matches series without the label too), and every
 query (panel targets, annotations, the other variables' ``label_values``) selects ``label=~"$label"`` for each.
-In panel targets a series of the exporter's domain families is selected with the exporter job's matchers (:data:`EXPORTER_FAMILIES`, which every replica
-reports alike, read from the same PostgreSQL and Redis) is reduced to one copy, ``max without (instance, pod)``,
-before any sum; the API's and workers' series are distinct processes and stay as they are.
+In panel targets a series of the exporter's domain families (:data:`EXPORTER_FAMILIES`, which every replica
+reports alike, read from the same PostgreSQL and Redis) is selected with the exporter job's matchers and
+reduced to one copy, ``max without (instance, pod)``, before any sum; the API's and workers' series are
+distinct processes and stay as they are.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def env_matchers(platform: Platform) -> str:
 
 def scope_expr(expr: str, platform: Platform, *, dedup: bool = True) -> str:
     """``expr`` with the environment matchers on every selector and, with ``dedup``, each exporter series
-    selected with the exporter job's matchers and reduced to one replica's copy: ``fn(sel[w])`` becomes ``max without (...) (fn(sel[w]))`` and a bare
-    ``sel`` becomes ``max without (...) (sel)``. Raises ValueError for an expression it cannot read."""
+    selected with the exporter job's matchers and reduced to one replica's copy: ``fn(sel[w])`` becomes
+    ``max without (...) (fn(sel[w]))`` and a bare ``sel`` becomes ``max without (...) (sel)``."""
     matchers = env_matchers(platform)
     text, kept = _mask(expr)
     out: list[str] = []

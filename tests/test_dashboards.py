@@ -127,7 +127,8 @@ def test_seed_panels_with_their_queries_and_thresholds() -> None:
 
     errors = by_title("Error Rate by Type")
     assert errors["type"] == "barchart"
-    assert errors["targets"][0]["expr"] == f"sum by (error_type) (max without (instance, pod) (pose_errors_total{{{exporter}}}))"
+    errors_expr = f"sum by (error_type) (max without (instance, pod) (pose_errors_total{{{exporter}}}))"
+    assert errors["targets"][0]["expr"] == errors_expr
 
 
 def test_panels_have_unique_ids_and_fit_the_grid() -> None:
