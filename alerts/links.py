@@ -1,10 +1,11 @@
 """Clickable context for every alert: an absolute ``runbook_url`` and a ``dashboard_url`` annotation.
 
 Both are absolute URLs from two bases (settings ``POSEGEN_RUNBOOK_BASE_URL`` and ``POSEGEN_GRAFANA_URL``).
-The committed rule files carry the documented defaults (:data:`DEFAULT_RUNBOOK_BASE`,
-:data:`DEFAULT_GRAFANA_URL`); ``posegen alerts build --out DIR`` writes deployable copies with the
-configured bases, and ``posegen alerts build`` (no ``--out``) refreshes the committed ones with the
-defaults, e.g. after a dashboard's panel ids moved. A test fails when they are stale.
+The committed rule files carry the defaults of ``alerts/platform.yml`` (``links``; the same as
+:data:`DEFAULT_RUNBOOK_BASE`, :data:`DEFAULT_GRAFANA_URL` and the settings' defaults, a test ties them);
+``posegen alerts build --out DIR`` writes deployable copies with the configured bases, and
+``posegen alerts build`` (no ``--out``) re-renders the committed ones from ``alerts/templates`` (e.g. after
+a dashboard's panel ids moved). A test fails when they are stale.
 
 ``dashboard_url`` opens the alert's panel (``viewPanel``) from an hour before to ten minutes after the
 rule evaluation that rendered it: Prometheus renders annotations at every evaluation, so the
@@ -14,10 +15,13 @@ notification sent when the alert fires carries the window around that moment.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 
 from alerts import page_context, suppression
+from alerts.platform import ALERTMANAGER, Platform, alertmanager_config, render_rules
+from alerts.platform import load as load_platform
 
 # The defaults of the settings (app/settings.py), which a test ties to these.
 DEFAULT_RUNBOOK_BASE = "https://github.com/posegen/pose-generator/blob/main/alerts/runbooks"
@@ -107,10 +111,14 @@ _RUNBOOK = re.compile(r"^(\s*)runbook_url: .*$")
 _DASHBOARD = re.compile(r"^\s*dashboard_url: .*$")
 
 
-def relink(text: str, runbook_base: str = DEFAULT_RUNBOOK_BASE, grafana: str = DEFAULT_GRAFANA_URL) -> str:
+def relink(text: str, runbook_base: str = DEFAULT_RUNBOOK_BASE, grafana: str = DEFAULT_GRAFANA_URL,
+           group_labels: Sequence[str] | None = None) -> str:
     """A rule file's text with every alert's ``runbook_url`` and ``dashboard_url`` (re)written, followed by
     the page context annotations (alerts/page_context.py), and every expression with its suppression while
-    a cause pages (alerts/suppression.py); the rest kept."""
+    a cause pages (alerts/suppression.py), both per environment (``group_labels``; default: those of
+    ``alerts/platform.yml``); the rest kept."""
+    if group_labels is None:
+        group_labels = load_platform().group_labels
     out: list[str] = []
     alert = None
     lines = text.split("\n")
@@ -126,20 +134,49 @@ def relink(text: str, runbook_base: str = DEFAULT_RUNBOOK_BASE, grafana: str = D
             dashboard, title = panel_for(alert)
             out.append(f"{indent}runbook_url: {runbook_url(alert, runbook_base)}")
             out.append(f"{indent}dashboard_url: '{dashboard_url(dashboard, title, grafana)}'")
-            out.extend(page_context.lines(alert, indent))
+            out.extend(page_context.lines(alert, indent, group_labels))
             skip_written = True
             continue
         out.append(line)
-    return suppression.apply("\n".join(out))
+    return suppression.apply("\n".join(out), group_labels)
 
 
-def build(out_dir: Path | None, runbook_base: str = DEFAULT_RUNBOOK_BASE,
-          grafana: str = DEFAULT_GRAFANA_URL) -> list[Path]:
-    """Write every rule file of ``alerts/rules`` relinked, into ``out_dir`` (default: in place)."""
+def build(out_dir: Path | None, runbook_base: str | None = None, grafana: str | None = None,
+          platform: Platform | None = None) -> list[Path]:
+    """Render every rule template of ``alerts/templates`` and the SLO rules of ``alerts/slos.yml`` with
+    ``platform`` (default: ``alerts/platform.yml``), link them (bases default to the config's ``links``) and
+    write them into ``out_dir`` (default: ``alerts/rules``, and then Alertmanager's ``group_by`` is refreshed
+    from the config too).
+
+    Raises :class:`alerts.platform.PlatformError` for a bad config or template."""
+    platform = platform or load_platform()
     written = []
-    for path in sorted(RULES_DIR.glob("*.yml")):
-        target = (out_dir or RULES_DIR) / path.name
+    for name, text in render_rules(platform).items():
+        target = (out_dir or RULES_DIR) / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(relink(path.read_text(encoding="utf-8"), runbook_base, grafana), encoding="utf-8")
+        target.write_text(relink(text, runbook_base or platform.runbook_base, grafana or platform.grafana_url,
+                                 platform.group_labels),
+                          encoding="utf-8")
         written.append(target)
+    from alerts.slo import RULES_OUT, load_spec, render
+    from alerts.slo import build_rules as build_slo_rules
+
+    # A rule file with no template (e.g. one added by hand) is relinked as it is, so the set stays whole.
+    templated = {path.name for path in written}
+    for path in sorted(RULES_DIR.glob("*.yml")):
+        if path.name not in templated and path.name != RULES_OUT.name:
+            target = (out_dir or RULES_DIR) / path.name
+            text = relink(path.read_text(encoding="utf-8"), runbook_base or platform.runbook_base,
+                          grafana or platform.grafana_url, platform.group_labels)
+            target.write_text(text, encoding="utf-8")
+            written.append(target)
+    # The SLO rules (`posegen slo build`) too, so a deployment's copy is the whole set.
+    target = (out_dir or RULES_DIR) / RULES_OUT.name
+    target.write_text(relink(render(build_slo_rules(load_spec(), platform)), runbook_base or platform.runbook_base,
+                             grafana or platform.grafana_url, platform.group_labels), encoding="utf-8")
+    written.append(target)
+    if out_dir is None:
+        ALERTMANAGER.write_text(alertmanager_config(platform, ALERTMANAGER.read_text(encoding="utf-8")),
+                                encoding="utf-8")
+        written.append(ALERTMANAGER)
     return written

@@ -19,26 +19,46 @@ Each renders a fixed text (``unknown``...) when its series is missing, never an 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 # Alerts that get no context: the dead-man's switch heartbeat is no incident.
 NO_CONTEXT = frozenset({"Watchdog"})
 
-VERSIONS = (
-    '{{ range $i, $s := query "count by (version, revision) (pose_build_info)" | sortByLabel "version" }}'
-    '{{ if $i }}, {{ end }}{{ $s.Labels.version }} ({{ $s.Labels.revision }}): {{ $s.Value }} running'
-    '{{ else }}unknown (no pose_build_info){{ end }}'
-)
-LAST_DEPLOY = (
-    '{{ with query "bottomk(1, time() - min by (version, revision) (process_start_time_seconds'
-    ' * on (job, instance) group_left (version, revision) pose_build_info))" }}'
-    '{{ . | first | label "version" }} ({{ . | first | label "revision" }}) started'
-    ' {{ . | first | value | humanizeDuration }} ago{{ else }}unknown (no process_start_time_seconds){{ end }}'
-)
-USERS_AFFECTED = (
-    '{{ with query "max(pose_users_with_failed_generations)" }}{{ . | first | value | humanize }} users with a'
-    ' failed generation in the last hour{{ else }}unknown (no pose_users_with_failed_generations){{ end }}'
-)
+def _query(promql: str, group_labels: Sequence[str]) -> str:
+    """A template's ``query`` argument: ``promql`` whose ``{ENV}`` becomes matchers on the alert's own environment
+    labels (``cluster="<its cluster>", ...`` via ``$labels``), so a page names its own environment's versions and
+    users, not another's in the same Prometheus; without environment labels, the query as it is."""
+    if not group_labels:
+        return '"' + promql.replace("{ENV}", "") + '"'
+    matchers = ", ".join(f"{label}=%q" for label in group_labels)
+    values = " ".join(f"$labels.{label}" for label in group_labels * promql.count("{ENV}"))
+    return f'(printf "{promql.replace("{ENV}", "{" + matchers + "}")}" {values})'
 
-ANNOTATIONS: dict[str, str] = {"versions": VERSIONS, "last_deploy": LAST_DEPLOY, "users_affected": USERS_AFFECTED}
+
+def templates(group_labels: Sequence[str] = ()) -> dict[str, str]:
+    """The annotation templates by name, scoped to the alert's environment (``group_labels``, the environment
+    labels of ``alerts/platform.yml``)."""
+    versions = _query("count by (version, revision) (pose_build_info{ENV})", group_labels)
+    last_deploy = _query("bottomk(1, time() - min by (version, revision) (process_start_time_seconds{ENV}"
+                         " * on (job, instance) group_left (version, revision) pose_build_info{ENV}))", group_labels)
+    users = _query("max(pose_users_with_failed_generations{ENV})", group_labels)
+    return {
+        "versions": (
+            f'{{{{ range $i, $s := query {versions} | sortByLabel "version" }}}}'
+            '{{ if $i }}, {{ end }}{{ $s.Labels.version }} ({{ $s.Labels.revision }}): {{ $s.Value }} running'
+            '{{ else }}unknown (no pose_build_info){{ end }}'),
+        "last_deploy": (
+            f'{{{{ with query {last_deploy} }}}}'
+            '{{ . | first | label "version" }} ({{ . | first | label "revision" }}) started'
+            ' {{ . | first | value | humanizeDuration }} ago'
+            '{{ else }}unknown (no process_start_time_seconds){{ end }}'),
+        "users_affected": (
+            f'{{{{ with query {users} }}}}{{{{ . | first | value | humanize }}}} users with a'
+            ' failed generation in the last hour{{ else }}unknown (no pose_users_with_failed_generations){{ end }}'),
+    }
+
+
+ANNOTATIONS: dict[str, str] = templates()
 # What each renders with none of its series in Prometheus (promtool tests that feed none of them).
 UNKNOWN: dict[str, str] = {
     "versions": "unknown (no pose_build_info)",
@@ -47,11 +67,13 @@ UNKNOWN: dict[str, str] = {
 }
 
 
-def lines(alert: str, indent: str) -> list[str]:
-    """The annotation lines (YAML, single-quoted, at ``indent``) of ``alert``; none for :data:`NO_CONTEXT`."""
+def lines(alert: str, indent: str, group_labels: Sequence[str] = ()) -> list[str]:
+    """The annotation lines (YAML, single-quoted, at ``indent``) of ``alert``, scoped to its environment
+    (``group_labels``); none for :data:`NO_CONTEXT`."""
     if alert in NO_CONTEXT:
         return []
-    return [f"{indent}{name}: '{template.replace(chr(39), chr(39) * 2)}'" for name, template in ANNOTATIONS.items()]
+    return [f"{indent}{name}: '{template.replace(chr(39), chr(39) * 2)}'"
+            for name, template in templates(group_labels).items()]
 
 
 def is_context_line(line: str) -> bool:

@@ -1,8 +1,15 @@
 """SLOs as code: ``alerts/slos.yml`` compiled to Prometheus rules and to the promtool tests that prove them.
 
-For every SLO the rules are (all series labelled ``slo`` and ``area``):
+For every SLO the rules are (all series labelled ``slo`` and ``area``, and aggregated by the grouping labels of
+``alerts/platform.yml``, so each environment has its own SLI, budget and pages; the SLI reads its job's
+selector, and an exporter's replicas are counted once: ``max without (instance, pod)`` before summing):
 
-``posegen_slo:sli_error:ratio_rate<w>``       bad / total events over ``w`` (5m .. 3d and the budget window);
+``posegen_slo:sli_total:rate5m``              total events per second over 5 minutes
+``posegen_slo:sli_bad:rate5m``                bad events per second over 5 minutes
+``posegen_slo:sli_error:ratio_rate<w>``       bad / total events over ``w``: 5m .. 3d from the raw counters, the
+                                              budget window (30d) from the two 5m recordings above
+                                              (``avg_over_time`` of bad over ``avg_over_time`` of total: event-weighted,
+                                              as Sloth/Pyrra do), so no rule re-reads 30 days of raw series;
                                               no sample when nothing happened (never NaN)
 ``posegen_slo:sli_events:increase<w>``        total events over each tier's long window (the guard's volume)
 ``posegen_slo:objective:ratio``               the objective, for dashboards
@@ -25,6 +32,8 @@ from typing import Any
 import yaml
 
 from alerts import links
+from alerts.platform import JOBS, Platform, top_error_type
+from alerts.platform import load as load_platform
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "alerts" / "slos.yml"
@@ -32,14 +41,11 @@ RULES_OUT = ROOT / "alerts" / "rules" / "slo.rules.yml"
 TESTS_OUT = ROOT / "alerts" / "tests" / "slo.test.yml"
 SLOW_TESTS_OUT = ROOT / "alerts" / "tests" / "slo-ticket.test.yml"
 SLI_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+# The short window recorded as rates, from which the budget window is computed.
+RECORDED_WINDOW = "5m"
+# Jobs that run as several replicas reporting copies of the same counts (alerts/platform.yml's replica_labels).
+REPLICATED_SOURCES = {"exporter"}
 RECORD_PREFIX = "posegen_slo"
-# The dominant error type of the last hour (recorded by alerts/rules/pose-generator.rules.yml),
-# rendered by Prometheus at each evaluation, so the notification says it without a lookup.
-TOP_ERROR_TYPE = (
-    '{{ with query "topk(1, posegen:errors:increase1h > 0)" }}{{ . | first | label "error_type" }} '
-    '({{ . | first | value | humanize }} in the last hour){{ else }}none recorded{{ end }}'
-)
-
 _UNITS = {"m": 1, "h": 60, "d": 1440}
 
 
@@ -86,6 +92,7 @@ class SLO:
     objective: float
     good: str
     total: str
+    source: str  # the job whose series the SLI reads: a key of alerts/platform.yml's selectors
     test_series: tuple[TestSeries, ...]
 
     @property
@@ -122,7 +129,7 @@ def load_spec(path: Path = SPEC) -> Spec:
         slos = tuple(
             SLO(
                 name=s["name"], alert=s["alert"], area=s["area"], title=s["title"], description=s["description"],
-                objective=float(s["objective"]), good=s["sli"]["good"], total=s["sli"]["total"],
+                objective=float(s["objective"]), good=s["sli"]["good"], total=s["sli"]["total"], source=s["source"],
                 test_series=tuple(TestSeries(t["series"], t["counts"]) for t in s["test_series"]),
             )
             for s in raw["slos"]
@@ -133,6 +140,8 @@ def load_spec(path: Path = SPEC) -> Spec:
     for slo in spec.slos:
         if not 0 < slo.objective < 1:
             raise SpecError(f"slo {slo.name}: objective must be between 0 and 1, not {slo.objective}")
+        if slo.source not in JOBS:
+            raise SpecError(f"slo {slo.name}: source must be one of {', '.join(JOBS)}, not {slo.source!r}")
         if {t.counts for t in slo.test_series} - {"good", "bad", "all"}:
             raise SpecError(f"slo {slo.name}: test_series counts must be good, bad or all")
         fastest = max(tier.burn_rate(spec.window) for tier in spec.tiers)
@@ -148,21 +157,50 @@ def load_spec(path: Path = SPEC) -> Spec:
 
 
 def record_name(kind: str, window: str) -> str:
-    return f"{RECORD_PREFIX}:{kind}:{'ratio_rate' if kind == 'sli_error' else 'increase'}{window}"
+    """``posegen_slo:<kind>:<ratio_rate|rate|increase><window>``."""
+    operation = {"sli_error": "ratio_rate", "sli_bad": "rate", "sli_total": "rate"}.get(kind, "increase")
+    return f"{RECORD_PREFIX}:{kind}:{operation}{window}"
 
 
-def error_ratio_expr(slo: SLO, window: str) -> str:
-    total = f"sum(rate({slo.total}[{window}]))"
+def _summed(platform: Platform, slo: SLO, selector: str, function: str, window: str) -> str:
+    """``sum by (<grouping labels>)`` of ``function(<selector of the SLO's job>[window])``; a replicated
+    source's copies are reduced to one (``max without (<replica labels>)``) first."""
+    inner = f"{function}({platform.select(slo.source, selector)}[{window}])"
+    if slo.source in REPLICATED_SOURCES:
+        inner = f"{platform.dedup()} ({inner})"
+    return f"sum {platform.by()} ({inner})"
+
+
+def error_ratio_expr(slo: SLO, window: str, platform: Platform) -> str:
+    """bad / total events over ``window`` from the raw counters, per environment."""
+    total = _summed(platform, slo, slo.total, "rate", window)
     # No good series yet (every event bad) counts as zero good events, not as no data.
-    good = f"(sum(rate({slo.good}[{window}])) or vector(0))"
+    good = f"({_summed(platform, slo, slo.good, 'rate', window)} or {platform.on()} 0 * {total})"
     return f"({total} - {good})\n  / ({total} > 0)"
+
+
+def bad_rate_expr(slo: SLO, platform: Platform) -> str:
+    """Bad events per second over 5 minutes (never below 0: good and total are scraped apart)."""
+    total = _summed(platform, slo, slo.total, "rate", RECORDED_WINDOW)
+    good = f"({_summed(platform, slo, slo.good, 'rate', RECORDED_WINDOW)} or {platform.on()} 0 * {total})"
+    return f"clamp_min({total} - {good}, 0)"
+
+
+def budget_ratio_expr(slo: SLO, window: str) -> str:
+    """bad / total over the budget window from the 5m recordings: the mean bad rate over the mean total rate,
+    i.e. events over events (each recording is sampled at the same evaluations)."""
+    bad = f"avg_over_time({record_name('sli_bad', RECORDED_WINDOW)}{slo.selector}[{window}])"
+    total = f"avg_over_time({record_name('sli_total', RECORDED_WINDOW)}{slo.selector}[{window}])"
+    return f"{bad}\n  / ({total} > 0)"
 
 
 def _literal(value: float) -> str:
     return f"{value:.6g}"
 
 
-def alert_rule(spec: Spec, slo: SLO, tier: Tier) -> dict[str, Any]:
+def alert_rule(spec: Spec, slo: SLO, tier: Tier, platform: Platform | None = None) -> dict[str, Any]:
+    """The alert of one SLO's tier (its runbook_url a placeholder that :func:`alerts.links.relink` rewrites)."""
+    platform = platform or load_platform()
     burn = tier.burn_rate(spec.window)
     per_budget = _literal(1 / slo.budget)
     sel = slo.selector
@@ -195,36 +233,49 @@ def alert_rule(spec: Spec, slo: SLO, tier: Tier) -> dict[str, Any]:
                 f"Guard: only with at least {spec.min_events} events and {spec.min_bad_events} bad ones "
                 f"in the {tier.long}."
             ),
-            **({"top_error_type": TOP_ERROR_TYPE} if slo.area == "generation" else {}),
+            # The dominant error type of the last hour in the alert's environment, rendered by Prometheus at
+            # each evaluation, so the notification says it without a lookup.
+            **({"top_error_type": top_error_type(platform)} if slo.area == "generation" else {}),
             # Placeholder: relink() writes the absolute runbook and dashboard URLs.
             "runbook_url": slo.alert,
         },
     }
 
 
-def slo_group(spec: Spec, slo: SLO) -> dict[str, Any]:
-    rules: list[dict[str, Any]] = []
-    for window in (*SLI_WINDOWS, spec.window):
-        rules.append({"record": record_name("sli_error", window), "expr": error_ratio_expr(slo, window),
+def slo_group(spec: Spec, slo: SLO, platform: Platform) -> dict[str, Any]:
+    """The rule group of one SLO (recordings first: rules of a group run in order)."""
+    rules: list[dict[str, Any]] = [
+        {"record": record_name("sli_total", RECORDED_WINDOW),
+         "expr": _summed(platform, slo, slo.total, "rate", RECORDED_WINDOW), "labels": slo.labels},
+        {"record": record_name("sli_bad", RECORDED_WINDOW), "expr": bad_rate_expr(slo, platform),
+         "labels": slo.labels},
+    ]
+    for window in SLI_WINDOWS:
+        rules.append({"record": record_name("sli_error", window), "expr": error_ratio_expr(slo, window, platform),
                       "labels": slo.labels})
+    rules.append({"record": record_name("sli_error", spec.window), "expr": budget_ratio_expr(slo, spec.window),
+                  "labels": slo.labels})
     for window in dict.fromkeys(tier.long for tier in spec.tiers):
         rules.append({"record": record_name("sli_events", window),
-                      "expr": f"sum(increase({slo.total}[{window}]))", "labels": slo.labels})
+                      "expr": _summed(platform, slo, slo.total, "increase", window), "labels": slo.labels})
     rules.append({"record": f"{RECORD_PREFIX}:objective:ratio", "expr": f"vector({slo.objective})",
                   "labels": slo.labels})
     budget_ratio = f"{record_name('sli_error', spec.window)}{slo.selector}"
+    recorded_total = f"{record_name('sli_total', RECORDED_WINDOW)}{slo.selector}"
     rules.append({
         "record": f"{RECORD_PREFIX}:error_budget_remaining:ratio",
-        # Idle over the whole window: nothing was spent.
-        "expr": f"1 - (sum({budget_ratio}) or vector(0)) * {_literal(1 / slo.budget)}",
+        # An environment idle over the whole window (its total recorded, never above 0) spent nothing.
+        "expr": (f"1 - ({budget_ratio} or {platform.on()} 0 * group {platform.by()} ({recorded_total}))"
+                 f" * {_literal(1 / slo.budget)}"),
         "labels": slo.labels,
     })
-    rules.extend(alert_rule(spec, slo, tier) for tier in spec.tiers)
+    rules.extend(alert_rule(spec, slo, tier, platform) for tier in spec.tiers)
     return {"name": f"posegen-slo-{slo.name}", "rules": rules}
 
 
-def build_rules(spec: Spec) -> dict[str, Any]:
-    return {"groups": [slo_group(spec, slo) for slo in spec.slos]}
+def build_rules(spec: Spec, platform: Platform) -> dict[str, Any]:
+    """Every SLO's rule group, rendered for ``platform``."""
+    return {"groups": [slo_group(spec, slo, platform) for slo in spec.slos]}
 
 
 # --- output ----------------------------------------------------------------------------------------
@@ -248,19 +299,25 @@ def render(document: dict[str, Any]) -> str:
     return HEADER + yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=110, allow_unicode=True)
 
 
-def built(spec_path: Path = SPEC) -> dict[Path, str]:
-    """The generated files and their text, keyed by their path in the repository."""
+def built(spec_path: Path = SPEC, platform: Platform | None = None) -> dict[Path, str]:
+    """The generated files and their text, keyed by their path in the repository. The promtool scenarios
+    are generated for the committed config only (their series carry its job names); with another
+    ``platform`` only the rules are built."""
     from alerts.slo_scenarios import build_tests
 
     spec = load_spec(spec_path)
-    rules = links.relink(render(build_rules(spec)))
+    platform = platform or load_platform()
+    rules = links.relink(render(build_rules(spec, platform)), platform.runbook_base, platform.grafana_url,
+                         platform.group_labels)
+    if platform != load_platform():
+        return {RULES_OUT: rules}
     return {RULES_OUT: rules, **{path: render(doc) for path, doc in build_tests(spec).items()}}
 
 
-def write(out_dir: Path | None = None) -> list[Path]:
+def write(out_dir: Path | None = None, platform: Platform | None = None) -> list[Path]:
     """Write the generated rules and tests (into their places, or all into ``out_dir``)."""
     written = []
-    for path, text in built().items():
+    for path, text in built(platform=platform).items():
         target = path if out_dir is None else out_dir / path.name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")

@@ -225,6 +225,23 @@ def traffic_tests(spec: Spec, slo: SLO) -> list[dict[str, Any]]:
           "exp_samples": [{"labels": f'{budget}{{area="{slo.area}",slo="{slo.name}"}}', "value": 1}]},
          {"expr": f"{record_name('sli_error', '1h')}{slo.selector}", "eval_time": "180m", "exp_samples": []}],
     ))
+    # The budget window from the 5m recordings weighs every event alike: two hours at 10 a minute with
+    # 2% bad, then an hour at 100 a minute with none bad spend 24 bad events of 7200. A mean of the 5m
+    # ratios would say two thirds of the time ran at 2% and spend four times more of the budget.
+    phases = [Phase(120, BUSY_PER_MINUTE, 0.02), Phase(60, 10 * BUSY_PER_MINUTE, 0.0)]
+    total, bad = window_counts(phases, 180, "30d")
+    remaining = 1 - bad / total / slo.budget
+    mean_of_ratios = 1 - (120 * 0.02 / 180) / slo.budget
+    low, high = remaining - 0.015, remaining + 0.015
+    if low <= mean_of_ratios <= high:
+        raise SpecError(f"slo {slo.name}: the budget scenario cannot tell events from a mean of ratios")
+    weighted = {counts: series_values(phases, counts) for counts in ("good", "bad", "all")}
+    tests.append(scenario(
+        "quiet", f"[budget window] error budget remaining is events over events ({remaining:.3f}), "
+        f"not a mean of 5m ratios ({mean_of_ratios:.3f})", slo, weighted, [check(180, [])], 1,
+        [{"expr": f"({budget}{slo.selector} > bool {low:.4f}) * ({budget}{slo.selector} < bool {high:.4f})",
+          "eval_time": "180m", "exp_samples": [{"labels": f'{{area="{slo.area}",slo="{slo.name}"}}', "value": 1}]}],
+    ))
     return tests
 
 

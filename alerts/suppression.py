@@ -9,11 +9,11 @@ suppression is written into each symptom's expression instead, as the build step
     (
       <the alert's own expression>
     )
-    unless on () (
+    unless on (<environment labels>) (
       (
         <its causes: ALERTS{alertstate="firing", ...} of the alerts that make it redundant>
       )
-      unless on () ALERTS{alertstate="firing", alertname="<itself>", <its rule labels>}
+      unless on (<environment labels>) ALERTS{alertstate="firing", alertname="<itself>", <its rule labels>}
     )
 
 - A symptom that starts while a cause fires never fires (its ``for:`` starts over at every evaluation),
@@ -31,20 +31,23 @@ Causes (the three inhibit rules this replaces; ``area`` and ``severity`` are the
    alert but those naming another cause (:data:`NOT_HELD_BY_A_DEPENDENCY`).
 
 The exemption is per rule, not per series: while any series of the rule fires, a new series of it is not
-held back (only KeySeriesAbsent has several). ``on ()``: one Prometheus evaluates one environment
-(``cluster``/``namespace`` come from its external labels, which ``ALERTS`` does not carry).
+held back in its environment. ``on (<environment labels>)`` (``group_labels`` of ``alerts/platform.yml``,
+default ``cluster, namespace``): every alert aggregates by them, so its ``ALERTS`` series carries them, and a cause
+in one environment holds back only that environment's symptoms; where one Prometheus watches one environment (the
+labels come from its external labels, which ``ALERTS`` does not carry) they match as empty, as ``on ()`` would.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
 
 # How a built expression is recognised, so that a rebuild recomputes the suppression instead of adding one.
 # (No PromQL comment: the rule tests read every word and slash of an expression.)
-_HELD_START = ("unless on () (", "  (", '    ALERTS{alertstate="firing", ')
+_HELD_START = (re.compile(r"unless on \([\w, ]*\) \($"), "  (", '    ALERTS{alertstate="firing", ')
 DEPENDENCY_DOWN = "ExporterSourceDown"
 # What names a cause of its own (a target down, a scrape job missing) and the dead-man's switch.
 NOT_HELD_BY_A_DEPENDENCY = frozenset({"ExporterSourceDown", "ExporterTargetDown", "ApiTargetDown",
@@ -75,22 +78,24 @@ def original(expr: str) -> str:
     """``expr`` without the suppression :func:`held_back` added (unchanged when it has none)."""
     lines = expr.rstrip("\n").split("\n")
     for index in range(2, len(lines) - 2):
-        if lines[0] == "(" and lines[index - 1] == ")" and lines[index] == _HELD_START[0] \
+        if lines[0] == "(" and lines[index - 1] == ")" and _HELD_START[0].match(lines[index]) \
                 and lines[index + 1] == _HELD_START[1] and lines[index + 2].startswith(_HELD_START[2]):
             return "\n".join(body[2:] for body in lines[1:index - 1]) + "\n"
     return expr
 
 
-def held_back(alert: str, labels: dict[str, str], expr: str) -> str:
-    """``expr`` of ``alert`` with its suppression (see the module), or as it is when nothing holds it back."""
+def held_back(alert: str, labels: dict[str, str], expr: str, group_labels: Sequence[str] = ()) -> str:
+    """``expr`` of ``alert`` with its suppression (see the module), matched ``on (group_labels)`` (the
+    environment labels), or as it is when nothing holds it back."""
+    on = f"on ({', '.join(group_labels)})"
     own = original(expr).rstrip("\n")
     held_by = causes(alert, labels)
     if not held_by:
         return own + "\n"
     itself = _selector(alertstate="firing", alertname=alert, **labels)
-    lines = ["(", *(f"  {line}" if line else "" for line in own.split("\n")), ")", "unless on () (",
+    lines = ["(", *(f"  {line}" if line else "" for line in own.split("\n")), ")", f"unless {on} (",
              "  (", f"    {held_by[0]}", *(f"    or {selector}" for selector in held_by[1:]), "  )",
-             f"  unless on () {itself}", ")"]
+             f"  unless {on} {itself}", ")"]
     return "\n".join(lines) + "\n"
 
 
@@ -99,8 +104,9 @@ def _alerts(text: str) -> list[dict[str, Any]]:
     return [rule for group in document.get("groups", []) for rule in group.get("rules", []) if "alert" in rule]
 
 
-def apply(text: str) -> str:
-    """A rule file's text with every alert's ``expr`` rewritten by :func:`held_back`; the rest kept as is.
+def apply(text: str, group_labels: Sequence[str] = ()) -> str:
+    """A rule file's text with every alert's ``expr`` rewritten by :func:`held_back` (matching on
+    ``group_labels``, the environment labels); the rest kept as is.
 
     Idempotent: an expression that already carries the suppression gets it recomputed, not doubled.
     """
@@ -128,7 +134,7 @@ def apply(text: str) -> str:
                 out.append(line)
                 index += 1
                 continue
-            expr = held_back(rule["alert"], labels, rule["expr"])
+            expr = held_back(rule["alert"], labels, rule["expr"], group_labels)
             out.append(f"{indent}expr: |")
             out.extend(f"{indent}  {part}" if part else "" for part in expr.rstrip("\n").split("\n"))
             rule = None

@@ -330,9 +330,16 @@ def cmd_ops(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboards(args: argparse.Namespace) -> int:
+    from alerts.platform import PlatformError
+    from alerts.platform import load as load_platform
     from dashboards.overview import write_dashboards
 
-    for path in write_dashboards(Path(args.out)):
+    try:
+        platform = load_platform(Path(args.platform)) if args.platform else load_platform()
+    except PlatformError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in write_dashboards(Path(args.out), platform):
         print(path)
     k8s_dir = Path(args.k8s_out)
     if k8s_dir.is_dir():
@@ -343,11 +350,14 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
 
 def cmd_slo(args: argparse.Namespace) -> int:
+    from alerts.platform import PlatformError
+    from alerts.platform import load as load_platform
     from alerts.slo import SpecError, write
 
     try:
-        paths = write(Path(args.out) if args.out else None)
-    except SpecError as exc:
+        platform = load_platform(Path(args.platform)) if args.platform else load_platform()
+        paths = write(Path(args.out) if args.out else None, platform)
+    except (SpecError, PlatformError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for path in paths:
@@ -361,13 +371,28 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
         return run_backtest(args)
     from alerts import links
+    from alerts.platform import PlatformError
+    from alerts.platform import load as load_platform
 
-    if not args.out:
-        # The committed files carry the documented defaults; deployments build copies with --out.
-        paths = links.build(None)
-    else:
-        settings = _settings()
-        paths = links.build(Path(args.out), settings.runbook_base_url, settings.grafana_url)
+    try:
+        platform = load_platform(Path(args.platform)) if args.platform else load_platform()
+        if not args.out:
+            # The committed files carry the config's defaults; deployments build copies with --out.
+            paths = links.build(None, platform=platform)
+        else:
+            # Settings set in the environment win; left at their defaults, the config's links apply.
+            settings, defaults = _settings(), Settings
+            runbook = settings.runbook_base_url
+            grafana = settings.grafana_url
+            paths = links.build(
+                Path(args.out),
+                None if runbook == defaults.runbook_base_url else runbook,
+                None if grafana == defaults.grafana_url else grafana,
+                platform,
+            )
+    except PlatformError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for path in paths:
         print(path)
     return 0
@@ -468,13 +493,18 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("action", choices=("build",))
     dash.add_argument("--out", default="dashboards/build")
     dash.add_argument("--k8s-out", default="deploy/k8s", help="where the dashboards ConfigMap is refreshed too")
+    dash.add_argument("--platform", default=None, help="the platform config (default alerts/platform.yml)")
     slo = add("slo", cmd_slo, "SLOs as code: 'build' compiles alerts/slos.yml into rules and promtool tests.")
     slo.add_argument("action", choices=("build",))
     slo.add_argument("--out", default=None, help="write into this directory (default: alerts/rules, alerts/tests)")
+    slo.add_argument("--platform", default=None,
+                     help="the platform config (default alerts/platform.yml; another one builds the rules only)")
     alerts = add("alerts", cmd_alerts,
                  "Alert rules: 'build' writes runbook and dashboard links from POSEGEN_RUNBOOK_BASE_URL and "
                  "POSEGEN_GRAFANA_URL; 'backtest' replays the alerts over a Prometheus's history.")
     alerts.add_argument("action", choices=("build", "backtest"))
+    alerts.add_argument("--platform", default=None,
+                        help="build: the platform config (selectors, grouping labels, alert overrides, links)")
     alerts.add_argument("--out", default=None,
                         help="build: write deployable rule files here with the configured bases "
                         "(default: refresh the committed ones, with the documented defaults)")

@@ -34,6 +34,7 @@ from grafanalib.core import (
     TimeSeries,
 )
 
+from alerts.platform import Platform
 from app.domain.thresholds import AVG_TIME_PER_POSE, QUEUE_DEPTH, REFUND_RATE, SUCCESS_RATE, ThresholdTable
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -761,13 +762,19 @@ def overview_dashboard() -> Dashboard:
     ).auto_panel_ids()
 
 
-def build_dashboards() -> dict[str, dict]:
-    """Every dashboard as Grafana JSON, keyed by its file name under ``dashboards/build/``."""
+def build_dashboards(platform: Platform | None = None) -> dict[str, dict]:
+    """Every dashboard as Grafana JSON, keyed by its file name under ``dashboards/build/``, fitted to
+    ``platform`` (default ``alerts/platform.yml``): environment variables, scoped queries, exporter
+    replicas counted once (:mod:`dashboards.scoping`)."""
+    from alerts.platform import load
+    from dashboards.scoping import scope_dashboard
     from dashboards.slo import slo_dashboard
 
+    platform = platform or load()
     dashboards = {"pose-generator-overview.json": overview_dashboard(), "pose-generator-slos.json": slo_dashboard()}
     # A round trip through the encoder turns grafanalib objects into plain JSON values.
-    return {name: json.loads(json.dumps(board, cls=DashboardEncoder)) for name, board in dashboards.items()}
+    return {name: scope_dashboard(json.loads(json.dumps(board, cls=DashboardEncoder)), platform)
+            for name, board in dashboards.items()}
 
 
 def render(dashboard: dict) -> str:
@@ -775,11 +782,11 @@ def render(dashboard: dict) -> str:
     return json.dumps(dashboard, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def write_dashboards(out_dir: Path) -> list[Path]:
+def write_dashboards(out_dir: Path, platform: Platform | None = None) -> list[Path]:
     """Write every dashboard to ``out_dir`` (byte-identical on rebuild) and return the written paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, dashboard in sorted(build_dashboards().items()):
+    for name, dashboard in sorted(build_dashboards(platform).items()):
         path = out_dir / name
         path.write_text(render(dashboard), encoding="utf-8")
         written.append(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alerts import links, suppression
+from alerts import links, platform, suppression
 from tests.support.alerts import (
     ALERTMANAGER,
     ALERTS,
@@ -31,6 +31,9 @@ from tests.support.alerts import (
 
 pytestmark = pytest.mark.tools
 
+PLATFORM = platform.load()
+WAITING = 'pose_queue_jobs{state="waiting"}'
+
 RULES = ALERTS / "rules" / "pose-generator.rules.yml"
 RULE_TESTS = sorted((ALERTS / "tests").glob("*.yml"))
 RUNBOOKS = ALERTS / "runbooks"
@@ -47,11 +50,13 @@ def test_rule_file_is_valid() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_rule_unit_tests_pass() -> None:
-    """The hand-written tests; tests/test_slo.py runs the ones `posegen slo build` generates."""
-    hand_written = [path for path in RULE_TESTS if not path.name.startswith("slo")]
-    assert hand_written, "no promtool unit tests in alerts/tests/"
-    result = run(require_tool("promtool", "prometheus"), "test", "rules", *map(str, hand_written))
+HAND_WRITTEN_TESTS = [path for path in RULE_TESTS if not path.name.startswith("slo")]
+
+
+@pytest.mark.parametrize("path", HAND_WRITTEN_TESTS, ids=lambda path: path.name)
+def test_rule_unit_tests_pass(path: Path) -> None:
+    """The hand-written tests, a file at a time; tests/test_slo.py runs the ones `posegen slo build` generates."""
+    result = run(require_tool("promtool", "prometheus"), "test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -76,7 +81,7 @@ def test_seed_alerts_keep_their_conditions_and_severities() -> None:
     alerts = {alert["alert"]: alert for alert in load_alerts()}
     expected = {
         "HighFailureRate": ("critical", "posegen:generation_failure_ratio:rate1h > 0.10"),
-        "QueueBacklog": ("warning", 'max(pose_queue_jobs{state="waiting"}) > 500'),
+        "QueueBacklog": ("warning", f'max {PLATFORM.by()} ({PLATFORM.select("exporter", WAITING)}) > 500'),
         "SlowGeneration": ("warning", "posegen:generation_duration_seconds:avg15m > 60"),
         "CreditRefundSpike": ("critical", "posegen:credits_refunded:increase1h > 1000"),
         "WorkerDowntime": ("critical", "> 600"),
@@ -210,7 +215,8 @@ def test_symptoms_are_held_back_in_their_rules_not_inhibited() -> None:
     """Each alert's expression holds it back while its causes fire, unless it already fires
     (alerts/suppression.py; tests/test_page_lifecycle.py runs it live). No inhibit rule: it mutes resolves."""
     config = yaml.safe_load(ALERTMANAGER.read_text())
-    assert config["route"]["group_by"] == ["alertname", "area"]
+    # Grouped per environment too (alerts/platform.yml's group_labels): one environment's outage, one notification.
+    assert config["route"]["group_by"] == ["alertname", "area", *PLATFORM.group_labels]
     assert not config.get("inhibit_rules")
     dependency = 'ALERTS{alertstate="firing", alertname="ExporterSourceDown"}'
     for alert in load_alerts():
@@ -226,7 +232,7 @@ def test_symptoms_are_held_back_in_their_rules_not_inhibited() -> None:
         for cause in expected:
             assert cause in expr, (name, cause)
         if expected:
-            assert f'unless on () ALERTS{{alertstate="firing", alertname="{name}", ' in expr, name
+            assert f'unless {PLATFORM.on()} ALERTS{{alertstate="firing", alertname="{name}", ' in expr, name
         else:
             assert "ALERTS" not in expr, name
 
@@ -278,7 +284,9 @@ def test_every_ratio_alert_has_a_low_traffic_guard_stated_in_its_description_and
     assert ratio_reading == GUARDED, "an alert reads a ratio or an average: give it a guard and list it"
     for name in GUARDED:
         expr = alerts[name]["expr"]
-        assert re.search(r"and on \(\) posegen:\w+:increase\w+ >= \d+", expr), f"{name}: no volume guard"
+        # Counted per environment: `and on (cluster, namespace) <volume> >= N`.
+        guard = rf"and {re.escape(PLATFORM.on())} posegen:\w+:increase\w+ >= \d+"
+        assert re.search(guard, expr), f"{name}: no volume guard per environment"
         assert "Guard:" in alerts[name]["annotations"]["description"], f"{name}: the description must state it"
         assert "Low-traffic guard" in (RUNBOOKS / f"{name}.md").read_text(), f"{name}: the runbook must state it"
         assert f"`{name}`" in (ROOT / "README.md").read_text(), f"{name}: README's Alerting section must state it"
@@ -355,13 +363,15 @@ def test_dashboard_links_open_the_panel_of_each_alert() -> None:
 
 def test_generation_alerts_name_the_top_error_type_of_the_hour() -> None:
     """One template for every generation alert, reading the recorded errors by type of the last hour."""
-    from alerts.slo import TOP_ERROR_TYPE
+    top_error_type = platform.top_error_type(PLATFORM)
+    assert 'posegen:errors:increase1h{cluster=%q,namespace=%q}' in top_error_type  # its own environment's
 
     rules = load_rules()
     record = next(rule for rule in rules if rule.get("record") == "posegen:errors:increase1h")
-    assert record["expr"] == "sum by (error_type) (increase(pose_errors_total[1h]))"
+    assert record["expr"] == (f"sum {PLATFORM.by('error_type')} ({PLATFORM.dedup()} "
+                              f"(increase({PLATFORM.select('exporter', 'pose_errors_total')}[1h])))")
     generation = [rule for rule in rules if "alert" in rule and rule["labels"]["area"] == "generation"]
     assert {rule["alert"] for rule in generation} >= {"HighFailureRate", "SuccessRateDegraded",
                                                       "GenerationSuccessBudgetBurn"}
     for rule in generation:
-        assert rule["annotations"]["top_error_type"] == TOP_ERROR_TYPE, rule["alert"]
+        assert rule["annotations"]["top_error_type"] == top_error_type, rule["alert"]

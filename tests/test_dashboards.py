@@ -115,18 +115,22 @@ def test_seed_panels_with_their_queries_and_thresholds() -> None:
 
     queue_depth = by_title("Queue Depth")
     assert queue_depth["type"] == "timeseries"
-    assert queue_depth["targets"][0]["expr"] == "pose_queue_depth"
+    # The seed's queries, fitted to a shared Prometheus by dashboards/scoping.py (tests/test_platform.py).
+    env = 'cluster=~"$cluster",namespace=~"$namespace"'
+    exporter = f'job="posegen-exporter",{env}'
+    assert queue_depth["targets"][0]["expr"] == f"max without (instance, pod) (pose_queue_depth{{{exporter}}})"
     assert [value for value, _ in steps(queue_depth)] == [None, 100, 500]
 
     average_duration = by_title("Average Duration")
     assert average_duration["fieldConfig"]["defaults"]["unit"] == "s"
-    assert "pose_generation_duration_seconds_sum[5m]" in average_duration["targets"][0]["expr"]
-    assert "pose_generation_duration_seconds_count[5m]" in average_duration["targets"][0]["expr"]
+    assert f"pose_generation_duration_seconds_sum{{{exporter}}}[5m]" in average_duration["targets"][0]["expr"]
+    assert f"pose_generation_duration_seconds_count{{{exporter}}}[5m]" in average_duration["targets"][0]["expr"]
     assert [value for value, _ in steps(average_duration)] == [None, 30, 60]
 
     errors = by_title("Error Rate by Type")
     assert errors["type"] == "barchart"
-    assert errors["targets"][0]["expr"] == "sum by (error_type) (pose_errors_total)"
+    errors_expr = f"sum by (error_type) (max without (instance, pod) (pose_errors_total{{{exporter}}}))"
+    assert errors["targets"][0]["expr"] == errors_expr
 
 
 def test_panels_have_unique_ids_and_fit_the_grid() -> None:
@@ -147,8 +151,9 @@ def test_grafana_provisioning_loads_the_built_dashboards() -> None:
 def test_job_and_instance_variables_drill_from_the_fleet_to_one_process() -> None:
     for name, dashboard in build_dashboards().items():
         variables = {variable["name"]: variable for variable in dashboard["templating"]["list"]}
-        assert variables["job"]["query"] == "label_values(pose_build_info, job)", name
-        assert variables["instance"]["query"] == 'label_values(pose_build_info{job=~"$job"}, instance)', name
+        env = 'cluster=~"$cluster",namespace=~"$namespace"'  # alerts/platform.yml's group_labels
+        assert variables["job"]["query"] == f"label_values(pose_build_info{{{env}}}, job)", name
+        assert variables["instance"]["query"] == f'label_values(pose_build_info{{{env},job=~"$job"}}, instance)', name
         assert all(variables[v]["includeAll"] and variables[v]["allValue"] == ".+" for v in ("job", "instance"))
         assert any(link["type"] == "dashboards" and link["tags"] == ["posegen"] for link in dashboard["links"]), name
     for title in ("Versions Running", "Worker Operations (p95)"):
@@ -177,7 +182,8 @@ def test_slo_dashboard_shows_budget_burn_and_sli_per_slo_and_links_both_ways() -
     titles = {panel["title"]: panel for panel in slos["panels"] if panel["type"] != "row"}
     for slo in load_spec().slos:
         budget = titles[f"{slo.title}: Error Budget Remaining"]
-        assert budget["targets"][0]["expr"] == f'posegen_slo:error_budget_remaining:ratio{{slo="{slo.name}"}}'
+        env = 'cluster=~"$cluster",namespace=~"$namespace"'
+        assert budget["targets"][0]["expr"] == f'posegen_slo:error_budget_remaining:ratio{{slo="{slo.name}",{env}}}'
         burn = titles[f"{slo.title}: Burn Rate per Tier"]
         assert [t["legendFormat"] for t in burn["targets"]] == ["1h (page)", "6h (page)", "3d (ticket)"]
         assert [value for value, _ in steps(burn)] == [None, 1, 6, 14.4]

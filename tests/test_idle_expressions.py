@@ -22,9 +22,11 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import generate_latest
 
 from app import API_PREFIX
 from app.api.prometheus_metrics import ZERO_STATUS_CODES
+from app.canary import CanaryMetrics
 from app.errors import ErrorType
 from app.observability.performance import JOB_OPERATIONS
 from app.queue import WORKER_STATES
@@ -40,7 +42,7 @@ ALWAYS_FIRING = {"Watchdog"}
 
 @pytest.fixture(scope="module")
 def just_started(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, float]]:
-    """Every series the API, a worker and the exporter expose at start-up, with its value."""
+    """Every series the API, a worker, the exporter and the canary expose at start-up, with its value."""
     tmp = tmp_path_factory.mktemp("idle")
     port = free_port()
     exporter = Process(["exporter", "--port", str(port)], stack.env, tmp / "exporter.log")
@@ -51,6 +53,9 @@ def just_started(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iter
             **samples(scrape(f"http://127.0.0.1:{stack.workers[0].metrics_port}/metrics"), "posegen-worker",
                       f"127.0.0.1:{stack.workers[0].metrics_port}"),
             **samples(scrape(f"http://127.0.0.1:{port}/metrics"), "posegen-exporter", f"127.0.0.1:{port}"),
+            # The canary before its first run: its registry's exposition (a running canary would add a
+            # generation to the shared stack), scraped as the canary job.
+            **samples(generate_latest(CanaryMetrics("idle").registry).decode(), "posegen-canary", "127.0.0.1:9110"),
         }
     finally:
         exporter.stop()

@@ -364,7 +364,7 @@ def test_deploy_annotation_marks_each_job_starting_its_release(live: Live) -> No
     (annotation,) = [a for a in dashboard["annotations"]["list"] if a["name"] == "Deploys"]
     now = time.time()
     answer = live.prom.http.get("/api/v1/query_range", params={
-        "query": annotation["expr"], "start": now - 600, "end": now, "step": "5"})
+        "query": substitute(annotation["expr"]), "start": now - 600, "end": now, "step": "5"})
     answer.raise_for_status()
     marked = {(series["metric"]["job"], series["metric"]["version"]) for series in answer.json()["data"]["result"]}
     assert {("posegen-api", __version__), ("posegen-worker", __version__),

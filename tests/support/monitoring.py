@@ -50,6 +50,9 @@ TEMPLATE_VARIABLES = {
     # The job and instance variables at "All".
     "$job": ".+",
     "$instance": ".+",
+    # The environment variables (alerts/platform.yml's group_labels) at "All": series without the labels too.
+    "$cluster": ".*",
+    "$namespace": ".*",
 }
 
 T = TypeVar("T")

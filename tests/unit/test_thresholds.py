@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from alerts import platform
 from app.domain.thresholds import AVG_TIME_PER_POSE, QUEUE_DEPTH, REFUND_RATE, SUCCESS_RATE, ThresholdTable
 
 RULE_FILES = sorted((Path(__file__).resolve().parents[2] / "alerts" / "rules").glob("*.yml"))
 # The condition that opens an alert's expression: `<series> <comparison> <level>`.
-CONDITION = re.compile(r"^\s*(?P<series>\S+)\s*(?P<op><=|>=|<|>)\s*(?P<level>[0-9.]+)\s*$")
+CONDITION = re.compile(r"^\s*(?P<series>\S+|max by \([^)]*\) \(\S+\))\s*(?P<op><=|>=|<|>)\s*(?P<level>[0-9.]+)\s*$")
+PLATFORM = platform.load()
+QUEUE_DEPTH_SERIES = f"max {PLATFORM.by()} ({PLATFORM.select('exporter', 'pose_queue_depth')})"
 
 
 def warning_condition(table: ThresholdTable, scale: float) -> tuple[str, float]:
@@ -32,8 +35,8 @@ EXPECTED: dict[str, tuple[str, tuple[str, float]]] = {
     "HighFailureRate": ("posegen:generation_failure_ratio:rate1h", (">", 1 - SUCCESS_RATE.critical / 100)),
     "PoseTimeHigh": ("posegen:pose_duration_seconds:avg15m", warning_condition(AVG_TIME_PER_POSE, 1)),
     "PoseTimeCritical": ("posegen:pose_duration_seconds:avg15m", critical_condition(AVG_TIME_PER_POSE, 1)),
-    "QueueDepthHigh": ("max(pose_queue_depth)", warning_condition(QUEUE_DEPTH, 1)),
-    "QueueOverloaded": ("max(pose_queue_depth)", critical_condition(QUEUE_DEPTH, 1)),
+    "QueueDepthHigh": (QUEUE_DEPTH_SERIES, warning_condition(QUEUE_DEPTH, 1)),
+    "QueueOverloaded": (QUEUE_DEPTH_SERIES, critical_condition(QUEUE_DEPTH, 1)),
     "RefundRateHigh": ("posegen:credits_refund_ratio:rate1h", warning_condition(REFUND_RATE, 0.01)),
     "RefundRateCritical": ("posegen:credits_refund_ratio:rate1h", critical_condition(REFUND_RATE, 0.01)),
 }
