@@ -31,7 +31,7 @@ def _query(promql: str, group_labels: Sequence[str]) -> str:
     if not group_labels:
         return '"' + promql.replace("{ENV}", "") + '"'
     matchers = ", ".join(f"{label}=%q" for label in group_labels)
-    values = " ".join(f"$labels.{label}" for label in group_labels * promql.count("{ENV}"))
+    values = " ".join(f"$labels.{label}" for label in tuple(group_labels) * promql.count("{ENV}"))
     return f'(printf "{promql.replace("{ENV}", "{" + matchers + "}")}" {values})'
 
 
