@@ -35,7 +35,8 @@ SERIES = 'pose_generations_total{{job="posegen-exporter",instance="exporter:9108
 # What a healthy scrape also records, flat: every job up, and each series the absent-series alert reads.
 # Without them ScrapeJobAbsent (critical) and KeySeriesAbsent would fire over the whole history.
 STEADY = [("up", "gauge", f'up{{job="{job}",instance="{job}:9108"}}', 1.0)
-          for job in ("posegen-api", "posegen-worker", "posegen-exporter")] + [
+          for job in ("posegen-api", "posegen-worker", "posegen-exporter", "posegen-canary")] + [
+    ("pose_canary_consecutive_failures", "gauge", 'pose_canary_consecutive_failures{job="posegen-canary"}', 0.0),
     ("pose_queue_jobs", "gauge", 'pose_queue_jobs{job="posegen-exporter",state="waiting"}', 0.0),
     ("pose_queue_depth", "gauge", 'pose_queue_depth{job="posegen-exporter"}', 0.0),
     ("pose_workers", "gauge", 'pose_workers{job="posegen-exporter"}', 2.0),
