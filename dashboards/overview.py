@@ -649,6 +649,45 @@ def canary_panels() -> list[tuple[int, Panel]]:
     ]
 
 
+def failover_panels() -> list[tuple[int, Panel]]:
+    """A failover as on-call sees it (README "Failover"): which Redis master and PostgreSQL server the exporter
+    reads (one line per address: a failover ends one line and starts another), and how many times each source's
+    server changed. Each exporter replica reports its own view, so replicas are reduced with ``max``."""
+    servers = ('max by (source, address) (label_replace(pose_redis_server_info{job="posegen-exporter"}, "source", '
+               '"redis", "", "") or label_replace(pose_database_server_info{job="posegen-exporter"}, "source", '
+               '"postgres", "", ""))')
+    return [
+        (
+            12,
+            timeseries(
+                "Failover: Servers in Use",
+                "The Redis master (found through Sentinel when REDIS_SENTINELS is set) and the PostgreSQL server "
+                "(a multi-host DATABASE_URL's read-write one) the exporter reads, one line per address: a failover "
+                "ends one line and starts another. A gap is a source the exporter could not read "
+                "(ExporterSourceDown after 2 minutes).",
+                [target(servers, "{{source}} {{address}}")],
+                "short",
+                steps(GREEN),
+            ),
+        ),
+        (
+            12,
+            timeseries(
+                "Failover: Server Changes per Hour",
+                "Times the server of a source changed in the last hour (a Sentinel promotion, a standby promoted), "
+                "and 1 while the PostgreSQL server read is a standby still in recovery (no writes: /health is 503).",
+                [
+                    target('max by (source) (increase(pose_exporter_server_changes_total{job="posegen-exporter"}[1h]))',
+                           "changes: {{source}}"),
+                    target('max(pose_database_in_recovery{job="posegen-exporter"})', "database in recovery", "B"),
+                ],
+                "short",
+                steps(GREEN, (1, ORANGE)),
+            ),
+        ),
+    ]
+
+
 # A deploy is a (job, version, revision) that was not running five minutes before.
 DEPLOY_ANNOTATION_EXPR = (
     "count by (job, version, revision) (pose_build_info)"
@@ -757,6 +796,7 @@ def overview_dashboard() -> Dashboard:
                 ("Per-stage Latency", latency_panels()),
                 ("API", api_panels()),
                 ("Canary", canary_panels()),
+                ("Failover", failover_panels()),
             ]
         ),
     ).auto_panel_ids()

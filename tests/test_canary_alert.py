@@ -22,11 +22,13 @@ from tests.fakes.webhook_sink import Notification, WebhookSink
 from tests.stack import Process, check_ledger_invariants, free_port, running_stack
 from tests.support.monitoring import (
     PrometheusAPI,
+    panel_targets,
     project_config,
     prometheus_config,
     ready,
     start_alertmanager,
     start_prometheus,
+    substitute,
     wait_until,
 )
 
@@ -116,6 +118,11 @@ def test_canary_failing_pages_with_no_user_traffic_and_resolves(template_db: str
             stack.start_worker(POSEGEN_FAULTS="")
             wait_until("CanaryFailing resolved", lambda: pages(sink, "resolve"), 120, diagnostics)
             assert not prom.query('ALERTS{alertname="CanaryFailing", alertstate="firing"}')
+            # The dashboard's canary panels (tests/test_live_monitoring.py runs no canary) show its runs.
+            canary_targets = [(title, expr) for _, title, expr in panel_targets() if title.startswith("Canary")]
+            assert len(canary_targets) >= 3, canary_targets
+            for title, expr in canary_targets:
+                assert prom.query(substitute(expr)), f"{title}: {expr} has no data"
             with stack.db() as conn:
                 check_ledger_invariants(conn)
             print(f"CanaryFailing paged {paged_after:.1f} s after the canary started (interval 2 s, for 2 s)")

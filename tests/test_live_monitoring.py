@@ -88,9 +88,12 @@ INHIBITED_ALERT = "SuccessRateDegraded"
 
 
 # Panel queries allowed to return no data at the end of this scenario, keyed by (dashboard file, panel
-# title [refId]), each with its reason. Empty: every panel query has data here (the API 5xx ratio used
+# title [refId]), each with its reason: only the canary's, whose own live test runs them (the API 5xx ratio used
 # to be empty while no request had failed; its query now counts a missing 5xx series as 0).
-ALLOWED_EMPTY: dict[tuple[str, str], str] = {}
+ALLOWED_EMPTY: dict[tuple[str, str], str] = {
+    ("pose-generator-overview.json", title): "no canary runs here: tests/test_canary_alert.py runs these queries"
+    for title in ("Canary Runs [A]", "Canary Runs [B]", "Canary: Time Since Last Success [A]")
+}
 
 
 @dataclass

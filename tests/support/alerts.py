@@ -56,6 +56,11 @@ CONTRACT_METRICS = {
     "pose_generation_attempts_exhausted_total",
     "pose_generation_oldest_running_age_seconds",
     "pose_generation_time_limit_seconds",
+    # Which servers the exporter reads, and their changes: a failover (README "Failover").
+    "pose_redis_server_info",
+    "pose_database_server_info",
+    "pose_database_in_recovery",
+    "pose_exporter_server_changes_total",
     # The blast radius a page names (alerts/page_context.py).
     "pose_users_with_failed_generations",
     "pose_build_info",
