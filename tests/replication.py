@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,28 +52,31 @@ class SentinelRedis:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
 
-    def _server(self, name: str, *args: str) -> int:
+    def _spawn(self, name: str, argv: Callable[[int], list[str]]) -> int:
+        """Start ``argv(port)`` on a free port (five tries: another process may take the port first) and wait
+        until it answers PING; the port."""
         for _ in range(5):
             port = free_port()
-            process = subprocess.Popen(
-                ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-                 "--dir", str(self.folder), "--dbfilename", f"{name}.rdb",
-                 "--logfile", str(self.folder / f"{name}.log"), *args],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            process = subprocess.Popen(argv(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
                 _wait(lambda p=port, proc=process: proc.poll() is None and Redis(port=p, socket_timeout=1).ping(), 10,
-                      f"redis {name}")
+                      name)
             except RuntimeError:
                 process.kill()
                 process.wait()
                 continue
             self.processes[name], self.ports[name] = process, port
             return port
-        raise RuntimeError(f"redis {name} did not start; see {self.folder}")
+        raise RuntimeError(f"{name} did not start; see {self.folder}")
+
+    def _server(self, name: str, *args: str) -> int:
+        return self._spawn(name, lambda port: [
+            "redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+            "--dir", str(self.folder), "--dbfilename", f"{name}.rdb", "--logfile", str(self.folder / f"{name}.log"),
+            *args])
 
     def _sentinel(self, name: str, master_port: int) -> int:
-        for _ in range(5):
-            port = free_port()
+        def argv(port: int) -> list[str]:
             config = self.folder / f"{name}.conf"  # Sentinel rewrites its configuration: a file of its own
             config.write_text(
                 f"bind 127.0.0.1\nport {port}\ndir {self.folder}\nlogfile {self.folder / f'{name}.log'}\n"
@@ -80,18 +84,9 @@ class SentinelRedis:
                 f"sentinel down-after-milliseconds {SENTINEL_MASTER} {DOWN_AFTER_MS}\n"
                 f"sentinel failover-timeout {SENTINEL_MASTER} {FAILOVER_TIMEOUT_MS}\n"
                 f"sentinel parallel-syncs {SENTINEL_MASTER} 1\n")
-            process = subprocess.Popen(["redis-sentinel", str(config)], stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.DEVNULL)
-            try:
-                _wait(lambda p=port, proc=process: proc.poll() is None and Redis(port=p, socket_timeout=1).ping(), 10,
-                      f"sentinel {name}")
-            except RuntimeError:
-                process.kill()
-                process.wait()
-                continue
-            self.processes[name], self.ports[name] = process, port
-            return port
-        raise RuntimeError(f"sentinel {name} did not start; see {self.folder}")
+            return ["redis-sentinel", str(config)]
+
+        return self._spawn(name, argv)
 
     def start(self) -> SentinelRedis:
         master = self._server("master")

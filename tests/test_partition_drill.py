@@ -32,7 +32,6 @@ from urllib.parse import urlsplit
 import httpx
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Worker
@@ -55,6 +54,7 @@ from tests.stack import (
     drop_database,
     free_port,
 )
+from tests.support.worker_recovery import scrape_exporter_once
 
 pytestmark = pytest.mark.drill
 
@@ -238,22 +238,8 @@ def _log_entries(process: Process, message: str, generation_id: str | None = Non
 
 
 def _exporter_samples(drill: Drill) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    port = free_port()
     env = {**drill.env, "DATABASE_URL": drill.database_url, "REDIS_URL": f"redis://127.0.0.1:{drill.redis_port}/0"}
-    exporter = Process(["exporter", "--port", str(port)], env, drill.tmp / "exporter.log")
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-                break
-            except httpx.HTTPError:
-                assert time.monotonic() < deadline, exporter.output()
-                time.sleep(0.1)
-    finally:
-        exporter.stop()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return scrape_exporter_once(env, drill.tmp, timeout=30)
 
 
 def test_partitioned_worker_is_fenced_and_its_generation_rerun_on_the_other_host(drill: Drill) -> None:
