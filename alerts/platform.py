@@ -22,6 +22,7 @@ Template macros (``[[name args]]``; PromQL and Go templates never contain ``[[``
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ WATCHED_JOBS = ("api", "worker", "exporter")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*')
 _MACRO = re.compile(r"\[\[(\w+)(?: ([^\]]*))?\]\]")
+_YAML_UNSAFE = re.compile(r"\s#|:\s")
 _URL = re.compile(r"https?://[^\s/]+\S*")
 
 
@@ -106,6 +108,11 @@ def _matchers(job: str, text: Any) -> str:
     for part in parts:
         if not _MATCHER.fullmatch(part):
             raise PlatformError(f"selectors.{job}: {part.strip()!r} is not a label matcher (label=\"value\")")
+        if _YAML_UNSAFE.search(part):
+            # The matchers are written into the rule files' plain YAML scalars: " #" starts a comment there
+            # (the expression is cut short) and ": " a mapping (the file does not parse).
+            raise PlatformError(f"selectors.{job}: {part.strip()!r} holds ' #' or ': ', which the rule files' "
+                                "YAML cannot carry unquoted")
     return ",".join(part.strip() for part in parts)
 
 
@@ -142,8 +149,10 @@ def parse(raw: Any, source: str = "alerts/platform.yml") -> Platform:
         threshold = override.get("threshold")
         if not isinstance(enabled, bool):
             raise PlatformError(f"alerts.{name}.enabled: expected true or false")
-        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)):
-            raise PlatformError(f"alerts.{name}.threshold: expected a number, not {threshold!r}")
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, int | float)
+                                      or not math.isfinite(threshold)):
+            # .nan or .inf would render `> nan` / `> inf`: valid PromQL that never fires.
+            raise PlatformError(f"alerts.{name}.threshold: expected a finite number, not {threshold!r}")
         alerts[name] = AlertOverride(enabled, None if threshold is None else float(threshold))
     links = raw.get("links")
     if not isinstance(links, dict) or set(links) != {"runbook_base", "grafana_url"}:
