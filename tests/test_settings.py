@@ -240,6 +240,31 @@ def test_sentinels_are_read_with_the_master_name_and_the_urls_database_and_passw
     assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (3, "pw")
 
 
+def test_the_worker_metrics_endpoints_client_finds_the_master_through_sentinel() -> None:
+    """The endpoint reads the timing hashes the horses flush to the master: with Sentinel, REDIS_URL's host is
+    not the master (it may resolve nowhere, or to a replica that never gets the flushes)."""
+    from app.worker.loop import metrics_redis
+
+    settings = Settings.from_env({"REDIS_SENTINELS": "10.0.0.1:26379", "REDIS_SENTINEL_MASTER": "posegen",
+                                  "REDIS_URL": "redis://:pw@ignored:1/3"})
+    pool = metrics_redis(settings).connection_pool
+    assert getattr(pool, "service_name", None) == "posegen", type(pool)
+    assert (pool.connection_kwargs["db"], pool.connection_kwargs["socket_timeout"]) == (3, 1.0)
+
+
+def test_every_redis_client_the_processes_build_passes_the_sentinel_setting() -> None:
+    """Each ``redis_client``/``async_redis_client`` call in app/ and exporter/ states ``sentinel=``: a client
+    built without it talks to REDIS_URL's host, which with Sentinel is not the master."""
+    missing = []
+    for path in [*(ROOT / "app").rglob("*.py"), *(ROOT / "exporter").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id in ("redis_client", "async_redis_client")
+                    and "sentinel" not in {k.arg for k in node.keywords}):
+                missing.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not missing, missing
+
+
 def test_a_worker_with_half_a_sentinel_setting_refuses_to_start_in_one_line() -> None:
     (result,) = _posegen_all([(["worker", "--metrics-port", "0"], {"REDIS_SENTINELS": "127.0.0.1:26379"})])
     assert result.returncode == 2, result.stdout + result.stderr

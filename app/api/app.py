@@ -62,9 +62,21 @@ async def _check_not_closed_by_server(conn: AsyncConnection[Any]) -> None:
     per checkout, psycopg's own check, cost a fifth of GET /generations/{id} throughput. A closed
     connection fails the check and the pool replaces it."""
     if not conn.closed and not select.select([conn.fileno()], [], [], 0)[0]:
-        return
+        if not read_only_server(conn):
+            return
+        await conn.close()
+        raise psycopg.OperationalError("the server went read-only (a demoted or fenced primary)")
     await conn.close()
     raise psycopg.OperationalError("connection closed by the server")
+
+
+def read_only_server(conn: AsyncConnection[Any]) -> bool:
+    """Whether the server last reported itself read-only (PostgreSQL 14+ reports ``in_hot_standby`` and
+    ``default_transaction_read_only`` as they change, without a query): a connection pooled before its
+    server was demoted or fenced read-only would fail every write. libpq's ``target_session_attrs=read-write``
+    checks the same at connect, so its replacement goes to the read-write server."""
+    status = conn.info.parameter_status
+    return "on" in (status("in_hot_standby"), status("default_transaction_read_only"))
 
 
 def create_app(settings: Settings) -> PoseGeneratorApp:

@@ -112,6 +112,9 @@ EXCEPTION_HANDLERS = {
     UnicodeError: _unstorable_text,
     psycopg.DataError: _unstorable_text,
     psycopg.OperationalError: _database_unavailable,
+    # A server fenced read-only (a demoted primary, default_transaction_read_only) refuses writes: an outage
+    # of the primary, not a bug; the pool drops that connection (app.api.app) and libpq finds the read-write one.
+    psycopg.errors.ReadOnlySqlTransaction: _database_unavailable,
     PoolTimeout: _database_unavailable,
     ValidationException: _validation_response,
     HTTPException: _http_response,

@@ -29,11 +29,15 @@ class ReadOnlyDatabase(Exception):
 
 async def _check_database(request: Request) -> DependencyCheck:
     """Connected only to a server that takes writes: a pooled connection to a standby (a demoted primary, or
-    a ``DATABASE_URL`` without ``target_session_attrs=read-write``) reports ``disconnected`` with
+    a ``DATABASE_URL`` without ``target_session_attrs=read-write``) or to a primary fenced read-only
+    (``default_transaction_read_only``) reports ``disconnected`` with
     ``ReadOnlyDatabase``, so readiness never says ready while no read-write primary is reachable."""
     async def probe() -> None:
         async with request.app.state.pool.connection(timeout=CHECK_TIMEOUT_SECONDS) as conn:
-            row = await (await conn.execute("SELECT pg_is_in_recovery()")).fetchone()
+            # transaction_read_only: also a primary fenced with default_transaction_read_only (what libpq's
+            # target_session_attrs=read-write checks), which pg_is_in_recovery() calls a primary.
+            row = await (await conn.execute(
+                "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool")).fetchone()
             if row is None or row[0]:
                 raise ReadOnlyDatabase
 

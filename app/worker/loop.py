@@ -220,6 +220,13 @@ def worker_redis(settings: Settings) -> Redis:
     return redis_client(settings.redis_url, socket_timeout=None, sentinel=settings.redis_sentinel)
 
 
+def metrics_redis(settings: Settings) -> Redis:
+    """The worker endpoint's client for the timing hashes: failing within a second, no retries, and through
+    Sentinel like every other client (with ``REDIS_SENTINELS``, ``REDIS_URL``'s host is not the master)."""
+    return redis_client(settings.redis_url, socket_timeout=METRICS_REDIS_TIMEOUT_SECONDS,
+                        connect_timeout=METRICS_REDIS_TIMEOUT_SECONDS, retries=0, sentinel=settings.redis_sentinel)
+
+
 def start_metrics_endpoint(settings: Settings, host: str, port: int) -> WorkerMetricsEndpoint | None:
     """The host's worker endpoint on ``port`` (served here, or by the worker that holds it); None when 0."""
     if not port:
@@ -228,8 +235,7 @@ def start_metrics_endpoint(settings: Settings, host: str, port: int) -> WorkerMe
     # Its own client, failing within a second and without retries: the pod's liveness probe reads this endpoint,
     # and the worker's client (no read timeout, for blocking dequeues) would hang every scrape on a silent Redis
     # until the probe failed and the pod, with the generations it runs, was restarted.
-    scrape_redis = redis_client(settings.redis_url, socket_timeout=METRICS_REDIS_TIMEOUT_SECONDS,
-                                connect_timeout=METRICS_REDIS_TIMEOUT_SECONDS, retries=0)
+    scrape_redis = metrics_redis(settings)
     endpoint = WorkerMetricsEndpoint(scrape_redis, host, port, settings.revision,
                                      {t.value: share for t, share in settings.faults.items()})
     endpoint.start()
