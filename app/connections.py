@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import socket
 import ssl
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -124,7 +125,8 @@ def redis_client(redis_url: str, *, socket_timeout: float | None = 2.0, connect_
 
         manager = Sentinel(list(sentinel.sentinels), sentinel_kwargs=_sentinel_options(sentinel, connect_timeout),
                            **_master_options(redis_url))
-        return manager.master_for(sentinel.master, retry=retry, **options)
+        return manager.master_for(sentinel.master, connection_pool_class=_master_checking_pool(), retry=retry,
+                                  **options)
     return Redis.from_url(redis_url, retry=retry, **options)
 
 
@@ -199,8 +201,60 @@ def async_redis_client(redis_url: str, *, socket_timeout: float | None = 2.0, re
 
         manager = AsyncSentinel(list(sentinel.sentinels), sentinel_kwargs=_sentinel_options(sentinel, 1.0),
                                 **_master_options(redis_url))
-        return manager.master_for(sentinel.master, **options)
+        return manager.master_for(sentinel.master, connection_pool_class=_async_master_checking_pool(), **options)
     return AsyncRedis.from_url(redis_url, **options)
+
+
+# How often a Sentinel client re-asks the sentinels which server is the master, when it takes a connection.
+MASTER_CHECK_SECONDS = 1.0
+
+
+def _master_checking_pool() -> type:
+    """redis-py's ``SentinelConnectionPool`` asks the sentinels for the master only when a connection opens, so
+    after a coordinated failover (``SENTINEL FAILOVER``, or a partition the old master is on) pooled connections
+    kept writing to the old master until Sentinel demoted it, about 10 s later, and those writes were lost with
+    its resync. This pool re-asks at most every :data:`MASTER_CHECK_SECONDS` when a connection is taken; a new
+    master disconnects the idle connections (redis-py's own ``get_master_address``), which reconnect to it."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.sentinel import SentinelConnectionPool
+
+    class MasterCheckingPool(SentinelConnectionPool):
+        _checked_at = 0.0
+
+        def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            now = time.monotonic()
+            if self.is_master and now - self._checked_at >= MASTER_CHECK_SECONDS:
+                self._checked_at = now
+                try:
+                    self.get_master_address()
+                except (RedisConnectionError, RedisTimeoutError):
+                    pass  # no sentinel answers: the connection's own connect() reports it
+            return super().get_connection(*args, **kwargs)
+
+    return MasterCheckingPool
+
+
+def _async_master_checking_pool() -> type:
+    """:func:`_master_checking_pool` for ``redis.asyncio``."""
+    from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    class AsyncMasterCheckingPool(AsyncSentinelConnectionPool):
+        _checked_at = 0.0
+
+        async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            now = time.monotonic()
+            if self.is_master and now - self._checked_at >= MASTER_CHECK_SECONDS:
+                self._checked_at = now
+                try:
+                    await self.get_master_address()
+                except (RedisConnectionError, RedisTimeoutError):
+                    pass
+            return await super().get_connection(*args, **kwargs)
+
+    return AsyncMasterCheckingPool
 
 
 @functools.cache
