@@ -21,9 +21,14 @@ DEV_JWT_SECRET = "dev-secret-change-me-not-for-production"
 # RFC 7518 section 3.2: an HS256 key must be at least as long as the hash output, 256 bits.
 MIN_JWT_SECRET_BYTES = 32
 PRODUCTION = "production"
-# The longest gap between two successful canary runs (interval + timeout) that CanaryFailing's staleness
-# threshold of 900 s tolerates with a minute to spare for scrapes and rule evaluations.
-CANARY_MAX_SUCCESS_GAP_SECONDS = 840
+# CanaryFailing's promise: a page within 15 minutes of an outage. Its runs_failing path needs, at worst, a run
+# started an interval after the last success and failed at its timeout, the confirmation run 60 s later failed at
+# its timeout (interval + 2 x timeout + 60), then a scrape (15 s), an evaluation (60 s), `for` (60 s) and the pager
+# route's group_wait (10 s): interval + 2 x timeout may be at most 900 - 145 - 60 = 695 s. That also keeps the gap
+# between two healthy runs' successes (interval + timeout) far below the 900 s of its no_recent_success path.
+CANARY_CONFIRM_DELAY_SECONDS = 60
+CANARY_PAGE_LATENCY_SECONDS = 15 + 60 + 60 + 10
+CANARY_PAGE_WITHIN_SECONDS = 900
 
 
 class SettingsError(ValueError):
@@ -334,11 +339,14 @@ class Settings:
                 "POSEGEN_CANARY_METRICS_PORT", cls.canary_metrics_port, minimum=1, maximum=65535
             ),
         )
-        if settings.canary_interval_seconds + settings.canary_timeout_seconds > CANARY_MAX_SUCCESS_GAP_SECONDS:
+        worst = (settings.canary_interval_seconds + 2 * settings.canary_timeout_seconds + CANARY_CONFIRM_DELAY_SECONDS
+                 + CANARY_PAGE_LATENCY_SECONDS)
+        if worst > CANARY_PAGE_WITHIN_SECONDS:
             raise SettingsError(
-                f"POSEGEN_CANARY_INTERVAL_SECONDS={settings.canary_interval_seconds:g} plus "
+                f"POSEGEN_CANARY_INTERVAL_SECONDS={settings.canary_interval_seconds:g} plus twice "
                 f"POSEGEN_CANARY_TIMEOUT_SECONDS={settings.canary_timeout_seconds:g} is over "
-                f"{CANARY_MAX_SUCCESS_GAP_SECONDS} s: CanaryFailing would fire between two healthy runs"
+                f"{CANARY_PAGE_WITHIN_SECONDS - CANARY_PAGE_LATENCY_SECONDS - CANARY_CONFIRM_DELAY_SECONDS} s: "
+                f"CanaryFailing could not page within {CANARY_PAGE_WITHIN_SECONDS // 60} minutes of an outage"
             )
         if settings.redis_sentinel is not None and settings.redis_url.startswith("unix://"):
             raise SettingsError("REDIS_SENTINELS is set but REDIS_URL is a unix:// socket; use redis:// or rediss:// "

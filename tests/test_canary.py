@@ -124,7 +124,10 @@ def test_bad_canary_settings_refuse_start_up_in_one_line() -> None:
         ({"POSEGEN_CANARY_INTERVAL_SECONDS": "soon"}, "POSEGEN_CANARY_INTERVAL_SECONDS='soon' is not a number"),
         ({"POSEGEN_CANARY_TIMEOUT_SECONDS": "0.5"}, "POSEGEN_CANARY_TIMEOUT_SECONDS='0.5' must be at least 1"),
         ({"POSEGEN_CANARY_INTERVAL_SECONDS": "600", "POSEGEN_CANARY_TIMEOUT_SECONDS": "300"},
-         "CanaryFailing would fire between two healthy runs"),
+         "CanaryFailing could not page within 15 minutes of an outage"),
+        # Within each bound, but a stuck queue (each run failing at its timeout) would page after 16 minutes.
+        ({"POSEGEN_CANARY_INTERVAL_SECONDS": "600", "POSEGEN_CANARY_TIMEOUT_SECONDS": "240"},
+         "POSEGEN_CANARY_INTERVAL_SECONDS=600 plus twice POSEGEN_CANARY_TIMEOUT_SECONDS=240 is over 695 s"),
         ({"POSEGEN_CANARY_METRICS_PORT": "70000"}, "POSEGEN_CANARY_METRICS_PORT='70000' must be at most 65535"),
         ({"POSEGEN_CANARY_METRICS_PORT": str(busy.getsockname()[1])}, "cannot be listened on"),
     ]
