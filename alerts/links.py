@@ -112,13 +112,15 @@ _DASHBOARD = re.compile(r"^\s*dashboard_url: .*$")
 
 
 def relink(text: str, runbook_base: str = DEFAULT_RUNBOOK_BASE, grafana: str = DEFAULT_GRAFANA_URL,
-           group_labels: Sequence[str] | None = None) -> str:
+           group_labels: Sequence[str] | None = None, platform: Platform | None = None) -> str:
     """A rule file's text with every alert's ``runbook_url`` and ``dashboard_url`` (re)written, followed by
     the page context annotations (alerts/page_context.py), and every expression with its suppression while
     a cause pages (alerts/suppression.py), both per environment (``group_labels``; default: those of
     ``alerts/platform.yml``); the rest kept."""
+    platform = platform or load_platform()
     if group_labels is None:
-        group_labels = load_platform().group_labels
+        group_labels = platform.group_labels
+    selectors = [platform.selectors[job] for job in sorted(platform.selectors)]
     out: list[str] = []
     alert = None
     lines = text.split("\n")
@@ -134,7 +136,7 @@ def relink(text: str, runbook_base: str = DEFAULT_RUNBOOK_BASE, grafana: str = D
             dashboard, title = panel_for(alert)
             out.append(f"{indent}runbook_url: {runbook_url(alert, runbook_base)}")
             out.append(f"{indent}dashboard_url: '{dashboard_url(dashboard, title, grafana)}'")
-            out.extend(page_context.lines(alert, indent, group_labels))
+            out.extend(page_context.lines(alert, indent, group_labels, selectors, platform.selectors["exporter"]))
             skip_written = True
             continue
         out.append(line)
@@ -155,7 +157,7 @@ def build(out_dir: Path | None, runbook_base: str | None = None, grafana: str | 
         target = (out_dir or RULES_DIR) / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(relink(text, runbook_base or platform.runbook_base, grafana or platform.grafana_url,
-                                 platform.group_labels),
+                                 platform.group_labels, platform),
                           encoding="utf-8")
         written.append(target)
     from alerts.slo import RULES_OUT, load_spec, render
@@ -167,13 +169,13 @@ def build(out_dir: Path | None, runbook_base: str | None = None, grafana: str | 
         if path.name not in templated and path.name != RULES_OUT.name:
             target = (out_dir or RULES_DIR) / path.name
             text = relink(path.read_text(encoding="utf-8"), runbook_base or platform.runbook_base,
-                          grafana or platform.grafana_url, platform.group_labels)
+                          grafana or platform.grafana_url, platform.group_labels, platform)
             target.write_text(text, encoding="utf-8")
             written.append(target)
     # The SLO rules (`posegen slo build`) too, so a deployment's copy is the whole set.
     target = (out_dir or RULES_DIR) / RULES_OUT.name
     target.write_text(relink(render(build_slo_rules(load_spec(), platform)), runbook_base or platform.runbook_base,
-                             grafana or platform.grafana_url, platform.group_labels), encoding="utf-8")
+                             grafana or platform.grafana_url, platform.group_labels, platform), encoding="utf-8")
     written.append(target)
     if out_dir is None:
         ALERTMANAGER.write_text(alertmanager_config(platform, ALERTMANAGER.read_text(encoding="utf-8")),

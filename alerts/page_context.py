@@ -25,23 +25,38 @@ from collections.abc import Sequence
 NO_CONTEXT = frozenset({"Watchdog"})
 
 def _query(promql: str, group_labels: Sequence[str]) -> str:
-    """A template's ``query`` argument: ``promql`` whose ``{ENV}`` becomes matchers on the alert's own environment
-    labels (``cluster="<its cluster>", ...`` via ``$labels``), so a page names its own environment's versions and
-    users, not another's in the same Prometheus; without environment labels, the query as it is."""
+    """A template's ``query`` argument (a Go raw string: selectors keep their double quotes): ``promql`` whose
+    ``{ENV}`` becomes matchers on the alert's own environment labels (``cluster="<its cluster>", ...`` via
+    ``$labels``), so a page names its own environment's versions and users, not another's in the same Prometheus;
+    without environment labels, the query as it is."""
     if not group_labels:
-        return '"' + promql.replace("{ENV}", "") + '"'
+        return "`" + promql.replace(",{ENV}", "").replace("{ENV}", "") + "`"
+    promql = promql.replace("%", "%%")
     matchers = ", ".join(f"{label}=%q" for label in group_labels)
     values = " ".join(f"$labels.{label}" for label in tuple(group_labels) * promql.count("{ENV}"))
-    return f'(printf "{promql.replace("{ENV}", "{" + matchers + "}")}" {values})'
+    return f"(printf `{promql.replace('{ENV}', matchers)}` {values})"
 
 
-def templates(group_labels: Sequence[str] = ()) -> dict[str, str]:
+def _ours(name: str, selectors: Sequence[str]) -> str:
+    """``name`` of our jobs only (``alerts/platform.yml``'s selectors, each job's matchers), in the alert's
+    environment: ``(name{job="a",{ENV}} or name{job="b",{ENV}})``; any job's when no selector is given."""
+    if not selectors:
+        return f"{name}{{{{ENV}}}}"
+    return "(" + " or ".join(f"{name}{{{selector},{{ENV}}}}" for selector in selectors) + ")"
+
+
+def templates(group_labels: Sequence[str] = (), selectors: Sequence[str] = (),
+              exporter: str = "") -> dict[str, str]:
     """The annotation templates by name, scoped to the alert's environment (``group_labels``, the environment
-    labels of ``alerts/platform.yml``)."""
-    versions = _query("count by (version, revision) (pose_build_info{ENV})", group_labels)
-    last_deploy = _query("bottomk(1, time() - min by (version, revision) (process_start_time_seconds{ENV}"
-                         " * on (job, instance) group_left (version, revision) pose_build_info{ENV}))", group_labels)
-    users = _query("max(pose_users_with_failed_generations{ENV})", group_labels)
+    labels of ``alerts/platform.yml``) and to our jobs (``selectors``: every job's matchers; ``exporter``: the
+    exporter's, for the blast radius), so another team's ``pose_build_info`` in a shared Prometheus is not ours."""
+    build_info = _ours("pose_build_info", selectors)
+    versions = _query(f"count by (version, revision) ({build_info})", group_labels)
+    last_deploy = _query("bottomk(1, time() - min by (version, revision) ("
+                         f"{_ours('process_start_time_seconds', selectors)}"
+                         f" * on (job, instance) group_left (version, revision) {build_info}))", group_labels)
+    users = _query(f"max({_ours('pose_users_with_failed_generations', [exporter] if exporter else [])})",
+                   group_labels)
     return {
         "versions": (
             f'{{{{ range $i, $s := query {versions} | sortByLabel "version" }}}}'
@@ -67,13 +82,14 @@ UNKNOWN: dict[str, str] = {
 }
 
 
-def lines(alert: str, indent: str, group_labels: Sequence[str] = ()) -> list[str]:
+def lines(alert: str, indent: str, group_labels: Sequence[str] = (), selectors: Sequence[str] = (),
+          exporter: str = "") -> list[str]:
     """The annotation lines (YAML, single-quoted, at ``indent``) of ``alert``, scoped to its environment
     (``group_labels``); none for :data:`NO_CONTEXT`."""
     if alert in NO_CONTEXT:
         return []
     return [f"{indent}{name}: '{template.replace(chr(39), chr(39) * 2)}'"
-            for name, template in templates(group_labels).items()]
+            for name, template in templates(group_labels, selectors, exporter).items()]
 
 
 def is_context_line(line: str) -> bool:

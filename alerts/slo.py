@@ -308,7 +308,7 @@ def built(spec_path: Path = SPEC, platform: Platform | None = None) -> dict[Path
     spec = load_spec(spec_path)
     platform = platform or load_platform()
     rules = links.relink(render(build_rules(spec, platform)), platform.runbook_base, platform.grafana_url,
-                         platform.group_labels)
+                         platform.group_labels, platform)
     if platform != load_platform():
         return {RULES_OUT: rules}
     return {RULES_OUT: rules, **{path: render(doc) for path, doc in build_tests(spec).items()}}
