@@ -49,7 +49,6 @@ FOR = {"WorkerDowntime": "1s", "ExporterSourceDown": "1s", "QueueOverloaded": "1
 WINDOWS = {"5m": "5s", "10m": "10s", "15m": "10s", "30m": "10s", "1h": "15s", "2h": "20s", "6h": "30s", "1d": "60s",
            "3d": "60s", "30d": "60s"}
 ENVIRONMENT = {"cluster": "test-eu1", "namespace": "posegen-live"}
-STARTED = time.time()
 # Processes (job, instance) -> (version, revision, seconds since start): 2.0.0 is the last deploy, its
 # first process started an hour ago.
 PROCESSES = {("posegen-worker", "worker-a"): ("1.9.0", "aaa1111", 2 * 86400),
@@ -149,18 +148,21 @@ def summary(notification: Notification) -> str:
 
 
 def healthy(target: MetricsTarget) -> None:
+    # Times from now, not from the module's import: in a whole run the module is imported many minutes before
+    # its tests, and "the last deploy started an hour ago" must be read an hour and a few minutes later.
+    now = time.time()
     for source in ("redis", "postgres"):
         target.set("pose_exporter_up", 1, source=source)
     target.set("pose_workers", 2, state="idle")
     target.set("pose_queue_depth", 0)
     target.set("pose_queue_jobs", 0, state="waiting")
-    target.set("pose_last_finished_generation_timestamp_seconds", STARTED + 86400)  # "just now" all along
+    target.set("pose_last_finished_generation_timestamp_seconds", now + 86400)  # "just now" all along
     target.set("pose_users_with_failed_generations", USERS_AFFECTED)
     target.rate("pose_generations_total", 0, status="completed")
     target.rate("pose_generations_total", 0, status="failed")
     for (job, instance), (version, revision, age) in PROCESSES.items():
         target.set("pose_build_info", 1, job=job, instance=instance, version=version, revision=revision)
-        target.set("process_start_time_seconds", STARTED - age, job=job, instance=instance)
+        target.set("process_start_time_seconds", now - age, job=job, instance=instance)
 
 
 @pytest.fixture(scope="module")
