@@ -33,8 +33,13 @@ DEV_FLAGS = $(if $(API_HOST),--host $(API_HOST)) $(if $(API_PORT),--port $(API_P
 dev: install
 	$(BIN)/posegen dev $(DEV_FLAGS)
 
+# The suite in TEST_PROCESSES pytest processes (pytest-xdist), a test file per process at a time: its tests mostly
+# wait on the processes and servers they start, so two run in about half the time on two cores. TEST_PROCESSES=0
+# runs it in this process alone.
+TEST_PROCESSES ?= 2
+
 test: lint tools
-	$(BIN)/python -m app.devservices run -- $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m app.devservices run -- $(BIN)/python -m pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)

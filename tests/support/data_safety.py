@@ -14,6 +14,7 @@ import sys
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,9 +34,12 @@ def _redis_url() -> str:
     return os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    if session.config.option.collectonly or not needs_services(item.path for item in session.items):
-        return
+def _worker(config: pytest.Config) -> bool:
+    """Whether this is a pytest-xdist worker: the controller plants and checks, once for the whole run."""
+    return hasattr(config, "workerinput")
+
+
+def _plant(config: pytest.Config) -> None:
     from redis import Redis
     from redis.exceptions import RedisError
 
@@ -52,11 +56,29 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             client.set(_SENTINEL, "precious")
         client.close()
     create_database(_SENTINEL)
-    session.config.stash[_PLANTED] = True
+    config.stash[_PLANTED] = True
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if _worker(session.config) or session.config.option.collectonly:
+        return
+    if needs_services(item.path for item in session.items):
+        _plant(session.config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """Under pytest-xdist (``make test``) the controller collects nothing itself: it plants once the first worker
+    reports what it collected, before any test runs."""
+    config = node.config
+    if config.stash.get(_PLANTED, False) or config.option.collectonly:
+        return
+    if needs_services(Path(config.rootpath, node_id.split("::")[0]) for node_id in ids):
+        _plant(config)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if not session.config.stash.get(_PLANTED, False):
+    if _worker(session.config) or not session.config.stash.get(_PLANTED, False):
         return
     import psycopg
     from redis import ConnectionPool, Redis
