@@ -110,7 +110,9 @@ def test_pending_tasks_are_polled_until_ready() -> None:
 
         assert image.startswith(PNG_SIGNATURE)
         assert time.monotonic() - began >= 0.3
-        assert flux.polls > 3
+        # Polled while pending, then once ready: at least two polls (how many more depends on the machine's load,
+        # a loaded run made two).
+        assert flux.polls >= 2
 
 
 def test_a_relative_polling_url_is_resolved_against_the_base(flux: FakeFlux) -> None:
