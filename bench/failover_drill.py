@@ -406,6 +406,7 @@ def _standby_readiness(env: dict[str, str], postgres: StreamingPostgres, folder:
 def _stop_workers_by_command(env: dict[str, str], workers: list[Process], timeout: float = 30) -> bool:
     """Send RQ's shutdown command (a PUBLISH on each registered worker's channel) through Sentinel and wait
     for the worker processes to exit: their pub/sub listeners work on the new master."""
+    from redis.exceptions import RedisError
     from rq import Worker
     from rq.command import send_shutdown_command
 
@@ -414,14 +415,22 @@ def _stop_workers_by_command(env: dict[str, str], workers: list[Process], timeou
 
     settings = Settings.from_env(env)
     client = redis_client(settings.redis_url, sentinel=settings.redis_sentinel)
+    deadline = time.monotonic() + timeout
+    sent_at = 0.0
     try:
-        for worker in Worker.all(connection=client):
-            send_shutdown_command(client, worker.name)
+        # A PUBLISH reaches only the listeners subscribed at that moment: a worker still restarting its loop after
+        # the failover (re-registering, re-subscribing) hears the next one, sent every few seconds.
+        while any(w.alive() for w in workers) and time.monotonic() < deadline:
+            if time.monotonic() - sent_at >= 3:
+                sent_at = time.monotonic()
+                try:
+                    for worker in Worker.all(connection=client):
+                        send_shutdown_command(client, worker.name)
+                except RedisError:
+                    pass  # the next round tries again
+            time.sleep(0.1)
     finally:
         client.close()
-    deadline = time.monotonic() + timeout
-    while any(w.alive() for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.1)
     return not any(w.alive() for w in workers)
 
 
