@@ -14,7 +14,7 @@ Time without service (``outage_seconds``) = from the fault, or from the first re
 that one was already in flight, to the first successful create begun after the fault;
 ``fault_to_first_create_seconds`` counts from the fault itself.
 
-    python -m bench.failover_drill          # prints a table (needs redis-sentinel and PostgreSQL 15 binaries)
+    python -m bench.failover_drill          # prints a table (needs redis-server and PostgreSQL 15 binaries)
 """
 
 from __future__ import annotations

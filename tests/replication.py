@@ -45,7 +45,7 @@ def _wait(condition: Any, timeout: float, what: str, interval: float = 0.05) -> 
 
 
 class SentinelRedis:
-    """``redis-server`` master and replica, and three ``redis-sentinel`` monitoring them as ``posegen``."""
+    """``redis-server`` master and replica, and three sentinels (``redis-server --sentinel``) monitoring them as ``posegen``."""
 
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="posegen-test-sentinel-"))
@@ -84,7 +84,7 @@ class SentinelRedis:
                 f"sentinel down-after-milliseconds {SENTINEL_MASTER} {DOWN_AFTER_MS}\n"
                 f"sentinel failover-timeout {SENTINEL_MASTER} {FAILOVER_TIMEOUT_MS}\n"
                 f"sentinel parallel-syncs {SENTINEL_MASTER} 1\n")
-            return ["redis-sentinel", str(config)]
+            return ["redis-server", str(config), "--sentinel"]  # Sentinel mode of redis-server: no package more
 
         return self._spawn(name, argv)
 
