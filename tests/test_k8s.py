@@ -131,6 +131,10 @@ def test_the_workers_grace_period_covers_the_longest_attempt_its_settings_allow(
     grace = _pod_spec("posegen-worker")["terminationGracePeriodSeconds"]
     assert grace == worker_grace_period_seconds(config) and limit < grace <= limit + 60
     assert JOB_TIMEOUT_SECONDS >= limit
+    # Cluster Autoscaler caps a scale-down's grace at 600 s (--max-graceful-termination-sec), below the limit:
+    # the worker's pods keep it from scaling their node down under them.
+    annotations = one("Deployment", "posegen-worker")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
     # Rendered, not hand-kept: other settings give another grace period.
     assert worker_grace_period_seconds({**config, "POSEGEN_POSE_CONCURRENCY": "4"}) == 3 * 360 + 60 + 30
     assert worker_grace_period_seconds({**config, "FLUX_DEADLINE_SECONDS": "120"}) == 2 * 180 + 60 + 30
