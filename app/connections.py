@@ -132,11 +132,13 @@ def redis_client(redis_url: str, *, socket_timeout: float | None = 2.0, connect_
 
 def _master_options(redis_url: str) -> dict[str, Any]:
     """What ``REDIS_URL`` says of the master's connections when Sentinel names the host: the database,
-    credentials and TLS."""
+    credentials and TLS (``rediss://``, with its ``ssl_*`` query options: ``ssl_ca_certs``, ``ssl_cert_reqs``,
+    ``ssl_check_hostname`` ...)."""
     from redis.connection import parse_url
 
     parsed = parse_url(redis_url)
-    options = {key: parsed[key] for key in ("db", "username", "password") if parsed.get(key) is not None}
+    options = {key: value for key, value in parsed.items()
+               if value is not None and (key in ("db", "username", "password") or key.startswith("ssl_"))}
     if redis_url.startswith("rediss://"):
         options["ssl"] = True
     return options

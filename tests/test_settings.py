@@ -240,6 +240,28 @@ def test_sentinels_are_read_with_the_master_name_and_the_urls_database_and_passw
     assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (3, "pw")
 
 
+def test_a_rediss_url_keeps_its_tls_options_for_the_master_sentinel_names() -> None:
+    """With Sentinel the URL's host is not used, but its TLS is: the master's connections are TLS connections
+    with the URL's ``ssl_*`` options (a CA bundle, the certificate checks), in the sync and asyncio clients."""
+    from redis.asyncio.sentinel import SentinelManagedSSLConnection as AsyncSSLConnection
+    from redis.sentinel import SentinelManagedSSLConnection
+
+    from app.connections import async_redis_client, redis_client
+
+    url = "rediss://:pw@ignored:1/2?ssl_ca_certs=/etc/posegen/redis-ca.pem&ssl_cert_reqs=required"
+    settings = Settings.from_env({"REDIS_SENTINELS": "10.0.0.1:26379", "REDIS_SENTINEL_MASTER": "posegen",
+                                  "REDIS_URL": url})
+    for client, connection_class in ((redis_client(settings.redis_url, sentinel=settings.redis_sentinel),
+                                      SentinelManagedSSLConnection),
+                                     (async_redis_client(settings.redis_url, sentinel=settings.redis_sentinel),
+                                      AsyncSSLConnection)):
+        pool = client.connection_pool
+        assert pool.connection_class is connection_class, pool.connection_class
+        options = pool.connection_kwargs
+        assert (options["ssl_ca_certs"], options["ssl_cert_reqs"], options["db"]) == (
+            "/etc/posegen/redis-ca.pem", "required", 2)
+
+
 def test_the_worker_metrics_endpoints_client_finds_the_master_through_sentinel() -> None:
     """The endpoint reads the timing hashes the horses flush to the master: with Sentinel, REDIS_URL's host is
     not the master (it may resolve nowhere, or to a replica that never gets the flushes)."""
