@@ -211,18 +211,66 @@ def async_redis_client(redis_url: str, *, socket_timeout: float | None = 2.0, re
 MASTER_CHECK_SECONDS = 1.0
 
 
+@functools.cache
+def _master_following_connections() -> tuple[type, type]:
+    """redis-py's Sentinel connections (plain, TLS), following the master on every reconnect.
+
+    redis-py's ``SentinelManagedConnection.connect()`` asks the sentinels for the master, but a command sent on
+    a connection that was dropped reconnects in ``send_packed_command`` to the address the connection had: a
+    retried command after a failed one, and a pub/sub listener's health-check ``PING``, went to the killed
+    master for ever (an RQ worker's command listener retried it for as long as the failover drill ran, so RQ's
+    shutdown command never reached the worker). These reconnect through ``connect()``."""
+    from redis.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
+
+    class MasterFollowingConnection(SentinelManagedConnection):
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            if not self._sock:
+                self.connect()  # the master the sentinels name now
+            super().send_packed_command(command, check_health)
+
+    class MasterFollowingSSLConnection(MasterFollowingConnection, SentinelManagedSSLConnection):
+        pass
+
+    return MasterFollowingConnection, MasterFollowingSSLConnection
+
+
+@functools.cache
+def _async_master_following_connections() -> tuple[type, type]:
+    """:func:`_master_following_connections` for ``redis.asyncio``."""
+    from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
+
+    class AsyncMasterFollowingConnection(SentinelManagedConnection):
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            if not self.is_connected:
+                await self.connect()
+            await super().send_packed_command(command, check_health)
+
+    class AsyncMasterFollowingSSLConnection(AsyncMasterFollowingConnection, SentinelManagedSSLConnection):
+        pass
+
+    return AsyncMasterFollowingConnection, AsyncMasterFollowingSSLConnection
+
+
+@functools.cache
 def _master_checking_pool() -> type:
     """redis-py's ``SentinelConnectionPool`` asks the sentinels for the master only when a connection opens, so
     after a coordinated failover (``SENTINEL FAILOVER``, or a partition the old master is on) pooled connections
     kept writing to the old master until Sentinel demoted it, about 10 s later, and those writes were lost with
     its resync. This pool re-asks at most every :data:`MASTER_CHECK_SECONDS` when a connection is taken; a new
-    master disconnects the idle connections (redis-py's own ``get_master_address``), which reconnect to it."""
+    master disconnects the idle connections (redis-py's own ``get_master_address``), which reconnect to it.
+    Its connections are :func:`_master_following_connections`'."""
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
     from redis.sentinel import SentinelConnectionPool
 
+    plain, tls = _master_following_connections()
+
     class MasterCheckingPool(SentinelConnectionPool):
         _checked_at = 0.0
+
+        def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("connection_class", tls if kwargs.pop("ssl", False) else plain)
+            super().__init__(service_name, sentinel_manager, **kwargs)
 
         def get_connection(self, *args: Any, **kwargs: Any) -> Any:
             now = time.monotonic()
@@ -237,14 +285,21 @@ def _master_checking_pool() -> type:
     return MasterCheckingPool
 
 
+@functools.cache
 def _async_master_checking_pool() -> type:
     """:func:`_master_checking_pool` for ``redis.asyncio``."""
     from redis.asyncio.sentinel import SentinelConnectionPool as AsyncSentinelConnectionPool
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
+    plain, tls = _async_master_following_connections()
+
     class AsyncMasterCheckingPool(AsyncSentinelConnectionPool):
         _checked_at = 0.0
+
+        def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("connection_class", tls if kwargs.pop("ssl", False) else plain)
+            super().__init__(service_name, sentinel_manager, **kwargs)
 
         async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
             now = time.monotonic()

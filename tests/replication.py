@@ -45,7 +45,8 @@ def _wait(condition: Any, timeout: float, what: str, interval: float = 0.05) -> 
 
 
 class SentinelRedis:
-    """``redis-server`` master and replica, and three sentinels (``redis-server --sentinel``) monitoring them as ``posegen``."""
+    """``redis-server`` master and replica, and three sentinels (``redis-server --sentinel``) monitoring them
+    as ``posegen``."""
 
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="posegen-test-sentinel-"))

@@ -21,6 +21,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
 from rq import Worker
 
 from app import API_PREFIX
@@ -373,6 +376,54 @@ def test_a_worker_waiting_out_a_redis_outage_leaves_when_asked(api_stack: Stack,
     finally:
         proxy.stop()
         _stop_all(stack, [worker])
+
+
+class _Listener:
+    """What RQ's teardown uses of a worker's pub/sub thread."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+
+    def stop(self, timeout: float | None = None) -> None:
+        self.stopped = True
+
+    def join(self, timeout: float | None = None) -> None:
+        pass
+
+    def is_alive(self) -> bool:
+        return not self.stopped
+
+
+class _PubSubOfAGoneRedis:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def unsubscribe(self) -> None:
+        raise RedisConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_worker_that_cannot_unregister_still_stops_its_command_listener(api_stack: Stack) -> None:
+    """RQ's loop ended because Redis went away: the unregistration fails, and RQ's teardown then skipped the
+    unsubscription, so the ended worker's pub/sub listener retried in the background for the life of the
+    process, beside the listener of the worker that replaced it. It is stopped all the same."""
+    from app.queue import make_queue
+    from app.worker.loop import PoseWorker
+
+    live = Redis.from_url(api_stack.redis_url)
+    worker = PoseWorker([make_queue(live)], connection=live, name=f"teardown-{os.getpid()}")
+    with socket.socket() as probe:  # a port nothing listens on: Redis gone
+        probe.bind(("127.0.0.1", 0))
+        gone_port = probe.getsockname()[1]
+    worker.connection = Redis(port=gone_port, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
+    listener, pubsub = _Listener(), _PubSubOfAGoneRedis()
+    worker.pubsub_thread, worker.pubsub = listener, pubsub  # type: ignore[assignment]
+    with pytest.raises(RedisConnectionError):  # the unregistration's error still ends the loop
+        worker.teardown()
+    assert listener.stopped and pubsub.closed and worker.pubsub_thread is None
+    live.close()
 
 
 def test_a_foreign_program_on_the_metrics_port_is_named_and_the_port_taken_over(api_stack: Stack) -> None:

@@ -9,6 +9,8 @@ import time
 
 import pytest
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.connections import MASTER_CHECK_SECONDS, async_redis_client, redis_client, redis_server_address
 from app.settings import Settings
@@ -79,5 +81,48 @@ def test_the_async_client_follows_the_switch_too() -> None:
 
         key, port = asyncio.run(scenario())
         assert Redis(port=int(port)).get(key) == b"2"
+    finally:
+        group.stop()
+
+
+def test_a_pub_sub_listener_resubscribes_on_the_new_master_after_the_master_is_killed() -> None:
+    """RQ's worker hears its commands (shutdown, stop a job) on a pub/sub listener, which reads on after each
+    error. When the master is SIGKILLed, the listener's reconnects fail while the sentinels still name the dead
+    master; once they name the new one, the next read (a health-check PING first, the check being overdue)
+    reconnects to it, resubscribes and hears a message published there. redis-py's own Sentinel connection
+    sent that PING to the address it had, the dead master's, for ever."""
+    group = SentinelRedis().start()
+    try:
+        settings = Settings.from_env({"REDIS_SENTINELS": group.sentinel_setting,
+                                      "REDIS_SENTINEL_MASTER": SENTINEL_MASTER, "REDIS_URL": "redis://127.0.0.1:1/0"})
+        # RQ's listener: no read timeout, the health check every process's clients have (here 1 s, not 10 s).
+        client = redis_client(settings.redis_url, socket_timeout=None, health_check_seconds=1,
+                              sentinel=settings.redis_sentinel)
+        listener = client.pubsub(ignore_subscribe_messages=True)
+        listener.subscribe("rq:pubsub:drill-worker")
+        assert listener.get_message(timeout=1) is None
+        old = group.master_address()
+        group.kill_master()
+        started = time.monotonic()
+        errors: list[tuple[float, str]] = []
+        heard = None
+        promoted_at = None
+        while heard is None and time.monotonic() - started < 40:
+            try:
+                heard = listener.get_message(timeout=0.5)
+            except (RedisConnectionError, RedisTimeoutError) as exc:  # RQ's listener sleeps and reads again
+                errors.append((time.monotonic(), str(exc)))
+                time.sleep(0.5)
+            master = group.master_address()
+            if master != old:
+                promoted_at = promoted_at or time.monotonic()
+                Redis(host=master[0], port=master[1]).publish("rq:pubsub:drill-worker", "shutdown")
+        assert promoted_at is not None, "Sentinel did not promote the replica"
+        assert heard is not None and heard["data"] == b"shutdown", errors[-3:]
+        # Once the sentinels named the new master, the dead address was tried at most by a read already begun.
+        late = [error for at, error in errors if at > promoted_at + 1 and f":{old[1]}" in error]
+        assert not late, late
+        listener.close()
+        client.close()
     finally:
         group.stop()

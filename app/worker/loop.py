@@ -123,6 +123,16 @@ class PoseWorker(CountingWorker):
             self.connection = lasting
             short.close()
 
+    def teardown(self) -> None:
+        """RQ's teardown (unregister, then unsubscribe), whose unsubscription runs when the unregistration
+        fails too: a loop that ended because Redis went away cannot unregister, and RQ then skips the
+        unsubscription, leaving this worker's pub/sub listener retrying in the background for the life of the
+        process, beside the listener of the worker that replaces it."""
+        try:
+            super().teardown()
+        finally:
+            self.unsubscribe()  # a no-op when RQ's teardown unsubscribed
+
     def unsubscribe(self) -> None:
         """RQ's unsubscription, bounded: RQ sends UNSUBSCRIBE and then stops the pub/sub thread, whose
         ``stop()`` (redis-py 8) joins it without a timeout. When the UNSUBSCRIBE reply wakes the thread before
