@@ -55,7 +55,7 @@ def prometheus_rule(rules_dir: Path) -> dict[str, Any]:
 
 def dashboards_configmap() -> dict[str, Any]:
     """A ConfigMap of every dashboard's JSON, labelled for Grafana's dashboard sidecar."""
-    from dashboards.overview import build_dashboards, render
+    from dashboards import build_dashboards, render
 
     return {
         "apiVersion": "v1",

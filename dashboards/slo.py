@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from grafanalib.core import Annotations, Dashboard, Stat, Time
 
-from alerts.slo import SLO, Spec, load_spec, record_name
-from dashboards.overview import (
+from alerts.slo_spec import SLO, Spec, load_spec, record_name
+from dashboards.panels import (
     DATASOURCE,
     GREEN,
     ORANGE,
