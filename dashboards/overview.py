@@ -12,7 +12,7 @@ test), so the colours on screen and the pages agree.
 
 from __future__ import annotations
 
-from grafanalib.core import Annotations, BarChart, Dashboard, GaugePanel, Panel, Stat, Target, Time
+from grafanalib.core import BarChart, Dashboard, GaugePanel, Panel, Stat, Target, Time
 
 from app.domain.thresholds import AVG_TIME_PER_POSE, QUEUE_DEPTH, REFUND_RATE, SUCCESS_RATE, ThresholdTable
 from dashboards.panels import (
@@ -22,10 +22,7 @@ from dashboards.panels import (
     PROCESS_SELECTOR,
     RED,
     Steps,
-    deploy_annotation,
-    fleet_templating,
-    layout,
-    posegen_links,
+    posegen_dashboard,
     steps,
     target,
     timeseries,
@@ -650,31 +647,24 @@ def operator_action_annotation() -> dict[str, object]:
 
 
 def overview_dashboard() -> Dashboard:
-    return Dashboard(
+    return posegen_dashboard(
         title="Pose Generator — Overview",
         uid="posegen-overview",
         description="Generation health, queue, workers, credits, per-stage latency and the API.",
         tags=["posegen", "pose-generator"],
-        timezone="browser",
         refresh="30s",
-        schemaVersion=39,
-        graphTooltip=1,
         time=Time("now-6h", "now"),
-        templating=fleet_templating(),
-        annotations=Annotations(list=[deploy_annotation(), operator_action_annotation()]),
-        links=posegen_links(),
-        panels=layout(
-            [
-                ("Overview", seed_panels()),
-                ("Credits", credit_panels()),
-                ("Workers and Queue", worker_panels()),
-                ("Capacity", capacity_panels()),
-                ("Provider", provider_panels()),
-                ("Retries, Stuck Work and Releases", stuck_work_panels()),
-                ("Per-stage Latency", latency_panels()),
-                ("API", api_panels()),
-                ("Canary", canary_panels()),
-                ("Failover", failover_panels()),
-            ]
-        ),
-    ).auto_panel_ids()
+        annotations=(operator_action_annotation(),),
+        rows=[
+            ("Overview", seed_panels()),
+            ("Credits", credit_panels()),
+            ("Workers and Queue", worker_panels()),
+            ("Capacity", capacity_panels()),
+            ("Provider", provider_panels()),
+            ("Retries, Stuck Work and Releases", stuck_work_panels()),
+            ("Per-stage Latency", latency_panels()),
+            ("API", api_panels()),
+            ("Canary", canary_panels()),
+            ("Failover", failover_panels()),
+        ],
+    )

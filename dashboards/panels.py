@@ -6,7 +6,19 @@ variables, the deploy markers, the links between them).
 from __future__ import annotations
 
 import attr
-from grafanalib.core import DashboardLink, GridPos, Panel, RowPanel, Target, Template, Templating, TimeSeries
+from grafanalib.core import (
+    Annotations,
+    Dashboard,
+    DashboardLink,
+    GridPos,
+    Panel,
+    RowPanel,
+    Target,
+    Template,
+    Templating,
+    Time,
+    TimeSeries,
+)
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # Per-process panels follow the job and instance variables: from the fleet down to one worker.
@@ -123,3 +135,26 @@ def posegen_links() -> list[DashboardLink]:
     """A drop-down of every dashboard tagged ``posegen`` (Overview, SLOs), keeping time and variables."""
     return [DashboardLink(title="Pose Generator dashboards", tags=["posegen"], asDropdown=True,
                           includeVars=True, keepTime=True)]
+
+
+def posegen_dashboard(title: str, uid: str, description: str, tags: list[str], refresh: str, time: Time,
+                      rows: list[tuple[str, list[tuple[int, Panel]]]],
+                      annotations: tuple[dict[str, object], ...] = ()) -> Dashboard:
+    """One of our dashboards: ``rows`` laid out (:func:`layout`) with panel ids assigned, and what all of them
+    share: the browser's time zone, a shared crosshair, the fleet's template variables, the deploy markers
+    (then ``annotations``) and the links to the others. ``refresh`` is Grafana's interval, e.g. ``"30s"``."""
+    return Dashboard(
+        title=title,
+        uid=uid,
+        description=description,
+        tags=tags,
+        timezone="browser",
+        refresh=refresh,
+        schemaVersion=39,
+        graphTooltip=1,
+        time=time,
+        templating=fleet_templating(),
+        annotations=Annotations(list=[deploy_annotation(), *annotations]),
+        links=posegen_links(),
+        panels=layout(rows),
+    ).auto_panel_ids()
