@@ -1,1 +1,2 @@
-"""Alert tooling: SLOs compiled to rules and tests (``alerts.slo``), alerts replayed over history."""
+"""Alert tooling: the platform config and the SLO spec, the rules and promtool tests built from them (linked to
+the dashboards' panels), and alerts replayed over history (``alerts.backtest``)."""

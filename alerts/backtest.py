@@ -63,7 +63,8 @@ class AlertRule:
 
 def load_rules(rules_dir: Path = RULES_DIR) -> tuple[list[AlertRule], dict[str, list[dict[str, Any]]]]:
     """Alert rules in file order, and recording rules by recorded name."""
-    alerts, records = [], {}
+    alerts: list[AlertRule] = []
+    records: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(rules_dir.glob("*.yml")):
         for group in yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]:
             for rule in group["rules"]:

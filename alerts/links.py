@@ -17,16 +17,16 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import cache
-from pathlib import Path
 
 from alerts import page_context, suppression
-from alerts.platform import ALERTMANAGER, Platform, alertmanager_config, render_rules
+from alerts.platform import Platform
 from alerts.platform import load as load_platform
+from alerts.slo_spec import load_spec
+from dashboards import build_dashboards
 
 # The defaults of the settings (app/settings.py), which a test ties to these.
 DEFAULT_RUNBOOK_BASE = "https://github.com/posegen/pose-generator/blob/main/alerts/runbooks"
 DEFAULT_GRAFANA_URL = "http://localhost:3000"
-RULES_DIR = Path(__file__).resolve().parent / "rules"
 
 OVERVIEW = ("pose-generator-overview.json", "posegen-overview")
 SLOS = ("pose-generator-slos.json", "posegen-slos")
@@ -63,8 +63,6 @@ _TO = '{{ with query "vector((time() + 600) * 1000)" }}{{ . | first | value | pr
 
 @cache
 def _panel_ids() -> dict[tuple[str, str], int]:
-    from dashboards.overview import build_dashboards
-
     return {(file, panel["title"]): int(panel["id"])
             for file, board in build_dashboards().items() for panel in board["panels"] if "title" in panel}
 
@@ -98,8 +96,6 @@ def panel_for(alert: str) -> tuple[tuple[str, str], str]:
     """(dashboard, panel title) of an alert: the table above, or the SLO dashboard's burn rate panel."""
     if alert in PANELS:
         return PANELS[alert]
-    from alerts.slo import load_spec
-
     for slo in load_spec().slos:
         if slo.alert == alert:
             return SLOS, f"{slo.title}: Burn Rate per Tier"
@@ -141,44 +137,3 @@ def relink(text: str, runbook_base: str = DEFAULT_RUNBOOK_BASE, grafana: str = D
             continue
         out.append(line)
     return suppression.apply("\n".join(out), group_labels)
-
-
-def build(out_dir: Path | None, runbook_base: str | None = None, grafana: str | None = None,
-          platform: Platform | None = None) -> list[Path]:
-    """Render every rule template of ``alerts/templates`` and the SLO rules of ``alerts/slos.yml`` with
-    ``platform`` (default: ``alerts/platform.yml``), link them (bases default to the config's ``links``) and
-    write them into ``out_dir`` (default: ``alerts/rules``, and then Alertmanager's ``group_by`` is refreshed
-    from the config too).
-
-    Raises :class:`alerts.platform.PlatformError` for a bad config or template."""
-    platform = platform or load_platform()
-    written = []
-    for name, text in render_rules(platform).items():
-        target = (out_dir or RULES_DIR) / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(relink(text, runbook_base or platform.runbook_base, grafana or platform.grafana_url,
-                                 platform.group_labels, platform),
-                          encoding="utf-8")
-        written.append(target)
-    from alerts.slo import RULES_OUT, load_spec, render
-    from alerts.slo import build_rules as build_slo_rules
-
-    # A rule file with no template (e.g. one added by hand) is relinked as it is, so the set stays whole.
-    templated = {path.name for path in written}
-    for path in sorted(RULES_DIR.glob("*.yml")):
-        if path.name not in templated and path.name != RULES_OUT.name:
-            target = (out_dir or RULES_DIR) / path.name
-            text = relink(path.read_text(encoding="utf-8"), runbook_base or platform.runbook_base,
-                          grafana or platform.grafana_url, platform.group_labels, platform)
-            target.write_text(text, encoding="utf-8")
-            written.append(target)
-    # The SLO rules (`posegen slo build`) too, so a deployment's copy is the whole set.
-    target = (out_dir or RULES_DIR) / RULES_OUT.name
-    target.write_text(relink(render(build_slo_rules(load_spec(), platform)), runbook_base or platform.runbook_base,
-                             grafana or platform.grafana_url, platform.group_labels, platform), encoding="utf-8")
-    written.append(target)
-    if out_dir is None:
-        ALERTMANAGER.write_text(alertmanager_config(platform, ALERTMANAGER.read_text(encoding="utf-8")),
-                                encoding="utf-8")
-        written.append(ALERTMANAGER)
-    return written

@@ -30,12 +30,14 @@ from typing import Any
 
 import yaml
 
+from alerts.jobs import JOBS
+from alerts.slo_spec import load_spec
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "alerts" / "platform.yml"
 TEMPLATES = ROOT / "alerts" / "templates"
 RULES_DIR = ROOT / "alerts" / "rules"
 ALERTMANAGER = ROOT / "alerts" / "alertmanager.yml"
-JOBS = ("api", "exporter", "worker", "canary")
 # The jobs ScrapeJobAbsent watches: the canary is optional (another deployment may not run it).
 WATCHED_JOBS = ("api", "worker", "exporter")
 
@@ -187,8 +189,6 @@ def load(path: Path = CONFIG) -> Platform:
 
 
 def _slo_alerts() -> set[str]:
-    from alerts.slo import load_spec
-
     return {slo.alert for slo in load_spec().slos}
 
 

@@ -14,19 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from alerts import links, page_context
-from alerts.slo import (
-    RECORD_PREFIX,
-    RULES_OUT,
-    SLO,
-    SLOW_TESTS_OUT,
-    TESTS_OUT,
-    Spec,
-    SpecError,
-    Tier,
-    alert_rule,
-    minutes,
-    record_name,
-)
+from alerts.slo import RULES_OUT, SLOW_TESTS_OUT, TESTS_OUT, alert_rule
+from alerts.slo_spec import RECORD_PREFIX, SLO, Spec, SpecError, Tier, minutes, record_name
 
 BUSY_PER_MINUTE = 10.0
 

@@ -332,7 +332,7 @@ def cmd_ops(args: argparse.Namespace) -> int:
 def cmd_dashboards(args: argparse.Namespace) -> int:
     from alerts.platform import PlatformError
     from alerts.platform import load as load_platform
-    from dashboards.overview import write_dashboards
+    from dashboards import write_dashboards
 
     try:
         platform = load_platform(Path(args.platform)) if args.platform else load_platform()
@@ -350,13 +350,14 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
 
 
 def cmd_slo(args: argparse.Namespace) -> int:
+    from alerts.build import write_slo_files
     from alerts.platform import PlatformError
     from alerts.platform import load as load_platform
-    from alerts.slo import SpecError, write
+    from alerts.slo_spec import SpecError
 
     try:
         platform = load_platform(Path(args.platform)) if args.platform else load_platform()
-        paths = write(Path(args.out) if args.out else None, platform)
+        paths = write_slo_files(Path(args.out) if args.out else None, platform)
     except (SpecError, PlatformError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -370,7 +371,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         from alerts.backtest import run_backtest
 
         return run_backtest(args)
-    from alerts import links
+    from alerts.build import write_rule_files
     from alerts.platform import PlatformError
     from alerts.platform import load as load_platform
 
@@ -378,13 +379,13 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         platform = load_platform(Path(args.platform)) if args.platform else load_platform()
         if not args.out:
             # The committed files carry the config's defaults; deployments build copies with --out.
-            paths = links.build(None, platform=platform)
+            paths = write_rule_files(None, platform=platform)
         else:
             # Settings set in the environment win; left at their defaults, the config's links apply.
             settings, defaults = _settings(), Settings
             runbook = settings.runbook_base_url
             grafana = settings.grafana_url
-            paths = links.build(
+            paths = write_rule_files(
                 Path(args.out),
                 None if runbook == defaults.runbook_base_url else runbook,
                 None if grafana == defaults.grafana_url else grafana,

@@ -12,49 +12,21 @@ test), so the colours on screen and the pages agree.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from grafanalib.core import BarChart, Dashboard, GaugePanel, Panel, Stat, Target, Time
 
-import attr
-from grafanalib._gen import DashboardEncoder
-from grafanalib.core import (
-    Annotations,
-    BarChart,
-    Dashboard,
-    DashboardLink,
-    GaugePanel,
-    GridPos,
-    Panel,
-    RowPanel,
-    Stat,
-    Target,
-    Template,
-    Templating,
-    Time,
-    TimeSeries,
-)
-
-from alerts.platform import Platform
 from app.domain.thresholds import AVG_TIME_PER_POSE, QUEUE_DEPTH, REFUND_RATE, SUCCESS_RATE, ThresholdTable
-
-DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-# Per-process panels follow the job and instance variables: from the fleet down to one worker.
-PROCESS_SELECTOR = 'job=~"$job", instance=~"$instance"'
-PANEL_HEIGHT = 8
-GRID_WIDTH = 24
-
-GREEN, ORANGE, RED = "green", "orange", "red"
-
-Steps = list[dict[str, object]]
-
-
-def steps(base: str, *levels: tuple[float, str]) -> Steps:
-    """Grafana threshold steps: a base colour, then ``(value, colour)`` pairs in increasing order.
-
-    Written as Grafana's own ``{"color", "value"}`` objects because grafanalib's ``Threshold`` renders
-    the base step's value as the string ``"null"`` rather than JSON ``null``.
-    """
-    return [{"color": base, "value": None}, *({"color": colour, "value": value} for value, colour in levels)]
+from dashboards.panels import (
+    DATASOURCE,
+    GREEN,
+    ORANGE,
+    PROCESS_SELECTOR,
+    RED,
+    Steps,
+    posegen_dashboard,
+    steps,
+    target,
+    timeseries,
+)
 
 
 def table_steps(table: ThresholdTable) -> Steps:
@@ -63,37 +35,6 @@ def table_steps(table: ThresholdTable) -> Steps:
     if table.higher_is_better:
         return steps(RED, (table.critical, ORANGE), (table.good, GREEN))
     return steps(GREEN, (table.good, ORANGE), (table.critical, RED))
-
-
-def target(expr: str, legend: str = "", ref: str = "A", instant: bool = False) -> Target:
-    return Target(
-        expr=expr,
-        legendFormat=legend,
-        refId=ref,
-        instant=instant,
-        format="table" if instant else "time_series",
-        intervalFactor=1,
-        datasource=DATASOURCE,
-    )
-
-
-def timeseries(
-    title: str, description: str, targets: list[Target], unit: str, thresholds: Steps, stacked: bool = False
-) -> TimeSeries:
-    return TimeSeries(
-        title=title,
-        description=description,
-        dataSource=DATASOURCE,
-        targets=targets,
-        unit=unit,
-        thresholds=thresholds,
-        # Draw threshold lines only where there is a level to compare against.
-        thresholdsStyleMode="line" if len(thresholds) > 1 else "off",
-        stacking={"mode": "normal", "group": "A"} if stacked else {},
-        fillOpacity=20 if stacked else 0,
-        legendDisplayMode="list",
-        tooltipMode="multi",
-    )
 
 
 def quantiles(metric: str, by: str = "", levels: tuple[int, ...] = (50, 95)) -> list[Target]:
@@ -688,46 +629,6 @@ def failover_panels() -> list[tuple[int, Panel]]:
     ]
 
 
-# A deploy is a (job, version, revision) that was not running five minutes before.
-DEPLOY_ANNOTATION_EXPR = (
-    "count by (job, version, revision) (pose_build_info)"
-    " unless count by (job, version, revision) (pose_build_info offset 5m)"
-)
-
-
-def deploy_annotation() -> dict[str, object]:
-    """A Prometheus-query annotation marking every version change of every job."""
-    return {
-        "name": "Deploys",
-        "datasource": DATASOURCE,
-        "enable": True,
-        "iconColor": "blue",
-        "expr": DEPLOY_ANNOTATION_EXPR,
-        "step": "1m",
-        "titleFormat": "{{job}} {{version}}",
-        "textFormat": "{{job}} now runs {{version}} (revision {{revision}})",
-        "tagKeys": "job,version",
-        "useValueForTime": False,
-    }
-
-
-def layout(rows: list[tuple[str, list[tuple[int, Panel]]]]) -> list[Panel]:
-    """Place each row's panels left to right, wrapping at the grid width, rows stacked top to bottom."""
-    placed: list[Panel] = []
-    y = 0
-    for title, panels in rows:
-        placed.append(RowPanel(title=title, gridPos=GridPos(h=1, w=GRID_WIDTH, x=0, y=y)))
-        y += 1
-        x = 0
-        for width, panel in panels:
-            if x + width > GRID_WIDTH:
-                x, y = 0, y + PANEL_HEIGHT
-            placed.append(attr.evolve(panel, gridPos=GridPos(h=PANEL_HEIGHT, w=width, x=x, y=y)))
-            x += width
-        y += PANEL_HEIGHT
-    return placed
-
-
 def operator_action_annotation() -> dict[str, object]:
     """A Prometheus-query annotation marking every operator action (retry, dry run, pause, resume), from
     ``pose_operator_actions_total``: one mark per action while its count went up."""
@@ -745,89 +646,25 @@ def operator_action_annotation() -> dict[str, object]:
     }
 
 
-def fleet_templating() -> Templating:
-    """The data source, then job and instance (every process of the fleet, or one) as template variables."""
-    datasource = Template(
-        name="datasource",
-        label="Data source",
-        type="datasource",
-        query="prometheus",
-        default="Prometheus",
-    )
-    job = Template(
-        name="job", label="Job", query="label_values(pose_build_info, job)", dataSource=DATASOURCE,
-        includeAll=True, multi=True, allValue=".+", default="$__all",
-    )
-    instance = Template(
-        name="instance", label="Instance", query='label_values(pose_build_info{job=~"$job"}, instance)',
-        dataSource=DATASOURCE, includeAll=True, multi=True, allValue=".+", default="$__all",
-    )
-    return Templating(list=[datasource, job, instance])
-
-
-def posegen_links() -> list[DashboardLink]:
-    """A drop-down of every dashboard tagged ``posegen`` (Overview, SLOs), keeping time and variables."""
-    return [DashboardLink(title="Pose Generator dashboards", tags=["posegen"], asDropdown=True,
-                          includeVars=True, keepTime=True)]
-
-
 def overview_dashboard() -> Dashboard:
-    return Dashboard(
+    return posegen_dashboard(
         title="Pose Generator — Overview",
         uid="posegen-overview",
         description="Generation health, queue, workers, credits, per-stage latency and the API.",
         tags=["posegen", "pose-generator"],
-        timezone="browser",
         refresh="30s",
-        schemaVersion=39,
-        graphTooltip=1,
         time=Time("now-6h", "now"),
-        templating=fleet_templating(),
-        annotations=Annotations(list=[deploy_annotation(), operator_action_annotation()]),
-        links=posegen_links(),
-        panels=layout(
-            [
-                ("Overview", seed_panels()),
-                ("Credits", credit_panels()),
-                ("Workers and Queue", worker_panels()),
-                ("Capacity", capacity_panels()),
-                ("Provider", provider_panels()),
-                ("Retries, Stuck Work and Releases", stuck_work_panels()),
-                ("Per-stage Latency", latency_panels()),
-                ("API", api_panels()),
-                ("Canary", canary_panels()),
-                ("Failover", failover_panels()),
-            ]
-        ),
-    ).auto_panel_ids()
-
-
-def build_dashboards(platform: Platform | None = None) -> dict[str, dict]:
-    """Every dashboard as Grafana JSON, keyed by its file name under ``dashboards/build/``, fitted to
-    ``platform`` (default ``alerts/platform.yml``): environment variables, scoped queries, exporter
-    replicas counted once (:mod:`dashboards.scoping`)."""
-    from alerts.platform import load
-    from dashboards.scoping import scope_dashboard
-    from dashboards.slo import slo_dashboard
-
-    platform = platform or load()
-    dashboards = {"pose-generator-overview.json": overview_dashboard(), "pose-generator-slos.json": slo_dashboard()}
-    # A round trip through the encoder turns grafanalib objects into plain JSON values.
-    return {name: scope_dashboard(json.loads(json.dumps(board, cls=DashboardEncoder)), platform)
-            for name, board in dashboards.items()}
-
-
-def render(dashboard: dict) -> str:
-    """The committed form of a dashboard: sorted keys, two-space indent, trailing newline."""
-    return json.dumps(dashboard, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def write_dashboards(out_dir: Path, platform: Platform | None = None) -> list[Path]:
-    """Write every dashboard to ``out_dir`` (byte-identical on rebuild) and return the written paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, dashboard in sorted(build_dashboards(platform).items()):
-        path = out_dir / name
-        path.write_text(render(dashboard), encoding="utf-8")
-        written.append(path)
-    return written
+        annotations=(operator_action_annotation(),),
+        rows=[
+            ("Overview", seed_panels()),
+            ("Credits", credit_panels()),
+            ("Workers and Queue", worker_panels()),
+            ("Capacity", capacity_panels()),
+            ("Provider", provider_panels()),
+            ("Retries, Stuck Work and Releases", stuck_work_panels()),
+            ("Per-stage Latency", latency_panels()),
+            ("API", api_panels()),
+            ("Canary", canary_panels()),
+            ("Failover", failover_panels()),
+        ],
+    )

@@ -8,18 +8,15 @@ with the tiers' levels as thresholds, and the SLI over 5 minutes and one hour ag
 
 from __future__ import annotations
 
-from grafanalib.core import Annotations, Dashboard, Stat, Time
+from grafanalib.core import Dashboard, Stat, Time
 
-from alerts.slo import SLO, Spec, load_spec, record_name
-from dashboards.overview import (
+from alerts.slo_spec import SLO, Spec, load_spec, record_name
+from dashboards.panels import (
     DATASOURCE,
     GREEN,
     ORANGE,
     RED,
-    deploy_annotation,
-    fleet_templating,
-    layout,
-    posegen_links,
+    posegen_dashboard,
     steps,
     target,
     timeseries,
@@ -74,21 +71,14 @@ def slo_panels(spec: Spec, slo: SLO) -> list[tuple[int, object]]:
 
 def slo_dashboard(spec: Spec | None = None) -> Dashboard:
     spec = spec or load_spec()
-    return Dashboard(
+    # The same variables, deploy markers and dashboard links as the Overview (the budgets are fleet-wide: the job
+    # and instance variables only carry over to the Overview).
+    return posegen_dashboard(
         title="Pose Generator — SLOs",
         uid=UID,
         description="Error budgets and burn rates of the SLOs in alerts/slos.yml.",
         tags=["posegen", "pose-generator", "slo"],
-        timezone="browser",
         refresh="1m",
-        schemaVersion=39,
-        graphTooltip=1,
         time=Time("now-7d", "now"),
-        # The same variables, deploy markers and dashboard links as the Overview (the budgets are fleet-wide:
-        # the job and instance variables only carry over to the Overview).
-        templating=fleet_templating(),
-        annotations=Annotations(list=[deploy_annotation()]),
-        links=posegen_links(),
-        panels=layout([(f"{slo.title} — {slo.description} ({slo.objective:.1%})", slo_panels(spec, slo))
-                       for slo in spec.slos]),
-    ).auto_panel_ids()
+        rows=[(f"{slo.title} — {slo.description} ({slo.objective:.1%})", slo_panels(spec, slo)) for slo in spec.slos],
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dashboards.overview import build_dashboards, render, write_dashboards
+from dashboards import build_dashboards, render, write_dashboards
 from tests.support.alerts import CONTRACT_METRICS, ROOT, metric_names, require_tool, run
 
 BUILD = ROOT / "dashboards" / "build"
@@ -168,7 +168,7 @@ def test_deploy_annotation_queries_build_info() -> None:
 
 
 def test_slo_dashboard_shows_budget_burn_and_sli_per_slo_and_links_both_ways() -> None:
-    from alerts.slo import load_spec
+    from alerts.slo_spec import load_spec
 
     boards = build_dashboards()
     slos = boards["pose-generator-slos.json"]

@@ -18,7 +18,7 @@ from app.domain.processing import generation_time_limit_seconds
 from app.k8s import DASHBOARDS_FILE, PROMETHEUS_RULE_FILE, WORKER_FILE, build_manifests, worker_grace_period_seconds
 from app.queue import JOB_TIMEOUT_SECONDS
 from app.settings import Settings
-from dashboards.overview import build_dashboards, render
+from dashboards import build_dashboards, render
 from tests.support.alerts import ROOT, require_tool
 
 pytestmark = pytest.mark.tools

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alerts import links, platform, slo
+from alerts import build, links, platform, slo
 from tests.test_alerts import ROOT, require_tool, run
 
 RULE_FILES = sorted((ROOT / "alerts" / "rules").glob("*.yml"))
@@ -31,7 +31,7 @@ def test_committed_rules_and_routing_are_rendered_from_the_config() -> None:
     for name, text in platform.render_rules(config).items():
         committed = (ROOT / "alerts" / "rules" / name).read_text()
         assert links.relink(text) == committed, f"alerts/rules/{name} is stale: run `posegen alerts build`"
-    assert slo.built()[slo.RULES_OUT] == slo.RULES_OUT.read_text(), "run `posegen slo build`"
+    assert build.slo_files()[slo.RULES_OUT] == slo.RULES_OUT.read_text(), "run `posegen slo build`"
     text = platform.ALERTMANAGER.read_text()
     assert platform.alertmanager_config(config, text) == text, "alerts/alertmanager.yml: run `posegen alerts build`"
     route = yaml.safe_load(text)["route"]
@@ -254,7 +254,7 @@ def dashboard_queries(boards: dict[str, dict]) -> list[tuple[str, str]]:
 
 
 def test_every_dashboard_query_follows_the_environment_variables_and_counts_replicas_once() -> None:
-    from dashboards.overview import build_dashboards
+    from dashboards import build_dashboards
     from dashboards.scoping import exporter_series
 
     boards = build_dashboards()

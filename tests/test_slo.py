@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alerts import slo
+from alerts import build, slo, slo_spec
 from tests.support.alerts import ROOT, require_tool, run
 
 pytestmark = pytest.mark.tools
@@ -18,7 +18,7 @@ GENERATED = (slo.RULES_OUT, slo.TESTS_OUT, slo.SLOW_TESTS_OUT)
 
 
 def test_committed_rules_and_tests_match_the_spec() -> None:
-    for path, text in slo.built().items():
+    for path, text in build.slo_files().items():
         assert path in GENERATED
         assert path.read_text(encoding="utf-8") == text, f"{path.relative_to(ROOT)} is stale: run `posegen slo build`"
 
@@ -32,20 +32,20 @@ def test_cli_builds_the_same_files(tmp_path: Path) -> None:
 
 
 def test_a_bad_spec_is_refused_with_one_line(tmp_path: Path) -> None:
-    spec = yaml.safe_load(slo.SPEC.read_text())
+    spec = yaml.safe_load(slo_spec.SPEC.read_text())
     spec["slos"][0]["objective"] = 1.5
     bad = tmp_path / "slos.yml"
     bad.write_text(yaml.safe_dump(spec))
     try:
-        slo.load_spec(bad)
-    except slo.SpecError as exc:
+        slo_spec.load_spec(bad)
+    except slo_spec.SpecError as exc:
         assert "objective must be between 0 and 1" in str(exc) and "\n" not in str(exc)
     else:
         raise AssertionError("an objective of 1.5 was accepted")
 
 
 def test_every_slo_has_every_tier_over_the_standard_windows() -> None:
-    spec = slo.load_spec()
+    spec = slo_spec.load_spec()
     rules = [rule for group in yaml.safe_load(slo.RULES_OUT.read_text())["groups"] for rule in group["rules"]]
     assert {s.name for s in spec.slos} == {"generation-success", "pose-latency", "api-availability"}
     for s in spec.slos:
@@ -64,7 +64,7 @@ def test_latency_sli_reads_a_bucket_the_exporter_has() -> None:
     """The 60 s bucket exists in the pose histogram's bounds (migration) and is selected as the exporter writes it."""
     migration = (ROOT / "app/db/migrations/002_exporter_counters.sql").read_text()
     assert "('pose_duration', '{0.1,0.5,1,2,5,10,30,60,120,300}')" in migration
-    latency = next(s for s in slo.load_spec().slos if s.name == "pose-latency")
+    latency = next(s for s in slo_spec.load_spec().slos if s.name == "pose-latency")
     assert latency.good == 'pose_pose_duration_seconds_bucket{le="60.0"}'
 
 
@@ -78,14 +78,14 @@ def test_generated_rules_and_tests_pass_promtool() -> None:
 
 def test_generated_tests_catch_a_missing_guard(tmp_path: Path) -> None:
     """Built without the low-traffic guard, the generated quiet-hour and low-traffic scenarios fail."""
-    spec = yaml.safe_load(slo.SPEC.read_text())
+    spec = yaml.safe_load(slo_spec.SPEC.read_text())
     spec["guard"] = {"min_events": 0, "min_bad_events": 0}
     spec["slos"] = spec["slos"][:1]
     spec["tiers"] = [tier for tier in spec["tiers"] if tier["long"] == "1h"]
     (tmp_path / "alerts").mkdir()
     spec_path = tmp_path / "alerts" / "slos.yml"
     spec_path.write_text(yaml.safe_dump(spec))
-    built = slo.built(spec_path)
+    built = build.slo_files(spec_path)
     (tmp_path / "rules").mkdir()
     (tmp_path / "tests").mkdir()
     for path, text in built.items():
