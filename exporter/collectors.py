@@ -138,9 +138,21 @@ class RedisServerCollector(Collector):
         address = redis_server_address(self._redis)
         self._changes.note("redis", address)
         if address is not None:
-            info = gauge_family("pose_redis_server_info")
-            info.add_metric([address], 1)
-            yield info
+            yield redis_server_family(address)
+
+
+def redis_server_family(address: str) -> Metric:
+    """``pose_redis_server_info{address} 1`` for the Redis server at ``address`` (``host:port``)."""
+    info = gauge_family("pose_redis_server_info")
+    info.add_metric([address], 1)
+    return info
+
+
+def database_server_family(address: str) -> Metric:
+    """``pose_database_server_info{address} 1`` for the PostgreSQL server at ``address`` (``host:port``)."""
+    info = gauge_family("pose_database_server_info")
+    info.add_metric([address], 1)
+    return info
 
 
 class CombinedCollector(Collector):
@@ -264,9 +276,7 @@ class DomainCollector(Collector):
         finally:
             self._lock.release()
         self._changes.note("postgres", address)
-        info = gauge_family("pose_database_server_info")
-        info.add_metric([address], 1)
-        yield info
+        yield database_server_family(address)
         yield from _domain_families(rows)
 
     def close(self) -> None:
