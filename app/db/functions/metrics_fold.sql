@@ -4,7 +4,8 @@
 -- miss another folder's deletes, so those transactions skip.
 -- The exporter's figures of the moved generation and pose deltas come from the view metrics_exporter_pending, which
 -- the exporter's scrape reads too (migration 011): every part of one statement reads the same snapshot, in which
--- the rows being deleted are still there.
+-- the rows being deleted are still there. The batch's id range bounds that read to the batch (an index range scan,
+-- not the whole backlog).
 -- SECURITY DEFINER (as the schema's owner): the application's role may only read the derived tables it
 -- writes (app/db/grants.sql); search_path pinned, as PostgreSQL's docs ask of such functions.
 CREATE OR REPLACE FUNCTION metrics_fold(max_rows integer DEFAULT 10000) RETURNS bigint LANGUAGE plpgsql
@@ -21,10 +22,10 @@ BEGIN
         RETURN 0;
     END IF;
 
-    WITH moved AS (
-        DELETE FROM metrics_generation_deltas
-         WHERE id IN (SELECT id FROM metrics_generation_deltas ORDER BY id LIMIT max_rows)
-        RETURNING *
+    WITH batch AS MATERIALIZED (
+        SELECT id FROM metrics_generation_deltas ORDER BY id LIMIT max_rows
+    ), moved AS (
+        DELETE FROM metrics_generation_deltas WHERE id IN (SELECT id FROM batch) RETURNING *
     ), by_hour AS (
         INSERT INTO metrics_generation_hourly AS h
         SELECT hour, sum(generations), sum(queued), sum(processing), sum(completed), sum(failed),
@@ -52,7 +53,8 @@ BEGIN
         SELECT f.metric, f.label,
                CASE WHEN f.metric = 'last_finished_generation_ms' THEN max(f.value) ELSE sum(f.value) END
           FROM moved JOIN metrics_exporter_pending f ON f.source = 'generation' AND f.delta_id = moved.id
-         WHERE f.value IS NOT NULL
+         WHERE f.delta_id BETWEEN (SELECT min(id) FROM batch) AND (SELECT max(id) FROM batch)
+           AND f.value IS NOT NULL
          GROUP BY f.metric, f.label
         ON CONFLICT (metric, label) DO UPDATE SET value = CASE
             WHEN t.metric = 'last_finished_generation_ms' THEN greatest(t.value, EXCLUDED.value)
@@ -60,10 +62,10 @@ BEGIN
     )
     SELECT count(*) INTO moved_generations FROM moved;
 
-    WITH moved AS (
-        DELETE FROM metrics_pose_deltas
-         WHERE id IN (SELECT id FROM metrics_pose_deltas ORDER BY id LIMIT max_rows)
-        RETURNING *
+    WITH batch AS MATERIALIZED (
+        SELECT id FROM metrics_pose_deltas ORDER BY id LIMIT max_rows
+    ), moved AS (
+        DELETE FROM metrics_pose_deltas WHERE id IN (SELECT id FROM batch) RETURNING *
     ), by_pose AS (
         INSERT INTO metrics_pose_usage AS p SELECT pose_id, sum(slots) FROM moved GROUP BY pose_id
         ON CONFLICT (pose_id) DO UPDATE SET slots = p.slots + EXCLUDED.slots
@@ -71,6 +73,7 @@ BEGIN
         INSERT INTO metrics_exporter_totals AS t
         SELECT f.metric, f.label, sum(f.value)
           FROM moved JOIN metrics_exporter_pending f ON f.source = 'pose' AND f.delta_id = moved.id
+         WHERE f.delta_id BETWEEN (SELECT min(id) FROM batch) AND (SELECT max(id) FROM batch)
          GROUP BY f.metric, f.label
         ON CONFLICT (metric, label) DO UPDATE SET value = t.value + EXCLUDED.value
     )
