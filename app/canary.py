@@ -20,14 +20,8 @@ the next comes :data:`CONFIRM_SECONDS` later at most, so two failures in a row (
 one blip cannot meet: ``pose_canary_consecutive_failures >= 2``) are seen within minutes of an outage even with a
 long interval.
 
-Metrics on ``/metrics`` (``POSEGEN_CANARY_METRICS_PORT``), scraped as job ``posegen-canary``:
-
-``pose_canary_runs_total{outcome}``                  counter    runs ended ``success`` or ``failure`` (both 0 at start)
-``pose_canary_failures_total{reason}``               counter    failed runs by reason (every reason 0 at start)
-``pose_canary_consecutive_failures``                 gauge      runs failed in a row since the latest success
-``pose_canary_last_success_timestamp_seconds``       gauge      end of the latest successful run (absent before one)
-``pose_canary_run_duration_seconds{outcome}``        histogram  a run, create to terminal (or to its failure)
-``pose_build_info{version, revision}``               gauge      1
+Metrics on ``/metrics`` (``POSEGEN_CANARY_METRICS_PORT``), scraped as job ``posegen-canary``: the ``pose_canary_*``
+entries of :mod:`app.metric_catalogue` and ``pose_build_info``.
 """
 
 from __future__ import annotations
@@ -39,12 +33,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from app import API_PREFIX
 from app.api.auth import Role, mint_token
+from app.metric_catalogue import counter, gauge, gauge_family, histogram
 from app.observability.build_info import BuildInfoCollector
 from app.observability.logging import get_logger
 from app.settings import Settings
@@ -84,8 +79,7 @@ class _LastSuccess(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         if self.value is not None:
-            yield GaugeMetricFamily("pose_canary_last_success_timestamp_seconds",
-                                    "When the latest successful canary run ended (Unix seconds)", value=self.value)
+            yield gauge_family("pose_canary_last_success_timestamp_seconds", self.value)
 
 
 class CanaryMetrics:
@@ -93,14 +87,10 @@ class CanaryMetrics:
 
     def __init__(self, revision: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.runs = Counter("pose_canary_runs_total", "Canary runs by outcome", ["outcome"], registry=self.registry)
-        self.failures = Counter("pose_canary_failures_total", "Failed canary runs by reason", ["reason"],
-                                registry=self.registry)
-        self.duration = Histogram("pose_canary_run_duration_seconds", "A canary run, create to terminal",
-                                  ["outcome"], buckets=DURATION_BUCKETS, registry=self.registry)
-        self.consecutive_failures = Gauge("pose_canary_consecutive_failures",
-                                          "Canary runs failed in a row since the latest success",
-                                          registry=self.registry)
+        self.runs = counter("pose_canary_runs_total", registry=self.registry)
+        self.failures = counter("pose_canary_failures_total", registry=self.registry)
+        self.duration = histogram("pose_canary_run_duration_seconds", buckets=DURATION_BUCKETS, registry=self.registry)
+        self.consecutive_failures = gauge("pose_canary_consecutive_failures", registry=self.registry)
         self.last_success = _LastSuccess()
         self.registry.register(self.last_success)
         self.registry.register(BuildInfoCollector(revision))

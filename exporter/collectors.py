@@ -1,61 +1,21 @@
 """Collectors of the standalone exporter, each reading its source at scrape time.
 
+What each metric means, its labels and where its number comes from: :mod:`app.metric_catalogue` (the docs'
+metrics reference is rendered from it); every family here is built from its declaration there.
+
 :class:`QueueCollector` reads the ``pose-generation`` RQ queue from Redis in two pipelined round trips
 (``LLEN``/``ZCARD``/``LINDEX`` and the queue's worker set, then each worker's ``state`` and the head job's
-``enqueued_at``): whatever the queue length, the cost is the same.
+``enqueued_at``): whatever the queue length, the cost is the same. :class:`ProviderSlotsCollector` reads the
+provider-slot limiter's state and :class:`~app.observability.fleet_metrics.FleetMetricsCollector` the fleet's
+counters and histograms kept in Redis; the ``redis`` source reads all three (:class:`CombinedCollector`).
 
-``pose_queue_depth``                              gauge  waiting + active jobs, of the queue and its retry queue
-``pose_queue_jobs{state}``                        gauge  job attempts: waiting, active (live executions only),
-                                                         scheduled, deferred, failed, finished
-``pose_workers{state}``                           gauge  RQ workers with a fresh heartbeat: idle, busy, started...
-``pose_queue_oldest_waiting_job_age_seconds``     gauge  age of the job at the head of the queue (0 when empty)
+:class:`DomainCollector` reads counters that PostgreSQL triggers keep in the same transactions as the writes they
+count (:mod:`app.bookkeeping`): exact, surviving any process exiting, and a scrape sums the totals and the few
+deltas not folded yet, whatever the size of the history. Histogram buckets carry an exemplar (trace id,
+generation id) of their latest traced observation.
 
-:class:`ProviderSlotsCollector` reads the provider-slot limiter's state (``pose_provider_slots_in_use``,
-``pose_provider_slots_limit``) and :class:`~app.observability.fleet_metrics.FleetMetricsCollector` the
-fleet's counters and histograms kept in Redis (slot wait, provider task time, 429s, retries, job failures);
-the ``redis`` source reads all three (:class:`CombinedCollector`).
-
-:class:`DomainCollector` reads counters that PostgreSQL triggers keep in the same transactions as
-the writes they count: insert-only deltas shared with the admin metrics, folded into totals
-(``app/db/migrations/008_shared_bookkeeping.sql``), so they are exact, survive any process exiting,
-and a scrape sums the totals and the few deltas not folded yet, whatever the size of the history.
-Counters never go down; what can go down is a gauge of its own:
-
-``pose_generations_total{status}``                counter  ``created`` (every generation inserted), ``completed``
-                                                           and ``failed`` (generations that reached that status).
-                                                           Sum over ``status=~"completed|failed"`` for finished ones.
-``pose_generations_in_progress{status}``          gauge    generations now ``queued`` or ``processing``
-``pose_poses_total{status}``                      counter  pose slots that ended ``completed`` or ``failed``
-``pose_poses_pending``                            gauge    pose slots now pending
-``pose_errors_total{error_type}``                 counter  recorded errors, every seed error type (0 when unseen)
-``pose_credits_spent_total``                      counter  credits charged (ledger charges)
-``pose_credits_refunded_total``                   counter  credits refunded (ledger refunds)
-``pose_last_finished_generation_timestamp_seconds`` gauge  when the latest generation finished (absent before any)
-``pose_generation_duration_seconds``              histogram  finished generations, creation to finish (10..300 s)
-``pose_provider_call_duration_seconds``           histogram  image provider call per finished pose
-``pose_upload_duration_seconds``                  histogram  image upload per finished pose
-``pose_queue_wait_duration_seconds``              histogram  wait from generation creation to the pose's start
-``pose_pose_duration_seconds``                    histogram  a finished pose, end to end
-``pose_generation_requeues_total{reason}``        counter  abandoned attempts re-queued by the reaper
-``pose_generation_attempts_exhausted_total{reason}`` counter  generations failed after their last attempt
-``pose_generation_oldest_running_age_seconds``    gauge    the longest-running attempt now processing
-``pose_users_with_failed_generations``           gauge    distinct users with a generation that failed (finished)
-                                                           in the last hour: the blast radius pages name
-``pose_operator_actions_total{action}``           counter  operator actions, from the append-only audit table
-``pose_intake_paused``, ``pose_workers_paused``   gauge    1 during an operator's planned pause (from Redis)
-
-Which server each source reads, so a failover shows (Sentinel naming a new Redis master, libpq's multi-host
-``DATABASE_URL`` connecting to a promoted standby):
-
-``pose_redis_server_info{address}``               gauge    1 for the Redis master this exporter talks to
-``pose_database_server_info{address}``            gauge    1 for the PostgreSQL server this exporter reads
-``pose_database_in_recovery``                     gauge    1 while that server is a standby (pg_is_in_recovery)
-``pose_exporter_server_changes_total{source}``    counter  times the server of a source changed since start
-
-Histogram buckets carry an exemplar (trace id, generation id) of their latest traced observation.
-
-:class:`SourcesCollector` reads every source in parallel, each within its deadline, so one source
-failing or hanging never breaks the scrape; it adds ``pose_exporter_up{source}`` and
+:class:`SourcesCollector` reads every source in parallel, each within its deadline, so one source failing or
+hanging never breaks the scrape; it adds ``pose_exporter_up{source}`` and
 ``pose_exporter_scrape_duration_seconds{source}``.
 """
 
@@ -73,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
@@ -81,10 +40,13 @@ from prometheus_client.utils import floatToGoString
 from redis import Redis
 
 from app import QUEUE_NAME
+from app.bookkeeping import SCRAPE_FOLD, fold
 from app.connections import pg_connect, redis_server_address
 from app.domain.audit import Action
 from app.domain.intake import read_intake_pause, workers_paused
+from app.domain.processing import AbandonReason
 from app.errors import ErrorType
+from app.metric_catalogue import counter_family, gauge_family, histogram_family
 from app.observability.logging import get_logger
 from app.queue import WORKER_STATES, QueueKeys, read_queue_counts
 from app.worker.limiter import read_slot_usage
@@ -104,25 +66,18 @@ class QueueCollector(Collector):
         counts = read_queue_counts(self._redis, self._keys, with_workers=True, now=now)
         jobs = {"waiting": counts.waiting, "active": counts.active, "scheduled": counts.scheduled,
                 "deferred": counts.deferred, "failed": counts.failed, "finished": counts.completed}
-        states = GaugeMetricFamily(
-            "pose_queue_jobs",
-            "Job attempts of the pose-generation queue by state (active: live executions only)", labels=["state"])
+        states = gauge_family("pose_queue_jobs")
         for state, count in jobs.items():
             states.add_metric([state], count)
         yield states
-        yield GaugeMetricFamily("pose_queue_depth", "Jobs waiting or running (live executions) on the queue",
-                                value=counts.depth)
-        workers = GaugeMetricFamily(
-            "pose_workers", "RQ workers of the pose-generation queue by state, with a fresh heartbeat",
-            labels=["state"])
+        yield gauge_family("pose_queue_depth", counts.depth)
+        workers = gauge_family("pose_workers")
         for state in WORKER_STATES:
             workers.add_metric([state], counts.workers.get(state, 0))
         yield workers
         enqueued_at = counts.oldest_waiting_enqueued_at
         age = max(0.0, now - enqueued_at) if enqueued_at is not None else 0.0
-        yield GaugeMetricFamily("pose_queue_oldest_waiting_job_age_seconds",
-                                "How long the job at the head of the queue has waited (0 when none waits)",
-                                value=age)
+        yield gauge_family("pose_queue_oldest_waiting_job_age_seconds", age)
         yield from planned_pause_families(self._redis)
 
 
@@ -139,10 +94,8 @@ class ProviderSlotsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         in_use, limit = read_slot_usage(self._redis)
-        yield GaugeMetricFamily("pose_provider_slots_in_use",
-                                "Provider slots held now (in-flight provider calls across all workers)", value=in_use)
-        yield GaugeMetricFamily("pose_provider_slots_limit", "The cap on provider slots (POSEGEN_PROVIDER_CONCURRENCY)",
-                                value=limit if limit is not None else self._default_limit)
+        yield gauge_family("pose_provider_slots_in_use", in_use)
+        yield gauge_family("pose_provider_slots_limit", limit if limit is not None else self._default_limit)
 
 
 class ServerChanges:
@@ -166,9 +119,7 @@ class ServerChanges:
 
     def families(self) -> Iterator[Metric]:
         """``pose_exporter_server_changes_total{source}``, read outside the sources (it survives an outage)."""
-        changes = CounterMetricFamily("pose_exporter_server_changes",
-                                      "Times the server this exporter reads a source from changed (failovers)",
-                                      labels=["source"])
+        changes = counter_family("pose_exporter_server_changes_total")
         with self._lock:
             for source, count in self._changes.items():
                 changes.add_metric([source], count)
@@ -187,10 +138,21 @@ class RedisServerCollector(Collector):
         address = redis_server_address(self._redis)
         self._changes.note("redis", address)
         if address is not None:
-            info = GaugeMetricFamily("pose_redis_server_info", "1 for the Redis server (master) the exporter reads",
-                                     labels=["address"])
-            info.add_metric([address], 1)
-            yield info
+            yield redis_server_family(address)
+
+
+def redis_server_family(address: str) -> Metric:
+    """``pose_redis_server_info{address} 1`` for the Redis server at ``address`` (``host:port``)."""
+    info = gauge_family("pose_redis_server_info")
+    info.add_metric([address], 1)
+    return info
+
+
+def database_server_family(address: str) -> Metric:
+    """``pose_database_server_info{address} 1`` for the PostgreSQL server at ``address`` (``host:port``)."""
+    info = gauge_family("pose_database_server_info")
+    info.add_metric([address], 1)
+    return info
 
 
 class CombinedCollector(Collector):
@@ -211,61 +173,34 @@ class LimitsCollector(Collector):
         self._generation_limit = generation_time_limit_seconds
 
     def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily(
-            "pose_generation_time_limit_seconds",
-            "The longest one attempt of a generation can run (deadline x poses / pose concurrency + slack); "
-            "an attempt running longer is stuck", value=self._generation_limit)
+        yield gauge_family("pose_generation_time_limit_seconds", self._generation_limit)
 
 
 def planned_pause_families(redis: Redis) -> Iterator[Metric]:
     """The operators' planned pauses (``posegen ops pause``): alerts that fire because nothing is created
     or finished stay quiet while one is on (see alerts/rules)."""
-    yield GaugeMetricFamily("pose_intake_paused", "1 while an operator has paused intake (POST /generations 503)",
-                            value=int(read_intake_pause(redis) is not None))
-    yield GaugeMetricFamily("pose_workers_paused", "1 while an operator has suspended the workers (RQ suspension)",
-                            value=int(workers_paused(redis)))
+    yield gauge_family("pose_intake_paused", int(read_intake_pause(redis) is not None))
+    yield gauge_family("pose_workers_paused", int(workers_paused(redis)))
 
 
-@dataclass(frozen=True)
-class _Histogram:
-    key: str  # the metric name in metrics_histogram_totals
-    name: str
-    documentation: str
-
-
-_HISTOGRAMS = (
-    _Histogram("generation_duration", "pose_generation_duration_seconds",
-               "Finished generations, from creation to finish"),
-    _Histogram("provider_call", "pose_provider_call_duration_seconds", "Image provider call of each finished pose"),
-    _Histogram("upload", "pose_upload_duration_seconds", "Image upload of each finished pose"),
-    _Histogram("queue_wait", "pose_queue_wait_duration_seconds",
-               "Wait from the generation's creation until work on the pose began"),
-    _Histogram("pose_duration", "pose_pose_duration_seconds", "Each finished pose, end to end"),
-)
+# The histograms of the bookkeeping: their key in metrics_histogram_totals -> the metric.
+_HISTOGRAMS = {
+    "generation_duration": "pose_generation_duration_seconds",
+    "provider_call": "pose_provider_call_duration_seconds",
+    "upload": "pose_upload_duration_seconds",
+    "queue_wait": "pose_queue_wait_duration_seconds",
+    "pose_duration": "pose_pose_duration_seconds",
+}
 
 # One statement, so counters and histograms come from the same snapshot: the folded totals plus the
-# deltas not folded yet (see app/db/migrations/008_shared_bookkeeping.sql), errors and credits from the
-# admin metrics' own tables of the same family. Columns: metric, label, le, value, sum_ms, then a
+# deltas not folded yet, as figures (view metrics_exporter_pending, app/bookkeeping.py), errors and credits from
+# the admin metrics' own tables of the same family. Columns: metric, label, le, value, sum_ms, then a
 # bucket's exemplar (trace_id, generation_id, value_ms, observed_at epoch seconds).
 _READ_SQL = """
 WITH figures (metric, label, value) AS (
     SELECT metric, label, value FROM metrics_exporter_totals
     UNION ALL
-    SELECT metric, label, value FROM metrics_exporter_deltas
-    UNION ALL
-    SELECT e.metric, e.label, e.value
-      FROM metrics_generation_deltas d
-     CROSS JOIN LATERAL (VALUES ('generations', 'created', d.created_total::bigint),
-                                ('generations', 'completed', d.completed_total),
-                                ('generations', 'failed', d.failed_total),
-                                ('generations_in_progress', 'queued', d.queued),
-                                ('generations_in_progress', 'processing', d.processing),
-                                ('last_finished_generation_ms', '', d.last_finished_ms)) AS e (metric, label, value)
-    UNION ALL
-    SELECT e.metric, e.label, e.value
-      FROM metrics_pose_deltas d
-     CROSS JOIN LATERAL (VALUES ('poses_pending', '', d.pending::bigint), ('poses', 'completed', d.completed_total),
-                                ('poses', 'failed', d.failed_total)) AS e (metric, label, value)
+    SELECT metric, label, value FROM metrics_exporter_pending
     UNION ALL
     SELECT 'errors', error_type, events FROM metrics_error_totals
     UNION ALL
@@ -306,13 +241,6 @@ SELECT 'users_failed_1h', '', NULL, count(DISTINCT user_id), NULL, NULL, NULL, N
   FROM generations WHERE status = 'failed' AND finished_at > now() - interval '1 hour'
 """
 
-# Closed label sets of the counters the reaper keeps (app/domain/processing.py: reap_abandoned).
-ABANDON_REASONS = ("lease_expired", "job_lost")
-
-
-# Rows of each delta kind one scrape folds: a few ms, so a backlog drains over a few scrapes.
-SCRAPE_FOLD_ROWS = 2000
-
 # A read this many deadlines old is stuck (statement_timeout ends a slow one at 0.8 deadlines).
 STUCK_READ_FACTOR = 3
 
@@ -348,10 +276,7 @@ class DomainCollector(Collector):
         finally:
             self._lock.release()
         self._changes.note("postgres", address)
-        info = GaugeMetricFamily("pose_database_server_info", "1 for the PostgreSQL server the exporter reads",
-                                 labels=["address"])
-        info.add_metric([address], 1)
-        yield info
+        yield database_server_family(address)
         yield from _domain_families(rows)
 
     def close(self) -> None:
@@ -396,7 +321,7 @@ class DomainCollector(Collector):
         scrape; a busy or failing fold is skipped (the read adds unfolded deltas anyway, and stays exact)."""
         assert self._conn is not None
         try:
-            self._conn.execute("SELECT metrics_fold(%s)", (SCRAPE_FOLD_ROWS,))
+            fold(self._conn, SCRAPE_FOLD.rows)
         except psycopg.Error:
             if self._conn.broken or self._conn.closed:
                 raise
@@ -434,66 +359,48 @@ def _domain_families(rows: Iterable[tuple[Any, ...]]) -> Iterator[Metric]:
     def count(metric: str, label: str = "") -> int:
         return counters.get((metric, label), 0)
 
-    generations = CounterMetricFamily(
-        "pose_generations", "Generations created, and generations that reached a terminal status",
-        labels=["status"])
+    generations = counter_family("pose_generations_total")
     for status in ("created", "completed", "failed"):
         generations.add_metric([status], count("generations", status))
     yield generations
-    in_progress = GaugeMetricFamily("pose_generations_in_progress", "Generations now queued or processing",
-                                    labels=["status"])
+    in_progress = gauge_family("pose_generations_in_progress")
     for status in ("queued", "processing"):
         in_progress.add_metric([status], count("generations_in_progress", status))
     yield in_progress
-    poses = CounterMetricFamily("pose_poses", "Pose slots that ended completed or failed", labels=["status"])
+    poses = counter_family("pose_poses_total")
     for status in ("completed", "failed"):
         poses.add_metric([status], count("poses", status))
     yield poses
-    yield GaugeMetricFamily("pose_poses_pending", "Pose slots waiting for an outcome", value=count("poses_pending"))
-    errors = CounterMetricFamily("pose_errors", "Recorded errors by seed error type", labels=["error_type"])
+    yield gauge_family("pose_poses_pending", count("poses_pending"))
+    errors = counter_family("pose_errors_total")
     seen = {label for metric, label in counters if metric == "errors"}
     for error_type in [*(e.value for e in ErrorType), *sorted(seen - {e.value for e in ErrorType})]:
         errors.add_metric([error_type], count("errors", error_type))
     yield errors
-    yield CounterMetricFamily("pose_credits_spent", "Credits charged for generations",
-                              value=count("credits_spent"))
-    yield CounterMetricFamily("pose_credits_refunded", "Credits refunded for failed poses",
-                              value=count("credits_refunded"))
-    requeues = CounterMetricFamily(
-        "pose_generation_requeues", "Abandoned generation attempts the reaper queued again, by reason",
-        labels=["reason"])
-    exhausted = CounterMetricFamily(
-        "pose_generation_attempts_exhausted",
-        "Generations the reaper failed (poses refunded as TIMEOUT_ERROR) after their last attempt was abandoned",
-        labels=["reason"])
-    for reason in ABANDON_REASONS:
-        requeues.add_metric([reason], count("generation_requeues", reason))
-        exhausted.add_metric([reason], count("generation_attempts_exhausted", reason))
+    yield counter_family("pose_credits_spent_total", count("credits_spent"))
+    yield counter_family("pose_credits_refunded_total", count("credits_refunded"))
+    requeues = counter_family("pose_generation_requeues_total")
+    exhausted = counter_family("pose_generation_attempts_exhausted_total")
+    for reason in AbandonReason:
+        requeues.add_metric([reason.value], count("generation_requeues", reason.value))
+        exhausted.add_metric([reason.value], count("generation_attempts_exhausted", reason.value))
     yield requeues
     yield exhausted
-    yield GaugeMetricFamily("pose_generation_oldest_running_age_seconds",
-                            "How long the longest-running attempt of a generation now processing has run "
-                            "(0 when none runs)", value=count("oldest_running_ms") / 1000)
+    yield gauge_family("pose_generation_oldest_running_age_seconds", count("oldest_running_ms") / 1000)
     # The blast radius a page names: distinct users whose generation failed within the hour before the
     # scrape (index generations_failed_finished), not a counter, so it goes down as failures age out.
-    yield GaugeMetricFamily("pose_users_with_failed_generations",
-                            "Users with at least one generation that failed in the last hour",
-                            value=count("users_failed_1h"))
+    yield gauge_family("pose_users_with_failed_generations", count("users_failed_1h"))
     # Rows of the append-only audit table: exact, and they never go down.
-    actions = CounterMetricFamily("pose_operator_actions", "Operator actions (retries, dry runs, pauses, resumes)",
-                                  labels=["action"])
+    actions = counter_family("pose_operator_actions_total")
     for action in Action:
         actions.add_metric([action.value], count("operator_actions", action.value))
     yield actions
-    yield GaugeMetricFamily("pose_database_in_recovery",
-                            "1 while the PostgreSQL server read is a standby (pg_is_in_recovery), 0 on a primary",
-                            value=count("in_recovery"))
+    yield gauge_family("pose_database_in_recovery", count("in_recovery"))
     if ("last_finished_generation_ms", "") in counters:
-        yield GaugeMetricFamily("pose_last_finished_generation_timestamp_seconds",
-                                "Unix time at which the latest generation finished",
-                                value=count("last_finished_generation_ms") / 1000)
-    for histogram in _HISTOGRAMS:
-        observed = sorted(buckets.get(histogram.key, []), key=lambda bucket: bucket[0])
+        yield gauge_family("pose_last_finished_generation_timestamp_seconds",
+                           count("last_finished_generation_ms") / 1000)
+    for key, name in _HISTOGRAMS.items():
+        observed = sorted(buckets.get(key, []), key=lambda bucket: bucket[0])
         if not observed:
             continue
         cumulative, total_ms = 0, 0
@@ -503,7 +410,7 @@ def _domain_families(rows: Iterable[tuple[Any, ...]]) -> Iterator[Metric]:
             total_ms += sum_ms
             bound = floatToGoString(le)
             samples.append((bound, cumulative) if exemplar is None else (bound, cumulative, exemplar))
-        family = HistogramMetricFamily(histogram.name, histogram.documentation)
+        family = histogram_family(name)
         family.add_metric([], samples, total_ms / 1000)
         yield family
 
@@ -536,10 +443,8 @@ class SourcesCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         started = time.perf_counter()
         pending = {name: self._pool.submit(_read_source, source) for name, source in self._sources.items()}
-        up = GaugeMetricFamily("pose_exporter_up", "1 when this scrape read the source, 0 when it failed or timed out",
-                               labels=["source"])
-        duration = GaugeMetricFamily("pose_exporter_scrape_duration_seconds",
-                                     "Time this scrape spent reading the source", labels=["source"])
+        up = gauge_family("pose_exporter_up")
+        duration = gauge_family("pose_exporter_scrape_duration_seconds")
         for name, future in pending.items():
             try:
                 reading = future.result(timeout=max(0.0, self._timeout - (time.perf_counter() - started)))

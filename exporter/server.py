@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.exposition import ThreadingWSGIServer
 from redis import Redis
 
+from app.bookkeeping import DeltaFolder
 from app.connections import redis_client
 from app.domain.processing import generation_time_limit_seconds
 from app.observability.build_info import BuildInfoCollector
@@ -35,7 +36,6 @@ from exporter.collectors import (
     ServerChanges,
     SourcesCollector,
 )
-from exporter.folding import DeltaFolder
 
 log = get_logger("Metrics")
 

@@ -28,11 +28,11 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 
 from app import QUEUE_NAME
 from app.api.auth import Role
+from app.bookkeeping import fold_pending_deltas
 from app.domain.metrics import (
     Window,
     WindowTotals,
     error_counts,
-    fold_pending_deltas,
     percent,
     popular_poses,
     top_users,

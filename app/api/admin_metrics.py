@@ -32,11 +32,11 @@ from app.api.auth import authenticate, require_admin
 from app.api.deps import DatabaseConnection
 from app.api.error_responses import EXCEPTION_HANDLERS
 from app.api.openapi import error_responses
+from app.bookkeeping import fold_pending_deltas
 from app.domain.metrics import (
     Window,
     WindowTotals,
     error_counts,
-    fold_pending_deltas,
     health_indicators,
     overall_status,
     popular_poses,

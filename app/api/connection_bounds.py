@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from app import metric_catalogue
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -60,11 +61,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
 def _refused_heads() -> Counter:
     # Made at the first connection, in the server process: prometheus-client picks its multiprocess mode when it
     # is first imported, which must follow `posegen api` setting PROMETHEUS_MULTIPROC_DIR.
-    from prometheus_client import Counter
-
-    counter = Counter("pose_http_request_heads_refused", "Request heads the API refused before reading them "
-                      "whole: too_large (431), too_slow (408), crowded_out (closed to make room at the cap), "
-                      "malformed (400: not HTTP the parser can read)", ["reason"])
+    counter = metric_catalogue.counter("pose_http_request_heads_refused_total")
     for reason in ("too_large", "too_slow", "crowded_out", "malformed"):
         counter.labels(reason)
     return counter

@@ -1,4 +1,5 @@
-"""The API's own Prometheus metrics, all of them, served at ``/metrics-prometheus`` (the seed's path).
+"""The API's own Prometheus metrics, all of them, served at ``/metrics-prometheus`` (the seed's path); declared in
+:mod:`app.metric_catalogue`.
 
 Request counts and latency by route, and the sizes of coalesced database calls. Labels are the
 route template (``/generations/{generation_id:str}``), never the raw path, so their number stays bounded.
@@ -26,26 +27,20 @@ from litestar.params import HeaderParameter
 from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_406_NOT_ACCEPTABLE
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.api.openapi import error_responses
+from app.metric_catalogue import counter, histogram
 from app.observability import tracing
 from app.observability.build_info import BuildInfoCollector
 from app.observability.exposition import EXPOSITIONS, NOT_ACCEPTABLE, choose_exposition
 
-REQUESTS = Counter(
-    "pose_http_requests", "HTTP requests answered by the API", ["method", "route", "status_code"]
-)
-LATENCY = Histogram(
-    "pose_http_request_duration_seconds", "HTTP request latency of the API", ["method", "route"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-)
+REQUESTS = counter("pose_http_requests_total")
+LATENCY = histogram("pose_http_request_duration_seconds",
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
 # Observed by app.api.coalesce, one observation per coalesced database call.
-BATCH_SIZE = Histogram(
-    "pose_api_batch_size", "Requests served per coalesced database call, by kind of call", ["kind"],
-    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-)
+BATCH_SIZE = histogram("pose_api_batch_size", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 # Registered once per process; the app factory sets the revision from its settings.
 BUILD_INFO = BuildInfoCollector("unknown")
 REGISTRY.register(BUILD_INFO)

@@ -32,7 +32,6 @@ from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, NotAuthorizedException, TooManyRequestsException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -42,16 +41,14 @@ from app.api.caller_concurrency import CallerConcurrency
 from app.api.openapi import error_responses
 from app.api.read_leases import ReadLeases
 from app.errors import ErrorType
+from app.metric_catalogue import counter
 from app.settings import Settings
 
 # Answers to creates refused before anything was done for them: they give their place back.
 REFUSED_BEFORE_PROCESSING = frozenset({400, 406, 413, 415, 422})
 _FREE_REFUSAL = "posegen.free_refusal"
 
-UNRECORDED_ERROR_EVENTS = Counter(
-    "pose_api_error_events_unrecorded", "Error events the API did not write because their caller had used up "
-    "POSEGEN_CALLER_ERROR_EVENTS_PER_MINUTE (or it could not be read)", ["error_type"],
-)
+UNRECORDED_ERROR_EVENTS = counter("pose_api_error_events_unrecorded_total")
 API_RECORDED_ERROR_TYPES = (ErrorType.VALIDATION_ERROR, ErrorType.CREDIT_ERROR)
 for _error_type in API_RECORDED_ERROR_TYPES:  # at 0 from start-up, so rate() sees the first one
     UNRECORDED_ERROR_EVENTS.labels(_error_type.value)

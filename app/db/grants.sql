@@ -68,5 +68,6 @@ GRANT USAGE ON SEQUENCE operator_audit_id_seq TO {app_role};
 GRANT SELECT ON metrics_generation_deltas, metrics_generation_hourly, metrics_user_totals, metrics_pose_deltas,
     metrics_pose_usage, metrics_credit_deltas, metrics_credit_hourly, metrics_error_deltas, metrics_error_hourly,
     metrics_error_totals, metrics_histogram_deltas, metrics_histogram_totals, metrics_exporter_deltas,
-    metrics_exporter_totals, exporter_histogram_bounds, exporter_histogram_exemplars TO {app_role};
+    metrics_exporter_totals, metrics_exporter_pending, exporter_histogram_bounds, exporter_histogram_exemplars
+    TO {app_role};
 GRANT EXECUTE ON FUNCTION metrics_fold(integer), exporter_count(text, text, bigint) TO {app_role};

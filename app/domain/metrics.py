@@ -3,18 +3,17 @@ indicators judged on them (the thresholds are :mod:`app.domain.thresholds`).
 
 Reads combine the rollups of migration 003 (kept by triggers) with the deltas not folded into them
 yet and, for a rolling window, the raw rows of its two partial edge hours, all in one statement (one
-snapshot). So the numbers are exact at any window, and their cost does not grow with the table.
+snapshot). So the numbers are exact at any window, and their cost does not grow with the table. Readers fold a
+batch of deltas first (:func:`app.bookkeeping.fold_pending_deltas`).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
 
-from psycopg import AsyncConnection, Connection
+from psycopg import AsyncConnection
 
 from app.domain.thresholds import (
     AVG_TIME_PER_POSE,
@@ -27,8 +26,6 @@ from app.domain.thresholds import (
 )
 
 HOUR = timedelta(hours=1)
-# Most deltas a reader folds before reading; the rest are read as deltas, so the answer stays exact.
-READER_FOLD_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -107,46 +104,6 @@ class WindowTotals:
 
 def _half_up_int(total: int, count: int) -> int:
     return int((Decimal(total) / count).quantize(Decimal(1), rounding=ROUND_HALF_UP)) if count else 0
-
-
-# Background folding (the workers' reaper pass, the exporter's folder): batches of this many rows of each
-# kind, repeated while a batch comes back full, for at most this long per pass. A backlog left by hours
-# without a folder (hundreds of thousands of rows) drains in a few passes.
-BACKGROUND_FOLD_ROWS = 50_000
-BACKGROUND_FOLD_SECONDS = 2.0
-
-
-def fold_backlog(conn: Connection[Any], max_rows: int = BACKGROUND_FOLD_ROWS,
-                 budget_seconds: float = BACKGROUND_FOLD_SECONDS) -> int:
-    """Fold batches of ``max_rows`` per kind until one moves fewer rows or ``budget_seconds`` are spent;
-    returns rows moved (0 when another fold holds the lock). Raises psycopg's errors."""
-    moved = 0
-    deadline = time.monotonic() + budget_seconds
-    while True:
-        row = conn.execute("SELECT metrics_fold(%s)", (max_rows,)).fetchone()
-        batch = int(row[0]) if row else 0
-        moved += batch
-        if batch < max_rows or time.monotonic() >= deadline:
-            return moved
-
-
-async def fold_backlog_async(conn: AsyncConnection[Any], max_rows: int = BACKGROUND_FOLD_ROWS,
-                             budget_seconds: float = BACKGROUND_FOLD_SECONDS) -> int:
-    """:func:`fold_backlog` on an asyncio connection."""
-    moved = 0
-    deadline = time.monotonic() + budget_seconds
-    while True:
-        batch = await fold_pending_deltas(conn, max_rows)
-        moved += batch
-        if batch < max_rows or time.monotonic() >= deadline:
-            return moved
-
-
-async def fold_pending_deltas(conn: AsyncConnection, max_rows: int = READER_FOLD_ROWS) -> int:
-    """Move trigger deltas into the rollups (skipped when another fold runs); returns rows moved."""
-    cur = await conn.execute("SELECT metrics_fold(%s)", (max_rows,))
-    row = await cur.fetchone()
-    return int(row[0]) if row else 0
 
 
 # Each part sums the same columns; the LATERAL pose lookups stay index scans however many edge rows.

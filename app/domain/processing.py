@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -193,6 +194,15 @@ async def finish_generation(
     return (row[0], int(row[1]), row[2]) if row else None
 
 
+class AbandonReason(StrEnum):
+    """Why the reaper found an attempt abandoned: the label ``reason`` of the exporter's
+    ``pose_generation_requeues_total`` and ``pose_generation_attempts_exhausted_total`` (every value at 0 from
+    the first scrape)."""
+
+    LEASE_EXPIRED = "lease_expired"  # its worker stopped renewing the lease (died or froze)
+    JOB_LOST = "job_lost"  # its job vanished from the queue
+
+
 @dataclass(frozen=True)
 class ReapResult:
     requeue: list[tuple[str, int]]
@@ -228,15 +238,14 @@ async def reap_abandoned(
                     (queued_check_seconds, generation_id),
                 )
                 continue
-            # Why the attempt was abandoned: its worker stopped renewing the lease, or its job vanished.
-            reason = "lease_expired" if status == "processing" else "job_lost"
+            reason = AbandonReason.LEASE_EXPIRED if status == "processing" else AbandonReason.JOB_LOST
             if attempt < max_attempts:
                 await conn.execute(
                     "UPDATE generations SET status = 'queued', attempt = attempt + 1,"
                     " lease_expires_at = now() + make_interval(secs => %s) WHERE id = %s",
                     (queued_check_seconds, generation_id),
                 )
-                await conn.execute("SELECT exporter_count('generation_requeues', %s, 1)", (reason,))
+                await conn.execute("SELECT exporter_count('generation_requeues', %s, 1)", (reason.value,))
                 requeue.append((generation_id, attempt + 1))
                 continue
             message = f"abandoned: no worker finished it in {attempt} attempts"
@@ -258,6 +267,6 @@ async def reap_abandoned(
                 (generation_id,),
             )
             await finish_generation(conn, generation_id, attempt)
-            await conn.execute("SELECT exporter_count('generation_attempts_exhausted', %s, 1)", (reason,))
+            await conn.execute("SELECT exporter_count('generation_attempts_exhausted', %s, 1)", (reason.value,))
             failed.append(generation_id)
     return ReapResult(requeue, failed)

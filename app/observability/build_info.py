@@ -14,6 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from app import __version__
+from app.metric_catalogue import gauge_family
 
 
 class BuildInfoCollector(Collector):
@@ -22,7 +23,6 @@ class BuildInfoCollector(Collector):
         self.version = version
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("pose_build_info", "The release this process runs (always 1)",
-                                   labels=["version", "revision"])
+        family = gauge_family("pose_build_info")
         family.add_metric([self.version, self.revision], 1)
         yield family

@@ -25,24 +25,34 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 from redis import Redis
 
+from app import metric_catalogue
+
 KEY_PREFIX = "posegen:metrics:"
 
 
 @dataclass(frozen=True)
 class FleetCounter:
-    """A counter ``<name>_total`` with one label taking the values of ``values`` only."""
+    """The counter ``metric`` of the catalogue (``…_total``, one label) with that label taking the values of
+    ``values`` only."""
 
-    name: str
-    documentation: str
-    label: str
+    metric: str
     values: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """The family name (without ``_total``), which names its hash."""
+        return metric_catalogue.spec(self.metric).family
+
+    @property
+    def label(self) -> str:
+        (label,) = metric_catalogue.spec(self.metric).labels
+        return label
 
     @property
     def key(self) -> str:
@@ -56,10 +66,9 @@ class FleetCounter:
 
 @dataclass(frozen=True)
 class FleetHistogram:
-    """A histogram ``<name>`` with fixed bucket bounds in seconds (``+Inf`` implied), no labels."""
+    """The histogram ``name`` of the catalogue with fixed bucket bounds in seconds (``+Inf`` implied), no labels."""
 
     name: str
-    documentation: str
     buckets: tuple[float, ...]
 
     @property
@@ -84,29 +93,14 @@ class FleetHistogram:
 
 # The provider's slot limiter and calls (app/worker/limiter.py, app/providers/flux.py).
 PROVIDER_SLOT_WAIT = FleetHistogram(
-    "pose_provider_slot_wait_seconds",
-    "Time a pose waited for a provider slot (the limiter's queue; grows when the slots are the bottleneck)",
-    (0.005, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
-)
-PROVIDER_TASK = FleetHistogram(
-    "pose_provider_task_duration_seconds",
-    "The provider's own time for a task, from submission accepted to result ready (FLUX: submit to Ready; "
-    "local: the render)",
-    (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
-)
-PROVIDER_RATE_LIMITED = FleetCounter(
-    "pose_provider_rate_limited", "HTTP 429 answers from the image provider, by call step",
-    "step", ("submit", "poll", "download"),
-)
+    "pose_provider_slot_wait_seconds", (0.005, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300))
+PROVIDER_TASK = FleetHistogram("pose_provider_task_duration_seconds", (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300))
+PROVIDER_RATE_LIMITED = FleetCounter("pose_provider_rate_limited_total", ("submit", "poll", "download"))
 RETRY_REASONS = ("rate_limited", "server_error", "timeout", "network")
-PROVIDER_RETRIES = FleetCounter(
-    "pose_provider_retries", "Image provider HTTP calls retried, by reason", "reason", RETRY_REASONS,
-)
+PROVIDER_RETRIES = FleetCounter("pose_provider_retries_total", RETRY_REASONS)
 # RQ jobs (attempts of a generation) that ended failed, seen by the worker (app/worker/job_failures.py).
 JOB_FAILURE_REASONS = ("work_horse_died", "timeout", "exception", "stopped", "refused")
-JOB_FAILURES = FleetCounter(
-    "pose_job_failures", "RQ jobs (generation attempts) that failed, by reason", "reason", JOB_FAILURE_REASONS,
-)
+JOB_FAILURES = FleetCounter("pose_job_failures_total", JOB_FAILURE_REASONS)
 
 COUNTERS: tuple[FleetCounter, ...] = (PROVIDER_RATE_LIMITED, PROVIDER_RETRIES, JOB_FAILURES)
 HISTOGRAMS: tuple[FleetHistogram, ...] = (PROVIDER_SLOT_WAIT, PROVIDER_TASK)
@@ -144,17 +138,18 @@ class FleetMetricsCollector(Collector):
             replies = pipe.execute()
         decoded = [{k.decode(): v.decode() for k, v in reply.items()} for reply in replies]
         for counter, raw in zip(self._counters, decoded, strict=False):
-            family = CounterMetricFamily(counter.name, counter.documentation, labels=[counter.label])
+            family = metric_catalogue.counter_family(counter.metric)
             for value in counter.values:
                 family.add_metric([value], float(raw.get(value, 0)))
             yield family
         for histogram, raw in zip(self._histograms, decoded[len(self._counters):], strict=True):
-            yield histogram_family(histogram.name, histogram.documentation, histogram.buckets, raw)
+            yield histogram_family(histogram.name, histogram.buckets, raw)
 
 
-def histogram_family(name: str, documentation: str, buckets: Sequence[float], raw: dict[str, str]) -> Metric:
-    """A histogram from per-bucket counts ``le:<bound>``, ``sum`` and ``exemplar:<bound>`` fields."""
-    family = HistogramMetricFamily(name, documentation)
+def histogram_family(name: str, buckets: Sequence[float], raw: dict[str, str]) -> Metric:
+    """The catalogue's histogram ``name`` from per-bucket counts ``le:<bound>``, ``sum`` and ``exemplar:<bound>``
+    fields."""
+    family = metric_catalogue.histogram_family(name)
     cumulative = 0.0
     samples: list[tuple[str, float] | tuple[str, float, Exemplar]] = []
     for bound in [*buckets, math.inf]:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import Histogram
 
+from app.metric_catalogue import histogram
 from app.observability.logging import get_logger
 
 # Operations measured across the service; names are label values of the histogram. The image provider's
@@ -30,12 +31,7 @@ CONTROLNET_RENDER = "controlnet_render"
 JOB_OPERATIONS = (CONTROLNET_RENDER, PROVIDER_CALL, IMAGE_UPLOAD, POSE_TOTAL, QUEUE_WAIT)
 OPERATION_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
-OPERATION_SECONDS = Histogram(
-    "pose_operation_duration_seconds",
-    "Duration of measured operations (ControlNet render, provider call, upload, pose total, queue wait)",
-    ["operation"],
-    buckets=OPERATION_BUCKETS,
-)
+OPERATION_SECONDS = histogram("pose_operation_duration_seconds", buckets=OPERATION_BUCKETS)
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -25,11 +25,12 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from redis import Redis
 
+from app.metric_catalogue import gauge, histogram_family
 from app.observability.build_info import BuildInfoCollector
 from app.observability.exposition import serve_metrics
 from app.observability.logging import get_logger
@@ -91,12 +92,7 @@ class OperationStatsCollector(Collector):
         self._key = stats_key(group)
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(
-            "pose_operation_duration_seconds",
-            "Duration of measured operations in the jobs of the workers reporting here (ControlNet render, "
-            "provider call, upload, pose total, queue wait)",
-            labels=["operation"],
-        )
+        family = histogram_family("pose_operation_duration_seconds")
         try:
             raw = self._redis.hgetall(self._key)
         except Exception:  # Redis down: no samples this scrape rather than a failed scrape
@@ -139,6 +135,20 @@ def holder_is_worker_endpoint(host: str, port: int, timeout: float = 1.0) -> boo
             return answer.status == 200 and b"pose_operation_duration_seconds" in answer.read(1 << 20)
     except (OSError, ValueError):
         return False
+
+
+def worker_registry(redis: Redis, group: str, revision: str, faults: Mapping[str, float]) -> CollectorRegistry:
+    """What a worker endpoint serves: ``group``'s operation timings (read from Redis at scrape time), the build
+    info, the process collector and the fault drill (``faults``: fraction of poses failed per error type)."""
+    registry = CollectorRegistry()
+    registry.register(OperationStatsCollector(redis, group))
+    registry.register(BuildInfoCollector(revision))
+    ProcessCollector(registry=registry)
+    gauge("pose_fault_drill_active", registry=registry).set(1 if any(faults.values()) else 0)
+    fraction = gauge("pose_fault_drill_fraction", registry=registry)
+    for error_type, share in faults.items():
+        fraction.labels(error_type).set(share)
+    return registry
 
 
 class WorkerMetricsEndpoint:
@@ -206,16 +216,7 @@ class WorkerMetricsEndpoint:
         return False
 
     def _try_bind(self) -> bool:
-        registry = CollectorRegistry()
-        registry.register(OperationStatsCollector(self._redis, self.group))
-        registry.register(BuildInfoCollector(self._revision))
-        ProcessCollector(registry=registry)
-        Gauge("pose_fault_drill_active", "1 while this worker injects failures (POSEGEN_FAULTS), else 0",
-              registry=registry).set(1 if any(self._faults.values()) else 0)
-        fraction = Gauge("pose_fault_drill_fraction", "Fraction of poses this worker fails on purpose, by error type",
-                         ["error_type"], registry=registry)
-        for error_type, share in self._faults.items():
-            fraction.labels(error_type).set(share)
+        registry = worker_registry(self._redis, self.group, self._revision, self._faults)
         try:
             server, _thread = serve_metrics(self.host, self.port, registry)
         except OSError as exc:

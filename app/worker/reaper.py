@@ -14,15 +14,14 @@ import threading
 
 from redis import Redis
 
+from app.bookkeeping import fold_backlog_async
 from app.connections import pg_connect_async
-from app.domain.metrics import fold_backlog_async
 from app.domain.processing import reap_abandoned
 from app.observability.logging import get_logger
 from app.queue import enqueue_generation, job_id_for, job_pending, make_queue, retire_attempt
 from app.settings import Settings
 
 log = get_logger("Worker")
-
 
 
 async def reap_once(settings: Settings, redis: Redis) -> int:
@@ -45,7 +44,7 @@ async def reap_once(settings: Settings, redis: Redis) -> int:
 
 
 async def fold_once(settings: Settings) -> int:
-    """Fold the bookkeeping deltas (:func:`app.domain.metrics.fold_backlog_async`); returns rows moved.
+    """Fold the bookkeeping deltas (:func:`app.bookkeeping.fold_backlog_async`); returns rows moved.
     Bounded by :func:`pass_deadline` like a reaper pass."""
     async with asyncio.timeout(pass_deadline(settings)):
         async with await pg_connect_async(settings.database_url) as conn:

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.metric_catalogue import contract_series
+
 ROOT = Path(__file__).resolve().parents[2]
 
 ALERTS = ROOT / "alerts"
@@ -18,63 +20,9 @@ RULE_FILES = sorted((ALERTS / "rules").glob("*.yml"))
 
 ALERTMANAGER = ALERTS / "alertmanager.yml"
 
-HISTOGRAMS = {
-    "pose_generation_duration_seconds",
-    "pose_provider_call_duration_seconds",
-    "pose_upload_duration_seconds",
-    "pose_queue_wait_duration_seconds",
-    "pose_pose_duration_seconds",
-    "pose_http_request_duration_seconds",
-    "pose_operation_duration_seconds",
-    "pose_api_batch_size",
-    "pose_provider_slot_wait_seconds",
-    "pose_provider_task_duration_seconds",
-}
-
-# The metric names the exporter, the API and the workers promise (histograms as their series).
-CONTRACT_METRICS = {
-    "pose_generations_total",
-    "pose_poses_total",
-    "pose_errors_total",
-    "pose_credits_spent_total",
-    "pose_credits_refunded_total",
-    "pose_last_finished_generation_timestamp_seconds",
-    "pose_queue_depth",
-    "pose_queue_jobs",
-    "pose_workers",
-    "pose_queue_oldest_waiting_job_age_seconds",
-    "pose_exporter_up",
-    "pose_exporter_scrape_duration_seconds",
-    "pose_http_requests_total",
-    # Why it is slow or stuck: provider slots, fleet counters (Redis), the oldest running attempt, releases.
-    "pose_provider_slots_in_use",
-    "pose_provider_slots_limit",
-    "pose_provider_rate_limited_total",
-    "pose_provider_retries_total",
-    "pose_job_failures_total",
-    "pose_generation_requeues_total",
-    "pose_generation_attempts_exhausted_total",
-    "pose_generation_oldest_running_age_seconds",
-    "pose_generation_time_limit_seconds",
-    # Which servers the exporter reads, and their changes: a failover (README "Failover").
-    "pose_redis_server_info",
-    "pose_database_server_info",
-    "pose_database_in_recovery",
-    "pose_exporter_server_changes_total",
-    # The blast radius a page names (alerts/page_context.py).
-    "pose_users_with_failed_generations",
-    "pose_build_info",
-    "pose_intake_paused",
-    "pose_workers_paused",
-    "pose_operator_actions_total",
-    # A drill (POSEGEN_FAULTS) on: failures are injected.
-    "pose_fault_drill_active",
-    # The canary (posegen canary): its runs, whatever the users do.
-    "pose_canary_runs_total",
-    "pose_canary_failures_total",
-    "pose_canary_consecutive_failures",
-    "pose_canary_last_success_timestamp_seconds",
-} | {f"{name}_{suffix}" for name in HISTOGRAMS for suffix in ("bucket", "sum", "count")}
+# The metric names the exporter, the API, the workers and the canary promise (histograms as their series): every
+# entry of the metric catalogue.
+CONTRACT_METRICS = set(contract_series())
 
 PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring"}
 

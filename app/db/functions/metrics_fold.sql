@@ -2,6 +2,10 @@
 -- exporter's totals and histograms); returns how many moved. Only one folder at a time (so rollup rows
 -- are never contended); a busy lock means someone is folding. Outside READ COMMITTED a snapshot could
 -- miss another folder's deletes, so those transactions skip.
+-- The exporter's figures of the moved generation and pose deltas come from the view metrics_exporter_pending, which
+-- the exporter's scrape reads too (migration 011): every part of one statement reads the same snapshot, in which
+-- the rows being deleted are still there. The batch's id range bounds that read to the batch (an index range scan,
+-- not the whole backlog).
 -- SECURITY DEFINER (as the schema's owner): the application's role may only read the derived tables it
 -- writes (app/db/grants.sql); search_path pinned, as PostgreSQL's docs ask of such functions.
 CREATE OR REPLACE FUNCTION metrics_fold(max_rows integer DEFAULT 10000) RETURNS bigint LANGUAGE plpgsql
@@ -18,10 +22,10 @@ BEGIN
         RETURN 0;
     END IF;
 
-    WITH moved AS (
-        DELETE FROM metrics_generation_deltas
-         WHERE id IN (SELECT id FROM metrics_generation_deltas ORDER BY id LIMIT max_rows)
-        RETURNING *
+    WITH batch AS MATERIALIZED (
+        SELECT id FROM metrics_generation_deltas ORDER BY id LIMIT max_rows
+    ), moved AS (
+        DELETE FROM metrics_generation_deltas WHERE id IN (SELECT id FROM batch) RETURNING *
     ), by_hour AS (
         INSERT INTO metrics_generation_hourly AS h
         SELECT hour, sum(generations), sum(queued), sum(processing), sum(completed), sum(failed),
@@ -46,37 +50,31 @@ BEGIN
             poses_delivered = u.poses_delivered + EXCLUDED.poses_delivered
     ), for_exporter AS (
         INSERT INTO metrics_exporter_totals AS t
-        SELECT e.metric, e.label,
-               CASE WHEN e.metric = 'last_finished_generation_ms' THEN max(e.value) ELSE sum(e.value) END
-          FROM moved
-         CROSS JOIN LATERAL (VALUES ('generations', 'created', moved.created_total::bigint),
-                                    ('generations', 'completed', moved.completed_total),
-                                    ('generations', 'failed', moved.failed_total),
-                                    ('generations_in_progress', 'queued', moved.queued),
-                                    ('generations_in_progress', 'processing', moved.processing),
-                                    ('last_finished_generation_ms', '', moved.last_finished_ms)) AS e (metric, label, value)
-         WHERE e.value IS NOT NULL
-         GROUP BY e.metric, e.label
+        SELECT f.metric, f.label,
+               CASE WHEN f.metric = 'last_finished_generation_ms' THEN max(f.value) ELSE sum(f.value) END
+          FROM moved JOIN metrics_exporter_pending f ON f.source = 'generation' AND f.delta_id = moved.id
+         WHERE f.delta_id BETWEEN (SELECT min(id) FROM batch) AND (SELECT max(id) FROM batch)
+           AND f.value IS NOT NULL
+         GROUP BY f.metric, f.label
         ON CONFLICT (metric, label) DO UPDATE SET value = CASE
             WHEN t.metric = 'last_finished_generation_ms' THEN greatest(t.value, EXCLUDED.value)
             ELSE t.value + EXCLUDED.value END
     )
     SELECT count(*) INTO moved_generations FROM moved;
 
-    WITH moved AS (
-        DELETE FROM metrics_pose_deltas
-         WHERE id IN (SELECT id FROM metrics_pose_deltas ORDER BY id LIMIT max_rows)
-        RETURNING *
+    WITH batch AS MATERIALIZED (
+        SELECT id FROM metrics_pose_deltas ORDER BY id LIMIT max_rows
+    ), moved AS (
+        DELETE FROM metrics_pose_deltas WHERE id IN (SELECT id FROM batch) RETURNING *
     ), by_pose AS (
         INSERT INTO metrics_pose_usage AS p SELECT pose_id, sum(slots) FROM moved GROUP BY pose_id
         ON CONFLICT (pose_id) DO UPDATE SET slots = p.slots + EXCLUDED.slots
     ), for_exporter AS (
         INSERT INTO metrics_exporter_totals AS t
-        SELECT e.metric, e.label, sum(e.value)
-          FROM moved
-         CROSS JOIN LATERAL (VALUES ('poses_pending', '', moved.pending), ('poses', 'completed', moved.completed_total),
-                                    ('poses', 'failed', moved.failed_total)) AS e (metric, label, value)
-         GROUP BY e.metric, e.label
+        SELECT f.metric, f.label, sum(f.value)
+          FROM moved JOIN metrics_exporter_pending f ON f.source = 'pose' AND f.delta_id = moved.id
+         WHERE f.delta_id BETWEEN (SELECT min(id) FROM batch) AND (SELECT max(id) FROM batch)
+         GROUP BY f.metric, f.label
         ON CONFLICT (metric, label) DO UPDATE SET value = t.value + EXCLUDED.value
     )
     SELECT count(*) INTO moved_poses FROM moved;
