@@ -43,6 +43,7 @@ from app.api.deps import Caller, DatabaseConnection
 from app.api.error_responses import ValidationFailed
 from app.api.openapi import error_responses
 from app.api.schemas import UserId
+from app.api.state import api_state
 from app.domain import intake
 from app.domain.audit import Action, find_action, list_actions, record_action
 from app.domain.generation_search import BadCursorError, GenerationFilter, search_generations
@@ -93,7 +94,7 @@ def _filter_from(body: GenerationFilterBody | None, generation_id: str | None = 
 
 
 def _rows(request: Request, rows: list[dict[str, Any]]) -> list[AdminGenerationRow]:
-    dsn = request.app.state.settings.sentry_dsn
+    dsn = api_state(request).settings.sentry_dsn
     return [AdminGenerationRow(**row, sentryUrl=sentry_issues_url(dsn, row["generationId"])) for row in rows]
 
 
@@ -190,7 +191,7 @@ async def run_retry(
     if (data.generationId is None) == (data.filter is None):
         raise ValidationFailed("generationId", "give exactly one of generationId and filter")
     wanted = _filter_from(data.filter, data.generationId)
-    settings = request.app.state.settings
+    settings = api_state(request).settings
     try:
         if data.dryRun:
             async with db.transaction():
@@ -225,14 +226,14 @@ async def run_retry(
 
 
 async def run_pause(request: Request, db: AsyncConnection, actor: str, data: PauseRequest) -> PauseState:
-    redis = request.app.state.redis
+    redis = api_state(request).redis
     audit: list[dict[str, Any]] = []
     if data.scope in ("intake", "all"):
         changed = await asyncio.to_thread(intake.pause_intake, redis, actor, data.reason, data.retryAfterSeconds)
         audit.append(await record_action(db, actor, Action.PAUSE_INTAKE,
                                          {"reason": data.reason, "retryAfterSeconds": data.retryAfterSeconds},
                                          {"changed": changed}))
-        request.app.state.intake_gate.remember(await asyncio.to_thread(intake.read_intake_pause, redis))
+        api_state(request).intake_gate.remember(await asyncio.to_thread(intake.read_intake_pause, redis))
     if data.scope in ("workers", "all"):
         changed = await asyncio.to_thread(intake.pause_workers, redis)
         audit.append(await record_action(db, actor, Action.PAUSE_WORKERS, {"reason": data.reason},
@@ -242,11 +243,11 @@ async def run_pause(request: Request, db: AsyncConnection, actor: str, data: Pau
 
 
 async def run_resume(request: Request, db: AsyncConnection, actor: str, data: ResumeRequest) -> PauseState:
-    redis = request.app.state.redis
+    redis = api_state(request).redis
     audit: list[dict[str, Any]] = []
     if data.scope in ("intake", "all"):
         changed = await asyncio.to_thread(intake.resume_intake, redis)
-        request.app.state.intake_gate.remember(None)
+        api_state(request).intake_gate.remember(None)
         audit.append(await record_action(db, actor, Action.RESUME_INTAKE, {}, {"changed": changed}))
     if data.scope in ("workers", "all"):
         changed = await asyncio.to_thread(intake.resume_workers, redis)
@@ -284,7 +285,7 @@ async def _enqueue_retries(request: Request, jobs: list[tuple[str, int]]) -> Non
     queued in the database, and the reaper re-enqueues a queued generation whose job is missing."""
     if not jobs:
         return
-    queue = make_retry_queue(request.app.state.redis)
+    queue = make_retry_queue(api_state(request).redis)
     try:
         await asyncio.to_thread(queue.enqueue_many, [generation_job(g, attempt) for g, attempt in jobs])
     except Exception as exc:  # noqa: BLE001 - recovered by the reaper, said in the log
@@ -292,7 +293,7 @@ async def _enqueue_retries(request: Request, jobs: list[tuple[str, int]]) -> Non
 
 
 async def pause_state(request: Request, audit: list[dict[str, Any]] | None = None) -> PauseState:
-    redis = request.app.state.redis
+    redis = api_state(request).redis
     pause = await asyncio.to_thread(intake.read_intake_pause, redis)
     paused = await asyncio.to_thread(intake.workers_paused, redis)
     states = await asyncio.to_thread(intake.worker_states, redis)
