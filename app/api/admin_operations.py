@@ -46,8 +46,8 @@ from app.api.schemas import UserId
 from app.api.state import api_state
 from app.domain import intake
 from app.domain.audit import Action, find_action, list_actions, record_action
-from app.domain.generation_search import BadCursorError, GenerationFilter, search_generations
-from app.domain.retries import TooManyGenerationsError, execute_retry, plan_retry, retry_progress
+from app.domain.generation_search import GenerationFilter, search_generations
+from app.domain.retries import execute_retry, plan_retry, retry_progress
 from app.observability.logging import get_logger
 from app.queue import generation_job, make_retry_queue
 
@@ -187,30 +187,28 @@ class OperatorController(Controller):
 async def run_retry(
     request: Request, db: AsyncConnection, actor: str, data: RetryRequest, idempotency_key: str | None
 ) -> RetryAnswer:
-    """Dry-run or execute a retry as ``actor``; raises ValidationFailed (422) naming what is wrong."""
+    """Dry-run or execute a retry as ``actor``; raises ValidationFailed or a DomainError (422) naming what is
+    wrong."""
     if (data.generationId is None) == (data.filter is None):
         raise ValidationFailed("generationId", "give exactly one of generationId and filter")
     wanted = _filter_from(data.filter, data.generationId)
     settings = api_state(request).settings
-    try:
-        if data.dryRun:
-            async with db.transaction():
-                plan = await plan_retry(db, wanted, charge=data.charge)
-                audit = await record_action(db, actor, Action.RETRY_DRY_RUN, wanted.as_json(), plan.counts())
-            return _retry_answer(True, audit)
-        if idempotency_key is None:
-            raise ValidationFailed("Idempotency-Key", "executing a retry (dryRun false) needs an Idempotency-Key")
-        earlier = await find_action(db, actor, Action.RETRY, idempotency_key)
-        if earlier is None:
-            try:
-                result = await execute_retry(db, wanted, charge=data.charge, actor=actor,
-                                             idempotency_key=idempotency_key,
-                                             queued_check_seconds=settings.queued_check_seconds)
-            except psycopg.errors.UniqueViolation:
-                earlier = await find_action(db, actor, Action.RETRY, idempotency_key)
-                assert earlier is not None
-    except TooManyGenerationsError as exc:
-        raise ValidationFailed("filter", str(exc)) from None
+    if data.dryRun:
+        async with db.transaction():
+            plan = await plan_retry(db, wanted, charge=data.charge)
+            audit = await record_action(db, actor, Action.RETRY_DRY_RUN, wanted.as_json(), plan.counts())
+        return _retry_answer(True, audit)
+    if idempotency_key is None:
+        raise ValidationFailed("Idempotency-Key", "executing a retry (dryRun false) needs an Idempotency-Key")
+    earlier = await find_action(db, actor, Action.RETRY, idempotency_key)
+    if earlier is None:
+        try:
+            result = await execute_retry(db, wanted, charge=data.charge, actor=actor,
+                                         idempotency_key=idempotency_key,
+                                         queued_check_seconds=settings.queued_check_seconds)
+        except psycopg.errors.UniqueViolation:
+            earlier = await find_action(db, actor, Action.RETRY, idempotency_key)
+            assert earlier is not None
     if earlier is not None:
         asked = {"target": wanted.as_json(), "charge": data.charge}
         done = {"target": earlier["target"], "charge": bool(earlier["counts"].get("charge"))}
@@ -259,10 +257,7 @@ async def run_resume(request: Request, db: AsyncConnection, actor: str, data: Re
 async def find_generations(
     request: Request, db: AsyncConnection, wanted: GenerationFilter, *, limit: int, cursor: str | None
 ) -> AdminGenerationPage:
-    try:
-        rows, next_cursor = await search_generations(db, wanted, limit=limit, cursor=cursor)
-    except BadCursorError as exc:
-        raise ValidationFailed("cursor", str(exc)) from None
+    rows, next_cursor = await search_generations(db, wanted, limit=limit, cursor=cursor)
     return AdminGenerationPage(generations=_rows(request, rows), nextCursor=next_cursor, limit=limit)
 
 

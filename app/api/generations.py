@@ -14,8 +14,6 @@ from litestar.response.base import ASGIResponse
 from litestar.status_codes import (
     HTTP_202_ACCEPTED,
     HTTP_304_NOT_MODIFIED,
-    HTTP_402_PAYMENT_REQUIRED,
-    HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
@@ -37,7 +35,6 @@ from app.domain.credits import InsufficientCreditsError
 from app.domain.error_events import record_error_event
 from app.domain.generations import (
     GenerationRequest,
-    IdempotencyKeyReusedError,
     UnknownPosesError,
     abandon_unqueued_generation,
     list_generations,
@@ -103,23 +100,10 @@ class GenerationController(Controller):
                                    tracing.current_trace_context())
         try:
             created = await state.creator.create(wanted)
-        except UnknownPosesError as exc:
-            await self._record_error(request, ErrorType.VALIDATION_ERROR, str(exc), principal.user_id)
-            raise ValidationFailed("poseIds", str(exc)) from None
-        except IdempotencyKeyReusedError as exc:
-            raise HTTPException(
-                status_code=HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc),
-                extra={"errorType": ErrorType.VALIDATION_ERROR.value, "field": "Idempotency-Key",
-                       "fields": ["Idempotency-Key"]},
-            ) from None
-        except InsufficientCreditsError as exc:
-            await self._record_error(request, ErrorType.CREDIT_ERROR, str(exc), principal.user_id)
-            raise HTTPException(
-                status_code=HTTP_402_PAYMENT_REQUIRED,
-                detail=f"Insufficient credits: {exc.required} required, balance {exc.balance}",
-                extra={"errorType": ErrorType.CREDIT_ERROR.value, "required": exc.required,
-                       "balance": exc.balance},
-            ) from None
+        except (UnknownPosesError, InsufficientCreditsError) as exc:
+            # Recorded as an error event, then answered as every DomainError is (app/api/error_responses.py).
+            await self._record_error(request, exc.error_type, str(exc), principal.user_id)
+            raise
         if created.created:
             await self._enqueue(request, created.generation_id, created.attempt)
             log.info("Generation accepted", generationId=created.generation_id, userId=principal.user_id,
