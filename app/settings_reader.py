@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from app.errors import ErrorType
@@ -40,6 +40,8 @@ class RedisSentinel:
     master: str
     password: str = ""
 
+
+N = TypeVar("N", int, float)
 
 # How a declaration reads its variable: ``(reader, name, default) -> value``, raising SettingsError.
 Read = Callable[["Reader", str, Any], Any]
@@ -335,25 +337,29 @@ class Reader:
     def number(
         self, name: str, default: float, *, minimum: float | None = None, maximum: float | None = None
     ) -> float:
-        raw = self.raw(name, "number")
-        if not raw:
-            return default
-        value = _finite(name, raw)
-        _check_range(name, raw, value, minimum, maximum)
-        return value
+        return self._bounded(name, "number", default, _finite, minimum, maximum)
 
     def integer(
         self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
     ) -> int:
-        raw = self.raw(name, "integer")
+        return self._bounded(name, "integer", default, _whole, minimum, maximum)
+
+    def _bounded(self, name: str, kind: str, default: N, convert: Callable[[str, str], N],
+                 minimum: float | None, maximum: float | None) -> N:
+        """``name`` converted by ``convert`` and checked against ``[minimum, maximum]``; unset gives ``default``."""
+        raw = self.raw(name, kind)
         if not raw:
             return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+        value = convert(name, raw)
         _check_range(name, raw, value, minimum, maximum)
         return value
+
+
+def _whole(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
 
 
 def _finite(name: str, raw: str) -> float:
