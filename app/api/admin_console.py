@@ -47,8 +47,9 @@ from app.api.admin_operations import (
 )
 from app.api.admin_schemas import GenerationFilterBody, PauseRequest, ResumeRequest, RetryRequest
 from app.api.auth import verify_token
-from app.api.console_sessions import ConsoleSession, ConsoleSessions, SignInForms, new_random_id
+from app.api.console_sessions import ConsoleSession, ConsoleSessions, new_random_id
 from app.api.error_responses import RETRY_AFTER_UNAVAILABLE
+from app.api.state import api_state
 from app.domain.audit import list_actions
 from app.domain.generation_search import GenerationFilter
 from app.observability.logging import get_logger
@@ -111,7 +112,7 @@ def _check_csrf(request: Request, session: ConsoleSession, data: dict[str, str])
 
 
 def _sessions(request: Request) -> ConsoleSessions:
-    return request.app.state.console_sessions  # type: ignore[no-any-return]
+    return api_state(request).console_sessions
 
 
 async def _session(request: Request) -> ConsoleSession | None:
@@ -165,7 +166,7 @@ class ConsoleController(Controller):
     @staticmethod
     def _sign_in_page(request: Request, error: str | None) -> Response[Any]:
         """The sign-in form, with the token of the browser's pre-session (a new one when it has none)."""
-        forms: SignInForms = request.app.state.sign_in_forms
+        forms = api_state(request).sign_in_forms
         pre_session = request.cookies.get(SIGN_IN_COOKIE)
         cookies = []
         if not forms.is_pre_session(pre_session):
@@ -181,7 +182,7 @@ class ConsoleController(Controller):
 
     async def _context(self, request: Request, session: ConsoleSession, wanted: GenerationFilter,
                        query: dict[str, str], **extra: Any) -> dict[str, Any]:
-        async with request.app.state.pool.connection() as db:
+        async with api_state(request).pool.connection() as db:
             page = await find_generations(request, db, wanted, limit=50, cursor=query.get("cursor") or None)
             detail = None
             if query.get("generation"):
@@ -202,11 +203,11 @@ class ConsoleController(Controller):
     @post("/sign-in", status_code=303)
     async def sign_in(self, request: Request, data: Form) -> Response[Any]:
         _check_origin(request)
-        forms: SignInForms = request.app.state.sign_in_forms
+        forms = api_state(request).sign_in_forms
         if not forms.accepts(request.cookies.get(SIGN_IN_COOKIE), data.get(CSRF_FIELD)):
             raise _refuse(request, "sign-in csrf", "this sign-in form is not the console's own (or is stale): "
                                                    "reload the console and sign in again")
-        settings = request.app.state.settings
+        settings = api_state(request).settings
         try:
             verified = verify_token(settings.jwt_secret, (data.get("token") or "").strip(),
                                     settings.token_max_ttl_seconds)
@@ -240,7 +241,7 @@ class ConsoleController(Controller):
         body = None if generation_id else _filter_body(data)
         wanted = RetryRequest(charge=data.get("charge") == "true", dryRun=data.get("dryRun") == "true",
                               generationId=generation_id, filter=body)
-        async with request.app.state.pool.connection() as db:
+        async with api_state(request).pool.connection() as db:
             answer = await run_retry(request, db, session.operator, wanted, data.get("idempotencyKey") or None)
         if not answer.dryRun:
             return _to_console(f"?retry={answer.audit.id}")
@@ -255,7 +256,7 @@ class ConsoleController(Controller):
         session = await self._require(request, data)
         wanted = _form_as(PauseRequest, {"scope": data.get("scope", "intake"), "reason": data.get("reason", ""),
                                          "retryAfterSeconds": data.get("retryAfterSeconds") or 300})
-        async with request.app.state.pool.connection() as db:
+        async with api_state(request).pool.connection() as db:
             await run_pause(request, db, session.operator, wanted)
         return _to_console()
 
@@ -263,7 +264,7 @@ class ConsoleController(Controller):
     async def resume(self, request: Request, data: Form) -> Response[Any]:
         session = await self._require(request, data)
         wanted = _form_as(ResumeRequest, {"scope": data.get("scope", "all")})
-        async with request.app.state.pool.connection() as db:
+        async with api_state(request).pool.connection() as db:
             await run_resume(request, db, session.operator, wanted)
         return _to_console()
 

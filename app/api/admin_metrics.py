@@ -32,6 +32,7 @@ from app.api.auth import authenticate, require_admin
 from app.api.deps import DatabaseConnection
 from app.api.error_responses import EXCEPTION_HANDLERS
 from app.api.openapi import error_responses
+from app.api.state import api_state
 from app.bookkeeping import fold_pending_deltas
 from app.domain.metrics import (
     Window,
@@ -88,7 +89,7 @@ def _name_allowed_values(request: Request[Any, Any, Any], exc: ValidationExcepti
 async def _queue_counts(request: Request[Any, Any, Any]) -> QueueCounts:
     try:
         # The Redis client is synchronous; keep it off the event loop.
-        return await asyncio.to_thread(read_queue_counts, request.app.state.redis)
+        return await asyncio.to_thread(read_queue_counts, api_state(request).redis)
     except Exception as exc:
         log.error("Queue unreachable while reading metrics", exc_info=exc)
         raise HTTPException(

@@ -43,10 +43,11 @@ from app.api.deps import Caller, DatabaseConnection
 from app.api.error_responses import ValidationFailed
 from app.api.openapi import error_responses
 from app.api.schemas import UserId
+from app.api.state import api_state
 from app.domain import intake
 from app.domain.audit import Action, find_action, list_actions, record_action
-from app.domain.generation_search import BadCursorError, GenerationFilter, search_generations
-from app.domain.retries import TooManyGenerationsError, execute_retry, plan_retry, retry_progress
+from app.domain.generation_search import GenerationFilter, search_generations
+from app.domain.retries import execute_retry, plan_retry, retry_progress
 from app.observability.logging import get_logger
 from app.queue import generation_job, make_retry_queue
 
@@ -93,7 +94,7 @@ def _filter_from(body: GenerationFilterBody | None, generation_id: str | None = 
 
 
 def _rows(request: Request, rows: list[dict[str, Any]]) -> list[AdminGenerationRow]:
-    dsn = request.app.state.settings.sentry_dsn
+    dsn = api_state(request).settings.sentry_dsn
     return [AdminGenerationRow(**row, sentryUrl=sentry_issues_url(dsn, row["generationId"])) for row in rows]
 
 
@@ -186,30 +187,28 @@ class OperatorController(Controller):
 async def run_retry(
     request: Request, db: AsyncConnection, actor: str, data: RetryRequest, idempotency_key: str | None
 ) -> RetryAnswer:
-    """Dry-run or execute a retry as ``actor``; raises ValidationFailed (422) naming what is wrong."""
+    """Dry-run or execute a retry as ``actor``; raises ValidationFailed or a DomainError (422) naming what is
+    wrong."""
     if (data.generationId is None) == (data.filter is None):
         raise ValidationFailed("generationId", "give exactly one of generationId and filter")
     wanted = _filter_from(data.filter, data.generationId)
-    settings = request.app.state.settings
-    try:
-        if data.dryRun:
-            async with db.transaction():
-                plan = await plan_retry(db, wanted, charge=data.charge)
-                audit = await record_action(db, actor, Action.RETRY_DRY_RUN, wanted.as_json(), plan.counts())
-            return _retry_answer(True, audit)
-        if idempotency_key is None:
-            raise ValidationFailed("Idempotency-Key", "executing a retry (dryRun false) needs an Idempotency-Key")
-        earlier = await find_action(db, actor, Action.RETRY, idempotency_key)
-        if earlier is None:
-            try:
-                result = await execute_retry(db, wanted, charge=data.charge, actor=actor,
-                                             idempotency_key=idempotency_key,
-                                             queued_check_seconds=settings.queued_check_seconds)
-            except psycopg.errors.UniqueViolation:
-                earlier = await find_action(db, actor, Action.RETRY, idempotency_key)
-                assert earlier is not None
-    except TooManyGenerationsError as exc:
-        raise ValidationFailed("filter", str(exc)) from None
+    settings = api_state(request).settings
+    if data.dryRun:
+        async with db.transaction():
+            plan = await plan_retry(db, wanted, charge=data.charge)
+            audit = await record_action(db, actor, Action.RETRY_DRY_RUN, wanted.as_json(), plan.counts())
+        return _retry_answer(True, audit)
+    if idempotency_key is None:
+        raise ValidationFailed("Idempotency-Key", "executing a retry (dryRun false) needs an Idempotency-Key")
+    earlier = await find_action(db, actor, Action.RETRY, idempotency_key)
+    if earlier is None:
+        try:
+            result = await execute_retry(db, wanted, charge=data.charge, actor=actor,
+                                         idempotency_key=idempotency_key,
+                                         queued_check_seconds=settings.queued_check_seconds)
+        except psycopg.errors.UniqueViolation:
+            earlier = await find_action(db, actor, Action.RETRY, idempotency_key)
+            assert earlier is not None
     if earlier is not None:
         asked = {"target": wanted.as_json(), "charge": data.charge}
         done = {"target": earlier["target"], "charge": bool(earlier["counts"].get("charge"))}
@@ -225,14 +224,14 @@ async def run_retry(
 
 
 async def run_pause(request: Request, db: AsyncConnection, actor: str, data: PauseRequest) -> PauseState:
-    redis = request.app.state.redis
+    redis = api_state(request).redis
     audit: list[dict[str, Any]] = []
     if data.scope in ("intake", "all"):
         changed = await asyncio.to_thread(intake.pause_intake, redis, actor, data.reason, data.retryAfterSeconds)
         audit.append(await record_action(db, actor, Action.PAUSE_INTAKE,
                                          {"reason": data.reason, "retryAfterSeconds": data.retryAfterSeconds},
                                          {"changed": changed}))
-        request.app.state.intake_gate.remember(await asyncio.to_thread(intake.read_intake_pause, redis))
+        api_state(request).intake_gate.remember(await asyncio.to_thread(intake.read_intake_pause, redis))
     if data.scope in ("workers", "all"):
         changed = await asyncio.to_thread(intake.pause_workers, redis)
         audit.append(await record_action(db, actor, Action.PAUSE_WORKERS, {"reason": data.reason},
@@ -242,11 +241,11 @@ async def run_pause(request: Request, db: AsyncConnection, actor: str, data: Pau
 
 
 async def run_resume(request: Request, db: AsyncConnection, actor: str, data: ResumeRequest) -> PauseState:
-    redis = request.app.state.redis
+    redis = api_state(request).redis
     audit: list[dict[str, Any]] = []
     if data.scope in ("intake", "all"):
         changed = await asyncio.to_thread(intake.resume_intake, redis)
-        request.app.state.intake_gate.remember(None)
+        api_state(request).intake_gate.remember(None)
         audit.append(await record_action(db, actor, Action.RESUME_INTAKE, {}, {"changed": changed}))
     if data.scope in ("workers", "all"):
         changed = await asyncio.to_thread(intake.resume_workers, redis)
@@ -258,10 +257,7 @@ async def run_resume(request: Request, db: AsyncConnection, actor: str, data: Re
 async def find_generations(
     request: Request, db: AsyncConnection, wanted: GenerationFilter, *, limit: int, cursor: str | None
 ) -> AdminGenerationPage:
-    try:
-        rows, next_cursor = await search_generations(db, wanted, limit=limit, cursor=cursor)
-    except BadCursorError as exc:
-        raise ValidationFailed("cursor", str(exc)) from None
+    rows, next_cursor = await search_generations(db, wanted, limit=limit, cursor=cursor)
     return AdminGenerationPage(generations=_rows(request, rows), nextCursor=next_cursor, limit=limit)
 
 
@@ -284,7 +280,7 @@ async def _enqueue_retries(request: Request, jobs: list[tuple[str, int]]) -> Non
     queued in the database, and the reaper re-enqueues a queued generation whose job is missing."""
     if not jobs:
         return
-    queue = make_retry_queue(request.app.state.redis)
+    queue = make_retry_queue(api_state(request).redis)
     try:
         await asyncio.to_thread(queue.enqueue_many, [generation_job(g, attempt) for g, attempt in jobs])
     except Exception as exc:  # noqa: BLE001 - recovered by the reaper, said in the log
@@ -292,7 +288,7 @@ async def _enqueue_retries(request: Request, jobs: list[tuple[str, int]]) -> Non
 
 
 async def pause_state(request: Request, audit: list[dict[str, Any]] | None = None) -> PauseState:
-    redis = request.app.state.redis
+    redis = api_state(request).redis
     pause = await asyncio.to_thread(intake.read_intake_pause, redis)
     paused = await asyncio.to_thread(intake.workers_paused, redis)
     states = await asyncio.to_thread(intake.worker_states, redis)

@@ -44,6 +44,7 @@ from app.api.prometheus_metrics import (
 from app.api.rate_limit import CallerLimitMiddleware, CallerLimits, document_read_limit
 from app.api.schemas import create_generation_request_type
 from app.api.security_headers import with_security_headers
+from app.api.state import API_STATE_KEY, ApiState
 from app.connections import async_redis_client, pg_pool, redis_client
 from app.domain.intake import IntakeGate
 from app.observability import tracing
@@ -81,6 +82,8 @@ def read_only_server(conn: AsyncConnection[Any]) -> bool:
 
 def create_app(settings: Settings) -> PoseGeneratorApp:
     caller_limits = CallerLimits(async_redis_client(settings.redis_url, sentinel=settings.redis_sentinel), settings)
+    flux_webhook_secret = webhook_secret(settings)
+    sign_in_forms = SignInForms(settings.jwt_secret)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
@@ -94,27 +97,28 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
         await pool.open(wait=False)
         redis = redis_client(settings.redis_url, sentinel=settings.redis_sentinel)
         storage = build_storage(settings, api_url_prefix=f"{settings.public_base_url}{API_PREFIX}/images")
-        app.state.pool = pool
-        app.state.redis = redis
-        app.state.queue = make_queue(redis)
-        app.state.intake_gate = IntakeGate(redis)
-        app.state.console_sessions = ConsoleSessions(redis, idle_seconds=settings.console_idle_timeout_seconds,
-                                                     max_seconds=settings.console_session_max_seconds)
         # With APM on, each request enqueues its own job and runs its own create, so that both carry the
         # request's trace; otherwise concurrent requests share Redis and database transactions.
         shared = not tracing.enabled()
-        app.state.enqueuer = BatchEnqueuer(app.state.queue) if shared else None
-        app.state.storage = storage
-        app.state.generation_reader = GenerationReader(pool, storage)
-        app.state.creator = GenerationCreator(pool, price_per_pose=settings.price_per_pose,
-                                              queued_check_seconds=settings.queued_check_seconds, shared=shared)
+        queue = make_queue(redis)
+        state = ApiState(
+            settings=settings, pool=pool, redis=redis, queue=queue, intake_gate=IntakeGate(redis),
+            console_sessions=ConsoleSessions(redis, idle_seconds=settings.console_idle_timeout_seconds,
+                                             max_seconds=settings.console_session_max_seconds),
+            sign_in_forms=sign_in_forms, enqueuer=BatchEnqueuer(queue) if shared else None, storage=storage,
+            generation_reader=GenerationReader(pool, storage),
+            creator=GenerationCreator(pool, price_per_pose=settings.price_per_pose,
+                                      queued_check_seconds=settings.queued_check_seconds, shared=shared),
+            caller_limits=caller_limits, flux_webhook_secret=flux_webhook_secret,
+        )
+        app.state[API_STATE_KEY] = state
         try:
             yield
         finally:
-            await app.state.generation_reader.aclose()
-            await app.state.creator.aclose()
-            if app.state.enqueuer is not None:
-                app.state.enqueuer.close()
+            await state.generation_reader.aclose()
+            await state.creator.aclose()
+            if state.enqueuer is not None:
+                state.enqueuer.close()
             await storage.aclose()
             await caller_limits.aclose()
             redis.close()
@@ -148,11 +152,7 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
         # default config would replace the root logger's JSON handler with a plain-text one on stderr.
         logging_config=None,
     )
-    app.state.settings = settings
-    app.state.caller_limits = caller_limits
     BUILD_INFO.revision = settings.revision
-    app.state.flux_webhook_secret = webhook_secret(settings)
-    app.state.sign_in_forms = SignInForms(settings.jwt_secret)
     app.state.metrics_registry = scrape_registry(settings.prometheus_multiproc_dir)
     create_route_series(app)
     if settings.read_limit_per_minute:

@@ -16,6 +16,7 @@ import jwt
 from litestar import Request
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
+from app.api.state import api_state
 from app.settings import Settings
 
 _PRINCIPAL_KEY = "posegen.principal"
@@ -78,7 +79,7 @@ def decode_token(secret: str, token: str, max_ttl_seconds: int = Settings.token_
 
 def principal_from_token(request: Request, token: str) -> Principal:
     """The caller ``token`` stands for, verified with the app's settings (its secret and maximum lifetime)."""
-    settings: Settings = request.app.state.settings
+    settings = api_state(request).settings
     return decode_token(settings.jwt_secret, token, settings.token_max_ttl_seconds)
 
 

@@ -9,6 +9,7 @@ from litestar.di import NamedDependency, Provide
 from psycopg import AsyncConnection
 
 from app.api.auth import Principal, authenticate
+from app.api.state import api_state
 
 # How a handler asks for them: by name, marked (Litestar 3 drops dependencies inferred from a bare type).
 DatabaseConnection = NamedDependency[AsyncConnection]
@@ -19,7 +20,7 @@ async def provide_db(state: State, principal: Caller) -> AsyncGenerator[AsyncCon
     """A pooled connection, for authenticated callers only: every route that reads the database needs a
     caller, a bad token never takes a connection from the pool, and resolving the caller first (rather
     than alongside) spares each request a task group."""
-    async with state.pool.connection() as conn:
+    async with api_state(state).pool.connection() as conn:
         yield conn
 
 

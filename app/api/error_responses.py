@@ -4,11 +4,12 @@ Every 4xx names the problem in ``detail`` (the text clients and tests read) and 
 ``errorType`` where one applies; 5xx are logged and generic. The body is :class:`ProblemDetail`, the
 schema every error response in the OpenAPI document points to. Litestar's ``ProblemDetailsPlugin``
 handles a :class:`~litestar.plugins.problem_details.ProblemDetailsException` raised anywhere; the
-handlers here turn every other exception into one.
+handlers here turn every other exception into one, every :class:`~app.errors.DomainError` by one mapping.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
@@ -19,6 +20,7 @@ from litestar.plugins.problem_details import ProblemDetailsException
 from litestar.status_codes import (
     HTTP_400_BAD_REQUEST,
     HTTP_401_UNAUTHORIZED,
+    HTTP_402_PAYMENT_REQUIRED,
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_503_SERVICE_UNAVAILABLE,
@@ -26,7 +28,7 @@ from litestar.status_codes import (
 from psycopg_pool import PoolTimeout
 
 from app import APP_NAME
-from app.errors import ErrorType
+from app.errors import DomainError, ErrorType, validation_detail
 from app.observability.logging import get_logger
 
 log = get_logger("API")
@@ -34,6 +36,9 @@ log = get_logger("API")
 PROBLEM_JSON = "application/problem+json"
 # Seconds a client should wait before retrying a 503 (a dependency is down; it usually comes back soon).
 RETRY_AFTER_UNAVAILABLE = "5"
+# The status of a refused request, by the seed error type of its DomainError.
+DOMAIN_ERROR_STATUS = {ErrorType.VALIDATION_ERROR: HTTP_422_UNPROCESSABLE_ENTITY,
+                       ErrorType.CREDIT_ERROR: HTTP_402_PAYMENT_REQUIRED}
 
 
 class ValidationFailed(HTTPException):
@@ -43,7 +48,7 @@ class ValidationFailed(HTTPException):
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(
-            detail=f"Validation failed for '{field}': {message}",
+            detail=validation_detail(field, message),
             extra={"errorType": ErrorType.VALIDATION_ERROR.value, "field": field, "fields": [field]},
         )
 
@@ -81,6 +86,12 @@ def _http_response(request: Request, exc: HTTPException) -> Response[dict[str, A
     return problem(request, exc.status_code, exc.detail, headers=headers, **members)
 
 
+def _domain_response(request: Request, exc: DomainError) -> Response[dict[str, Any]]:
+    fields: dict[str, Any] = {"field": exc.field, "fields": [exc.field]} if exc.field else {}
+    return problem(request, DOMAIN_ERROR_STATUS[exc.error_type], exc.detail, errorType=exc.error_type.value,
+                   **fields, **exc.facts())
+
+
 def _unhandled_response(request: Request, exc: Exception) -> Response[dict[str, Any]]:
     route = request.scope.get("path_template") or "unmatched"
     log.error("Unhandled API error", exc_info=exc, route=route, method=request.method)
@@ -107,7 +118,7 @@ def _too_deep(request: Request, exc: Exception) -> Response[dict[str, Any]]:
                    errorType=ErrorType.VALIDATION_ERROR.value)
 
 
-EXCEPTION_HANDLERS = {
+EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Any], Response[dict[str, Any]]]] = {
     RecursionError: _too_deep,
     UnicodeError: _unstorable_text,
     psycopg.DataError: _unstorable_text,
@@ -118,5 +129,6 @@ EXCEPTION_HANDLERS = {
     PoolTimeout: _database_unavailable,
     ValidationException: _validation_response,
     HTTPException: _http_response,
+    DomainError: _domain_response,
     Exception: _unhandled_response,
 }

@@ -21,6 +21,7 @@ from litestar.status_codes import HTTP_200_OK
 from redis.exceptions import RedisError
 
 from app.api.openapi import error_responses
+from app.api.state import api_state
 from app.observability.logging import get_logger
 from app.providers.flux_webhooks import (
     MAX_TASK_ID_CHARS,
@@ -41,7 +42,7 @@ log = get_logger("API")
 async def flux_webhook(request: Request[Any, Any, Any]) -> dict[str, Any]:
     body = await request.body()
     try:
-        verify(request.app.state.flux_webhook_secret, request.headers.get(TIMESTAMP_HEADER),
+        verify(api_state(request).flux_webhook_secret, request.headers.get(TIMESTAMP_HEADER),
                request.headers.get(SIGNATURE_HEADER), body)
     except WebhookRejected as exc:
         log.warning("FLUX webhook refused", reason=str(exc))
@@ -49,7 +50,7 @@ async def flux_webhook(request: Request[Any, Any, Any]) -> dict[str, Any]:
     task_id, status = _task_and_status(body)
     try:
         # Verified above, so the signature names this delivery: the same delivery again changes nothing.
-        taken = await asyncio.to_thread(wake_task, request.app.state.redis, task_id, status,
+        taken = await asyncio.to_thread(wake_task, api_state(request).redis, task_id, status,
                                         request.headers.get(SIGNATURE_HEADER, ""))
     except RedisError:
         # FLUX retries a failed delivery; the worker's polling catches the task meanwhile anyway.

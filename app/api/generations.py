@@ -14,8 +14,6 @@ from litestar.response.base import ASGIResponse
 from litestar.status_codes import (
     HTTP_202_ACCEPTED,
     HTTP_304_NOT_MODIFIED,
-    HTTP_402_PAYMENT_REQUIRED,
-    HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 
@@ -31,12 +29,12 @@ from app.api.schemas import (
     GenerationSummary,
     GenerationView,
 )
+from app.api.state import api_state
 from app.db.connect import API_DB_SECONDS, bounded
 from app.domain.credits import InsufficientCreditsError
 from app.domain.error_events import record_error_event
 from app.domain.generations import (
     GenerationRequest,
-    IdempotencyKeyReusedError,
     UnknownPosesError,
     abandon_unqueued_generation,
     list_generations,
@@ -77,7 +75,7 @@ class GenerationController(Controller):
         self, request: Request, data: JSONBody[CreateGenerationRequest], principal: Caller,
         idempotency_key: IdempotencyKey = None,
     ) -> Response[GenerationAccepted]:
-        state = request.app.state
+        state = api_state(request)
         pause = await state.intake_gate.current()
         if pause is not None:  # a planned pause: refused before anything is charged, and free for the caller
             refusal_is_free(request)
@@ -102,23 +100,10 @@ class GenerationController(Controller):
                                    tracing.current_trace_context())
         try:
             created = await state.creator.create(wanted)
-        except UnknownPosesError as exc:
-            await self._record_error(request, ErrorType.VALIDATION_ERROR, str(exc), principal.user_id)
-            raise ValidationFailed("poseIds", str(exc)) from None
-        except IdempotencyKeyReusedError as exc:
-            raise HTTPException(
-                status_code=HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc),
-                extra={"errorType": ErrorType.VALIDATION_ERROR.value, "field": "Idempotency-Key",
-                       "fields": ["Idempotency-Key"]},
-            ) from None
-        except InsufficientCreditsError as exc:
-            await self._record_error(request, ErrorType.CREDIT_ERROR, str(exc), principal.user_id)
-            raise HTTPException(
-                status_code=HTTP_402_PAYMENT_REQUIRED,
-                detail=f"Insufficient credits: {exc.required} required, balance {exc.balance}",
-                extra={"errorType": ErrorType.CREDIT_ERROR.value, "required": exc.required,
-                       "balance": exc.balance},
-            ) from None
+        except (UnknownPosesError, InsufficientCreditsError) as exc:
+            # Recorded as an error event, then answered as every DomainError is (app/api/error_responses.py).
+            await self._record_error(request, exc.error_type, str(exc), principal.user_id)
+            raise
         if created.created:
             await self._enqueue(request, created.generation_id, created.attempt)
             log.info("Generation accepted", generationId=created.generation_id, userId=principal.user_id,
@@ -133,23 +118,23 @@ class GenerationController(Controller):
     @staticmethod
     async def _record_error(request: Request, error_type: ErrorType, message: str, user_id: str) -> None:
         # Bounded per caller: a flood of bad requests must not write a row each (nor own on-call's error charts).
-        if not await request.app.state.caller_limits.may_record_error_event(user_id, error_type):
+        if not await api_state(request).caller_limits.may_record_error_event(user_id, error_type):
             return
-        async with request.app.state.pool.connection() as db:
+        async with api_state(request).pool.connection() as db:
             await record_error_event(db, error_type, "API", message, user_id=user_id)
 
     @staticmethod
     async def _enqueue(request: Request, generation_id: str, attempt: int) -> None:
-        enqueuer = request.app.state.enqueuer
+        enqueuer = api_state(request).enqueuer
         try:
             # The Redis client is synchronous; keep it off the event loop.
             if enqueuer is not None:
                 await enqueuer.enqueue(generation_id, attempt)
             else:
-                await asyncio.to_thread(enqueue_generation, request.app.state.queue, generation_id, attempt)
+                await asyncio.to_thread(enqueue_generation, api_state(request).queue, generation_id, attempt)
         except Exception as exc:
             log.error("Queue unreachable; generation refunded", exc_info=exc, generationId=generation_id)
-            async with bounded(API_DB_SECONDS), request.app.state.pool.connection() as db:
+            async with bounded(API_DB_SECONDS), api_state(request).pool.connection() as db:
                 await abandon_unqueued_generation(db, generation_id, f"queue unreachable: {type(exc).__name__}")
             raise HTTPException(
                 status_code=HTTP_503_SERVICE_UNAVAILABLE,
@@ -168,7 +153,7 @@ class GenerationController(Controller):
         # The hottest route: the caller is resolved by a plain call rather than by dependency injection,
         # which costs a twentieth of this request's CPU (bench/api_throughput.py).
         principal = await authenticate(request)
-        record = await request.app.state.generation_reader.get(generation_id)
+        record = await api_state(request).generation_reader.get(generation_id)
         if record is None or (record.user_id != principal.user_id and not principal.is_admin):
             raise NotFoundException(f"generation {generation_id} not found")
         # The body is the GenerationView, encoded once per read batch (see generation_reads), answered as

@@ -15,6 +15,7 @@ from app import APP_NAME, __version__
 from app.api.draining import draining
 from app.api.error_responses import RETRY_AFTER_UNAVAILABLE
 from app.api.schemas import DependencyCheck, FaultDrill, Health, HealthChecks, PausedView, QueueCheck, QueueCountsView
+from app.api.state import api_state
 from app.domain.intake import read_intake_pause, workers_paused
 from app.queue import read_queue_counts
 from app.timestamps import iso_timestamp
@@ -33,7 +34,7 @@ async def _check_database(request: Request) -> DependencyCheck:
     (``default_transaction_read_only``) reports ``disconnected`` with
     ``ReadOnlyDatabase``, so readiness never says ready while no read-write primary is reachable."""
     async def probe() -> None:
-        async with request.app.state.pool.connection(timeout=CHECK_TIMEOUT_SECONDS) as conn:
+        async with api_state(request).pool.connection(timeout=CHECK_TIMEOUT_SECONDS) as conn:
             # transaction_read_only: also a primary fenced with default_transaction_read_only (what libpq's
             # target_session_attrs=read-write checks), which pg_is_in_recovery() calls a primary.
             row = await (await conn.execute(
@@ -49,7 +50,7 @@ async def _check_database(request: Request) -> DependencyCheck:
 
 
 async def _check_redis_and_queue(request: Request) -> tuple[DependencyCheck, QueueCheck]:
-    redis = request.app.state.redis
+    redis = api_state(request).redis
     try:
         counts = await asyncio.wait_for(asyncio.to_thread(read_queue_counts, redis), CHECK_TIMEOUT_SECONDS)
     except Exception as exc:
@@ -60,13 +61,13 @@ async def _check_redis_and_queue(request: Request) -> tuple[DependencyCheck, Que
 
 
 def _fault_drill(request: Request) -> FaultDrill:
-    faults = request.app.state.settings.faults
+    faults = api_state(request).settings.faults
     return FaultDrill(active=bool(faults), faults={kind.value: fraction for kind, fraction in faults.items()})
 
 
 async def _paused(request: Request) -> PausedView | None:
     """The operators' planned pause, when there is one (None also when Redis cannot say)."""
-    redis = request.app.state.redis
+    redis = api_state(request).redis
 
     def read() -> PausedView | None:
         pause, workers = read_intake_pause(redis), workers_paused(redis)

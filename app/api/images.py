@@ -16,7 +16,9 @@ from litestar.params import FromPath, Parameter
 from litestar.response import File
 
 from app.api.openapi import error_responses
+from app.api.state import api_state
 from app.errors import StorageError
+from app.storage.local import LocalStorage
 from app.storage.signed_urls import ImageUrlRefused
 
 
@@ -27,8 +29,8 @@ async def image(
     expires: Annotated[str | None, Parameter(description="Unix time the URL expires (from imageUrl)")] = None,
     signature: Annotated[str | None, Parameter(description="HMAC of key and expiry (from imageUrl)")] = None,
 ) -> File:
-    storage = request.app.state.storage
-    if not hasattr(storage, "path_for"):
+    storage = api_state(request).storage
+    if not isinstance(storage, LocalStorage):
         raise NotFoundException("images are served by the storage backend")
     key = key.lstrip("/")
     try:

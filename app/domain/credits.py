@@ -14,12 +14,27 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from app.errors import DomainError, ErrorType
 
-class InsufficientCreditsError(Exception):
+
+class InsufficientCreditsError(DomainError):
+    """The balance does not cover the cost of the request."""
+
+    error_type = ErrorType.CREDIT_ERROR
+
     def __init__(self, balance: int, required: int) -> None:
         super().__init__(f"insufficient credits: balance {balance}, required {required}")
         self.balance = balance
         self.required = required
+
+    @property
+    def detail(self) -> str:
+        """``Insufficient credits: <required> required, balance <balance>``."""
+        return f"Insufficient credits: {self.required} required, balance {self.balance}"
+
+    def facts(self) -> dict[str, Any]:
+        """The credits the request needs and the caller's balance."""
+        return {"required": self.required, "balance": self.balance}
 
 
 async def ensure_account(conn: AsyncConnection, user_id: str) -> None:

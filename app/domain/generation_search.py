@@ -18,13 +18,16 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
+from app.errors import DomainError
 from app.timestamps import iso_timestamp
 
 STATUSES = ("queued", "processing", "completed", "failed")
 
 
-class BadCursorError(ValueError):
+class BadCursorError(DomainError):
     """The cursor was not one this API handed out."""
+
+    field = "cursor"
 
 
 @dataclass(frozen=True)

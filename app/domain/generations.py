@@ -15,25 +15,36 @@ from psycopg.types.json import Jsonb
 
 from app.domain.credits import InsufficientCreditsError, refund_failed_pose
 from app.domain.error_events import record_error_event
-from app.errors import ErrorType
+from app.errors import DomainError, ErrorType
 
 # Raised by posegen_create_generation when the balance does not cover the cost (DETAIL: the balance).
 INSUFFICIENT_CREDITS_SQLSTATE = "PG402"
 
-class UnknownPosesError(ValueError):
+class UnknownPosesError(DomainError):
+    """The request names poses the library does not have."""
+
+    field = "poseIds"
+
     def __init__(self, missing: list[str]) -> None:
         super().__init__(f"unknown pose ids: {', '.join(missing)}")
         self.missing = missing
 
 
-class IdempotencyKeyReusedError(ValueError):
+class IdempotencyKeyReusedError(DomainError):
     """An Idempotency-Key already made a generation from a different request (other poses or prompt)."""
+
+    field = "Idempotency-Key"
 
     def __init__(self, key: str, generation_id: str) -> None:
         super().__init__(f"Idempotency-Key {key!r} was already used for a different request (generation "
                          f"{generation_id}: other poses or prompt); use a new key for a new request")
         self.key = key
         self.generation_id = generation_id
+
+    @property
+    def detail(self) -> str:
+        """The message alone: it names the header itself."""
+        return str(self)
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,17 @@ from psycopg.rows import dict_row
 
 from app.domain.audit import Action, record_action, reserve_audit_id
 from app.domain.generation_search import GenerationFilter
+from app.errors import DomainError
 
 # One request retries at most this many generations; a wider filter must be narrowed (or run in parts).
 MAX_GENERATIONS_PER_RETRY = 10_000
 
 
-class TooManyGenerationsError(ValueError):
+class TooManyGenerationsError(DomainError):
+    """A retry's filter matches more generations than one retry may take."""
+
+    field = "filter"
+
     def __init__(self, matched: int) -> None:
         super().__init__(f"the filter matches {matched} retryable generations; at most "
                          f"{MAX_GENERATIONS_PER_RETRY} per retry: narrow it (e.g. a created or finished window)")

@@ -20,6 +20,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from app import __version__
+from app.errors import DomainError
 from app.settings import Settings
 
 if TYPE_CHECKING:
@@ -123,6 +124,8 @@ def init_sentry(settings: Settings, process: str) -> bool:
         include_local_variables=False,
         in_app_include=["app"],
         integrations=[LitestarIntegration(), RqIntegration()],
+        # A DomainError is a request our rules refused, answered 4xx (app/api/error_responses.py): not a fault.
+        ignore_errors=[DomainError],
         event_scrubber=EventScrubber(denylist=[*DEFAULT_DENYLIST, *SENSITIVE_KEYS, "x-key", "x-api-key"],
                                      recursive=True),
         before_send=scrubber.event,
