@@ -56,7 +56,7 @@ CONTRACT_METRICS = {
     "pose_generation_attempts_exhausted_total",
     "pose_generation_oldest_running_age_seconds",
     "pose_generation_time_limit_seconds",
-    # Which servers the exporter reads, and their changes: a failover (README "Failover").
+    # Which servers the exporter reads, and their changes: a failover (docs/operating.md "Failover").
     "pose_redis_server_info",
     "pose_database_server_info",
     "pose_database_in_recovery",
