@@ -48,7 +48,7 @@ bench: install
 	command -v wrk >/dev/null || $(BIN)/python -c "from app.devservices import ensure_tools; ensure_tools({'wrk': 'wrk'})"
 	$(BIN)/python -m app.devservices run -- $(BIN)/python -m bench.run_all $(BENCH_ARGS)
 
-# ruff, the import contracts of the README's Layout ([tool.importlinter]) and mypy ([tool.mypy]).
+# ruff, the import contracts of docs/layout.md's Layout ([tool.importlinter]) and mypy ([tool.mypy]).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports

@@ -140,7 +140,7 @@ class DatabaseRoles:
 def database_roles(settings: Settings) -> DatabaseRoles:
     """With ``POSEGEN_MIGRATION_DATABASE_URL`` set, it is the owner's and ``DATABASE_URL`` the processes' as given
     (their role ``POSEGEN_APP_DB_ROLE``, else ``DATABASE_URL``'s user). Without it, ``DATABASE_URL`` is the
-    owner's (the README's ``postgres``) and the processes connect to the same database, without a password, as
+    owner's (docs/operating.md's ``postgres``) and the processes connect to the same database, without a password, as
     ``POSEGEN_APP_DB_ROLE``, else ``<database>_app`` (``posegen_app``)."""
     if settings.migration_database_url:
         user = psycopg.conninfo.conninfo_to_dict(settings.database_url).get("user")

@@ -591,9 +591,9 @@ def canary_panels() -> list[tuple[int, Panel]]:
 
 
 def failover_panels() -> list[tuple[int, Panel]]:
-    """A failover as on-call sees it (README "Failover"): which Redis master and PostgreSQL server the exporter
-    reads (one line per address: a failover ends one line and starts another), and how many times each source's
-    server changed. Each exporter replica reports its own view, so replicas are reduced with ``max``."""
+    """A failover as on-call sees it (docs/operating.md "Failover"): which Redis master and PostgreSQL server the
+    exporter reads (one line per address: a failover ends one line and starts another), and how many times each
+    source's server changed. Each exporter replica reports its own view, so replicas are reduced with ``max``."""
     servers = ('max by (source, address) (label_replace(pose_redis_server_info{job="posegen-exporter"}, "source", '
                '"redis", "", "") or label_replace(pose_database_server_info{job="posegen-exporter"}, "source", '
                '"postgres", "", ""))')

@@ -90,7 +90,7 @@ def test_successful_runs_publish_the_metrics_and_their_credits_keep_the_ledger_t
     listed = stack.http.get("/generations", headers=stack.headers(CANARY_USER)).json()
     assert listed["total"] == generations[0]
     top = stack.http.get("/metrics/top-users", params={"limit": 100}, headers=stack.headers("admin", Role.ADMIN))
-    assert top.status_code == 200 and CANARY_USER in top.text, top.text  # counted as a user (README)
+    assert top.status_code == 200 and CANARY_USER in top.text, top.text  # counted as a user (docs/observability.md)
 
 
 def test_each_failure_is_one_json_entry_naming_its_reason(fresh_stack: Any, tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ def test_canary_failing_pages_with_no_user_traffic_and_resolves(template_db: str
             assert page.body["routing_key"] == "test-routing-key"
             assert "runs_failing" in page.body["payload"]["summary"], page.body
             # No user traffic: every generation there is is the canary's, and the exporter counted its failures
-            # (pose_generations_total: they are real signals, see the README).
+            # (pose_generations_total: they are real signals, see docs/observability.md).
             with stack.db() as conn:
                 users = {row[0] for row in conn.execute("SELECT DISTINCT user_id FROM generations")}
             assert users == {CANARY_USER}

@@ -1,11 +1,13 @@
-"""Every command block of the README runs as written on a fresh clone, against a running `make dev` stack.
+"""Every command block of the README and of docs/ runs as written on a fresh clone, against a running `make dev`
+stack.
 
-The README's convention: a block fenced ```bash (or ```sh, ```shell, ```console) holds commands a reader runs from
-the clone's folder while `make dev` runs. This test runs each such block on its own, in a new bash with ``-e -o
-pipefail`` (every command must succeed), against a stack it starts with `make dev` on free ports chosen through
-`make dev`'s own variables (``API_PORT``, ...), exported as a reader who chose them would have; commands that name
-the API's port read ``API_PORT`` too. No ``JWT_SECRET`` is set, as on a fresh clone. A block the test must not
-run (it starts the long-running stack, or installs) carries the visible marker, on the line just above its fence::
+The docs' convention: a block fenced ```bash (or ```sh, ```shell, ```console) holds commands a reader runs from
+the clone's folder while `make dev` runs. This test runs each such block of README.md and of every docs/*.md on
+its own, in a new bash with ``-e -o pipefail`` (every command must succeed), against one stack it starts with
+`make dev` on free ports chosen through `make dev`'s own variables (``API_PORT``, ...), exported as a reader who
+chose them would have; commands that name the API's port read ``API_PORT`` too. No ``JWT_SECRET`` is set, as on
+a fresh clone. A block the test must not run (it starts the long-running stack, or installs) carries the visible
+marker, on the line just above its fence::
 
     <!-- not run by tests/test_readme.py: <why> -->
 
@@ -26,7 +28,8 @@ from pathlib import Path
 from tests.dev_commands import dev_env, drop_dev_role, wait_for_banner
 from tests.stack import ROOT, claim_redis_db, database_url, drop_database, free_port, redis_url, release_redis_db
 
-README = ROOT / "README.md"
+# The pages whose command blocks run: the README, then docs/ in name order.
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_FENCES = {"bash", "sh", "shell", "console"}
 NOT_RUN = re.compile(r"^<!-- not run by tests/test_readme\.py: (?P<why>\S.*?) -->$")
 FENCE = re.compile(r"^```(?P<language>[\w-]*)\s*$")
@@ -37,16 +40,17 @@ BLOCK_TIMEOUT_SECONDS = 120
 
 @dataclass(frozen=True)
 class CommandBlock:
-    """One fenced shell block of the README: where it starts, its commands, and why it is not run (or None)."""
+    """One fenced shell block of a page: where it starts (``page:line``), its commands, and why it is not run
+    (or None)."""
 
-    line: int
+    where: str
     commands: str
     not_run_because: str | None
 
 
-def readme_command_blocks(text: str) -> list[CommandBlock]:
-    """The shell blocks of ``text`` in order. A not-run marker anywhere but just above a shell block is an error,
-    so a marker cannot drift onto prose or onto another kind of block."""
+def command_blocks(text: str, page: str = "README.md") -> list[CommandBlock]:
+    """The shell blocks of ``text`` (the page named ``page``) in order. A not-run marker anywhere but just above a
+    shell block is an error, so a marker cannot drift onto prose or onto another kind of block."""
     lines = text.splitlines()
     blocks: list[CommandBlock] = []
     index = 0
@@ -56,15 +60,15 @@ def readme_command_blocks(text: str) -> list[CommandBlock]:
         if marker:
             following = FENCE.match(lines[index + 1]) if index + 1 < len(lines) else None
             assert following and following["language"] in SHELL_FENCES, (
-                f"README.md:{index + 1}: a not-run marker must sit on the line just above a shell block's fence")
+                f"{page}:{index + 1}: a not-run marker must sit on the line just above a shell block's fence")
         if opening is None:
             index += 1
             continue
         closing = next((i for i in range(index + 1, len(lines)) if lines[i].rstrip() == "```"), None)
-        assert closing is not None, f"README.md:{index + 1}: a fence that is never closed"
+        assert closing is not None, f"{page}:{index + 1}: a fence that is never closed"
         if opening["language"] in SHELL_FENCES:
             above = NOT_RUN.match(lines[index - 1].strip()) if index else None
-            blocks.append(CommandBlock(index + 2, "\n".join(lines[index + 1:closing]) + "\n",
+            blocks.append(CommandBlock(f"{page}:{index + 2}", "\n".join(lines[index + 1:closing]) + "\n",
                                        above["why"] if above else None))
         index = closing + 1
     return blocks
@@ -92,11 +96,12 @@ def run_block(block: CommandBlock, env: dict[str, str]) -> tuple[int | str, str,
 
 
 def test_every_readme_command_block_runs_as_written_against_a_dev_stack(tmp_path: Path) -> None:
-    blocks = [block for block in readme_command_blocks(README.read_text()) if block.not_run_because is None]
-    assert len(blocks) >= 2, "the README's Try it and Operating blocks are run"
+    blocks = [block for page in PAGES for block in command_blocks(page.read_text(), str(page.relative_to(ROOT)))
+              if block.not_run_because is None]
+    assert len(blocks) >= 2, "the README's Try it and docs/operating.md's Operator actions blocks are run"
     for block in blocks:  # before anything runs: a fixed address would reach whatever listens there
         assert not FIXED_ADDRESS.search(block.commands), (
-            f"README.md:{block.line}: name the API's port as ${{API_PORT:-8000}}, not a fixed address:\n"
+            f"{block.where}: name the API's port as ${{API_PORT:-8000}}, not a fixed address:\n"
             f"{block.commands}")
     db_name = f"posegen_readme_{uuid.uuid4().hex[:8]}"
     redis_index = claim_redis_db()
@@ -115,7 +120,7 @@ def test_every_readme_command_block_runs_as_written_against_a_dev_stack(tmp_path
         wait_for_banner(make, log_path)
         for block in blocks:
             code, stdout, stderr = run_block(block, env)
-            assert code == 0, (f"README.md:{block.line}: the block exited {code}\n{block.commands}\n"
+            assert code == 0, (f"{block.where}: the block exited {code}\n{block.commands}\n"
                                f"--- stdout\n{stdout[-3000:]}\n--- stderr\n{stderr[-3000:]}")
     finally:
         with suppress(ProcessLookupError):

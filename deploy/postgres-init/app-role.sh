@@ -1,5 +1,5 @@
 #!/bin/sh
-# The application's database role (README "Database roles"): created when missing, as a plain LOGIN role that
+# The application's database role (docs/configuration.md "Database roles"): created when missing, as a plain LOGIN role that
 # owns nothing, its password kept in step with POSEGEN_APP_DB_PASSWORD. `posegen migrate` (as the owner) then
 # grants it exactly what the API, workers and exporter use. Run by compose's postgres-roles service with the
 # owner's PG* variables, before every migrate, so a database created before the role existed gets it too.

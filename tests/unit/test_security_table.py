@@ -1,4 +1,4 @@
-"""The README's Security table names, for each protection, the tests that prove it: each must exist."""
+"""The Security table (docs/security.md) names, for each protection, the tests that prove it: each must exist."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _security_section() -> str:
-    return (ROOT / "README.md").read_text().split("\n## Security\n", 1)[1].split("\n## ", 1)[0]
+    return (ROOT / "docs" / "security.md").read_text()
 
 
 def test_every_test_the_security_table_names_exists() -> None:
@@ -22,7 +22,7 @@ def test_every_test_the_security_table_names_exists() -> None:
         tests = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
         if name not in tests:
             missing.append(f"{path}::{name}")
-    assert not missing, f"the README's Security table names tests that do not exist: {missing}"
+    assert not missing, f"docs/security.md's table names tests that do not exist: {missing}"
 
 
 def test_every_row_of_the_security_table_names_a_test() -> None:
