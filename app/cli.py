@@ -407,6 +407,19 @@ def cmd_k8s(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_docs(args: argparse.Namespace) -> int:
+    from app.docs_tables import DocsError, build_docs
+
+    try:
+        written = build_docs(Path(args.docs))
+    except DocsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from app.devservices import ServiceError, local_services
     from app.devstack import StackError, choose_ports, run_dev_stack
@@ -519,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     k8s.add_argument("action", choices=("build",))
     k8s.add_argument("--rules", default="alerts/rules", help="the rule files' folder")
     k8s.add_argument("--out", default="deploy/k8s")
+    docs = add("docs", cmd_docs, "Docs: 'build' writes docs/'s generated tables (settings, metrics) from the code.")
+    docs.add_argument("action", choices=("build",))
+    docs.add_argument("--docs", default="docs", help="the docs folder")
     dev = add("dev", cmd_dev, "Run the whole stack locally, starting PostgreSQL and Redis when none is reachable.")
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)

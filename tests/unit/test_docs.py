@@ -1,9 +1,9 @@
-"""The README and docs/ stay short where they must, link only to what exists, and list the metrics the code
-promises.
+"""The README and docs/ stay short where they must, link only to what exists, and show the tables the code
+declares.
 
-The reference tables each have a test against the code: routes (tests/test_http_contract.py), settings
-(tests/test_settings.py), alerts (tests/test_alerts.py), the security table (tests/unit/test_security_table.py)
-and the metrics table (here); tests/test_readme.py runs every command block.
+The reference tables each have a test against the code: routes (tests/test_http_contract.py), alerts
+(tests/test_alerts.py), the security table (tests/unit/test_security_table.py); the settings and metrics tables
+are generated from the code (``posegen docs build``, checked here); tests/test_readme.py runs every command block.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tests.support.alerts import CONTRACT_METRICS, HISTOGRAMS
+import pytest
+
+from app.docs_tables import GENERATED, DocsError, build_docs, stale_pages
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -21,7 +23,6 @@ README_MAX_BYTES = 10 * 1024
 LINK = re.compile(r"\[[^\]\n]*\]\((?P<target>[^)\s]+)\)")
 HEADING = re.compile(r"^#{1,6} (?P<title>.+?)\s*#*$")
 FENCE = re.compile(r"^```")
-GENERATED_METRICS = re.compile(r"<!-- generated: metrics table -->\n(?P<table>.*?)<!-- end generated -->", re.DOTALL)
 
 
 def _prose_lines(text: str) -> list[str]:
@@ -75,27 +76,21 @@ def test_every_relative_link_of_the_readme_and_docs_reaches_a_file_and_its_headi
     assert not broken, "broken links:\n" + "\n".join(broken)
 
 
-def documented_metrics() -> set[str]:
-    """The metric names of docs/observability.md's metrics table (the first cell of each row)."""
-    match = GENERATED_METRICS.search((ROOT / "docs" / "observability.md").read_text())
-    assert match, "docs/observability.md: the metrics table must sit between its generated markers"
-    rows = [row for row in match["table"].splitlines() if row.startswith("| `")]
-    return {name for row in rows for name in re.findall(r"`(\w+)`", row.split("|")[1])}
+def test_the_generated_tables_are_what_the_code_declares() -> None:
+    """The settings table (docs/configuration.md) and the metrics table (docs/observability.md) are rendered
+    from the settings' declarations and the metric catalogue (app/docs_tables.py): a page edited by hand, or
+    code changed without ``posegen docs build``, fails here."""
+    stale = stale_pages(ROOT / "docs")
+    assert not stale, f"docs/ tables differ from the code: {stale}; run `posegen docs build`"
 
 
-def test_the_metrics_table_lists_every_contract_metric() -> None:
-    families = {name for name in CONTRACT_METRICS
-                if not any(name == f"{histogram}_{suffix}" for histogram in HISTOGRAMS
-                           for suffix in ("bucket", "sum", "count"))}
-    missing = families - documented_metrics()
-    assert not missing, f"docs/observability.md's metrics table lacks contract metrics: {sorted(missing)}"
-
-
-def test_every_metric_of_the_table_is_promised_or_defined_in_the_code() -> None:
-    """A row names a contract metric or a metric the code defines (a counter's name without ``_total``, as
-    prometheus-client takes it): a renamed or removed metric cannot stay in the table."""
-    source = "\n".join(path.read_text() for folder in ("app", "exporter") for path in (ROOT / folder).rglob("*.py"))
-    defined = set(re.findall(r"\"(pose_\w+)\"", source))
-    unknown = {name for name in documented_metrics() - CONTRACT_METRICS
-               if name not in defined and name.removesuffix("_total") not in defined}
-    assert not unknown, f"docs/observability.md's metrics table names metrics nobody defines: {sorted(unknown)}"
+def test_docs_build_rewrites_a_drifted_table_and_refuses_a_page_without_markers(tmp_path: Path) -> None:
+    for page in GENERATED:
+        (tmp_path / page).write_text((ROOT / "docs" / page).read_text())
+    page = tmp_path / "observability.md"
+    page.write_text(page.read_text().replace("| `pose_queue_depth` |", "| `pose_queue_depht` |"))
+    assert stale_pages(tmp_path) == ["observability.md"]
+    assert build_docs(tmp_path) == [page] and not stale_pages(tmp_path)
+    page.write_text("# Observability\n\nno markers\n")
+    with pytest.raises(DocsError, match="docs/observability.md: no '<!-- generated: metrics table -->'"):
+        build_docs(tmp_path)
