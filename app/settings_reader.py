@@ -47,6 +47,13 @@ N = TypeVar("N", int, float)
 Read = Callable[["Reader", str, Any], Any]
 
 
+# A sentinel's address: a host name or IPv4 address, or an IPv6 address in brackets; an ASCII port.
+_SENTINEL_ADDRESS = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>[0-9]{1,5})",
+                               re.ASCII)
+# The name Sentinel monitors a master as (``sentinel monitor <name> ...``), kept to what a config file and a
+# ``SENTINEL`` command spell without quoting.
+_SENTINEL_MASTER_NAME = re.compile(r"[A-Za-z0-9._:-]{1,255}", re.ASCII)
+
 def text(reader: Reader, name: str, default: str) -> str:
     """The value as given; unset or empty gives ``default``."""
     return reader.text(name, default)
@@ -257,16 +264,19 @@ class Reader:
             raise SettingsError("REDIS_SENTINEL_MASTER is set without REDIS_SENTINELS (host:port,host:port,...)")
         if not master:
             raise SettingsError("REDIS_SENTINELS is set without REDIS_SENTINEL_MASTER (the monitored master's name)")
-        if any(c.isspace() or c in "/@" for c in master):
-            raise SettingsError(f"REDIS_SENTINEL_MASTER={master!r} is not a Sentinel master name")
-        sentinels = []
+        if not _SENTINEL_MASTER_NAME.fullmatch(master):
+            raise SettingsError(f"REDIS_SENTINEL_MASTER={master!r} is not a Sentinel master name "
+                                "(letters, digits and . _ - : only, up to 255)")
+        sentinels: list[tuple[str, int]] = []
         for item in (part.strip() for part in raw.split(",")):
-            host, sep, port = item.rpartition(":")
-            host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-            if not sep or not host or any(c.isspace() or c in "/@[]" for c in host) or not (
-                    port.isdigit() and 1 <= int(port) <= 65535):
-                raise SettingsError(f"REDIS_SENTINELS entry {item!r} is not host:port (port 1-65535)")
-            sentinels.append((host, int(port)))
+            address = _SENTINEL_ADDRESS.fullmatch(item)
+            if address is None or not 1 <= int(address["port"]) <= 65535:
+                raise SettingsError(f"REDIS_SENTINELS entry {item!r} is not host:port (port 1-65535; an IPv6 "
+                                    "address in brackets, [::1]:26379)")
+            host = address["ipv6"] or address["host"]
+            if (host, int(address["port"])) in sentinels:
+                raise SettingsError(f"REDIS_SENTINELS names {item!r} twice")
+            sentinels.append((host, int(address["port"])))
         return RedisSentinel(tuple(sentinels), master, password)
 
     def role_name(self, name: str) -> str:

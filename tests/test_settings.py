@@ -214,6 +214,25 @@ BAD_SENTINELS = [
     ({"REDIS_SENTINELS": "10.0.0.1:0", "REDIS_SENTINEL_MASTER": "posegen"}, "port 1-65535"),
     ({"REDIS_SENTINELS": "10.0.0.1:26379x", "REDIS_SENTINEL_MASTER": "posegen"}, "not host:port"),
     ({"REDIS_SENTINELS": "10.0.0.1:26379", "REDIS_SENTINEL_MASTER": "pose gen"}, "not a Sentinel master name"),
+    # An IPv6 address without brackets: is "::1:26379" the host ::1 on 26379, or ::1:26379 on no port?
+    ({"REDIS_SENTINELS": "::1:26379", "REDIS_SENTINEL_MASTER": "posegen"}, "an IPv6 address in brackets"),
+    ({"REDIS_SENTINELS": "fe80::1%eth0:26379", "REDIS_SENTINEL_MASTER": "posegen"}, "not host:port"),
+    # Digits int() takes but no socket does: full-width, Arabic-Indic.
+    ({"REDIS_SENTINELS": "10.0.0.1:\uff12\uff16\uff13\uff17\uff19", "REDIS_SENTINEL_MASTER": "posegen"},
+     "not host:port"),
+    ({"REDIS_SENTINELS": "10.0.0.1:\u0662\u0666\u0663\u0667\u0669", "REDIS_SENTINEL_MASTER": "posegen"},
+     "not host:port"),
+    ({"REDIS_SENTINELS": "10.0.0.1:+26379", "REDIS_SENTINEL_MASTER": "posegen"}, "not host:port"),
+    ({"REDIS_SENTINELS": "10.0.0.1:99999", "REDIS_SENTINEL_MASTER": "posegen"}, "port 1-65535"),
+    ({"REDIS_SENTINELS": "user@10.0.0.1:26379", "REDIS_SENTINEL_MASTER": "posegen"}, "not host:port"),
+    ({"REDIS_SENTINELS": "s\u00e9ntinel:26379", "REDIS_SENTINEL_MASTER": "posegen"}, "not host:port"),
+    ({"REDIS_SENTINELS": "10.0.0.1:26379,10.0.0.1:26379", "REDIS_SENTINEL_MASTER": "posegen"}, "twice"),
+    ({"REDIS_SENTINELS": "10.0.0.1:26379,", "REDIS_SENTINEL_MASTER": "posegen"}, "entry ''"),
+    # Names a sentinel.conf or a SENTINEL command cannot spell unquoted, and control characters.
+    ({"REDIS_SENTINELS": "10.0.0.1:26379", "REDIS_SENTINEL_MASTER": "pose\u200bgen"}, "not a Sentinel master name"),
+    ({"REDIS_SENTINELS": "10.0.0.1:26379", "REDIS_SENTINEL_MASTER": "pose\"gen"}, "not a Sentinel master name"),
+    ({"REDIS_SENTINELS": "10.0.0.1:26379", "REDIS_SENTINEL_MASTER": "pose\x00gen"}, "not a Sentinel master name"),
+    ({"REDIS_SENTINELS": "10.0.0.1:26379", "REDIS_SENTINEL_MASTER": "p" * 256}, "not a Sentinel master name"),
     ({"REDIS_SENTINELS": "10.0.0.1:26379", "REDIS_SENTINEL_MASTER": "posegen",
       "REDIS_URL": "unix:///run/redis.sock"}, "REDIS_URL is a unix:// socket"),
 ]
