@@ -16,7 +16,7 @@ import pytest
 from litestar import Litestar, post
 from litestar.testing import TestClient
 
-from app.api.app import _check_not_closed_by_server, read_only_server
+from app.api.checkout import CheckoutCheck, read_only_server
 from app.api.error_responses import EXCEPTION_HANDLERS
 from tests.stack import create_database, drop_database
 
@@ -32,18 +32,20 @@ def empty_database_url() -> object:
 def test_a_pooled_connection_to_a_server_gone_read_only_is_dropped_at_checkout(empty_database_url: str) -> None:
     async def run() -> tuple[bool, bool, bool, bool]:
         conn = await psycopg.AsyncConnection.connect(empty_database_url, autocommit=True)
-        await _check_not_closed_by_server(conn)  # a read-write server: kept
+        check = CheckoutCheck()
+        await check(conn)  # a read-write server: kept
+        assert check.read_only_at is None
         before = read_only_server(conn)
         await conn.execute("SET default_transaction_read_only = on")
         row = await (await conn.execute(
             "SELECT pg_is_in_recovery() OR current_setting('transaction_read_only')::bool")).fetchone()
         after = read_only_server(conn)
         try:
-            await _check_not_closed_by_server(conn)
+            await check(conn)
             refused = False
         except psycopg.OperationalError:
             refused = True
-        return before, after, bool(row and row[0]), refused and conn.closed
+        return before, after, bool(row and row[0]), refused and conn.closed and check.met_read_only_within(5)
 
     before, after, health_says_read_only, dropped = asyncio.run(run())
     assert (before, after) == (False, True)

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import select
 from collections.abc import AsyncGenerator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from litestar import Litestar, Router
 from litestar.middleware.base import DefineMiddleware
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.plugins.problem_details import ProblemDetailsPlugin
 from litestar.template.config import TemplateConfig
-from psycopg import AsyncConnection
 
 from app import API_PREFIX, __version__
 from app.api.admin_console import CONSOLE_PATH, ConsoleController
 from app.api.admin_metrics import MetricsController
 from app.api.admin_operations import OperatorController
+from app.api.checkout import CheckoutCheck
 from app.api.console_sessions import ConsoleSessions, SignInForms
 from app.api.credits import CreditController
 from app.api.deps import DEPENDENCIES
@@ -57,29 +55,6 @@ from app.storage.factory import build_storage
 MAX_BODY_BYTES = 64 * 1024
 
 
-async def _check_not_closed_by_server(conn: AsyncConnection[Any]) -> None:
-    """Whether the server closed this idle connection (a terminated backend, a restart) shows without a
-    round trip: its socket has the server's last message or the end of the stream waiting. An empty query
-    per checkout, psycopg's own check, cost a fifth of GET /generations/{id} throughput. A closed
-    connection fails the check and the pool replaces it."""
-    if not conn.closed and not select.select([conn.fileno()], [], [], 0)[0]:
-        if not read_only_server(conn):
-            return
-        await conn.close()
-        raise psycopg.OperationalError("the server went read-only (a demoted or fenced primary)")
-    await conn.close()
-    raise psycopg.OperationalError("connection closed by the server")
-
-
-def read_only_server(conn: AsyncConnection[Any]) -> bool:
-    """Whether the server last reported itself read-only (PostgreSQL 14+ reports ``in_hot_standby`` and
-    ``default_transaction_read_only`` as they change, without a query): a connection pooled before its
-    server was demoted or fenced read-only would fail every write. libpq's ``target_session_attrs=read-write``
-    checks the same at connect, so its replacement goes to the read-write server."""
-    status = conn.info.parameter_status
-    return "on" in (status("in_hot_standby"), status("default_transaction_read_only"))
-
-
 def create_app(settings: Settings) -> PoseGeneratorApp:
     caller_limits = CallerLimits(async_redis_client(settings.redis_url, sentinel=settings.redis_sentinel), settings)
     flux_webhook_secret = webhook_secret(settings)
@@ -87,11 +62,12 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
+        checkout_check = CheckoutCheck()
         pool = pg_pool(
             settings.database_url, min_size=1, max_size=settings.db_pool_size, connect_timeout=2, timeout=5,
             # A coalesced batch carries many requests: a connection the server has closed must be
             # replaced before it is handed out, not discover it by failing them all.
-            check=_check_not_closed_by_server,
+            check=checkout_check,
             max_idle=60,
         )
         await pool.open(wait=False)
@@ -102,7 +78,8 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
         shared = not tracing.enabled()
         queue = make_queue(redis)
         state = ApiState(
-            settings=settings, pool=pool, redis=redis, queue=queue, intake_gate=IntakeGate(redis),
+            settings=settings, pool=pool, checkout_check=checkout_check, redis=redis, queue=queue,
+            intake_gate=IntakeGate(redis),
             console_sessions=ConsoleSessions(redis, idle_seconds=settings.console_idle_timeout_seconds,
                                              max_seconds=settings.console_session_max_seconds),
             sign_in_forms=sign_in_forms, enqueuer=BatchEnqueuer(queue) if shared else None, storage=storage,

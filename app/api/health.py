@@ -10,6 +10,7 @@ import asyncio
 
 from litestar import Request, Response, get
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
+from psycopg_pool import PoolTimeout
 
 from app import APP_NAME, __version__
 from app.api.draining import draining
@@ -45,7 +46,13 @@ async def _check_database(request: Request) -> DependencyCheck:
     try:
         await asyncio.wait_for(probe(), CHECK_TIMEOUT_SECONDS)
     except Exception as exc:
-        return DependencyCheck("disconnected", error=type(exc).__name__)
+        error = type(exc).__name__
+        # No connection to give within the check's time, because the pool dropped each one it opened for a
+        # read-only server (a DATABASE_URL naming a standby alone): say so, not "TimeoutError".
+        if isinstance(exc, (TimeoutError, PoolTimeout)) and api_state(request).checkout_check.met_read_only_within(
+                CHECK_TIMEOUT_SECONDS + 1):
+            error = ReadOnlyDatabase.__name__
+        return DependencyCheck("disconnected", error=error)
     return DependencyCheck("connected")
 
 

@@ -17,6 +17,7 @@ from psycopg_pool import AsyncConnectionPool
 from redis import Redis
 from rq import Queue
 
+from app.api.checkout import CheckoutCheck
 from app.api.console_sessions import ConsoleSessions, SignInForms
 from app.api.enqueuer import BatchEnqueuer
 from app.api.generation_creates import GenerationCreator
@@ -45,6 +46,7 @@ class ApiState:
 
     settings: Settings
     pool: AsyncConnectionPool
+    checkout_check: CheckoutCheck
     redis: Redis
     queue: Queue
     intake_gate: IntakeGate
