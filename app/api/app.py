@@ -36,7 +36,7 @@ from app.api.prometheus_metrics import (
     BUILD_INFO,
     count_requests,
     create_route_series,
-    metrics_prometheus,
+    metrics_prometheus_route,
     scrape_registry,
 )
 from app.api.rate_limit import CallerLimitMiddleware, CallerLimits, document_read_limit
@@ -101,6 +101,7 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
             redis.close()
             await pool.close()
 
+    metrics_prometheus = metrics_prometheus_route(scrape_registry(settings.prometheus_multiproc_dir))
     handlers: list[Any] = [GenerationController, PoseController, CreditController, MetricsController,
                            OperatorController, ConsoleController, health, liveness, image, metrics_prometheus]
     if settings.flux_webhooks:
@@ -130,7 +131,6 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
         logging_config=None,
     )
     BUILD_INFO.revision = settings.revision
-    app.state.metrics_registry = scrape_registry(settings.prometheus_multiproc_dir)
     create_route_series(app)
     if settings.read_limit_per_minute:
         document_read_limit(app)

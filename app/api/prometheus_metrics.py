@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from litestar import Litestar, Response, get
-from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
+from litestar.handlers import HTTPRouteHandler
 from litestar.params import HeaderParameter
 from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_406_NOT_ACCEPTABLE
@@ -157,17 +157,23 @@ def scrape_registry(multiprocess_dir: Path | None) -> CollectorRegistry:
     return registry
 
 
-@get(["/metrics-prometheus"], summary="Prometheus metrics of this API process", tags=["metrics"],
-     media_type="text/plain", sync_to_thread=False, responses=error_responses(406),
-     opt={"produces": list(EXPOSITIONS)})
-def metrics_prometheus(
-    state: State, accept: Annotated[str | None, HeaderParameter(name="Accept", required=False)] = None,
-) -> Response[bytes]:
-    chosen = choose_exposition(accept)
-    if chosen is None:
-        raise HTTPException(status_code=HTTP_406_NOT_ACCEPTABLE, detail=f"{NOT_ACCEPTABLE} (Accept: {accept})")
-    encode, content_type = chosen
-    return Response(encode(state.metrics_registry), media_type=content_type)
+def metrics_prometheus_route(registry: CollectorRegistry) -> HTTPRouteHandler:
+    """``GET /metrics-prometheus`` serving ``registry`` (:func:`scrape_registry`), in the exposition the
+    ``Accept`` header asks for (406 when none it names is served)."""
+
+    @get(["/metrics-prometheus"], summary="Prometheus metrics of this API process", tags=["metrics"],
+         media_type="text/plain", sync_to_thread=False, responses=error_responses(406),
+         opt={"produces": list(EXPOSITIONS)})
+    def metrics_prometheus(
+        accept: Annotated[str | None, HeaderParameter(name="Accept", required=False)] = None,
+    ) -> Response[bytes]:
+        chosen = choose_exposition(accept)
+        if chosen is None:
+            raise HTTPException(status_code=HTTP_406_NOT_ACCEPTABLE, detail=f"{NOT_ACCEPTABLE} (Accept: {accept})")
+        encode, content_type = chosen
+        return Response(encode(registry), media_type=content_type)
+
+    return metrics_prometheus
 
 
 def _method(scope: Scope) -> str:
