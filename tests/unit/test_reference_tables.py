@@ -74,7 +74,8 @@ def test_the_readme_lists_every_make_variable_of_make_dev_with_its_default() -> 
     rows = {code_spans(row[0])[0]: row[1] for row in table(ROOT / "README.md", "variable | default | what")}
     assert set(rows) == set(flags), "the README's Quick start must list exactly the make variables of `make dev`"
     dev = options(subcommands(build_parser())["dev"])
-    free_port_defaults = {"--exporter-port": DEFAULT_EXPORTER_PORT, "--worker-metrics-port": DEFAULT_WORKER_METRICS_PORT,
+    free_port_defaults = {"--exporter-port": DEFAULT_EXPORTER_PORT,
+                          "--worker-metrics-port": DEFAULT_WORKER_METRICS_PORT,
                           "--canary-metrics-port": DEFAULT_CANARY_METRICS_PORT}
     for variable, flag in flags.items():
         default = dev[flag].default if dev[flag].default is not None else free_port_defaults[flag]
