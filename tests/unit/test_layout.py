@@ -53,7 +53,7 @@ def test_every_path_the_layout_names_exists() -> None:
 
 
 def test_every_package_has_its_line_and_every_top_level_module_is_named() -> None:
-    leading = {re.match(r"`([\w/]+/)`", item)[1] for item in bullets() if re.match(r"`([\w/]+/)`", item)}
+    leading = {match[1] for item in bullets() if (match := re.match(r"`([\w/]+/)`", item))}
     packages = {f"{path.parent.relative_to(ROOT)}/" for package in PACKAGES
                 for path in (ROOT / package).glob("**/__init__.py") if "build" not in path.parts}
     assert packages <= leading, f"docs/layout.md's Layout has no line for {sorted(packages - leading)}"
