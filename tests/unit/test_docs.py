@@ -2,7 +2,8 @@
 declares.
 
 The reference tables each have a test against the code: routes (tests/test_http_contract.py), alerts
-(tests/test_alerts.py), the security table (tests/unit/test_security_table.py); the settings and metrics tables
+(tests/test_alerts.py), the security table (tests/unit/test_security_table.py), every other table
+(tests/unit/test_reference_tables.py) and the Layout (tests/unit/test_layout.py); the settings and metrics tables
 are generated from the code (``posegen docs build``, checked here); tests/test_readme.py runs every command block.
 """
 
