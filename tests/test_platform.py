@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from alerts import build, links, platform, slo
-from tests.test_alerts import ROOT, require_tool, run
+from tests.support.alerts import ROOT, require_tool, run
 
 RULE_FILES = sorted((ROOT / "alerts" / "rules").glob("*.yml"))
 

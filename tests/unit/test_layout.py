@@ -77,3 +77,12 @@ def test_every_import_contract_is_described_and_counted() -> None:
             if path not in named and f"{path}.py" not in named:
                 undescribed.add(module)
     assert not undescribed, f"docs/layout.md does not describe {sorted(undescribed)}, which contracts name"
+
+
+def test_test_files_share_helpers_through_tests_support_only() -> None:
+    """A helper two test files need lives in tests/support/ (or a module of tests/ that is not a test file):
+    a test file importing another runs that file's module-level code and ties the two together."""
+    offenders = [f"{path.relative_to(ROOT)}:{number}" for path in sorted((ROOT / "tests").rglob("*.py"))
+                 for number, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.match(r"\s*(from|import) tests(\.\w+)*\.test_\w+", line)]
+    assert not offenders, f"test files imported by other tests: {offenders}"
