@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from app import API_PREFIX, __version__
@@ -399,25 +399,29 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_written(build: Callable[[], Iterable[Path]], refused: tuple[type[Exception], ...] = ()) -> int:
+    """Run ``build`` and print the paths it wrote, one a line: 0. An error of a ``refused`` type is printed as
+    one ``error:`` line instead: 2."""
+    try:
+        paths = list(build())
+    except refused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
 def cmd_k8s(args: argparse.Namespace) -> int:
     from app.k8s import write_manifests
 
-    for path in write_manifests(Path(args.rules), Path(args.out)):
-        print(path)
-    return 0
+    return _print_written(lambda: write_manifests(Path(args.rules), Path(args.out)))
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
     from app.docs_tables import DocsError, build_docs
 
-    try:
-        written = build_docs(Path(args.docs))
-    except DocsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(path)
-    return 0
+    return _print_written(lambda: build_docs(Path(args.docs)), (DocsError,))
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

@@ -38,9 +38,12 @@ def rendered_page(text: str, page: str, name: str, table: str) -> str:
 
 
 def stale_pages(docs_dir: Path) -> list[str]:
-    """The pages (relative names) whose generated table differs from what :data:`GENERATED` renders now."""
+    """The pages (relative names) whose generated table differs from what :data:`GENERATED` renders now.
+    Raises :class:`DocsError` when a page or its markers are missing."""
     stale = []
     for page, (name, render) in GENERATED.items():
+        if not (docs_dir / page).is_file():
+            raise DocsError(f"{docs_dir / page}: no such page (the {name} is generated into it)")
         text = (docs_dir / page).read_text()
         if rendered_page(text, page, name, render()) != text:
             stale.append(page)

@@ -95,3 +95,5 @@ def test_docs_build_rewrites_a_drifted_table_and_refuses_a_page_without_markers(
     page.write_text("# Observability\n\nno markers\n")
     with pytest.raises(DocsError, match="docs/observability.md: no '<!-- generated: metrics table -->'"):
         build_docs(tmp_path)
+    with pytest.raises(DocsError, match="missing/configuration.md: no such page"):
+        build_docs(tmp_path / "missing")
