@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
 
@@ -22,7 +23,7 @@ LABEL = re.compile(r"^[a-z_][a-z0-9_]*$")
 # What builds a metric; outside the catalogue, none of them may be called.
 BUILDERS = {"Counter", "Gauge", "Histogram", "Summary", "Info", "Enum", "CounterMetricFamily", "GaugeMetricFamily",
             "HistogramMetricFamily", "SummaryMetricFamily", "InfoMetricFamily", "StateSetMetricFamily",
-            "GaugeHistogramMetricFamily", "UnknownMetricFamily"}
+            "GaugeHistogramMetricFamily", "UnknownMetricFamily", "Metric"}
 
 
 class _Pipeline:
@@ -123,27 +124,63 @@ def test_contract_series_are_the_sample_names_of_every_entry() -> None:
     assert len(series) == sum(len(declared.series) for declared in CATALOGUE)
 
 
+def _builder_calls(tree: ast.Module) -> list[int]:
+    """Lines of ``tree`` that call a prometheus-client builder: by the name it was imported as (``Counter``,
+    ``from prometheus_client import Counter as C``) or through a name bound to one of its modules
+    (``prometheus_client.Counter``, ``import prometheus_client.core as pc``, ``from prometheus_client import
+    metrics_core``)."""
+    builders, modules = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "prometheus_client":
+                    modules.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "prometheus_client":
+            for alias in node.names:
+                (builders if alias.name in BUILDERS else modules).add(alias.asname or alias.name)
+    lines = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        if isinstance(node.func, ast.Name):
+            builds = node.func.id in builders
+        elif isinstance(node.func, ast.Attribute):
+            root = node.func.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            builds = node.func.attr in BUILDERS and isinstance(root, ast.Name) and root.id in modules
+        else:
+            builds = False
+        if builds:
+            lines.append(node.lineno)
+    return lines
+
+
 def test_no_metric_is_built_outside_the_catalogue() -> None:
     """Every family the processes serve is built by app/metric_catalogue.py's builders, so none is undeclared."""
     found = []
     for path in [*(ROOT / "app").rglob("*.py"), *(ROOT / "exporter").rglob("*.py")]:
         if path == ROOT / "app" / "metric_catalogue.py":
             continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        # The builders this module imports from prometheus-client (not, say, collections.Counter).
-        imported = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                    and (node.module or "").startswith("prometheus_client") for alias in node.names} & BUILDERS
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call):
-                if isinstance(node.func, ast.Attribute):
-                    owner = node.func.value
-                    builds = (node.func.attr in BUILDERS and isinstance(owner, ast.Name)
-                              and owner.id in {"prometheus_client", "core", "metrics_core"})
-                else:
-                    builds = getattr(node.func, "id", "") in imported
-                if builds:
-                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+        found += [f"{path.relative_to(ROOT)}:{line}" for line in _builder_calls(ast.parse(path.read_text("utf-8")))]
     assert found == []
+
+
+@pytest.mark.parametrize("source", [
+    "from prometheus_client import Counter\nCounter('pose_x', 'h')",
+    "from prometheus_client import Gauge as G\nG('pose_x', 'h')",
+    "import prometheus_client\nprometheus_client.Histogram('pose_x', 'h')",
+    "import prometheus_client.core as pc\npc.GaugeMetricFamily('pose_x', 'h', value=1)",
+    "import prometheus_client.core\nprometheus_client.core.CounterMetricFamily('pose_x', 'h')",
+    "from prometheus_client import metrics_core\nmetrics_core.Metric('pose_x', 'h', 'gauge')",
+    "from prometheus_client.metrics_core import Metric\nMetric('pose_x', 'h', 'gauge')",
+])
+def test_a_builder_is_found_however_it_is_imported(source: str) -> None:
+    assert _builder_calls(ast.parse(source)) == [2]
+
+
+def test_other_counters_are_not_builders() -> None:
+    assert _builder_calls(ast.parse("from collections import Counter\nCounter('abc')")) == []
 
 
 def test_an_undeclared_or_mistyped_name_cannot_be_built() -> None:
