@@ -133,27 +133,6 @@ def test_readme_configuration_table_lists_exactly_the_settings_read() -> None:
     )
 
 
-def _environment_reads(path: Path) -> list[str]:
-    """Lines of ``path`` that read a variable from the environment (writes and whole copies are not reads)."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text())):
-        text = ast.unparse(node)
-        if isinstance(node, ast.Call) and text.startswith(("os.getenv(", "os.environ.get(", "getenv(")):
-            found.append(f"{path.name}:{node.lineno}: {text}")
-        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and text.startswith("os.environ["):
-            found.append(f"{path.name}:{node.lineno}: {text}")
-        elif isinstance(node, ast.Compare) and "os.environ" in text and "in" in text:
-            found.append(f"{path.name}:{node.lineno}: {text}")
-    return found
-
-
-def test_only_the_settings_object_reads_the_environment() -> None:
-    sources = [p for folder in ("app", "exporter", "dashboards") for p in (ROOT / folder).rglob("*.py")
-               if p.name != "settings.py"]
-    reads = [line for path in sources for line in _environment_reads(path)]
-    assert reads == [], reads
-
-
 BAD_URLS = [
     ("REDIS_URL", "redis://127.0.0.1:6379/abc", "database number"),
     ("REDIS_URL", "redis://127.0.0.1:6379/0 ", "whitespace"),
