@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 import pytest
@@ -9,7 +11,8 @@ from litestar import get
 from litestar.plugins.problem_details import ProblemDetailsPlugin
 from litestar.testing import create_test_client
 
-from app.api.error_responses import EXCEPTION_HANDLERS
+import app
+from app.api.error_responses import DOMAIN_ERROR_STATUS, EXCEPTION_HANDLERS
 from app.domain.credits import InsufficientCreditsError
 from app.domain.generation_search import BadCursorError
 from app.domain.generations import IdempotencyKeyReusedError, UnknownPosesError
@@ -51,3 +54,27 @@ def test_a_domain_error_is_answered_as_problem_details(error: DomainError, statu
     assert response.headers["content-type"].startswith("application/problem+json")
     title = {402: "Payment Required", 422: "Unprocessable Entity"}[status]
     assert response.json() == {"type": "about:blank", "title": title, "status": status, **members}
+
+
+def _domain_errors() -> set[type[DomainError]]:
+    """Every subclass of DomainError that a module of app/ defines (each module imported first)."""
+    for module in pkgutil.walk_packages(app.__path__, "app."):
+        importlib.import_module(module.name)
+    found: set[type[DomainError]] = set()
+    pending = [DomainError]
+    while pending:
+        for subclass in pending.pop().__subclasses__():
+            found.add(subclass)
+            pending.append(subclass)
+    return found
+
+
+def test_every_domain_error_has_a_status_and_a_case_here() -> None:
+    """A DomainError whose error type the mapping has no status for would fail inside the handler, a bare 500;
+    one without a case above is answered as nobody checked."""
+    errors = _domain_errors()
+    assert errors, "no DomainError subclass found"
+    unmapped = {error.__name__ for error in errors if error.error_type not in DOMAIN_ERROR_STATUS}
+    assert not unmapped, f"no status in DOMAIN_ERROR_STATUS for the error type of {unmapped}"
+    untested = {error.__name__ for error in errors} - {type(case[0]).__name__ for case in CASES}
+    assert not untested, f"add a case to CASES for {untested}"
