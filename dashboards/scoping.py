@@ -17,16 +17,21 @@ from typing import Any
 
 from alerts.platform import Platform
 
-# Metric families the exporter reports from PostgreSQL and Redis (exporter/collectors.py): the same numbers on
-# every replica. Its own health (pose_exporter_up, pose_exporter_scrape_duration_seconds) is per replica.
+# Metric families the exporter reports from PostgreSQL and Redis (exporter/collectors.py), the fleet's counters and
+# histograms kept in Redis among them: the same numbers on every replica. What describes the replica itself (its
+# health, its build, the servers its own connections reach) is per replica. tests/unit/test_dashboard_scoping.py
+# ties this set to the metric catalogue's exporter entries.
 EXPORTER_FAMILIES = frozenset({
     "pose_credits_refunded", "pose_credits_spent", "pose_errors", "pose_generation_attempts_exhausted",
     "pose_generation_duration_seconds", "pose_generation_oldest_running_age_seconds", "pose_generation_requeues",
     "pose_generation_time_limit_seconds", "pose_generations", "pose_generations_in_progress", "pose_intake_paused",
-    "pose_last_finished_generation_timestamp_seconds", "pose_operator_actions", "pose_pose_duration_seconds",
-    "pose_poses", "pose_poses_pending", "pose_provider_call_duration_seconds", "pose_provider_slots_in_use",
-    "pose_provider_slots_limit", "pose_queue_depth", "pose_queue_jobs", "pose_queue_oldest_waiting_job_age_seconds",
-    "pose_queue_wait_duration_seconds", "pose_upload_duration_seconds", "pose_workers", "pose_workers_paused",
+    "pose_job_failures", "pose_last_finished_generation_timestamp_seconds", "pose_operator_actions",
+    "pose_pose_duration_seconds", "pose_poses", "pose_poses_pending", "pose_provider_call_duration_seconds",
+    "pose_provider_rate_limited", "pose_provider_retries", "pose_provider_slot_wait_seconds",
+    "pose_provider_slots_in_use", "pose_provider_slots_limit", "pose_provider_task_duration_seconds",
+    "pose_queue_depth", "pose_queue_jobs", "pose_queue_oldest_waiting_job_age_seconds",
+    "pose_queue_wait_duration_seconds", "pose_upload_duration_seconds", "pose_users_with_failed_generations",
+    "pose_workers", "pose_workers_paused",
 })
 _SUFFIXES = ("", "_total", "_bucket", "_sum", "_count", "_created")
 _KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
