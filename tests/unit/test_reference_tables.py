@@ -223,6 +223,8 @@ def test_the_alerts_table_lists_every_alert_with_its_severity_and_for() -> None:
         stated = re.findall(r"\((\d+) min\)", row[2]) if len(names) > 1 else []
         if len(stated) != len(names):
             stated = re.findall(r"for (\d+) min", row[2])[-1:] * len(names)
+        waiting = [name for name in names if "for" in rules[name]]
+        assert len(stated) == len(names) or not waiting, f"docs/observability.md: state how long {waiting} wait"
         for name, wait in zip(names, stated, strict=False):
             assert f"{wait}m" == rules[name]["for"], f"docs/observability.md: {name} waits {rules[name]['for']}"
     assert listed == set(rules), f"docs/observability.md's alerts table lacks {set(rules) - listed}"
