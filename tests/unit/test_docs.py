@@ -1,10 +1,10 @@
 """The README and docs/ stay short where they must, link only to what exists, and show the tables the code
 declares.
 
-The reference tables each have a test against the code: routes (tests/test_http_contract.py), alerts
-(tests/test_alerts.py), the security table (tests/unit/test_security_table.py), every other table
-(tests/unit/test_reference_tables.py) and the Layout (tests/unit/test_layout.py); the settings and metrics tables
-are generated from the code (``posegen docs build``, checked here); tests/test_readme.py runs every command block.
+The reference tables each have a test against the code: the security table (tests/unit/test_security_table.py),
+every other table (routes and alerts among them: tests/unit/test_reference_tables.py) and the Layout
+(tests/unit/test_layout.py); the settings and metrics tables are generated from the code (``posegen docs build``,
+checked here); tests/test_readme.py runs every command block.
 """
 
 from __future__ import annotations

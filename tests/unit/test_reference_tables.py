@@ -2,11 +2,12 @@
 
 Each table mixes prose with facts of the code; the facts are checked here against the module that declares them,
 so a changed default, window, command, route, alert or tier fails until the page says it too: the README's make
-variables (Makefile, ``posegen dev``) and its index of docs/, docs/api.md's limits per caller and per connection
+variables (Makefile, ``posegen dev``) and its index of docs/, docs/api.md's routes (the app's OpenAPI document, every
+optional route on) and its limits per caller and per connection
 (settings, ``app/api/allowances.py``, ``app/api/connection_bounds.py``), docs/operating.md's processes (``posegen``'s
 parser) and operator actions (the admin routes, ``posegen ops``), docs/observability.md's alerts
 (``alerts/rules``) and SLO tiers (``alerts/slos.yml``), and the benchmark programs docs/performance.md names.
-The routes, settings, metrics and security tables have their own tests (see tests/unit/test_docs.py).
+The settings, metrics and security tables have their own tests (see tests/unit/test_docs.py).
 """
 
 from __future__ import annotations
@@ -166,6 +167,24 @@ def _shown_default(action: argparse.Action) -> Any:
     variable = re.search(r"\b(POSEGEN_\w+)", action.help or "")
     assert variable, f"{action.option_strings}: no default and no setting named in its help"
     return next(default for declaration, default in declarations() if declaration.variables[0].name == variable[1])
+
+
+def test_the_api_tables_list_every_route() -> None:
+    """docs/api.md's Routes tables list every route the app serves, and only those."""
+    section = (DOCS / "api.md").read_text().split("\n## Routes", 1)[1].split("\n## ", 1)[0]
+
+    def normalise(path: str) -> str:
+        return re.sub(r"\{[^}]+\}", "{}", re.split(r"[?\[]", path)[0])
+
+    documented = {(method, normalise(path))
+                  for method, path in re.findall(r"`(GET|POST|PUT|PATCH|DELETE) (/[^`]*)`", section)}
+    # Every route, the optional ones too (FLUX webhooks), as the app built from such settings serves them.
+    everything = Settings.from_env({"FLUX_WEBHOOKS": "true", "POSEGEN_PUBLIC_BASE_URL": "https://api.example.com"})
+    schema = create_app(everything).openapi_schema.to_schema()
+    served = {(method.upper(), normalise(path.removeprefix(ROUTE_PREFIX)))
+              for path, operations in schema["paths"].items() if path.startswith(ROUTE_PREFIX)
+              for method in operations}
+    assert documented == served, f"not in docs/api.md: {served - documented}; not served: {documented - served}"
 
 
 def test_the_operator_actions_table_names_the_admin_routes_and_the_ops_verbs() -> None:
