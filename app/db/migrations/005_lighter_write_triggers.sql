@@ -1,6 +1,6 @@
 -- Lighter bookkeeping on the write path (migrations 002 and 003 keep their meaning; only cost changes).
 --
--- Measured with pgbench calling posegen_create_generation from 10 clients (bench figures in the README):
+-- Measured with pgbench calling posegen_create_generation from 10 clients (bench figures in docs/performance.md):
 -- the row triggers and the fold at commit made a create cost about three times what it costs without
 -- them, the fold alone about a third of it, though a fold right after another moves only a few rows.
 --
