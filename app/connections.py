@@ -185,9 +185,31 @@ def redis_client(redis_url: str, *, socket_timeout: float | None = 2.0, connect_
 
         manager = Sentinel(list(sentinel.sentinels), sentinel_kwargs=_sentinel_options(sentinel, connect_timeout),
                            **_master_options(redis_url))
+        manager.sentinels = [_SentinelClient(host=host, port=port, **manager.sentinel_kwargs)
+                             for host, port in sentinel.sentinels]
         return manager.master_for(sentinel.master, connection_pool_class=_master_checking_pool(), retry=retry,
                                   **options)
     return Redis.from_url(redis_url, retry=retry, **options)
+
+
+class _NamedByAddress:
+    """A sentinel's client shown as its address. redis-py's ``MasterNotFoundError`` lists each sentinel that
+    failed as its client's repr, a kilobyte of connection options apiece, burying the reason (refused, timed
+    out, ``AuthenticationError`` for a wrong ``REDIS_SENTINEL_PASSWORD``) in every log line of an outage."""
+
+    connection_pool: Any
+
+    def __repr__(self) -> str:
+        options = self.connection_pool.connection_kwargs
+        return f"sentinel {options.get('host')}:{options.get('port')}"
+
+
+class _SentinelClient(_NamedByAddress, Redis):
+    pass
+
+
+class _AsyncSentinelClient(_NamedByAddress, AsyncRedis):  # type: ignore[misc]  # redis-py's own bases disagree
+    pass
 
 
 def _master_options(redis_url: str) -> dict[str, Any]:
@@ -263,6 +285,8 @@ def async_redis_client(redis_url: str, *, socket_timeout: float | None = 2.0, re
 
         manager = AsyncSentinel(list(sentinel.sentinels), sentinel_kwargs=_sentinel_options(sentinel, 1.0),
                                 **_master_options(redis_url))
+        manager.sentinels = [_AsyncSentinelClient(host=host, port=port, **manager.sentinel_kwargs)
+                             for host, port in sentinel.sentinels]
         return manager.master_for(sentinel.master, connection_pool_class=_async_master_checking_pool(), **options)
     return AsyncRedis.from_url(redis_url, **options)
 
