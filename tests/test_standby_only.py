@@ -5,8 +5,6 @@ primary crashed, the standby not promoted yet): the API starts, readiness answer
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +14,9 @@ import pytest
 from app import API_PREFIX
 from tests.replication import StreamingPostgres
 from tests.stack import JWT_SECRET, Process, claim_redis_db, free_port, prepare_database, redis_url, release_redis_db
+from tests.support.monitoring import wait_until
 
 pytestmark = pytest.mark.drill
-
-
-def _until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = condition()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {timeout} s (last: {last!r})")
 
 
 def test_an_api_started_with_only_the_standby_up_says_why_it_is_not_ready(tmp_path: Path) -> None:
@@ -52,12 +40,12 @@ def test_an_api_started_with_only_the_standby_up_says_why_it_is_not_ready(tmp_pa
                 return None
             return answer.status_code, answer.json()["checks"]["database"]
 
-        status, database = _until(database_check, 30, "the API answering")
-        not_ready = [_until(database_check, 5, "an answer") for _ in range(5)]
+        status, database = wait_until("the API answering", database_check, 30)
+        not_ready = [wait_until("an answer", database_check, 5) for _ in range(5)]
         assert all(answer == (503, {"status": "disconnected", "error": "ReadOnlyDatabase"}) for answer in not_ready), \
             (status, database, not_ready, api.output()[-2000:])
         servers.promote_standby()
-        _until(lambda: (database_check() or (0, {}))[0] == 200, 30, "readiness after the promotion")
+        wait_until("readiness after the promotion", lambda: (database_check() or (0, {}))[0] == 200, 30, api.output)
     finally:
         if api is not None:
             api.stop()
