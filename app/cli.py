@@ -413,9 +413,9 @@ def _print_written(build: Callable[[], Iterable[Path]], refused: tuple[type[Exce
 
 
 def cmd_k8s(args: argparse.Namespace) -> int:
-    from app.k8s import write_manifests
+    from app.k8s import ManifestError, write_manifests
 
-    return _print_written(lambda: write_manifests(Path(args.rules), Path(args.out)))
+    return _print_written(lambda: write_manifests(Path(args.rules), Path(args.out)), (ManifestError, SettingsError))
 
 
 def cmd_docs(args: argparse.Namespace) -> int:

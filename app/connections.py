@@ -65,16 +65,76 @@ def pg_connect_kwargs(connect_timeout: int = 5, tcp_user_timeout_ms: int = TCP_U
 def pg_connect(database_url: str, *, autocommit: bool = False, connect_timeout: int = 5,
                tcp_user_timeout_ms: int = TCP_USER_TIMEOUT_MS, **libpq: Any) -> psycopg.Connection[Any]:
     """A synchronous connection (seconds for ``connect_timeout``; ``libpq``: more connection parameters,
-    e.g. ``application_name``). Raises :class:`psycopg.OperationalError` when the server cannot be reached."""
-    return psycopg.connect(database_url, autocommit=autocommit,
-                           **pg_connect_kwargs(connect_timeout, tcp_user_timeout_ms), **libpq)
+    e.g. ``application_name``), to the server :func:`server_first` names first. Raises
+    :class:`psycopg.OperationalError` when the server cannot be reached."""
+    conn = psycopg.connect(database_url, autocommit=autocommit,
+                           **pg_connect_kwargs(connect_timeout, tcp_user_timeout_ms), **server_first(database_url),
+                           **libpq)
+    _remember_server(database_url, conn.info)
+    return conn
 
 
 async def pg_connect_async(database_url: str, *, autocommit: bool = True,
                            connect_timeout: int = 5) -> AsyncConnection[Any]:
-    """An asyncio connection, autocommit unless told otherwise (use as ``async with await pg_connect_async(...)``).
-    Raises :class:`psycopg.OperationalError` when the server cannot be reached."""
-    return await AsyncConnection.connect(database_url, autocommit=autocommit, **pg_connect_kwargs(connect_timeout))
+    """An asyncio connection, autocommit unless told otherwise (use as ``async with await pg_connect_async(...)``),
+    to the server :func:`server_first` names first. Raises :class:`psycopg.OperationalError` when the server
+    cannot be reached."""
+    conn = await AsyncConnection.connect(database_url, autocommit=autocommit, **pg_connect_kwargs(connect_timeout),
+                                         **server_first(database_url))
+    _remember_server(database_url, conn.info)
+    return conn
+
+
+# By multi-host DATABASE_URL: the position of the server this process last connected to. Work-horses forked
+# later inherit it from the worker, whose reaper connects every few seconds.
+_last_server: dict[str, int] = {}
+
+
+def _servers(database_url: str) -> list[tuple[str, str, str]] | None:
+    """``(host, hostaddr, port)`` of each server a multi-host ``database_url`` names, in its order; None when
+    the order is not libpq's to keep: one server, or no ``target_session_attrs`` (then the first that answers
+    is the one wanted, and remembering another would stick to a standby), or ``load_balance_hosts=random``."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = conninfo_to_dict(database_url)
+    if params.get("target_session_attrs", "any") == "any" or params.get("load_balance_hosts") == "random":
+        return None
+    hosts = str(params.get("host") or "").split(",")
+    addresses = str(params.get("hostaddr") or "").split(",")
+    count = max(len(hosts), len(addresses))
+    ports = str(params.get("port") or "").split(",")
+    if count < 2 or len(ports) not in (1, count):
+        return None
+    def at(values: list[str], index: int) -> str:
+        return values[index] if len(values) == count else values[0] if len(values) == 1 else ""
+    return [(at(hosts, i), at(addresses, i), at(ports, i)) for i in range(count)]
+
+
+def server_first(database_url: str) -> dict[str, Any]:
+    """libpq parameters (``host``, ``hostaddr``, ``port``) that override ``database_url``'s server list with the
+    server this process last connected to moved to the front, the others in their order; {} when there is none
+    (see :func:`_servers`). After a failover, libpq would otherwise try the old primary first on every
+    connection: a host that is gone (its packets dropped) costs the whole ``connect_timeout`` each time, and a
+    work-horse connects once per generation."""
+    servers = _servers(database_url) if database_url in _last_server else None
+    if servers is None or _last_server[database_url] >= len(servers):
+        return {}
+    first = _last_server[database_url]
+    order = [servers[first]] + servers[:first] + servers[first + 1:]
+    return {key: ",".join(server[index] for server in order)
+            for index, key in enumerate(("host", "hostaddr", "port")) if any(server[index] for server in order)}
+
+
+def _remember_server(database_url: str, info: Any) -> None:
+    """Note which server of ``database_url`` the connection described by ``info`` (psycopg's ``ConnectionInfo``)
+    reached, for :func:`server_first`."""
+    servers = _servers(database_url)
+    if servers is None:
+        return
+    for index, (host, address, port) in enumerate(servers):
+        if (address or host) == (info.hostaddr if address else info.host) and (port or "5432") == str(info.port):
+            _last_server[database_url] = index
+            return
 
 
 def pg_pool(database_url: str, *, min_size: int, max_size: int, connect_timeout: int = 2,
@@ -125,9 +185,31 @@ def redis_client(redis_url: str, *, socket_timeout: float | None = 2.0, connect_
 
         manager = Sentinel(list(sentinel.sentinels), sentinel_kwargs=_sentinel_options(sentinel, connect_timeout),
                            **_master_options(redis_url))
+        manager.sentinels = [_SentinelClient(host=host, port=port, **manager.sentinel_kwargs)
+                             for host, port in sentinel.sentinels]
         return manager.master_for(sentinel.master, connection_pool_class=_master_checking_pool(), retry=retry,
                                   **options)
     return Redis.from_url(redis_url, retry=retry, **options)
+
+
+class _NamedByAddress:
+    """A sentinel's client shown as its address. redis-py's ``MasterNotFoundError`` lists each sentinel that
+    failed as its client's repr, a kilobyte of connection options apiece, burying the reason (refused, timed
+    out, ``AuthenticationError`` for a wrong ``REDIS_SENTINEL_PASSWORD``) in every log line of an outage."""
+
+    connection_pool: Any
+
+    def __repr__(self) -> str:
+        options = self.connection_pool.connection_kwargs
+        return f"sentinel {options.get('host')}:{options.get('port')}"
+
+
+class _SentinelClient(_NamedByAddress, Redis):
+    pass
+
+
+class _AsyncSentinelClient(_NamedByAddress, AsyncRedis):  # type: ignore[misc]  # redis-py's own bases disagree
+    pass
 
 
 def _master_options(redis_url: str) -> dict[str, Any]:
@@ -203,6 +285,8 @@ def async_redis_client(redis_url: str, *, socket_timeout: float | None = 2.0, re
 
         manager = AsyncSentinel(list(sentinel.sentinels), sentinel_kwargs=_sentinel_options(sentinel, 1.0),
                                 **_master_options(redis_url))
+        manager.sentinels = [_AsyncSentinelClient(host=host, port=port, **manager.sentinel_kwargs)
+                             for host, port in sentinel.sentinels]
         return manager.master_for(sentinel.master, connection_pool_class=_async_master_checking_pool(), **options)
     return AsyncRedis.from_url(redis_url, **options)
 

@@ -86,23 +86,37 @@ def _documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc]
 
 
+class ManifestError(ValueError):
+    """A manifest ``posegen k8s build`` reads would not render or the cluster would reject it; the message
+    names the file and the value."""
+
+
 def worker_environment(k8s_dir: Path) -> dict[str, str]:
     """The settings the worker container runs with as far as the manifests say: ``config.yaml``'s ConfigMap
-    (``envFrom``) under the container's own ``env`` values. Secrets are not read (they hold credentials only)."""
+    (``envFrom``) under the container's own ``env`` values. Secrets are not read (they hold credentials only).
+    Raises :class:`ManifestError` for a value that is not a string (an unquoted ``"8"``: the API server refuses
+    such a ConfigMap or container, so the grace period would be rendered from settings no pod runs with)."""
     config = next(doc for doc in _documents(k8s_dir / CONFIG_FILE)
                   if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == CONFIG_MAP)
     worker = next(doc for doc in _documents(k8s_dir / WORKER_FILE)
                   if doc["kind"] == "Deployment" and doc["metadata"]["name"] == WORKER_DEPLOYMENT)
     (container,) = worker["spec"]["template"]["spec"]["containers"]
-    own = {item["name"]: str(item["value"]) for item in container.get("env", []) if "value" in item}
-    return {**{name: str(value) for name, value in config.get("data", {}).items()}, **own}
+    own = {item["name"]: item["value"] for item in container.get("env", []) if "value" in item}
+    data = config.get("data") or {}
+    for file, values in ((CONFIG_FILE, data), (WORKER_FILE, own)):
+        for name, value in values.items():
+            if not isinstance(value, str):
+                raise ManifestError(f"{k8s_dir / file}: {name}: {value!r} is not a string; quote it "
+                                    f"({name}: \"{value}\"), as Kubernetes requires")
+    return {**data, **own}
 
 
 def worker_grace_period_seconds(environment: Mapping[str, str]) -> int:
     """Seconds a worker pod needs after SIGTERM: the longest attempt the settings in ``environment`` allow
     (``FLUX_DEADLINE_SECONDS``, ``POSEGEN_MAX_POSES``, ``POSEGEN_POSE_CONCURRENCY``, defaults where unset; the
-    warm shutdown waits for it) plus :data:`WORKER_STOP_MARGIN_SECONDS`, rounded up. Defaults: 780 + 30 = 810.
-    Raises :class:`app.settings.SettingsError` for a malformed value."""
+    warm shutdown waits for it) plus :data:`WORKER_STOP_MARGIN_SECONDS`, rounded up. Defaults: 780 + 30 = 810;
+    at most 100 x 3660 + 60 + 30. Raises :class:`app.settings.SettingsError` for a malformed or out-of-range
+    value, as the worker itself would refuse it."""
     from app.domain.processing import generation_time_limit_seconds
     from app.settings import Settings
 
@@ -117,7 +131,7 @@ def worker_manifest(k8s_dir: Path) -> str:
     grace = worker_grace_period_seconds(worker_environment(k8s_dir))
     patched, count = _GRACE_LINE.subn(lambda m: f"{m.group(1)}{grace}", text)
     if count != 1:
-        raise ValueError(f"{k8s_dir / WORKER_FILE}: expected one terminationGracePeriodSeconds line, found {count}")
+        raise ManifestError(f"{k8s_dir / WORKER_FILE}: expected one terminationGracePeriodSeconds line, found {count}")
     return patched
 
 
@@ -142,7 +156,8 @@ def write_dashboards_configmap(out_dir: Path) -> Path:
 
 def write_manifests(rules_dir: Path, out_dir: Path) -> list[Path]:
     """Write :func:`build_manifests` into ``out_dir`` (the worker's grace period patched in place when
-    ``out_dir`` holds ``worker.yaml`` and ``config.yaml``); returns the paths written."""
+    ``out_dir`` holds ``worker.yaml`` and ``config.yaml``); returns the paths written. Raises
+    :class:`ManifestError` or :class:`app.settings.SettingsError` before writing anything."""
     written = []
     for name, text in build_manifests(rules_dir, out_dir).items():
         path = out_dir / name

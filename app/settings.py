@@ -185,8 +185,10 @@ class Settings:
     flux_model: str = setting(PROVIDER, "FLUX_MODEL", "flux-pro-1.0-canny", text, "the FLUX model (endpoint)")
     flux_timeout_seconds: float = setting(PROVIDER, "FLUX_TIMEOUT_SECONDS", 30.0, number(0.1),
                                           "timeout of one FLUX call")
-    flux_deadline_seconds: float = setting(PROVIDER, "FLUX_DEADLINE_SECONDS", 300.0, number(0.5),
-                                           "longest time one pose may take at FLUX")
+    # At most an hour: the longest attempt (rounds of this plus 60 s) sets RQ's job timeout (an alarm(2) of at
+    # most 2^31 - 1 s) and the worker pods' terminationGracePeriodSeconds (the kubelet's int64 nanoseconds).
+    flux_deadline_seconds: float = setting(PROVIDER, "FLUX_DEADLINE_SECONDS", 300.0, number(0.5, 3600.0),
+                                           "longest time one pose may take at FLUX (0.5..3600)")
     flux_poll_interval_seconds: float = setting(
         PROVIDER, "FLUX_POLL_INTERVAL_SECONDS", 0.5, number(0.01),
         "how often a FLUX task is polled (a quarter of it near the expected finish)")

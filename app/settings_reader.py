@@ -140,7 +140,16 @@ def _check_port(port: int | str | None) -> None:
         raise ValueError(f"invalid port {port}")
 
 
+# The values libpq (16+) takes for these connection parameters; anything else fails every connection attempt.
+_LIBPQ_CHOICES = {"target_session_attrs": ("any", "read-write", "read-only", "primary", "standby", "prefer-standby"),
+                  "load_balance_hosts": ("disable", "random")}
+
+
 def _check_postgres_url(value: str) -> None:
+    """``value`` as libpq reads it before connecting: its syntax, each port, as many ports (one, or one per
+    host) and ``hostaddr`` values (one per host) as hosts, and the values libpq allows for
+    ``target_session_attrs`` and ``load_balance_hosts``. libpq itself reports these only when a connection is
+    attempted, so every process would start and retry for ever."""
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
@@ -148,8 +157,19 @@ def _check_postgres_url(value: str) -> None:
         params = conninfo_to_dict(value)
     except ProgrammingError as exc:
         raise ValueError(str(exc).strip().splitlines()[0]) from None
-    for port in str(params.get("port") or "").split(","):
+    ports = str(params.get("port") or "").split(",")
+    for port in ports:
         _check_port(port or None)
+    host, hostaddr = str(params.get("host") or ""), str(params.get("hostaddr") or "")
+    hosts = len(host.split(",")) if host else 1
+    if host and hostaddr and len(hostaddr.split(",")) != hosts:
+        raise ValueError(f"{hosts} host names but {len(hostaddr.split(','))} hostaddr values (libpq needs one each)")
+    hosts = len(hostaddr.split(",")) if hostaddr else hosts
+    if len(ports) not in (1, hosts):
+        raise ValueError(f"{len(ports)} ports for {hosts} hosts (libpq takes one port for all, or one per host)")
+    for name, allowed in _LIBPQ_CHOICES.items():
+        if name in params and params[name] not in allowed:
+            raise ValueError(f"{name}={params[name]!r} is not one of: {', '.join(allowed)}")
 
 
 def _check_redis_url(value: str) -> None:

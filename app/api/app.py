@@ -67,7 +67,7 @@ def create_app(settings: Settings) -> PoseGeneratorApp:
             settings.database_url, min_size=1, max_size=settings.db_pool_size, connect_timeout=2, timeout=5,
             # A coalesced batch carries many requests: a connection the server has closed must be
             # replaced before it is handed out, not discover it by failing them all.
-            check=checkout_check,
+            check=checkout_check, connection_class=checkout_check.connection_class(),
             max_idle=60,
         )
         await pool.open(wait=False)

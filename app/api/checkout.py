@@ -21,6 +21,10 @@ def read_only_server(conn: AsyncConnection[Any]) -> bool:
     return "on" in (status("in_hot_standby"), status("default_transaction_read_only"))
 
 
+# libpq's words when target_session_attrs=read-write (or primary) meets a standby or a read-only primary.
+_READ_ONLY_REFUSALS = ("session is read-only", "server is in hot standby mode")
+
+
 class CheckoutCheck:
     """Whether the server closed an idle connection (a terminated backend, a restart) shows without a round
     trip: its socket has the server's last message or the end of the stream waiting. An empty query per
@@ -34,6 +38,27 @@ class CheckoutCheck:
 
     def __init__(self) -> None:
         self.read_only_at: float | None = None
+        self.refused_read_only = False
+
+    def connection_class(self) -> type[AsyncConnection[Any]]:
+        """The pool's connection class (psycopg_pool's ``connection_class``): it notes in ``refused_read_only``
+        whether the pool's last connection attempt failed because libpq found only read-only servers
+        (``target_session_attrs=read-write`` or ``primary`` while no primary answers: the pool never gets a
+        connection to check, and readiness would only say it timed out)."""
+        check = self
+
+        class NotingConnection(AsyncConnection[Any]):
+            @classmethod
+            async def connect(cls, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    conn = await super().connect(*args, **kwargs)
+                except psycopg.OperationalError as exc:
+                    check.refused_read_only = any(words in str(exc) for words in _READ_ONLY_REFUSALS)
+                    raise
+                check.refused_read_only = False
+                return conn
+
+        return NotingConnection
 
     async def __call__(self, conn: AsyncConnection[Any]) -> None:
         if not conn.closed and not select.select([conn.fileno()], [], [], 0)[0]:
@@ -46,5 +71,7 @@ class CheckoutCheck:
         raise psycopg.OperationalError("connection closed by the server")
 
     def met_read_only_within(self, seconds: float) -> bool:
-        """Whether a connection was dropped for a read-only server in the last ``seconds``."""
-        return self.read_only_at is not None and time.monotonic() - self.read_only_at <= seconds
+        """Whether a connection was dropped for a read-only server in the last ``seconds``, or the pool's last
+        connection attempt found only read-only servers."""
+        return self.refused_read_only or (self.read_only_at is not None
+                                          and time.monotonic() - self.read_only_at <= seconds)

@@ -48,7 +48,8 @@ async def _check_database(request: Request) -> DependencyCheck:
     except Exception as exc:
         error = type(exc).__name__
         # No connection to give within the check's time, because the pool dropped each one it opened for a
-        # read-only server (a DATABASE_URL naming a standby alone): say so, not "TimeoutError".
+        # read-only server (a DATABASE_URL naming a standby alone), or libpq found only read-only servers
+        # (target_session_attrs=read-write while no primary answers): say so, not "TimeoutError".
         if isinstance(exc, (TimeoutError, PoolTimeout)) and api_state(request).checkout_check.met_read_only_within(
                 CHECK_TIMEOUT_SECONDS + 1):
             error = ReadOnlyDatabase.__name__

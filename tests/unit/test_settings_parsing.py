@@ -44,6 +44,31 @@ def test_a_refused_url_never_shows_its_password() -> None:
     assert "sekret" not in message and "DATABASE_URL" in message and "54x32" in message
 
 
+@pytest.mark.parametrize(("url", "words"), [
+    ("postgresql://u@db1:5432,db2:5432,db3:5432/posegen?port=5432,5433", "2 ports for 3 hosts"),
+    ("postgresql://u@db1,db2/posegen?port=5432,5433,5434", "3 ports for 2 hosts"),
+    ("postgresql://u@db1,db2/posegen?hostaddr=10.0.0.1", "2 host names but 1 hostaddr values"),
+    ("postgresql://u@db1,db2/posegen?target_session_attrs=readwrite", "target_session_attrs='readwrite'"),
+    ("postgresql://u@db1,db2/posegen?load_balance_hosts=yes", "load_balance_hosts='yes'"),
+])
+def test_a_multi_host_database_url_libpq_would_refuse_at_every_connection_is_refused_at_start(url: str,
+                                                                                              words: str) -> None:
+    """libpq checks these only when it connects: the API, workers and exporter would start and retry for ever."""
+    message = refusal({"DATABASE_URL": url})
+    assert message.startswith("DATABASE_URL=") and words in message, message
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u@db1:5432,db2:5433/posegen?target_session_attrs=read-write",
+    "postgresql://u@db1,db2/posegen?port=5432&load_balance_hosts=random&target_session_attrs=prefer-standby",
+    "postgresql://u@db1:5432,:5433/posegen",
+    "postgresql://u@/posegen?host=/var/run/postgresql,/tmp",
+    "postgresql://u@db1,db2/posegen?hostaddr=10.0.0.1,10.0.0.2&port=5432,5433",
+])
+def test_multi_host_database_urls_libpq_takes_are_accepted(url: str) -> None:
+    assert Settings.from_env({"DATABASE_URL": url}).database_url == url
+
+
 def test_faults_latency_and_switches_are_parsed() -> None:
     settings = Settings.from_env({"POSEGEN_FAULTS": "FLUX_API_ERROR=0.25,STORAGE_ERROR=0.05",
                                   "POSEGEN_LOCAL_LATENCY": "0.1-0.3", "POSEGEN_MIGRATION_DATABASE_URL": "",
