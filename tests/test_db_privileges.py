@@ -358,7 +358,8 @@ def test_make_dev_creates_the_application_role_and_runs_the_processes_as_it(tmp_
     log_path = tmp_path / "dev.log"
     with open(log_path, "wb") as log:
         dev = subprocess.Popen([sys.executable, "-m", "app.cli", "dev", "--port", str(port), "--workers", "1",
-                                "--exporter-port", str(free_port()), "--worker-metrics-port", str(free_port())],
+                                "--exporter-port", str(free_port()), "--worker-metrics-port", str(free_port()),
+                                "--canary-metrics-port", str(free_port())],
                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         output = wait_for_banner(dev, log_path)

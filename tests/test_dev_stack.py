@@ -158,7 +158,8 @@ def test_an_operator_pause_outlives_a_restart_of_the_stack_and_the_banner_says_s
         log_path = tmp_path / f"dev-{len(outputs)}.log"
         with open(log_path, "wb") as log:
             dev = subprocess.Popen([sys.executable, "-m", "app.cli", "dev", "--port", str(port), "--workers", "1",
-                                    "--exporter-port", str(free_port()), "--worker-metrics-port", str(free_port())],
+                                    "--exporter-port", str(free_port()), "--worker-metrics-port", str(free_port()),
+                                    "--canary-metrics-port", str(free_port())],
                                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             output = wait_for_banner(dev, log_path)
