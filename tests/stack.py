@@ -42,10 +42,21 @@ BASE_DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.
 JWT_SECRET = "test-secret-" + uuid.uuid4().hex
 
 
+# The ports free_port has handed out in this process.
+_ports_given: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing listens on now, and not one this process handed out before: the kernel may offer a port it
+    just gave again (the failover drill's exporter and first API were given the same one, and the API lost)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+    raise RuntimeError("the kernel offered only ports this process had handed out already")
 
 
 def database_url(name: str) -> str:

@@ -124,14 +124,19 @@ class PoseWorker(CountingWorker):
             short.close()
 
     def teardown(self) -> None:
-        """RQ's teardown (unregister, then unsubscribe), whose unsubscription runs when the unregistration
-        fails too: a loop that ended because Redis went away cannot unregister, and RQ then skips the
-        unsubscription, leaving this worker's pub/sub listener retrying in the background for the life of the
-        process, beside the listener of the worker that replaces it."""
+        """RQ's teardown (unregister, then unsubscribe). When the unregistration fails (Redis gone or silent),
+        RQ skips the unsubscription, which left this worker's pub/sub listener retrying in the background for
+        the life of the process, beside the listener of the worker that replaces it. Its thread is told to stop
+        then, without waiting on it (the stop stays bounded): its read ends with the connection's error or
+        timeout, its loop sees the flag, and it closes its connection."""
         try:
             super().teardown()
-        finally:
-            self.unsubscribe()  # a no-op when RQ's teardown unsubscribed
+        except BaseException:
+            thread = self.pubsub_thread
+            if thread is not None:
+                thread.stop(timeout=0)
+                self.pubsub_thread = None
+            raise
 
     def unsubscribe(self) -> None:
         """RQ's unsubscription, bounded: RQ sends UNSUBSCRIBE and then stops the pub/sub thread, whose
