@@ -26,6 +26,15 @@ from dataclasses import dataclass, field
 from typing import Self
 
 
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` has data, a connection to accept or an end of stream within ``timeout`` seconds: poll(2),
+    which takes descriptors past 1023 (a long test process has them), where select(2) raised ValueError and
+    killed the pump thread, freezing the link."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
 @dataclass
 class _Link:
     client: socket.socket
@@ -100,7 +109,7 @@ class TcpProxy:
     def _accept(self) -> None:
         while not self._stopped.is_set():
             try:
-                ready, _, _ = select.select([self._listener], [], [], 0.2)
+                ready = _readable(self._listener, 0.2)
                 if not ready:
                     continue
                 client, _ = self._listener.accept()
@@ -128,7 +137,7 @@ class TcpProxy:
     def _pump(self, link: _Link, source: socket.socket, target: socket.socket) -> None:
         while not (self._stopped.is_set() or link.silent.is_set()):
             try:
-                ready, _, _ = select.select([source], [], [], 0.1)
+                ready = _readable(source, 0.1)
                 if not ready or link.silent.is_set():
                     continue
                 data = source.recv(65536)
